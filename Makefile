@@ -1,0 +1,33 @@
+# fedcity — the two commands of the README live here.
+#   make demo   run the main federated job (creates .venv on first use)
+#   make test   lint, type-check, proto drift check and the full test suite
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck protos check-protos bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m fedcity.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check fedcity tests benchmarks examples
+	$(PY) -m mypy
+	$(PY) tools/gen_protos.py --check
+	$(PY) -m pytest -n 2 -q
+
+protos: $(STAMP)
+	$(PY) tools/gen_protos.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_crypto.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

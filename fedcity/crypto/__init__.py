@@ -1,0 +1,74 @@
+"""fedcity's Paillier engine: fast DJN encryption, packed vectors and threshold decryption.
+
+This package is the only place in fedcity that handles big integers. The safe, high-level
+calls are:
+
+- :func:`generate_keypair` / :func:`deal_threshold_key` — keys (single holder or t-of-n);
+- :class:`PackingSpec`, :func:`encrypt_vector`, :class:`EncryptedVector` — packed float
+  vectors that add (``+``, ``sum``) and scale by non-negative integers;
+- :func:`decrypt_vector` — decryption with a full private key;
+- :func:`partial_decrypt` / :func:`combine_partial_decryptions` — threshold decryption with
+  per-share proofs;
+- :mod:`fedcity.crypto.serde` — the ``fedcity.v1`` wire format.
+
+Low-level integer operations carry a ``raw_`` prefix (``PublicKey.raw_encrypt``,
+``PrivateKey.raw_decrypt``, ``KeyShare.raw_partial_decrypt``, ``raw_combine``): they skip
+encoding, overflow accounting and proofs.
+"""
+
+from fedcity.crypto.errors import (
+    CryptoError,
+    InvalidPartialDecryptionError,
+    KeyFileError,
+    KeyMismatchError,
+    MalformedCiphertextError,
+    NotEnoughSharesError,
+    SlotRangeError,
+    SpecMismatchError,
+    SummandLimitError,
+)
+from fedcity.crypto.keys import KeyKind, PrivateKey, PublicKey, generate_keypair, load_key, save_key
+from fedcity.crypto.packing import PackingSpec
+from fedcity.crypto.parallel import WorkerPool
+from fedcity.crypto.threshold import (
+    KeyShare,
+    PartialDecryption,
+    ThresholdPublicKey,
+    combine_partial_decryptions,
+    deal_threshold_key,
+    partial_decrypt,
+    raw_combine,
+    verify_partial_decryption,
+)
+from fedcity.crypto.vector import EncryptedVector, decrypt_vector, encrypt_vector
+
+__all__ = [
+    "CryptoError",
+    "EncryptedVector",
+    "InvalidPartialDecryptionError",
+    "KeyFileError",
+    "KeyKind",
+    "KeyMismatchError",
+    "KeyShare",
+    "MalformedCiphertextError",
+    "NotEnoughSharesError",
+    "PackingSpec",
+    "PartialDecryption",
+    "PrivateKey",
+    "PublicKey",
+    "SlotRangeError",
+    "SpecMismatchError",
+    "SummandLimitError",
+    "ThresholdPublicKey",
+    "WorkerPool",
+    "combine_partial_decryptions",
+    "deal_threshold_key",
+    "decrypt_vector",
+    "encrypt_vector",
+    "generate_keypair",
+    "load_key",
+    "partial_decrypt",
+    "raw_combine",
+    "save_key",
+    "verify_partial_decryption",
+]

@@ -1,0 +1,237 @@
+"""Encrypted packed float vectors: encrypt, add, scale, decrypt.
+
+An :class:`EncryptedVector` remembers its key, its :class:`PackingSpec`, its length and how many
+unit-weight vectors were summed into it (``summands``), so additions that would overflow a slot,
+mix keys or mix layouts are refused before they happen, and decryption knows how to decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+from gmpy2 import mpz
+
+from fedcity.crypto.errors import (
+    KeyMismatchError,
+    MalformedCiphertextError,
+    SpecMismatchError,
+    SummandLimitError,
+)
+from fedcity.crypto.keys import PrivateKey, PublicKey
+from fedcity.crypto.packing import PackingSpec
+
+if TYPE_CHECKING:
+    from fedcity.crypto.parallel import WorkerPool
+
+__all__ = ["EncryptedVector", "decrypt_vector", "encrypt_vector"]
+
+
+class EncryptedVector:
+    """A float vector packed into Paillier ciphertexts.
+
+    Instances come from :func:`encrypt_vector`, from adding instances, or from the wire
+    (:func:`fedcity.crypto.serde.encrypted_vector_from_bytes`). They support ``a + b``,
+    ``sum(vectors)`` and ``k * a`` for integers ``k >= 0``.
+
+    Attributes
+    ----------
+    public_key : PublicKey
+    spec : PackingSpec
+    length : int
+        Number of float values.
+    summands : int
+        Total weight of the unit vectors summed into this one.
+    ciphertexts : list of gmpy2.mpz
+    """
+
+    __slots__ = ("ciphertexts", "length", "public_key", "spec", "summands")
+
+    def __init__(
+        self,
+        public_key: PublicKey,
+        spec: PackingSpec,
+        length: int,
+        summands: int,
+        ciphertexts: Sequence[mpz],
+        *,
+        validate: bool = True,
+    ) -> None:
+        if spec.n_length != public_key.n_length:
+            raise SpecMismatchError(
+                f"packing spec is for {spec.n_length}-bit keys, key has {public_key.n_length} bits"
+            )
+        if length < 0:
+            raise ValueError(f"length must be non-negative, got {length}")
+        if not 0 <= summands <= spec.max_summands:
+            raise SummandLimitError(
+                f"{summands} summands exceed the spec's max_summands={spec.max_summands}"
+            )
+        if len(ciphertexts) != spec.n_ciphertexts(length):
+            raise MalformedCiphertextError(
+                f"{len(ciphertexts)} ciphertexts cannot hold {length} values "
+                f"(expected {spec.n_ciphertexts(length)})"
+            )
+        self.public_key = public_key
+        self.spec = spec
+        self.length = length
+        self.summands = summands
+        if validate:
+            ciphertexts = [
+                public_key.check_ciphertext(c, position=i) for i, c in enumerate(ciphertexts)
+            ]
+        self.ciphertexts = list(ciphertexts)
+
+    def __repr__(self) -> str:
+        return (
+            f"<EncryptedVector length={self.length} summands={self.summands} "
+            f"ciphertexts={len(self.ciphertexts)} key={self.public_key.key_id.hex()[:8]}>"
+        )
+
+    def _check_compatible(self, other: EncryptedVector) -> None:
+        if self.public_key.key_id != other.public_key.key_id:
+            raise KeyMismatchError(
+                f"cannot add vectors under different keys ({self.public_key.key_id.hex()[:8]} "
+                f"and {other.public_key.key_id.hex()[:8]})"
+            )
+        if self.spec != other.spec:
+            raise SpecMismatchError(f"cannot add vectors packed as {self.spec} and {other.spec}")
+        if self.length != other.length:
+            raise SpecMismatchError(
+                f"cannot add vectors of lengths {self.length} and {other.length}"
+            )
+        total = self.summands + other.summands
+        if total > self.spec.max_summands:
+            raise SummandLimitError(
+                f"adding would make {total} summands; the packing spec leaves headroom for "
+                f"max_summands={self.spec.max_summands}"
+            )
+
+    def __add__(self, other: EncryptedVector) -> EncryptedVector:
+        if not isinstance(other, EncryptedVector):
+            return NotImplemented
+        self._check_compatible(other)
+        nsq = self.public_key.nsquare
+        cts = [a * b % nsq for a, b in zip(self.ciphertexts, other.ciphertexts, strict=True)]
+        return EncryptedVector(
+            self.public_key,
+            self.spec,
+            self.length,
+            self.summands + other.summands,
+            cts,
+            validate=False,
+        )
+
+    def __radd__(self, other: object) -> EncryptedVector:
+        if isinstance(other, int) and other == 0:  # the start value of sum()
+            return self
+        return NotImplemented
+
+    def __mul__(self, k: int) -> EncryptedVector:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer):
+            return NotImplemented
+        k = int(k)
+        if k < 0:
+            raise ValueError("encrypted vectors multiply only by non-negative integers")
+        if self.summands * k > self.spec.max_summands:
+            raise SummandLimitError(
+                f"multiplying by {k} makes {self.summands * k} summands; the packing spec "
+                f"leaves headroom for max_summands={self.spec.max_summands}"
+            )
+        nsq = self.public_key.nsquare
+        kk = mpz(k)
+        cts = [pow(c, kk, nsq) for c in self.ciphertexts]
+        return EncryptedVector(
+            self.public_key, self.spec, self.length, self.summands * k, cts, validate=False
+        )
+
+    __rmul__ = __mul__
+
+    def ciphertext_bytes(self) -> bytes:
+        """Concatenated fixed-width big-endian ciphertexts (the wire form)."""
+        w = self.public_key.ciphertext_bytes
+        return b"".join(int(c).to_bytes(w, "big") for c in self.ciphertexts)
+
+    def digest(self) -> bytes:
+        """SHA-256 binding key, layout, length, summands and ciphertexts."""
+        h = hashlib.sha256(b"fedcity.v1.encrypted-vector")
+        h.update(self.public_key.key_id)
+        s = self.spec
+        h.update(f"{s.clip!r}|{s.precision_bits}|{s.max_summands}|{s.n_length}".encode())
+        h.update(f"|{self.length}|{self.summands}|".encode())
+        h.update(self.ciphertext_bytes())
+        return h.digest()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the ciphertexts take on the wire."""
+        return len(self.ciphertexts) * self.public_key.ciphertext_bytes
+
+
+def encrypt_vector(
+    public_key: PublicKey,
+    x: npt.ArrayLike,
+    spec: PackingSpec,
+    *,
+    pool: WorkerPool | None = None,
+    noise: npt.ArrayLike | None = None,
+) -> EncryptedVector:
+    """Clip, quantize, pack and encrypt a 1-D float vector.
+
+    Parameters
+    ----------
+    public_key : PublicKey
+    x : array_like of float, shape (d,)
+    spec : PackingSpec
+        Must be for ``public_key.n_length``.
+    pool : WorkerPool, optional
+        Encrypt in worker processes (see :class:`fedcity.crypto.WorkerPool`).
+    noise : array_like of int, optional
+        Integer noise in quantization steps, within ``spec.noise_bound`` (for distributed
+        differential privacy; see :meth:`PackingSpec.quantize`).
+
+    Returns
+    -------
+    EncryptedVector
+        With ``summands == 1``.
+    """
+    if spec.n_length != public_key.n_length:
+        raise SpecMismatchError(
+            f"packing spec is for {spec.n_length}-bit keys, key has {public_key.n_length} bits"
+        )
+    q = spec.quantize(x, noise)
+    plaintexts = spec.pack(q)
+    if pool is not None:
+        cts = pool.raw_encrypt_many(public_key, plaintexts)
+    else:
+        cts = [public_key.raw_encrypt(m) for m in plaintexts]
+    return EncryptedVector(public_key, spec, len(q), 1, cts, validate=False)
+
+
+def decode_plaintexts(
+    spec: PackingSpec, plaintexts: Iterable[int], length: int, summands: int
+) -> npt.NDArray[np.float64]:
+    """Unpack, range-check and dequantize decrypted plaintexts of a summed vector."""
+    return spec.dequantize(spec.unpack([int(m) for m in plaintexts], length, summands), summands)
+
+
+def decrypt_vector(private_key: PrivateKey, encrypted: EncryptedVector) -> npt.NDArray[np.float64]:
+    """Decrypt an encrypted vector with the full private key and decode it to floats.
+
+    Raises
+    ------
+    KeyMismatchError
+        The vector was encrypted under another key.
+    SlotRangeError
+        A slot is out of its legal range (a malformed contribution); position named.
+    """
+    if private_key.public_key.key_id != encrypted.public_key.key_id:
+        raise KeyMismatchError(
+            f"vector is under key {encrypted.public_key.key_id.hex()[:8]}, private key is "
+            f"{private_key.public_key.key_id.hex()[:8]}"
+        )
+    plaintexts = [private_key.raw_decrypt(c) for c in encrypted.ciphertexts]
+    return decode_plaintexts(encrypted.spec, plaintexts, encrypted.length, encrypted.summands)
