@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from rich.console import Console
@@ -21,6 +21,7 @@ from rich.table import Table
 
 from fedcity.crypto import (
     PackingSpec,
+    PartialDecryption,
     WorkerPool,
     combine_partial_decryptions,
     deal_threshold_key,
@@ -29,14 +30,14 @@ from fedcity.crypto import (
 )
 from fedcity.crypto.serde import encrypted_vector_from_bytes, encrypted_vector_to_bytes
 
-T = TypeVar("T")
 
-
-def _timed(timings: dict[str, float], stage: str, fn: Callable[[], T]) -> T:
+@contextmanager
+def _stage(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
-    out = fn()
-    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-    return out
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,44 +60,37 @@ def main(argv: list[str] | None = None) -> int:
         f"[bold]fedcity demo[/]: {args.agencies} agencies, {args.threshold}-of-{args.agencies} "
         f"threshold Paillier, {args.bits}-bit key, vectors of {args.values:,} values"
     )
-    tpk, shares = _timed(
-        timings,
-        "deal threshold key",
-        lambda: deal_threshold_key(args.bits, threshold=args.threshold, parties=args.agencies),
-    )
+    with _stage(timings, "deal threshold key"):
+        tpk, shares = deal_threshold_key(args.bits, threshold=args.threshold, parties=args.agencies)
     pk = tpk.public_key
-    spec = PackingSpec(clip=4.0, precision_bits=20, max_summands=max(args.agencies, 2),
-                       n_length=args.bits)
+    spec = PackingSpec(
+        clip=4.0, precision_bits=20, max_summands=max(args.agencies, 2), n_length=args.bits
+    )
     rng = np.random.default_rng(2026)
     # Each agency's private update: e.g. a gradient of a demand model, rms ~ 0.5.
     updates = [rng.normal(0.0, 0.5, args.values) for _ in range(args.agencies)]
 
     received: list[bytes] = []
     with WorkerPool(args.workers) as pool:
-        _timed(timings, "build encryption tables", lambda: pool.warm_up(pk))
+        with _stage(timings, "build encryption tables"):
+            pool.warm_up(pk)
         for x in updates:
-            enc = _timed(timings, "encrypt (all agencies)",
-                         lambda x=x: encrypt_vector(pk, x, spec, pool=pool))
+            with _stage(timings, "encrypt (all agencies)"):
+                enc = encrypt_vector(pk, x, spec, pool=pool)
             received.append(encrypted_vector_to_bytes(enc))  # what goes on the wire
 
         # The coordinator holds only the public key and the bytes it received.
-        def aggregate() -> object:
+        with _stage(timings, "coordinator: add ciphertexts"):
             vectors = [encrypted_vector_from_bytes(b, pk) for b in received]
-            return sum(vectors[1:], vectors[0])
-
-        total = _timed(timings, "coordinator: add ciphertexts", aggregate)
-        decryptors = shares[: args.threshold]
-        partials = [
-            _timed(timings, f"partial decryption ({args.threshold} agencies)",
-                   lambda s=s: partial_decrypt(s, total, pool=pool))  # type: ignore[arg-type]
-            for s in decryptors
-        ]
-    released = _timed(
-        timings,
-        "combine + verify proofs",
-        lambda: combine_partial_decryptions(tpk, total, partials),  # type: ignore[arg-type]
-    )
-    plain = _timed(timings, "plaintext numpy sum", lambda: np.sum(updates, axis=0))
+            total = sum(vectors[1:], vectors[0])
+        partials: list[PartialDecryption] = []
+        for share in shares[: args.threshold]:
+            with _stage(timings, f"partial decryption ({args.threshold} agencies)"):
+                partials.append(partial_decrypt(share, total, pool=pool))
+    with _stage(timings, "combine + verify proofs"):
+        released = combine_partial_decryptions(tpk, total, partials)
+    with _stage(timings, "plaintext numpy sum"):
+        plain = np.sum(updates, axis=0)
 
     table = Table(title="aggregate (first values) vs plaintext sum")
     table.add_column("index", justify="right")

@@ -1,0 +1,244 @@
+"""Aggregation schemes: how a contribution is sealed, added and released.
+
+:class:`PaillierScheme` is fedcity's real scheme: agencies encrypt packed vectors under a
+threshold key, the coordinator multiplies ciphertexts, and ``t`` agencies' verified partial
+decryptions release the sum. :class:`PlaintextScheme` sends float64 vectors in the clear and
+exists only as the "encryption off" baseline of benchmarks; it offers no privacy.
+
+Both expose the same operations so the round state machine and the learning algorithms are
+unaware of which is in use.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcity.core.errors import RejectedContribution
+from fedcity.crypto import (
+    CryptoError,
+    EncryptedVector,
+    KeyShare,
+    PackingSpec,
+    PartialDecryption,
+    ThresholdPublicKey,
+    WorkerPool,
+    combine_partial_decryptions,
+    encrypt_vector,
+    partial_decrypt,
+    serde,
+    verify_partial_decryption,
+)
+
+__all__ = ["AggregationScheme", "PaillierScheme", "PlaintextScheme"]
+
+
+class AggregationScheme(ABC):
+    """Operations every party needs to take part in an aggregation round."""
+
+    encrypted: bool
+    """Whether contributions are hidden from the coordinator."""
+
+    @property
+    @abstractmethod
+    def threshold(self) -> int:
+        """Partial decryptions needed to release an aggregate (0: none)."""
+
+    # agency side ---------------------------------------------------------------------------
+    @abstractmethod
+    def seal(self, vector: npt.NDArray[np.float64], spec: PackingSpec, noise: Any = None) -> bytes:
+        """Turn an agency's vector into the bytes it uploads."""
+
+    @abstractmethod
+    def partial(self, share: KeyShare | None, aggregate: Any) -> bytes:
+        """An agency's partial decryption of an aggregate, as bytes."""
+
+    # coordinator side ----------------------------------------------------------------------
+    @abstractmethod
+    def open(self, payload: bytes, spec: PackingSpec, length: int) -> Any:
+        """Parse and validate an uploaded contribution; raise :class:`RejectedContribution`."""
+
+    @abstractmethod
+    def add(self, contributions: Sequence[Any]) -> Any:
+        """Add validated contributions."""
+
+    @abstractmethod
+    def aggregate_to_bytes(self, aggregate: Any) -> bytes:
+        """Serialize an aggregate for agencies to decrypt (or for storage)."""
+
+    @abstractmethod
+    def aggregate_from_bytes(self, payload: bytes, spec: PackingSpec, length: int) -> Any:
+        """Parse an aggregate (agency side before partial decryption, or after a restart)."""
+
+    @abstractmethod
+    def open_partial(self, payload: bytes, aggregate: Any) -> Any:
+        """Parse and verify a partial decryption; raise :class:`RejectedContribution`."""
+
+    @abstractmethod
+    def release(self, aggregate: Any, partials: Sequence[Any]) -> npt.NDArray[np.float64]:
+        """Combine verified partial decryptions into the released float sum."""
+
+
+class PaillierScheme(AggregationScheme):
+    """Packed threshold Paillier: the coordinator only ever holds ciphertexts.
+
+    Parameters
+    ----------
+    threshold_key : ThresholdPublicKey
+    pool : WorkerPool, optional
+        Worker processes for encryption and partial decryption at this party.
+    """
+
+    encrypted = True
+
+    def __init__(self, threshold_key: ThresholdPublicKey, *, pool: WorkerPool | None = None):
+        self.threshold_key = threshold_key
+        self.public_key = threshold_key.public_key
+        self.pool = pool
+
+    @property
+    def threshold(self) -> int:
+        """The key's ``t``."""
+        return self.threshold_key.threshold
+
+    def seal(self, vector: npt.NDArray[np.float64], spec: PackingSpec, noise: Any = None) -> bytes:
+        """Encrypt the vector under the threshold key."""
+        enc = encrypt_vector(self.public_key, vector, spec, pool=self.pool, noise=noise)
+        return serde.encrypted_vector_to_bytes(enc)
+
+    def open(self, payload: bytes, spec: PackingSpec, length: int) -> EncryptedVector:
+        """Validate ciphertexts, key id, layout, length and a single summand."""
+        try:
+            vec = serde.encrypted_vector_from_bytes(payload, self.public_key)
+        except CryptoError as exc:
+            raise RejectedContribution(f"invalid encrypted contribution: {exc}") from exc
+        if vec.spec != spec:
+            raise RejectedContribution(
+                f"contribution packed as {vec.spec}, the round expects {spec}"
+            )
+        if vec.length != length:
+            raise RejectedContribution(
+                f"contribution has {vec.length} values, the round expects {length}"
+            )
+        if vec.summands != 1:
+            raise RejectedContribution(
+                f"a contribution must be one summand, got summands={vec.summands}"
+            )
+        return vec
+
+    def add(self, contributions: Sequence[EncryptedVector]) -> EncryptedVector:
+        """Multiply ciphertexts slot by slot (homomorphic addition)."""
+        if not contributions:
+            raise ValueError("nothing to add")
+        total = contributions[0]
+        for c in contributions[1:]:
+            total = total + c
+        return total
+
+    def aggregate_to_bytes(self, aggregate: EncryptedVector) -> bytes:
+        """Serialize the encrypted aggregate."""
+        return serde.encrypted_vector_to_bytes(aggregate)
+
+    def aggregate_from_bytes(
+        self, payload: bytes, spec: PackingSpec, length: int
+    ) -> EncryptedVector:
+        """Parse and validate an encrypted aggregate."""
+        try:
+            vec = serde.encrypted_vector_from_bytes(payload, self.public_key)
+        except CryptoError as exc:
+            raise RejectedContribution(f"invalid aggregate: {exc}") from exc
+        if vec.spec != spec or vec.length != length:
+            raise RejectedContribution("aggregate does not match the round's layout")
+        return vec
+
+    def partial(self, share: KeyShare | None, aggregate: EncryptedVector) -> bytes:
+        """Partially decrypt with this agency's share and attach the proof."""
+        if share is None:
+            raise RejectedContribution("this agency holds no key share")
+        if share.threshold_key.key_id != self.public_key.key_id:
+            raise RejectedContribution("the agency's share belongs to another key")
+        pd = partial_decrypt(share, aggregate, pool=self.pool)
+        return serde.partial_decryption_to_bytes(pd, self.public_key)
+
+    def open_partial(self, payload: bytes, aggregate: EncryptedVector) -> PartialDecryption:
+        """Parse a partial decryption and verify its proof now, naming a bad share."""
+        try:
+            pd = serde.partial_decryption_from_bytes(payload, self.public_key)
+        except CryptoError as exc:
+            raise RejectedContribution(f"invalid partial decryption: {exc}") from exc
+        if not verify_partial_decryption(self.threshold_key, aggregate, pd):
+            raise RejectedContribution(
+                f"partial decryption from share {pd.share_index} failed its proof"
+            )
+        return pd
+
+    def release(
+        self, aggregate: EncryptedVector, partials: Sequence[PartialDecryption]
+    ) -> npt.NDArray[np.float64]:
+        """Combine ``t`` verified partial decryptions and decode the sum."""
+        return combine_partial_decryptions(
+            self.threshold_key, aggregate, partials[: self.threshold]
+        )
+
+
+class PlaintextScheme(AggregationScheme):
+    """Float64 vectors in the clear: the "encryption off" baseline. No privacy at all."""
+
+    encrypted = False
+
+    @property
+    def threshold(self) -> int:
+        """No decryption is needed."""
+        return 0
+
+    def seal(self, vector: npt.NDArray[np.float64], spec: PackingSpec, noise: Any = None) -> bytes:
+        """Clip to the spec's bound and send float64 bytes (noise in quantization steps)."""
+        v = np.clip(np.asarray(vector, dtype=np.float64), -spec.clip, spec.clip)
+        if noise is not None:
+            v = v + np.asarray(noise, dtype=np.float64) * spec.step
+        return v.astype("<f8").tobytes()
+
+    def open(self, payload: bytes, spec: PackingSpec, length: int) -> npt.NDArray[np.float64]:
+        """Parse float64 bytes of the expected length."""
+        if len(payload) != 8 * length:
+            raise RejectedContribution(
+                f"plaintext contribution has {len(payload)} bytes, expected {8 * length}"
+            )
+        v = np.frombuffer(payload, dtype="<f8").astype(np.float64)
+        if not np.isfinite(v).all():
+            raise RejectedContribution("plaintext contribution holds NaN or infinity")
+        return v
+
+    def add(self, contributions: Sequence[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+        """Add float vectors."""
+        total: npt.NDArray[np.float64] = np.sum(np.stack(list(contributions)), axis=0)
+        return total
+
+    def aggregate_to_bytes(self, aggregate: npt.NDArray[np.float64]) -> bytes:
+        """Float64 bytes."""
+        return np.asarray(aggregate, dtype="<f8").tobytes()
+
+    def aggregate_from_bytes(
+        self, payload: bytes, spec: PackingSpec, length: int
+    ) -> npt.NDArray[np.float64]:
+        """Parse float64 bytes."""
+        return self.open(payload, spec, length)
+
+    def partial(self, share: KeyShare | None, aggregate: Any) -> bytes:
+        """Nothing to decrypt."""
+        return b""
+
+    def open_partial(self, payload: bytes, aggregate: Any) -> None:
+        """Nothing to verify."""
+        return None
+
+    def release(
+        self, aggregate: npt.NDArray[np.float64], partials: Sequence[Any]
+    ) -> npt.NDArray[np.float64]:
+        """The aggregate is already plaintext."""
+        out: npt.NDArray[np.float64] = np.asarray(aggregate, dtype=np.float64)
+        return out

@@ -1,0 +1,146 @@
+"""The agency side of the protocol, without I/O.
+
+An :class:`AgencyNode` holds one agency's dataset and key share. Given a :class:`Task` it runs
+the vetted local step, bounds the result (clipping with an overflow flag, or L2 clipping and
+integer noise under differential privacy), and seals it with the aggregation scheme. Given an
+encrypted aggregate it checks that the aggregate is large enough to release and returns its
+partial decryption. The agent daemon and the in-process federation both drive this class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcity.core.aggregation import AggregationScheme
+from fedcity.core.errors import RejectedContribution
+from fedcity.core.rounds import overflow_flag
+from fedcity.core.tasks import LOCAL_STEPS, Task
+from fedcity.crypto import KeyShare
+
+if TYPE_CHECKING:
+    from fedcity.data.dataset import AgencyDataset
+
+__all__ = ["AgencyNode", "LocalTimings"]
+
+TaskPolicy = Callable[[Task], bool]
+"""Decides whether an agency runs a task (the hook for per-job approval and budgets)."""
+
+
+@dataclass
+class LocalTimings:
+    """Seconds an agency spent per stage, accumulated over a job."""
+
+    local_training: float = 0.0
+    encryption: float = 0.0
+    partial_decryption: float = 0.0
+    bytes_sent: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class AgencyNode:
+    """One agency: its data, its key share, and what it is willing to run.
+
+    Parameters
+    ----------
+    name : str
+    dataset : AgencyDataset
+    scheme : AggregationScheme
+    share : KeyShare, optional
+        This agency's share of the threshold key (None: it cannot help decrypt).
+    policy : callable, optional
+        ``policy(task) -> bool``; a task it refuses raises :class:`RejectedContribution`.
+        By default every vetted task kind is allowed.
+    rng : numpy.random.Generator, optional
+        Source of differential-privacy noise (defaults to an OS-seeded generator).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        dataset: AgencyDataset,
+        scheme: AggregationScheme,
+        *,
+        share: KeyShare | None = None,
+        policy: TaskPolicy | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.name = name
+        self.dataset = dataset
+        self.scheme = scheme
+        self.share = share
+        self.policy = policy
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.timings = LocalTimings()
+        self.served: list[tuple[str, int, str]] = []
+        """(job id, round, kind) of every task this agency answered: its local log."""
+
+    def __repr__(self) -> str:
+        return f"<AgencyNode {self.name!r} n={self.dataset.n_samples}>"
+
+    def local_vector(self, task: Task) -> npt.NDArray[np.float64]:
+        """Run the task's vetted local step on this agency's data (plaintext, stays here)."""
+        kind = task.request.kind
+        step = LOCAL_STEPS.get(kind)
+        if step is None:
+            raise RejectedContribution(f"agency {self.name!r}: task kind {kind!r} is not vetted")
+        if self.policy is not None and not self.policy(task):
+            raise RejectedContribution(f"agency {self.name!r}: policy refuses {kind!r}")
+        start = time.perf_counter()
+        v = np.asarray(step(task.request.params, self.dataset), dtype=np.float64)
+        self.timings.local_training += time.perf_counter() - start
+        if v.shape != (task.request.length,):
+            raise RejectedContribution(
+                f"agency {self.name!r}: step {kind!r} returned shape {v.shape}, "
+                f"expected ({task.request.length},)"
+            )
+        if not np.isfinite(v).all():
+            pos = int(np.flatnonzero(~np.isfinite(v))[0])
+            raise RejectedContribution(
+                f"agency {self.name!r}: step {kind!r} produced a non-finite value at {pos}"
+            )
+        return v
+
+    def contribute(self, task: Task) -> bytes:
+        """Compute, bound and seal this agency's contribution to ``task``."""
+        v = self.local_vector(task)
+        start = time.perf_counter()
+        noise: Any = None
+        if task.dp:
+            from fedcity.learn.dp import bound_and_noise
+
+            v, noise = bound_and_noise(v, task, self.rng)
+        else:
+            flag = overflow_flag(task.spec.clip)
+            over = bool((np.abs(v) > task.spec.clip).any())
+            v = np.append(v, flag if over else 0.0)
+        payload = self.scheme.seal(v, task.spec, noise)
+        self.timings.encryption += time.perf_counter() - start
+        self.timings.bytes_sent += len(payload)
+        self.served.append((task.job_id, task.round, task.request.kind))
+        return payload
+
+    def decrypt_share(self, task: Task, aggregate_bytes: bytes, *, summands_min: int) -> bytes:
+        """Partially decrypt an aggregate of at least ``summands_min`` contributions.
+
+        An agency refuses to help decrypt anything that is not an aggregate of enough
+        agencies, so the coordinator cannot use it to read a single contribution (under the
+        honest-but-curious model; see docs/trust-model.md).
+        """
+        aggregate = self.scheme.aggregate_from_bytes(aggregate_bytes, task.spec, task.vector_length)
+        summands = getattr(aggregate, "summands", summands_min)
+        if summands < summands_min:
+            raise RejectedContribution(
+                f"agency {self.name!r} refuses to decrypt an aggregate of {summands} "
+                f"contribution(s); the job requires at least {summands_min}"
+            )
+        start = time.perf_counter()
+        payload = self.scheme.partial(self.share, aggregate)
+        self.timings.partial_decryption += time.perf_counter() - start
+        self.timings.bytes_sent += len(payload)
+        return payload

@@ -1,0 +1,59 @@
+"""The interface between learning algorithms and the federation that runs them.
+
+An :class:`Algorithm` runs at the coordinator (or the data scientist's side): it proposes one
+:class:`~fedcity.core.tasks.TaskRequest` per round and updates its state from the released
+aggregate. It never sees an individual agency's contribution.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcity.core.tasks import TaskRequest
+
+__all__ = ["Algorithm", "RoundRecord"]
+
+
+@dataclass
+class RoundRecord:
+    """What one round cost and who took part.
+
+    Seconds per stage are the slowest agency's (agencies work in parallel in a real
+    federation) for agency stages, and the coordinator's for aggregation and combination.
+    """
+
+    round: int
+    kind: str
+    label: str
+    contributors: list[str]
+    decryptors: list[str]
+    bytes_per_agency: float
+    bytes_to_decryptors: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    loss: float | None = None
+    retried_for_overflow: bool = False
+    clip: float = 0.0
+    """The packing bound finally used (widened when an agency had to clip)."""
+
+
+class Algorithm(ABC):
+    """A federated computation driven round by round."""
+
+    @abstractmethod
+    def next_request(self) -> TaskRequest | None:
+        """The next round's request, or None when the algorithm has finished."""
+
+    @abstractmethod
+    def update(
+        self, request: TaskRequest, released: npt.NDArray[np.float64], record: RoundRecord
+    ) -> None:
+        """Consume the released aggregate of ``request``; may set ``record.loss``."""
+
+    @property
+    def max_rounds(self) -> int | None:
+        """Upper bound on rounds, for progress bars (None if unknown)."""
+        return None

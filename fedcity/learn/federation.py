@@ -1,0 +1,358 @@
+"""An in-process federation: agencies, coordinator and algorithm in one Python process.
+
+:class:`LocalFederation` deals a threshold key to the agencies, then drives rounds through the
+same sans-IO objects the networked coordinator and agent use: every contribution is sealed by
+an :class:`~fedcity.core.nodes.AgencyNode`, travels as bytes to an
+:class:`~fedcity.core.rounds.AggregationRound` that holds only ciphertexts, and is released
+only through ``t`` verified partial decryptions. It serves tests, examples and simulations.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcity.core.aggregation import AggregationScheme, PaillierScheme, PlaintextScheme
+from fedcity.core.errors import AgencyUnavailable, JobFailed, RejectedContribution
+from fedcity.core.nodes import AgencyNode
+from fedcity.core.rounds import AggregationRound
+from fedcity.core.tasks import Task, TaskRequest
+from fedcity.crypto import KeyShare, PackingSpec, ThresholdPublicKey, deal_threshold_key
+from fedcity.learn.algorithm import Algorithm, RoundRecord
+
+if TYPE_CHECKING:
+    from fedcity.data.dataset import AgencyDataset
+
+__all__ = ["LocalFederation"]
+
+_MAX_CLIP = float(2**40)
+_MAX_SLOT_BITS = 62
+
+
+@dataclass
+class _JobState:
+    job_id: str
+    history: list[RoundRecord] = field(default_factory=list)
+    rounds: list[AggregationRound] = field(default_factory=list)
+    dropped: set[str] = field(default_factory=set)
+    dp_rounds: int = 0
+
+
+class LocalFederation:
+    """Agencies and a coordinator in one process, speaking fedcity's protocol.
+
+    Parameters
+    ----------
+    datasets : sequence of AgencyDataset
+        One per agency; names (``dataset.agency``) must be unique and the feature specs equal.
+    threshold : int, optional
+        Agencies needed to decrypt (default: a majority).
+    min_agencies : int, optional
+        Fewest contributors a released aggregate may have (default: ``threshold``, at
+        least 2 when there are two or more agencies).
+    key_bits : int, default 2048
+        Threshold key size. Use >= 2048 for anything real; small keys are for tests.
+    encrypted : bool, default True
+        False runs the same job in the clear (a benchmark baseline, no privacy).
+    key : (ThresholdPublicKey, list of KeyShare), optional
+        Reuse a dealt key instead of dealing a new one (share i goes to agency i).
+    workers : int, optional
+        Worker processes for encryption and partial decryption (default: in process).
+    seed : int, optional
+        Seeds differential-privacy noise, for reproducible tests only.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[AgencyDataset],
+        *,
+        threshold: int | None = None,
+        min_agencies: int | None = None,
+        key_bits: int = 2048,
+        encrypted: bool = True,
+        key: tuple[ThresholdPublicKey, Sequence[KeyShare]] | None = None,
+        workers: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not datasets:
+            raise ValueError("a federation needs at least one agency")
+        names = [d.agency for d in datasets]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"agency names must be unique; repeated: {dup}")
+        spec = datasets[0].spec
+        for d in datasets[1:]:
+            if d.spec != spec:
+                raise ValueError(
+                    f"agency {d.agency!r} declares other features than {datasets[0].agency!r}; "
+                    "all agencies of a job must declare the same FeatureSpec"
+                )
+        parties = len(datasets)
+        t = threshold if threshold is not None else parties // 2 + 1
+        if not 1 <= t <= parties:
+            raise ValueError(f"threshold must lie in [1, {parties}], got {t}")
+        self.threshold = t
+        self.min_agencies = min_agencies if min_agencies is not None else max(t, min(2, parties))
+        if not 1 <= self.min_agencies <= parties:
+            raise ValueError(f"min_agencies must lie in [1, {parties}], got {self.min_agencies}")
+        self.feature_spec = spec
+        self.key_bits = key_bits
+        self.encrypted = encrypted
+        self._pool = None
+        if workers:
+            from fedcity.crypto import WorkerPool
+
+            self._pool = WorkerPool(workers)
+        shares: Sequence[KeyShare | None]
+        scheme: AggregationScheme
+        if encrypted:
+            if key is None:
+                key = deal_threshold_key(key_bits, threshold=t, parties=parties)
+            tpk, key_shares = key
+            if tpk.parties != parties or tpk.threshold != t:
+                raise ValueError(
+                    f"the given key is {tpk.threshold}-of-{tpk.parties}, the federation needs "
+                    f"{t}-of-{parties}"
+                )
+            self.threshold_key: ThresholdPublicKey | None = tpk
+            self.key_bits = tpk.public_key.n_length
+            shares = list(key_shares)
+            scheme = PaillierScheme(tpk, pool=self._pool)
+        else:
+            self.threshold_key = None
+            shares = [None] * parties
+            scheme = PlaintextScheme()
+        self.scheme = scheme
+        rng = np.random.default_rng(seed) if seed is not None else None
+        self.agencies: dict[str, AgencyNode] = {}
+        for i, (d, s) in enumerate(zip(datasets, shares, strict=True)):
+            node_rng = (
+                np.random.default_rng([seed, i]) if rng is not None and seed is not None else None
+            )
+            self.agencies[d.agency] = AgencyNode(d.agency, d, scheme, share=s, rng=node_rng)
+        self.share_index_of = {
+            name: node.share.index for name, node in self.agencies.items() if node.share
+        }
+        self._dropouts: dict[str, int] = {}
+        self.jobs: dict[str, _JobState] = {}
+
+    def close(self) -> None:
+        """Stop worker processes, if any."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- fault injection for tests and simulations ------------------------------------------
+    def schedule_dropout(self, agency: str, *, at_round: int) -> None:
+        """Make ``agency`` disappear from round ``at_round`` (counted over the whole job)."""
+        if agency not in self.agencies:
+            raise KeyError(f"unknown agency {agency!r}")
+        self._dropouts[agency] = at_round
+
+    def _check_alive(self, agency: str, state: _JobState) -> None:
+        at = self._dropouts.get(agency)
+        if at is not None and len(state.rounds) >= at:
+            raise AgencyUnavailable(f"agency {agency!r} stopped answering")
+
+    # -- running ----------------------------------------------------------------------------
+    def new_job(self) -> str:
+        """Register a job and return its id."""
+        job_id = uuid.uuid4().hex[:12]
+        self.jobs[job_id] = _JobState(job_id)
+        return job_id
+
+    def run(
+        self,
+        algorithm: Algorithm,
+        *,
+        job_id: str | None = None,
+        dp: Any = None,
+        progress: Any = None,
+    ) -> list[RoundRecord]:
+        """Drive ``algorithm`` until it finishes; returns the records of its rounds.
+
+        Raises
+        ------
+        JobFailed
+            Fewer agencies than the minimum or the threshold remain.
+        """
+        job_id = job_id or self.new_job()
+        state = self.jobs.setdefault(job_id, _JobState(job_id))
+        records: list[RoundRecord] = []
+        while (request := algorithm.next_request()) is not None:
+            released, record = self._run_request(state, request, dp)
+            algorithm.update(request, released, record)
+            records.append(record)
+            if progress is not None:
+                progress(record)
+        return records
+
+    def active_agencies(self, job_id: str) -> list[str]:
+        """Agencies still taking part in a job."""
+        state = self.jobs[job_id]
+        return [a for a in self.agencies if a not in state.dropped]
+
+    def _spec_for(self, request: TaskRequest, clip: float, n_summands: int, dp: Any) -> PackingSpec:
+        headroom = (max(n_summands, 1) - 1).bit_length()
+        noise_bound = 0 if dp is None else dp.noise_bound
+        extra = 0 if noise_bound == 0 else (2 * noise_bound).bit_length()
+        precision = min(request.precision_bits, _MAX_SLOT_BITS - headroom - extra - 1, 52)
+        if dp is not None:
+            precision = min(precision, dp.precision_bits)
+        return PackingSpec(
+            clip=clip,
+            precision_bits=precision,
+            max_summands=max(n_summands, 1),
+            n_length=self.key_bits if self.encrypted else 2048,
+            noise_bound=noise_bound,
+        )
+
+    def _run_request(
+        self, state: _JobState, request: TaskRequest, dp: Any
+    ) -> tuple[npt.NDArray[np.float64], RoundRecord]:
+        clip = request.clip if dp is None else dp.clip_for(request)
+        retried = False
+        while True:
+            released, record = self._run_round(state, request, clip, dp)
+            if dp is not None or not state.rounds[-1].overflowed:
+                break
+            if clip >= _MAX_CLIP:
+                raise JobFailed(
+                    f"{request.kind}: local values exceed the largest supported bound {_MAX_CLIP}"
+                )
+            clip = min(clip * 256.0, _MAX_CLIP)  # some agency clipped: redo with a wider range
+            retried = True
+        record.retried_for_overflow = retried
+        record.clip = clip
+        if request.integer_valued:
+            released = np.rint(released)
+        if dp is not None:
+            dp.charge(request)
+        return released, record
+
+    def _run_round(
+        self, state: _JobState, request: TaskRequest, clip: float, dp: Any
+    ) -> tuple[npt.NDArray[np.float64], RoundRecord]:
+        participants = [a for a in self.agencies if a not in state.dropped]
+        self._require(len(participants), state, "contribute")
+        spec = self._spec_for(request, clip, len(participants), dp)
+        task = Task(
+            state.job_id,
+            len(state.rounds),
+            request,
+            spec,
+            dp=None if dp is None else dp.task_params(spec, len(participants)),
+        )
+        rnd = AggregationRound(
+            task,
+            self.scheme,
+            participants=participants,
+            min_contributors=self.min_agencies,
+            share_index_of=self.share_index_of,
+        )
+        state.rounds.append(rnd)
+        seconds: dict[str, float] = {"local_training": 0.0, "encryption": 0.0}
+        for name in participants:
+            node = self.agencies[name]
+            before = (node.timings.local_training, node.timings.encryption)
+            try:
+                self._check_alive(name, state)
+                payload = node.contribute(task)
+            except AgencyUnavailable:
+                state.dropped.add(name)
+                rnd.drop(name)
+                continue
+            except ValueError as exc:
+                if isinstance(exc, RejectedContribution):
+                    raise JobFailed(str(exc)) from exc
+                raise JobFailed(f"agency {name!r} could not run {request.kind}: {exc}") from exc
+            seconds["local_training"] = max(
+                seconds["local_training"], node.timings.local_training - before[0]
+            )
+            seconds["encryption"] = max(seconds["encryption"], node.timings.encryption - before[1])
+            rnd.submit(name, payload)
+        with _timer(seconds, "aggregation"):
+            aggregate = rnd.close()
+        seconds["partial_decryption"] = 0.0
+        if self.scheme.threshold:
+            for name in [a for a in rnd.participants if a in self.share_index_of]:
+                if rnd.ready:
+                    break
+                if name in state.dropped:
+                    continue
+                node = self.agencies[name]
+                before_pd = node.timings.partial_decryption
+                try:
+                    self._check_alive(name, state)
+                    partial = node.decrypt_share(task, aggregate, summands_min=self.min_agencies)
+                except AgencyUnavailable:
+                    state.dropped.add(name)
+                    continue
+                seconds["partial_decryption"] = max(
+                    seconds["partial_decryption"], node.timings.partial_decryption - before_pd
+                )
+                with _timer(seconds, "verification"):
+                    rnd.submit_partial(name, partial)
+            if not rnd.ready:
+                alive = len(self.active_agencies(state.job_id))
+                rnd.fail(
+                    f"only {len(rnd.decryptors)} agencies answered to decrypt round "
+                    f"{task.round} ({alive} remain in the job); the key needs t={self.threshold}"
+                )
+        with _timer(seconds, "combination"):
+            released = rnd.release()
+        n_contrib = len(rnd.contributors)
+        record = RoundRecord(
+            round=task.round,
+            kind=request.kind,
+            label=request.label or request.kind,
+            contributors=rnd.contributors,
+            decryptors=rnd.decryptors,
+            bytes_per_agency=sum(map(len, rnd.contributions.values())) / max(n_contrib, 1),
+            bytes_to_decryptors=len(aggregate) * len(rnd.decryptors),
+            seconds=seconds,
+        )
+        state.history.append(record)
+        return released, record
+
+    def _require(self, available: int, state: _JobState, what: str) -> None:
+        need = max(self.min_agencies, self.threshold if self.encrypted else 0)
+        if available < need:
+            raise JobFailed(
+                f"job {state.job_id}: {available} agencies remain to {what}; the job needs "
+                f"at least {self.min_agencies} contributors and t={self.threshold} decryptors"
+                f" (dropped: {sorted(state.dropped)})"
+            )
+
+    def coordinator_storage(self, job_id: str) -> Iterator[bytes]:
+        """Every byte string the coordinator received or stored for a job.
+
+        Used by privacy tests: with encryption on, all of it is ciphertext.
+        """
+        for rnd in self.jobs[job_id].rounds:
+            yield from rnd.contributions.values()
+            yield from rnd.partials.values()
+            if rnd.aggregate_bytes is not None:
+                yield rnd.aggregate_bytes
+
+
+@contextmanager
+def _timer(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start

@@ -1,0 +1,273 @@
+"""What a data scientist writes: a job description, handed to a federation, returning a model.
+
+::
+
+    from fedcity.learn import LocalFederation, LogisticRegressionJob
+
+    with LocalFederation(agency_datasets, threshold=3) as federation:
+        result = LogisticRegressionJob(C=1.0).fit(federation, progress=True)
+    result.estimator_.predict_proba(test_frame)     # an ordinary scikit-learn Pipeline
+    result.history_                                  # per-round loss, contributors, bytes, seconds
+
+Every job first learns the global preprocessing (standardisation, one-hot levels) from secure
+sums, then trains; the returned pipeline applies that preprocessing itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
+from sklearn.pipeline import Pipeline
+
+from fedcity.learn.algorithm import Algorithm, RoundRecord
+from fedcity.learn.design import Preprocessing
+from fedcity.learn.glm import FederatedGLM, GLMFamily
+from fedcity.learn.stats import FederatedStatistics
+
+if TYPE_CHECKING:
+    from fedcity.learn.federation import LocalFederation
+
+__all__ = [
+    "FederatedResult",
+    "LogisticRegressionJob",
+    "PoissonRegressionJob",
+    "RidgeJob",
+    "make_preprocessor",
+]
+
+
+@dataclass
+class FederatedResult:
+    """A trained model and how it was trained.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.pipeline.Pipeline
+        ``FederatedPreprocessor`` followed by a fitted scikit-learn estimator.
+    history_ : list of RoundRecord
+        Every round: kind, global loss, contributors, decryptors, bytes, seconds per stage.
+    preprocessing_ : Preprocessing
+        The released global preprocessing.
+    job_id_ : str
+    seconds_ : float
+        Wall time of the whole job in this process.
+    privacy_ : tuple of (epsilon, delta) or None
+        Differential privacy spent by the job, if it used DP.
+    """
+
+    estimator_: Pipeline
+    history_: list[RoundRecord]
+    preprocessing_: Preprocessing
+    job_id_: str
+    seconds_: float
+    privacy_: tuple[float, float] | None = None
+    extras_: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def contributors_(self) -> list[list[str]]:
+        """Who contributed to each round."""
+        return [r.contributors for r in self.history_]
+
+    @property
+    def bytes_per_agency_(self) -> float:
+        """Bytes each agency uploaded over the job, on average."""
+        return float(sum(r.bytes_per_agency for r in self.history_))
+
+
+def make_preprocessor(pre: Preprocessing) -> BaseEstimator:
+    """A fitted :class:`~fedcity.data.preprocess.FederatedPreprocessor` for ``pre``."""
+    from fedcity.data.preprocess import FederatedPreprocessor
+
+    return FederatedPreprocessor.from_preprocessing(pre)
+
+
+def _progress_callback(progress: bool, total: int | None) -> Any:
+    if not progress:
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    task_id = bar.add_task("federated job", total=total, status="")
+
+    def update(record: RoundRecord) -> None:
+        loss = "" if record.loss is None else f"loss {record.loss:.6f}"
+        bar.update(
+            task_id,
+            advance=1,
+            description=record.label,
+            status=f"{len(record.contributors)} agencies {loss}",
+        )
+
+    return bar, update
+
+
+class _Job:
+    """Shared driver: statistics, then the model's algorithm, then the estimator."""
+
+    def _algorithm(self, pre: Preprocessing) -> Algorithm:
+        raise NotImplementedError
+
+    def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
+        raise NotImplementedError
+
+    def _dp(self, federation: LocalFederation) -> Any:
+        return None
+
+    def fit(self, federation: LocalFederation, *, progress: bool = False) -> FederatedResult:
+        """Run the job on ``federation`` and return the fitted model and its history."""
+        start = time.perf_counter()
+        job_id = federation.new_job()
+        stats = FederatedStatistics(federation.feature_spec)
+        algo_rounds = getattr(self, "max_iter", None) or getattr(self, "rounds", None)
+        bar, callback = _progress_callback(progress, (algo_rounds or 0) + stats.max_rounds)
+        try:
+            if bar is not None:
+                bar.start()
+            history = federation.run(stats, job_id=job_id, progress=callback)
+            assert stats.result_ is not None
+            pre = stats.result_
+            algorithm = self._algorithm(pre)
+            dp = self._dp(federation)
+            history += federation.run(algorithm, job_id=job_id, dp=dp, progress=callback)
+        finally:
+            if bar is not None:
+                bar.stop()
+        model = self._estimator(algorithm, pre)
+        pipeline = Pipeline([("preprocess", make_preprocessor(pre)), ("model", model)])
+        return FederatedResult(
+            estimator_=pipeline,
+            history_=history,
+            preprocessing_=pre,
+            job_id_=job_id,
+            seconds_=time.perf_counter() - start,
+            privacy_=None if dp is None else dp.spent(),
+        )
+
+
+@dataclass
+class _GLMJob(_Job):
+    family: GLMFamily = field(init=False)
+    max_iter: int = 25
+    tol: float = 1e-10
+
+    def _penalty(self) -> float:
+        raise NotImplementedError
+
+    def _validate(self) -> None:
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
+        if not (isinstance(self.tol, float | int) and self.tol > 0):
+            raise ValueError(f"tol must be positive, got {self.tol!r}")
+
+    def _algorithm(self, pre: Preprocessing) -> Algorithm:
+        self._validate()
+        return FederatedGLM(
+            self.family, pre, penalty=self._penalty(), max_iter=self.max_iter, tol=self.tol
+        )
+
+    def _set_linear(self, est: Any, algo: FederatedGLM, pre: Preprocessing) -> None:
+        est.n_features_in_ = pre.n_features
+        est.n_iter_ = (
+            np.array([algo.n_iter_]) if isinstance(est, LogisticRegression) else algo.n_iter_
+        )
+
+
+@dataclass
+class LogisticRegressionJob(_GLMJob):
+    """A risk model: L2-penalised logistic regression, exact by federated Newton.
+
+    Equals ``sklearn.linear_model.LogisticRegression(C=C)`` fitted on the pooled data.
+
+    Parameters
+    ----------
+    C : float, default 1.0
+        Inverse regularisation strength, as in scikit-learn.
+    max_iter : int, default 25
+    tol : float, default 1e-10
+    """
+
+    C: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.family = "logistic"
+        if not (isinstance(self.C, float | int) and np.isfinite(self.C) and self.C > 0):
+            raise ValueError(f"C must be a positive finite number, got {self.C!r}")
+
+    def _penalty(self) -> float:
+        return 1.0 / float(self.C)
+
+    def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
+        assert isinstance(algorithm, FederatedGLM)
+        est = LogisticRegression(C=self.C)
+        est.classes_ = np.array([0, 1])
+        est.coef_ = algorithm.coef_.reshape(1, -1).copy()
+        est.intercept_ = np.array([algorithm.intercept_])
+        self._set_linear(est, algorithm, pre)
+        return est
+
+
+@dataclass
+class RidgeJob(_GLMJob):
+    """A demand model: ridge regression, exact in one federated round.
+
+    Equals ``sklearn.linear_model.Ridge(alpha=alpha)`` fitted on the pooled data.
+    """
+
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.family = "ridge"
+        if not (
+            isinstance(self.alpha, float | int) and np.isfinite(self.alpha) and self.alpha >= 0
+        ):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+
+    def _penalty(self) -> float:
+        return float(self.alpha)
+
+    def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
+        assert isinstance(algorithm, FederatedGLM)
+        est = Ridge(alpha=self.alpha)
+        est.coef_ = algorithm.coef_.copy()
+        est.intercept_ = algorithm.intercept_
+        self._set_linear(est, algorithm, pre)
+        return est
+
+
+@dataclass
+class PoissonRegressionJob(_GLMJob):
+    """A count-demand model: L2-penalised Poisson regression by federated Newton.
+
+    Equals ``sklearn.linear_model.PoissonRegressor(alpha=alpha)`` on the pooled data.
+    """
+
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.family = "poisson"
+        if not (
+            isinstance(self.alpha, float | int) and np.isfinite(self.alpha) and self.alpha >= 0
+        ):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+
+    def _penalty(self) -> float:
+        return float(self.alpha)
+
+    def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
+        assert isinstance(algorithm, FederatedGLM)
+        est = PoissonRegressor(alpha=self.alpha)
+        est.coef_ = algorithm.coef_.copy()
+        est.intercept_ = algorithm.intercept_
+        self._set_linear(est, algorithm, pre)
+        return est

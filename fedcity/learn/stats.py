@@ -1,0 +1,169 @@
+"""Federated preprocessing statistics: counts, category levels, means and variances.
+
+Three rounds, each a secure sum:
+
+1. ``stats.counts`` — rows, Σ weights, and per declared category level the (weighted-free) row
+   count. The federation learns which levels exist in total, never which agency holds them.
+2. ``stats.mean`` — Σ w·x / W for every numeric column (W from round 1).
+3. ``stats.variance`` — Σ w·(x - mean)² / W, centred on the released means, which avoids the
+   cancellation of Σx² - (Σx)²/W on features with large offsets.
+
+The result is a :class:`~fedcity.learn.design.Preprocessing` that every later task carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcity.core.tasks import TaskRequest, local_step
+from fedcity.learn.algorithm import Algorithm, RoundRecord
+from fedcity.learn.design import Preprocessing
+
+if TYPE_CHECKING:
+    from fedcity.data.dataset import AgencyDataset, FeatureSpec
+
+__all__ = ["FederatedStatistics"]
+
+_COUNT_CLIP = float(2**40)
+
+
+@local_step("stats.counts")
+def _counts(params: Mapping[str, Any], data: AgencyDataset) -> npt.NDArray[np.float64]:
+    out = [float(data.n_samples), float(data.sample_weight().sum())]
+    for col in params["categorical"]:
+        out += [float(c) for c in data.level_counts(col)]
+    return np.asarray(out)
+
+
+@local_step("stats.mean")
+def _mean(params: Mapping[str, Any], data: AgencyDataset) -> npt.NDArray[np.float64]:
+    w = data.sample_weight()
+    result: npt.NDArray[np.float64] = w @ data.X_numeric() / float(params["total_weight"])
+    return result
+
+
+@local_step("stats.variance")
+def _variance(params: Mapping[str, Any], data: AgencyDataset) -> npt.NDArray[np.float64]:
+    w = data.sample_weight()
+    centred = data.X_numeric() - np.asarray(params["mean"])
+    result: npt.NDArray[np.float64] = w @ (centred**2) / float(params["total_weight"])
+    return result
+
+
+class FederatedStatistics(Algorithm):
+    """Learn global preprocessing from secure sums over agencies.
+
+    Parameters
+    ----------
+    spec : FeatureSpec
+        The declared features: numeric columns and categorical columns with vocabularies.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.numeric = tuple(spec.numeric)
+        self.vocab = {c: tuple(v) for c, v in spec.categorical.items()}
+        self._stage = 0
+        self.n_samples_: int | None = None
+        self.total_weight_: float | None = None
+        self.level_counts_: dict[str, npt.NDArray[np.int64]] = {}
+        self.mean_: npt.NDArray[np.float64] | None = None
+        self.var_: npt.NDArray[np.float64] | None = None
+        self.result_: Preprocessing | None = None
+
+    @property
+    def max_rounds(self) -> int:
+        """Three secure sums."""
+        return 3
+
+    def next_request(self) -> TaskRequest | None:
+        """Counts, then means, then variances."""
+        if self._stage == 0:
+            length = 2 + sum(len(v) for v in self.vocab.values())
+            return TaskRequest(
+                "stats.counts",
+                {"categorical": list(self.vocab)},
+                length,
+                clip=_COUNT_CLIP,
+                precision_bits=52,
+                integer_valued=True,
+                label="statistics: counts and category levels",
+            )
+        if not self.numeric:
+            self._stage = 3
+        if self._stage == 1:
+            return TaskRequest(
+                "stats.mean",
+                {"total_weight": self.total_weight_},
+                len(self.numeric),
+                clip=1024.0,
+                label="statistics: means",
+            )
+        if self._stage == 2:
+            assert self.mean_ is not None
+            return TaskRequest(
+                "stats.variance",
+                {"total_weight": self.total_weight_, "mean": self.mean_.tolist()},
+                len(self.numeric),
+                clip=1024.0,
+                label="statistics: variances",
+            )
+        return None
+
+    def update(
+        self, request: TaskRequest, released: npt.NDArray[np.float64], record: RoundRecord
+    ) -> None:
+        """Store each stage's released sums; build the preprocessing after the last."""
+        if request.kind == "stats.counts":
+            counts = np.rint(released).astype(np.int64)
+            self.n_samples_ = int(counts[0])
+            self.total_weight_ = float(released[1])
+            if self.total_weight_ <= 0:
+                raise ValueError("the agencies' sample weights sum to zero")
+            pos = 2
+            for col, vocab in self.vocab.items():
+                self.level_counts_[col] = counts[pos : pos + len(vocab)]
+                pos += len(vocab)
+            self._stage = 1
+        elif request.kind == "stats.mean":
+            self.mean_ = released.copy()
+            self._stage = 2
+        elif request.kind == "stats.variance":
+            self.var_ = np.maximum(released, 0.0)
+            self._stage = 3
+        if self._stage == 3 and self.result_ is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        assert self.n_samples_ is not None and self.total_weight_ is not None
+        if self.numeric:
+            assert self.mean_ is not None and self.var_ is not None
+            std = np.sqrt(self.var_)
+            # like StandardScaler: constant features keep scale 1
+            scale = np.where(
+                std < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(self.mean_), 1), 1.0, std
+            )
+            mean = tuple(float(m) for m in self.mean_)
+            scales = tuple(float(s) for s in scale)
+        else:
+            mean, scales = (), ()
+        categorical = tuple(
+            (
+                col,
+                vocab,
+                tuple(lv for lv, c in zip(vocab, self.level_counts_[col], strict=True) if c > 0),
+            )
+            for col, vocab in self.vocab.items()
+        )
+        self.result_ = Preprocessing(
+            numeric=self.numeric,
+            mean=mean,
+            scale=scales,
+            categorical=categorical,
+            total_weight=self.total_weight_,
+            n_samples=self.n_samples_,
+        )
