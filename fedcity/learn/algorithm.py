@@ -38,6 +38,8 @@ class RoundRecord:
     retried_for_overflow: bool = False
     clip: float = 0.0
     """The packing bound finally used (widened when an agency had to clip)."""
+    step: float = 0.0
+    """Quantization step of the packing used (0 when encryption is off)."""
 
 
 class Algorithm(ABC):

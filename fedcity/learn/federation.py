@@ -237,6 +237,7 @@ class LocalFederation:
             retried = True
         record.retried_for_overflow = retried
         record.clip = clip
+        record.step = state.rounds[-1].task.spec.step if self.encrypted else 0.0
         if request.integer_valued:
             released = np.rint(released)
         if dp is not None:

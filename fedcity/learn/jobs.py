@@ -30,6 +30,7 @@ from fedcity.learn.glm import FederatedGLM, GLMFamily
 from fedcity.learn.stats import FederatedStatistics
 
 if TYPE_CHECKING:
+    from fedcity.data.dataset import FeatureSpec
     from fedcity.learn.federation import LocalFederation
 
 __all__ = [
@@ -79,11 +80,29 @@ class FederatedResult:
         return float(sum(r.bytes_per_agency for r in self.history_))
 
 
-def make_preprocessor(pre: Preprocessing) -> BaseEstimator:
-    """A fitted :class:`~fedcity.data.preprocess.FederatedPreprocessor` for ``pre``."""
+def make_preprocessor(pre: Preprocessing, spec: FeatureSpec) -> BaseEstimator:
+    """A fitted :class:`~fedcity.data.preprocess.FederatedPreprocessor` for ``pre``.
+
+    The released means and scales are installed exactly, so the pipeline transforms new
+    rows precisely as the agencies transformed theirs during training.
+    """
     from fedcity.data.preprocess import FederatedPreprocessor
 
-    return FederatedPreprocessor.from_preprocessing(pre)
+    mean = np.asarray(pre.mean, dtype=np.float64)
+    scale = np.asarray(pre.scale, dtype=np.float64)
+    total = pre.total_weight
+    kept = {col: kept_levels for col, _, kept_levels in pre.categorical}
+    level_counts = {
+        col: np.array([1 if lv in kept[col] else 0 for lv in vocab])
+        for col, vocab, _ in pre.categorical
+    }
+    out = FederatedPreprocessor.from_statistics(
+        spec, total, mean * total, (scale**2 + mean**2) * total, level_counts
+    )
+    out.mean_ = mean
+    out.scale_ = scale
+    out.var_ = np.where(scale == 1.0, out.var_, scale**2)
+    return out
 
 
 def _progress_callback(progress: bool, total: int | None) -> Any:
@@ -144,7 +163,8 @@ class _Job:
             if bar is not None:
                 bar.stop()
         model = self._estimator(algorithm, pre)
-        pipeline = Pipeline([("preprocess", make_preprocessor(pre)), ("model", model)])
+        preprocessor = make_preprocessor(pre, federation.feature_spec)
+        pipeline = Pipeline([("preprocess", preprocessor), ("model", model)])
         return FederatedResult(
             estimator_=pipeline,
             history_=history,
@@ -176,11 +196,18 @@ class _GLMJob(_Job):
             self.family, pre, penalty=self._penalty(), max_iter=self.max_iter, tol=self.tol
         )
 
-    def _set_linear(self, est: Any, algo: FederatedGLM, pre: Preprocessing) -> None:
-        est.n_features_in_ = pre.n_features
-        est.n_iter_ = (
-            np.array([algo.n_iter_]) if isinstance(est, LogisticRegression) else algo.n_iter_
-        )
+    def _install(self, est: Any, algo: FederatedGLM, pre: Preprocessing, y: list[float]) -> Any:
+        """Give ``est`` every fitted attribute scikit-learn needs, then our coefficients.
+
+        A fit on a two-row placeholder sets scikit-learn's private fitted state (loss
+        objects, classes); the federated coefficients then replace the placeholder's.
+        """
+        est.fit(np.zeros((len(y), pre.n_features)), np.asarray(y))
+        logistic = isinstance(est, LogisticRegression)
+        est.coef_ = algo.coef_.reshape(1, -1).copy() if logistic else algo.coef_.copy()
+        est.intercept_ = np.array([algo.intercept_]) if logistic else algo.intercept_
+        est.n_iter_ = np.array([algo.n_iter_]) if logistic else algo.n_iter_
+        return est
 
 
 @dataclass
@@ -209,12 +236,7 @@ class LogisticRegressionJob(_GLMJob):
 
     def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
         assert isinstance(algorithm, FederatedGLM)
-        est = LogisticRegression(C=self.C)
-        est.classes_ = np.array([0, 1])
-        est.coef_ = algorithm.coef_.reshape(1, -1).copy()
-        est.intercept_ = np.array([algorithm.intercept_])
-        self._set_linear(est, algorithm, pre)
-        return est
+        return self._install(LogisticRegression(C=self.C), algorithm, pre, [0.0, 1.0])
 
 
 @dataclass
@@ -238,11 +260,7 @@ class RidgeJob(_GLMJob):
 
     def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
         assert isinstance(algorithm, FederatedGLM)
-        est = Ridge(alpha=self.alpha)
-        est.coef_ = algorithm.coef_.copy()
-        est.intercept_ = algorithm.intercept_
-        self._set_linear(est, algorithm, pre)
-        return est
+        return self._install(Ridge(alpha=self.alpha), algorithm, pre, [0.0, 1.0])
 
 
 @dataclass
@@ -266,8 +284,4 @@ class PoissonRegressionJob(_GLMJob):
 
     def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
         assert isinstance(algorithm, FederatedGLM)
-        est = PoissonRegressor(alpha=self.alpha)
-        est.coef_ = algorithm.coef_.copy()
-        est.intercept_ = algorithm.intercept_
-        self._set_linear(est, algorithm, pre)
-        return est
+        return self._install(PoissonRegressor(alpha=self.alpha), algorithm, pre, [1.0, 1.0])

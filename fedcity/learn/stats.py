@@ -6,7 +6,10 @@ Three rounds, each a secure sum:
    count. The federation learns which levels exist in total, never which agency holds them.
 2. ``stats.mean`` — Σ w·x / W for every numeric column (W from round 1).
 3. ``stats.variance`` — Σ w·(x - mean)² / W, centred on the released means, which avoids the
-   cancellation of Σx² - (Σx)²/W on features with large offsets.
+   cancellation of Σx² - (Σx)²/W on features with large offsets. One packing bound serves the
+   whole vector, so columns whose variance is tiny next to the largest get few significant
+   bits; a fourth round then repeats the sum with every column divided by its coarse variance
+   (a public, released figure), which restores full relative precision.
 
 The result is a :class:`~fedcity.learn.design.Preprocessing` that every later task carries.
 """
@@ -50,7 +53,8 @@ def _mean(params: Mapping[str, Any], data: AgencyDataset) -> npt.NDArray[np.floa
 def _variance(params: Mapping[str, Any], data: AgencyDataset) -> npt.NDArray[np.float64]:
     w = data.sample_weight()
     centred = data.X_numeric() - np.asarray(params["mean"])
-    result: npt.NDArray[np.float64] = w @ (centred**2) / float(params["total_weight"])
+    unit = np.asarray(params.get("unit") or np.ones(centred.shape[1]))
+    result: npt.NDArray[np.float64] = w @ (centred**2) / (float(params["total_weight"]) * unit)
     return result
 
 
@@ -77,8 +81,8 @@ class FederatedStatistics(Algorithm):
 
     @property
     def max_rounds(self) -> int:
-        """Three secure sums."""
-        return 3
+        """Three or four secure sums."""
+        return 4
 
     def next_request(self) -> TaskRequest | None:
         """Counts, then means, then variances."""
@@ -94,7 +98,7 @@ class FederatedStatistics(Algorithm):
                 label="statistics: counts and category levels",
             )
         if not self.numeric:
-            self._stage = 3
+            self._stage = 4
         if self._stage == 1:
             return TaskRequest(
                 "stats.mean",
@@ -111,6 +115,20 @@ class FederatedStatistics(Algorithm):
                 len(self.numeric),
                 clip=1024.0,
                 label="statistics: variances",
+            )
+        if self._stage == 3:
+            assert self.mean_ is not None and self.var_ is not None
+            unit = np.where(self.var_ > 0, self.var_, 1.0)
+            return TaskRequest(
+                "stats.variance",
+                {
+                    "total_weight": self.total_weight_,
+                    "mean": self.mean_.tolist(),
+                    "unit": unit.tolist(),
+                },
+                len(self.numeric),
+                clip=4.0,
+                label="statistics: variances, refined",
             )
         return None
 
@@ -132,10 +150,17 @@ class FederatedStatistics(Algorithm):
         elif request.kind == "stats.mean":
             self.mean_ = released.copy()
             self._stage = 2
-        elif request.kind == "stats.variance":
+        elif request.kind == "stats.variance" and "unit" not in request.params:
             self.var_ = np.maximum(released, 0.0)
-            self._stage = 3
-        if self._stage == 3 and self.result_ is None:
+            # relative precision of the smallest variances given the bound finally used
+            step = 2.0 * record.clip / 2.0**request.precision_bits * len(record.contributors)
+            positive = self.var_[self.var_ > 0]
+            coarse = positive.size > 0 and float(positive.min()) < step * 2.0**30
+            self._stage = 3 if coarse else 4
+        elif request.kind == "stats.variance":
+            self.var_ = np.maximum(released, 0.0) * np.asarray(request.params["unit"])
+            self._stage = 4
+        if self._stage == 4 and self.result_ is None:
             self._finish()
 
     def _finish(self) -> None:

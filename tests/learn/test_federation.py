@@ -1,0 +1,99 @@
+"""The in-process federation: dropouts, failure reasons, and what the coordinator holds."""
+
+import numpy as np
+import pytest
+
+from fedcity.core import JobFailed
+from fedcity.crypto import EncryptedVector
+from fedcity.crypto.serde import encrypted_vector_from_bytes
+from fedcity.learn import LocalFederation, LogisticRegressionJob
+
+SIZES = (4, 8, 15, 30, 43)
+
+
+def test_agency_dropping_out_mid_job_is_dropped_and_job_completes(
+    breast_cancer, key_3_of_5, skewed_split
+):
+    frame, spec = breast_cancer
+    agencies = skewed_split(frame, spec, sort_by="mean_texture", sizes=SIZES)
+    with LocalFederation(agencies, threshold=3, min_agencies=3, key=key_3_of_5) as fed:
+        gone = agencies[4].agency
+        fed.schedule_dropout(gone, at_round=6)  # after statistics and a Newton round or two
+        result = LogisticRegressionJob(C=1.0).fit(fed)
+    contributors = result.contributors_
+    first_without = next(i for i, c in enumerate(contributors) if gone not in c)
+    assert first_without >= 4  # it took part in the statistics rounds
+    assert all(gone in c and len(c) == 5 for c in contributors[:first_without])
+    assert all(gone not in c and len(c) == 4 for c in contributors[first_without:])
+    assert result.history_[-1].kind == "glm.newton" and first_without < len(contributors)
+    accuracy = (result.estimator_.predict(frame) == frame[spec.label]).mean()
+    assert accuracy > 0.9
+
+
+def test_job_fails_cleanly_when_fewer_than_threshold_remain(
+    breast_cancer, key_3_of_5, skewed_split
+):
+    frame, spec = breast_cancer
+    agencies = skewed_split(frame, spec, sort_by="mean_texture", sizes=SIZES)
+    with LocalFederation(agencies, threshold=3, min_agencies=2, key=key_3_of_5) as fed:
+        for a in agencies[:3]:
+            fed.schedule_dropout(a.agency, at_round=4)
+        with pytest.raises(JobFailed, match=r"only 2 agencies answered .* the key needs t=3"):
+            LogisticRegressionJob().fit(fed)
+
+
+def test_federation_configuration_is_validated(breast_cancer, skewed_split, key_3_of_5):
+    frame, spec = breast_cancer
+    agencies = skewed_split(frame, spec, sort_by="mean_texture", sizes=SIZES)
+    with pytest.raises(ValueError, match="unique"):
+        LocalFederation([agencies[0], agencies[0]], encrypted=False)
+    with pytest.raises(ValueError, match="threshold must lie"):
+        LocalFederation(agencies, threshold=6, encrypted=False)
+    with pytest.raises(ValueError, match="3-of-5, the federation needs 2-of-5"):
+        LocalFederation(agencies, threshold=2, key=key_3_of_5)
+    with pytest.raises(ValueError, match="at least one agency"):
+        LocalFederation([])
+
+
+def test_coordinator_receives_and_stores_only_ciphertext(breast_cancer, key_3_of_5, skewed_split):
+    frame, spec = breast_cancer
+    agencies = skewed_split(frame, spec, sort_by="mean_texture", sizes=SIZES)
+    tpk, _ = key_3_of_5
+    with LocalFederation(agencies, threshold=3, key=key_3_of_5) as fed:
+        result = LogisticRegressionJob().fit(fed)
+        state = fed.jobs[result.job_id_]
+        stored = list(fed.coordinator_storage(result.job_id_))
+        # what each agency computed locally, in the clear, for every round of the job
+        secrets = []
+        for rnd in state.rounds:
+            for name in rnd.contributors:
+                v = fed.agencies[name].local_vector(rnd.task)
+                secrets.append(v.astype("<f8").tobytes())
+                q = rnd.task.spec.quantize(np.append(v, 0.0))
+                secrets += [m.to_bytes(64, "big") for m in rnd.task.spec.pack(q)]
+            for opened in rnd._opened.values():
+                assert isinstance(opened, EncryptedVector)  # never a plaintext object
+    raw_records = [
+        a.X_numeric()[i].astype("<f8").tobytes() for a in agencies for i in range(0, a.n_samples, 7)
+    ]
+    assert stored and secrets
+    blob = b"\x00".join(stored)
+    for needle in secrets + raw_records:
+        assert needle not in blob
+    # every stored contribution and aggregate is a valid ciphertext vector under the job key
+    for rnd in state.rounds:
+        for payload in [*rnd.contributions.values(), rnd.aggregate_bytes]:
+            vec = encrypted_vector_from_bytes(payload, tpk.public_key)
+            assert all(0 < c < tpk.public_key.nsquare for c in vec.ciphertexts)
+
+
+def test_encryption_off_gives_the_same_model(breast_cancer, key_3_of_5, skewed_split):
+    frame, spec = breast_cancer
+    agencies = skewed_split(frame, spec, sort_by="mean_texture", sizes=SIZES)
+    with LocalFederation(agencies, threshold=3, key=key_3_of_5) as fed:
+        enc = LogisticRegressionJob().fit(fed)
+    plain = LogisticRegressionJob().fit(LocalFederation(agencies, encrypted=False))
+    np.testing.assert_allclose(
+        enc.estimator_[-1].coef_, plain.estimator_[-1].coef_, rtol=1e-6, atol=1e-8
+    )
+    assert enc.bytes_per_agency_ > 0 and plain.bytes_per_agency_ > 0
