@@ -52,7 +52,7 @@ def _snapshot(rnd):
 
 
 def test_full_round_releases_the_sum_of_local_vectors(setup):
-    tpk, scheme, nodes, task, rnd = setup
+    _tpk, _scheme, nodes, task, rnd = setup
     local = [n.local_vector(task) for n in nodes]
     for n in nodes:
         assert rnd.submit(n.name, n.contribute(task)) is True
@@ -155,14 +155,14 @@ def test_bad_partial_is_named_and_refused_and_another_share_completes(setup):
 
 
 def test_agency_refuses_to_decrypt_a_single_contribution(setup):
-    _, scheme, nodes, task, _ = setup
+    _, _scheme, nodes, task, _ = setup
     single = nodes[0].contribute(task)
     with pytest.raises(RejectedContribution, match="refuses to decrypt an aggregate of 1"):
         nodes[1].decrypt_share(task, single, summands_min=2)
 
 
 def test_overflow_flag_is_raised_when_an_agency_clips(setup):
-    tpk, scheme, nodes, task, _ = setup
+    _tpk, scheme, nodes, task, _ = setup
     narrow = Task(
         task.job_id,
         1,

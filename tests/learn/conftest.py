@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,7 +19,7 @@ def _skewed_split(frame, spec, *, sort_by, sizes, prefix="agency"):
     ordered = frame.sort_values(sort_by, kind="stable").reset_index(drop=True)
     cuts = np.cumsum(np.asarray(sizes) / np.sum(sizes) * len(ordered)).astype(int)
     bounds = [0, *cuts[:-1].tolist(), len(ordered)]
-    parts = [ordered.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    parts = [ordered.iloc[a:b] for a, b in itertools.pairwise(bounds)]
     return [AgencyDataset.from_frame(p, spec, agency=f"{prefix}-{i}") for i, p in enumerate(parts)]
 
 
