@@ -72,6 +72,8 @@ class AgencyNode:
     ) -> None:
         self.name = name
         self.dataset = dataset
+        self.datasets: dict[str, AgencyDataset] = {"train": dataset}
+        """Named local tables a task may ask for (``"train"`` and e.g. ``"test"``)."""
         self.scheme = scheme
         self.share = share
         self.policy = policy
@@ -91,8 +93,12 @@ class AgencyNode:
             raise RejectedContribution(f"agency {self.name!r}: task kind {kind!r} is not vetted")
         if self.policy is not None and not self.policy(task):
             raise RejectedContribution(f"agency {self.name!r}: policy refuses {kind!r}")
+        which = str(task.request.params.get("dataset", "train"))
+        data = self.datasets.get(which)
+        if data is None:
+            raise RejectedContribution(f"agency {self.name!r} holds no {which!r} dataset")
         start = time.perf_counter()
-        v = np.asarray(step(task.request.params, self.dataset), dtype=np.float64)
+        v = np.asarray(step(task.request.params, data), dtype=np.float64)
         self.timings.local_training += time.perf_counter() - start
         if v.shape != (task.request.length,):
             raise RejectedContribution(

@@ -29,6 +29,7 @@ from fedcity.learn.algorithm import Algorithm, RoundRecord
 
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset
+    from fedcity.learn.jobs import FederatedResult
 
 __all__ = ["LocalFederation"]
 
@@ -337,6 +338,65 @@ class LocalFederation:
                 f"at least {self.min_agencies} contributors and t={self.threshold} decryptors"
                 f" (dropped: {sorted(state.dropped)})"
             )
+
+    def evaluate(
+        self,
+        result: FederatedResult,
+        datasets: Sequence[AgencyDataset] | None = None,
+        *,
+        threshold: float = 0.5,
+        n_bins: int | None = None,
+    ) -> dict[str, float]:
+        """Global metrics of a trained model from one secure sum over agencies.
+
+        Parameters
+        ----------
+        result : FederatedResult
+            What a job returned (its declarative model parameters are sent to agencies).
+        datasets : sequence of AgencyDataset, optional
+            Each agency's evaluation table, matched by agency name; by default every agency
+            scores its training table.
+        threshold : float, default 0.5
+            Decision threshold for accuracy.
+        n_bins : int, optional
+            Score histogram bins for ROC AUC (default :data:`metrics.DEFAULT_N_BINS`).
+
+        Returns
+        -------
+        dict
+            Global metrics; no per-agency figure is released.
+        """
+        from fedcity.learn import metrics
+        from fedcity.learn.evaluation import FederatedEvaluation
+
+        which = "train"
+        if datasets is not None:
+            which = "test"
+            for d in datasets:
+                if d.agency not in self.agencies:
+                    raise ValueError(f"no agency {d.agency!r} in this federation")
+                if d.spec != self.feature_spec:
+                    raise ValueError(
+                        f"agency {d.agency!r}: evaluation data declares other features"
+                    )
+                self.agencies[d.agency].datasets[which] = d
+            missing = set(self.agencies) - {d.agency for d in datasets}
+            for name in missing:  # agencies without evaluation rows sit this round out
+                self.agencies[name].datasets.pop(which, None)
+        evaluation = FederatedEvaluation(
+            result.model_params_,
+            result.problem_,
+            dataset=which,
+            threshold=threshold,
+            n_bins=n_bins or metrics.DEFAULT_N_BINS,
+        )
+        job_id = self.new_job()
+        if datasets is not None:
+            holders = {d.agency for d in datasets}
+            self.jobs[job_id].dropped |= set(self.agencies) - holders
+        self.run(evaluation, job_id=job_id)
+        assert evaluation.metrics_ is not None
+        return evaluation.metrics_
 
     def coordinator_storage(self, job_id: str) -> Iterator[bytes]:
         """Every byte string the coordinator received or stored for a job.

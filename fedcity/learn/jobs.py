@@ -67,7 +67,10 @@ class FederatedResult:
     job_id_: str
     seconds_: float
     privacy_: tuple[float, float] | None = None
-    extras_: dict[str, Any] = field(default_factory=dict)
+    model_params_: dict[str, Any] = field(default_factory=dict)
+    """Declarative description of the model (what agencies need to score it)."""
+    problem_: str = "classification"
+    """``"classification"``, ``"regression"`` or ``"poisson"``."""
 
     @property
     def contributors_(self) -> list[list[str]]:
@@ -143,6 +146,11 @@ class _Job:
     def _dp(self, federation: LocalFederation) -> Any:
         return None
 
+    def _model_params(self, algorithm: Algorithm, pre: Preprocessing) -> dict[str, Any]:
+        return {}
+
+    problem: str = "classification"
+
     def fit(self, federation: LocalFederation, *, progress: bool = False) -> FederatedResult:
         """Run the job on ``federation`` and return the fitted model and its history."""
         start = time.perf_counter()
@@ -172,6 +180,8 @@ class _Job:
             job_id_=job_id,
             seconds_=time.perf_counter() - start,
             privacy_=None if dp is None else dp.spent(),
+            model_params_=self._model_params(algorithm, pre),
+            problem_=self.problem,
         )
 
 
@@ -195,6 +205,20 @@ class _GLMJob(_Job):
         return FederatedGLM(
             self.family, pre, penalty=self._penalty(), max_iter=self.max_iter, tol=self.tol
         )
+
+    @property
+    def problem(self) -> str:  # type: ignore[override]
+        """The evaluation problem of this family."""
+        return {"logistic": "classification", "ridge": "regression"}.get(self.family, "poisson")
+
+    def _model_params(self, algorithm: Algorithm, pre: Preprocessing) -> dict[str, Any]:
+        assert isinstance(algorithm, FederatedGLM)
+        return {
+            "type": "glm",
+            "family": self.family,
+            "beta": algorithm.beta_.tolist(),
+            "preprocessing": pre.to_params(),
+        }
 
     def _install(self, est: Any, algo: FederatedGLM, pre: Preprocessing, y: list[float]) -> Any:
         """Give ``est`` every fitted attribute scikit-learn needs, then our coefficients.

@@ -99,3 +99,37 @@ def test_job_parameters_are_validated():
         RidgeJob(alpha=-1.0)
     with pytest.raises(ValueError, match="alpha must be"):
         PoissonRegressionJob(alpha=float("inf"))
+
+
+def test_federated_evaluation_equals_pooled_metrics(breast_cancer, key_3_of_5, skewed_split):
+    from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
+
+    frame, spec = breast_cancer
+    train = frame.sample(frac=0.7, random_state=0)
+    test = frame.drop(train.index)
+    agencies = skewed_split(train, spec, sort_by="mean_radius", sizes=SIZES)
+    test_agencies = skewed_split(test, spec, sort_by="mean_radius", sizes=SIZES)
+    with LocalFederation(agencies, threshold=3, key=key_3_of_5) as fed:
+        result = LogisticRegressionJob().fit(fed)
+        got = fed.evaluate(result, test_agencies)
+    p = result.estimator_.predict_proba(test)[:, 1]
+    y = test[spec.label]
+    assert got["log_loss"] == pytest.approx(log_loss(y, p), rel=1e-6)
+    assert got["brier"] == pytest.approx(brier_score_loss(y, p), rel=1e-6)
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5), abs=1e-9)
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-3)
+
+
+def test_federated_evaluation_of_a_regression(diabetes, key_3_of_5, skewed_split):
+    from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+    frame, spec = diabetes
+    agencies = skewed_split(frame, spec, sort_by="bmi", sizes=SIZES)
+    with LocalFederation(agencies, threshold=3, key=key_3_of_5) as fed:
+        result = RidgeJob(alpha=1.0).fit(fed)
+        got = fed.evaluate(result)
+    pred = result.estimator_.predict(frame)
+    y = frame[spec.label]
+    assert got["rmse"] == pytest.approx(root_mean_squared_error(y, pred), rel=1e-6)
+    assert got["mae"] == pytest.approx(mean_absolute_error(y, pred), rel=1e-6)
+    assert got["r2"] == pytest.approx(r2_score(y, pred), rel=1e-6)
