@@ -24,8 +24,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 
-from fedcity.data import AgencyDataset, DataUnavailable, FederatedPreprocessor
-from fedcity.data import load_chicago_inspections
+from fedcity.data import (
+    AgencyDataset,
+    DataUnavailable,
+    FederatedPreprocessor,
+    load_chicago_inspections,
+)
 from fedcity.learn import LocalFederation, LogisticRegressionJob
 
 
