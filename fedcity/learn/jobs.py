@@ -169,6 +169,8 @@ class _Job:
             history += federation.run(algorithm, job_id=job_id, dp=dp, progress=callback)
         finally:
             if bar is not None:
+                done = bar.tasks[0].completed
+                bar.update(bar.task_ids[0], total=done, completed=done)
                 bar.stop()
         model = self._estimator(algorithm, pre)
         preprocessor = make_preprocessor(pre, federation.feature_spec)
