@@ -118,9 +118,16 @@ class AgencyNode:
         start = time.perf_counter()
         noise: Any = None
         if task.dp:
-            from fedcity.learn.dp import bound_and_noise
+            from fedcity.privacy import clip_l2, sample_noise
 
-            v, noise = bound_and_noise(v, task, self.rng)
+            v = clip_l2(v, float(task.dp["clip_norm"]))
+            noise = sample_noise(
+                str(task.dp["noise"]),
+                float(task.dp["share"]),
+                len(v),
+                bound=task.spec.noise_bound,
+                rng=self.rng,
+            )
         else:
             flag = overflow_flag(task.spec.clip)
             over = bool((np.abs(v) > task.spec.clip).any())

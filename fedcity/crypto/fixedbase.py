@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import secrets
 
-import gmpy2
 from gmpy2 import mpz
 
 
@@ -97,4 +96,4 @@ class FixedBaseTable:
     @property
     def nbytes(self) -> int:
         """Approximate memory held by the table, in bytes."""
-        return sum(gmpy2.num_digits(v, 256) for row in self._rows for v in row)
+        return sum((v.bit_length() + 7) // 8 for row in self._rows for v in row)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 import tempfile
 from enum import StrEnum
 from pathlib import Path
@@ -339,6 +340,8 @@ class PrivateKey:
         public = PublicKey.from_json_dict({**data, "format": "fedcity.paillier.public-key"})
         try:
             return cls(public, _unhex(data, "p"), _unhex(data, "q"))
+        except KeyError as exc:
+            raise KeyFileError(f"private key file lacks field {exc}") from exc
         except ValueError as exc:
             raise KeyFileError(f"invalid private key: {exc}") from exc
 
@@ -382,6 +385,10 @@ def generate_keypair(
 def _generate_mhl_keypair(n_length: int) -> tuple[PublicKey, PrivateKey]:
     exponent_bits = SHORT_EXPONENT_BITS.get(n_length, max(2 * 112, n_length // 5) // 8 * 8)
     sub = exponent_bits // 2
+    if n_length // 2 - sub - 1 < 16:  # room for the large prime factor p1 of p - 1
+        raise ValueError(
+            f"a short-exponent key needs n_length >= {(2 * sub + 41) // 8 * 8}, got {n_length}"
+        )
 
     def prime_factor_form() -> tuple[mpz, mpz, mpz]:
         # p = 2 p' p1 + 1 with p' a `sub`-bit prime and p1 a prime, p of n_length/2 bits
@@ -428,10 +435,10 @@ def _unhex(data: dict[str, Any], field: str) -> mpz:
     value = data[field]
     if not isinstance(value, str):
         raise KeyFileError(f"field {field!r} must be a hexadecimal string")
-    try:
-        return mpz(int(value, 16))
-    except ValueError as exc:
-        raise KeyFileError(f"field {field!r} is not hexadecimal") from exc
+    # plain digits only: int(..., 16) would also take a sign, "0x", "_" and whitespace
+    if not value or value.strip(string.hexdigits):
+        raise KeyFileError(f"field {field!r} is not hexadecimal")
+    return mpz(int(value, 16))
 
 
 def _expect_format(data: dict[str, Any], fmt: str) -> None:
@@ -476,6 +483,8 @@ def read_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise KeyFileError(f"cannot read key file {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{p} is not UTF-8 text: {exc.reason}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

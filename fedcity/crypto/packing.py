@@ -116,6 +116,11 @@ class PackingSpec:
         """Quantization step ``2·clip / L``."""
         return 2.0 * self.clip / self.levels
 
+    @property
+    def _n_words(self) -> int:
+        """64-bit words spanned by the slots of one plaintext."""
+        return -(-(self.slots_per_ciphertext * self.slot_bits) // 64)
+
     def n_ciphertexts(self, length: int) -> int:
         """Ciphertexts needed for a vector of ``length`` values."""
         return -(-length // self.slots_per_ciphertext)
@@ -175,10 +180,16 @@ class PackingSpec:
         n_ct = self.n_ciphertexts(len(q))
         padded = np.zeros(n_ct * s, dtype=np.uint64)
         padded[: len(q)] = q
-        shifts = np.arange(w, dtype=np.uint64)
-        bits = ((padded[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(n_ct, s * w)
-        packed = np.packbits(bits, axis=1, bitorder="little")
-        return [int.from_bytes(row.tobytes(), "little") for row in packed]
+        slots = padded.reshape(n_ct, s) & np.uint64((1 << w) - 1)
+        # word scatter: slot j occupies bits [j·w, (j+1)·w) of a little-endian row of
+        # 64-bit words, spilling into the next word when it crosses a word boundary
+        words = np.zeros((n_ct, self._n_words), dtype="<u8")
+        for j in range(s):
+            word, shift = divmod(j * w, 64)
+            words[:, word] |= slots[:, j] << np.uint64(shift)
+            if shift + w > 64:
+                words[:, word + 1] |= slots[:, j] >> np.uint64(64 - shift)
+        return [int.from_bytes(row.tobytes(), "little") for row in words]
 
     def unpack(self, plaintexts: list[int], length: int, summands: int) -> npt.NDArray[np.uint64]:
         """Split plaintext integers into slot sums and check every slot's range.
@@ -195,7 +206,7 @@ class PackingSpec:
                 f"{len(plaintexts)} plaintexts cannot hold {length} values "
                 f"(expected {self.n_ciphertexts(length)})"
             )
-        nbytes = (s * w + 7) // 8
+        n_words = self._n_words
         rows = bytearray()
         for i, m in enumerate(plaintexts):
             if m < 0 or m.bit_length() > s * w:
@@ -205,11 +216,17 @@ class PackingSpec:
                     position=i * s,
                     ciphertext=i,
                 )
-            rows += int(m).to_bytes(nbytes, "little")
-        raw = np.frombuffer(bytes(rows), dtype=np.uint8).reshape(len(plaintexts), nbytes)
-        bits = np.unpackbits(raw, axis=1, bitorder="little")[:, : s * w]
-        weights = np.left_shift(np.uint64(1), np.arange(w, dtype=np.uint64))
-        slots = (bits.reshape(-1, w).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+            rows += int(m).to_bytes(8 * n_words, "little")
+        words = np.frombuffer(bytes(rows), dtype="<u8").reshape(len(plaintexts), n_words)
+        mask = np.uint64((1 << w) - 1)
+        table = np.empty((len(plaintexts), s), dtype=np.uint64)
+        for j in range(s):  # inverse of the word scatter in pack()
+            word, shift = divmod(j * w, 64)
+            col = words[:, word] >> np.uint64(shift)
+            if shift + w > 64:
+                col |= words[:, word + 1] << np.uint64(64 - shift)
+            table[:, j] = col & mask
+        slots = table.reshape(-1)
         limit = np.uint64(summands * self.summand_max)
         over = np.flatnonzero(slots[:length] > limit)
         if over.size:

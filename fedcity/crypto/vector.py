@@ -160,7 +160,9 @@ class EncryptedVector:
         h = hashlib.sha256(b"fedcity.v1.encrypted-vector")
         h.update(self.public_key.key_id)
         s = self.spec
-        h.update(f"{s.clip!r}|{s.precision_bits}|{s.max_summands}|{s.n_length}".encode())
+        h.update(
+            f"{s.clip!r}|{s.precision_bits}|{s.max_summands}|{s.n_length}|{s.noise_bound}".encode()
+        )
         h.update(f"|{self.length}|{self.summands}|".encode())
         h.update(self.ciphertext_bytes())
         return h.digest()

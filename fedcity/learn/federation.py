@@ -207,24 +207,21 @@ class LocalFederation:
         return [a for a in self.agencies if a not in state.dropped]
 
     def _spec_for(self, request: TaskRequest, clip: float, n_summands: int, dp: Any) -> PackingSpec:
-        headroom = (max(n_summands, 1) - 1).bit_length()
-        noise_bound = 0 if dp is None else dp.noise_bound
-        extra = 0 if noise_bound == 0 else (2 * noise_bound).bit_length()
-        precision = min(request.precision_bits, _MAX_SLOT_BITS - headroom - extra - 1, 52)
+        n_length = self.key_bits if self.encrypted else 2048
         if dp is not None:
-            precision = min(precision, dp.precision_bits)
+            return dp.spec_for(request, n_summands, n_length)  # type: ignore[no-any-return]
+        headroom = (max(n_summands, 1) - 1).bit_length()
+        precision = min(request.precision_bits, _MAX_SLOT_BITS - headroom - 1, 52)
         return PackingSpec(
-            clip=clip,
-            precision_bits=precision,
-            max_summands=max(n_summands, 1),
-            n_length=self.key_bits if self.encrypted else 2048,
-            noise_bound=noise_bound,
+            clip=clip, precision_bits=precision, max_summands=max(n_summands, 1), n_length=n_length
         )
 
     def _run_request(
         self, state: _JobState, request: TaskRequest, dp: Any
     ) -> tuple[npt.NDArray[np.float64], RoundRecord]:
         clip = request.clip if dp is None else dp.clip_for(request)
+        if dp is not None:
+            dp.check()
         retried = False
         while True:
             released, record = self._run_round(state, request, clip, dp)

@@ -110,6 +110,10 @@ class FederatedGLM(Algorithm):
     tol : float, default 1e-10
         Stop when the Newton step is below ``tol · (1 + max|β|)``, or when the objective
         changes by less than the fixed-point noise of the released sums (K·step·W).
+    noisy : bool, default False
+        The released sums carry differential-privacy noise: take exactly ``max_iter`` steps,
+        without line search (a noisy objective cannot rank steps), on the noisy Hessian
+        projected to be positive definite.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class FederatedGLM(Algorithm):
         penalty: float,
         max_iter: int = 25,
         tol: float = 1e-10,
+        noisy: bool = False,
     ) -> None:
         if family not in _FAMILIES:
             raise ValueError(f"family must be one of {_FAMILIES}, got {family!r}")
@@ -131,6 +136,7 @@ class FederatedGLM(Algorithm):
         self.lam = penalty * (preprocessing.total_weight if family == "poisson" else 1.0)
         self.max_iter = max_iter
         self.tol = tol
+        self.noisy = noisy
         self.clip = 256.0
         self.beta_ = np.zeros(self.n_coef)
         self._accepted: tuple[npt.NDArray[np.float64], float] | None = None
@@ -188,6 +194,9 @@ class FederatedGLM(Algorithm):
         # objective are indistinguishable within twice that
         noise = max(len(record.contributors), 1) * record.step * total_w + 1e-13 * abs(objective)
         self._noise = noise
+        if self.noisy:
+            self._noisy_step(grad, hess, mask, beta)
+            return
         if self._accepted is not None and objective > self._accepted[1]:
             if objective - self._accepted[1] <= noise:
                 # at the optimum, within the fixed-point noise of the released sums: keep
@@ -221,6 +230,19 @@ class FederatedGLM(Algorithm):
         if self.family == "ridge" or small:
             # ridge: the quadratic objective is minimised by one exact step
             self.converged_ = True
+
+    def _noisy_step(
+        self,
+        grad: npt.NDArray[np.float64],
+        hess: npt.NDArray[np.float64],
+        mask: npt.NDArray[np.float64],
+        beta: npt.NDArray[np.float64],
+    ) -> None:
+        g = grad + self.lam * mask * beta
+        vals, vecs = np.linalg.eigh(hess)
+        floor = max(1e-3 * float(np.abs(vals).max()), 1e-8)
+        h = (vecs * np.maximum(vals, floor)) @ vecs.T + self.lam * np.diag(mask)
+        self.beta_ = beta - np.linalg.solve(h, g).astype(np.float64)
 
     @property
     def coef_(self) -> npt.NDArray[np.float64]:

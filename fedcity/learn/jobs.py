@@ -25,6 +25,8 @@ from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
 from sklearn.pipeline import Pipeline
 
 from fedcity.learn.algorithm import Algorithm, RoundRecord
+from fedcity.learn.dp import DPPlan
+from fedcity.privacy import DPConfig
 from fedcity.learn.design import Preprocessing
 from fedcity.learn.glm import FederatedGLM, GLMFamily
 from fedcity.learn.stats import FederatedStatistics
@@ -192,6 +194,12 @@ class _GLMJob(_Job):
     family: GLMFamily = field(init=False)
     max_iter: int = 25
     tol: float = 1e-10
+    privacy: DPConfig | None = field(default=None, kw_only=True)
+
+    def _dp(self, federation: LocalFederation) -> Any:
+        if self.privacy is None:
+            return None
+        return DPPlan(self.privacy, n_contributors_min=federation.min_agencies)
 
     def _penalty(self) -> float:
         raise NotImplementedError
@@ -205,7 +213,12 @@ class _GLMJob(_Job):
     def _algorithm(self, pre: Preprocessing) -> Algorithm:
         self._validate()
         return FederatedGLM(
-            self.family, pre, penalty=self._penalty(), max_iter=self.max_iter, tol=self.tol
+            self.family,
+            pre,
+            penalty=self._penalty(),
+            max_iter=self.max_iter,
+            tol=self.tol,
+            noisy=self.privacy is not None,
         )
 
     @property
