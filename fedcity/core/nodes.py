@@ -120,9 +120,12 @@ class AgencyNode:
         if task.dp:
             from fedcity.privacy import clip_l2, sample_noise
 
+            kind = task.dp["noise"]
+            if kind not in ("gaussian", "skellam"):
+                raise RejectedContribution(f"agency {self.name!r}: unknown noise kind {kind!r}")
             v = clip_l2(v, float(task.dp["clip_norm"]))
             noise = sample_noise(
-                str(task.dp["noise"]),
+                kind,
                 float(task.dp["share"]),
                 len(v),
                 bound=task.spec.noise_bound,
