@@ -41,7 +41,9 @@ __all__ = [
     "PrivateKey",
     "PublicKey",
     "generate_keypair",
+    "key_id_for",
     "load_key",
+    "save_key",
 ]
 
 MIN_N_LENGTH = 256
@@ -51,6 +53,8 @@ SHORT_EXPONENT_BITS = {2048: 448, 3072: 512}
 """Exponent sizes of Ma–Han–Lei keys (ACSAC 2021) at 112- and 128-bit security."""
 
 _KEY_ID_DOMAIN = b"fedcity.v1.paillier"
+_MIN_SHORT_EXPONENT_BITS = 224
+"""Shortest DJN exponent of any Ma–Han–Lei key: twice the 112-bit security level."""
 
 
 class KeyKind(StrEnum):
@@ -64,10 +68,20 @@ class KeyKind(StrEnum):
     """Ma–Han–Lei key: ``h_s`` has small prime order, so short DJN exponents are safe."""
 
 
-def key_id_for(n: int | mpz) -> bytes:
-    """Return the 16-byte key id of modulus ``n``: ``SHA-256(domain || n)[:16]``."""
+def key_id_for(n: int | mpz, djn_base: int | mpz, exponent_bits: int, kind: KeyKind) -> bytes:
+    """Return the 16-byte fingerprint of a public encryption key.
+
+    ``SHA-256(domain || n || h_s || exponent_bits || kind)[:16]`` with fixed-width big-endian
+    integers. It covers everything an encryptor uses, so a key whose DJN base or exponent
+    size was tampered with has another id than the one agreed at the key ceremony.
+    """
     width = (int(n).bit_length() + 7) // 8
-    return hashlib.sha256(_KEY_ID_DOMAIN + int(n).to_bytes(width, "big")).digest()[:16]
+    h = hashlib.sha256(_KEY_ID_DOMAIN)
+    h.update(int(n).to_bytes(width, "big"))
+    h.update(int(djn_base).to_bytes(2 * width, "big"))
+    h.update(int(exponent_bits).to_bytes(4, "big"))
+    h.update(KeyKind(kind).value.encode())
+    return h.digest()[:16]
 
 
 def _random_djn_base(n: mpz, n2: mpz) -> mpz:
@@ -129,9 +143,15 @@ class PublicKey:
                 f"{default_bits} bits for a {self.n_length}-bit {self.kind.value} key; short "
                 "exponents need a Ma–Han–Lei key: generate_keypair(..., short_exponent=True)"
             )
-        if not 64 <= exponent_bits <= self.n_length:
+        floor = (
+            SHORT_EXPONENT_BITS.get(self.n_length, _MIN_SHORT_EXPONENT_BITS)
+            if self.kind is KeyKind.SHORT_EXPONENT
+            else default_bits
+        )
+        if not floor <= exponent_bits <= self.n_length:
             raise ValueError(
-                f"exponent_bits must lie in [64, {self.n_length}], got {exponent_bits}"
+                f"exponent_bits must lie in [{floor}, {self.n_length}] for a "
+                f"{self.n_length}-bit {self.kind.value} key, got {exponent_bits}"
             )
         self.exponent_bits = int(exponent_bits)
         if djn_base is None:
@@ -140,7 +160,7 @@ class PublicKey:
         if not 1 < self.djn_base < self.nsquare or gmpy2.gcd(self.djn_base, self.n) != 1:
             raise ValueError("djn_base must be a unit of Z*_{n^2}")
         self.window = window
-        self.key_id = key_id_for(self.n)
+        self.key_id = key_id_for(self.n, self.djn_base, self.exponent_bits, self.kind)
         self._table: FixedBaseTable | None = None
 
     # -- identity ---------------------------------------------------------------------------
@@ -155,7 +175,7 @@ class PublicKey:
         return 2 * self.n_bytes
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, PublicKey) and self.n == other.n
+        return isinstance(other, PublicKey) and self.key_id == other.key_id
 
     def __hash__(self) -> int:
         return hash(self.key_id)
@@ -265,7 +285,9 @@ class PublicKey:
         except ValueError as exc:
             raise KeyFileError(f"invalid public key: {exc}") from exc
         if key.key_id.hex() != data.get("key_id"):
-            raise KeyFileError("public key file: key_id does not match n (file corrupted?)")
+            raise KeyFileError(
+                "public key file: key_id does not match the key's fields (corrupted or tampered)"
+            )
         return key
 
 
@@ -495,7 +517,7 @@ def read_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_key(path: str | os.PathLike[str]) -> PublicKey | PrivateKey:
-    """Load a public or private key file written by :meth:`save`."""
+    """Load a public or private key file written by :func:`save_key`."""
     data = read_json_file(path)
     fmt = data.get("format")
     if fmt == "fedcity.paillier.private-key":
@@ -506,5 +528,13 @@ def load_key(path: str | os.PathLike[str]) -> PublicKey | PrivateKey:
 
 
 def save_key(key: PublicKey | PrivateKey, path: str | os.PathLike[str]) -> Path:
-    """Write a key file (private keys with mode 0600); never overwrites an existing file."""
+    """Write a key file (private keys with mode 0600); never overwrites an existing file.
+
+    Threshold keys and shares have their own ``save`` methods.
+    """
+    if not isinstance(key, PublicKey | PrivateKey):
+        raise TypeError(
+            f"save_key writes PublicKey or PrivateKey objects, got {type(key).__name__}; "
+            "use ThresholdPublicKey.save or KeyShare.save"
+        )
     return write_json_file(path, key.to_json_dict(), secret=isinstance(key, PrivateKey))

@@ -65,8 +65,12 @@ class PackingSpec:
     noise_bound: int = 0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.clip, int | float) and math.isfinite(self.clip) and self.clip > 0):
+        if isinstance(self.clip, bool) or not (
+            isinstance(self.clip, int | float) and math.isfinite(self.clip) and self.clip > 0
+        ):
             raise ValueError(f"clip must be a positive finite number, got {self.clip!r}")
+        # one canonical value: the wire carries a double, and digests hash the layout
+        object.__setattr__(self, "clip", float(self.clip))
         if not isinstance(self.precision_bits, int) or not 1 <= self.precision_bits <= 52:
             raise ValueError(
                 f"precision_bits must be an integer in [1, 52], got {self.precision_bits!r}"

@@ -69,9 +69,9 @@ class WorkerPool:
     """
 
     def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and (isinstance(workers, bool) or workers < 1):
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers or os.cpu_count() or 1
-        if self.workers < 1:
-            raise ValueError(f"workers must be positive, got {workers}")
         self._executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
 
     def __enter__(self) -> WorkerPool:

@@ -104,7 +104,7 @@ def public_key_from_proto(msg: pb.PublicKey) -> PublicKey:
     if key.n_length != msg.n_length:
         raise MalformedCiphertextError("public key: n does not have n_length bits")
     if msg.key_id != key.key_id:
-        raise KeyMismatchError("public key: key_id does not match n")
+        raise KeyMismatchError("public key: key_id does not match the key's fields")
     return key
 
 

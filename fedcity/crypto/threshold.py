@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,8 @@ __all__ = [
     "combine_partial_decryptions",
     "deal_threshold_key",
     "partial_decrypt",
+    "raw_combine",
+    "verify_partial_decryption",
 ]
 
 _BATCH_WEIGHT_BITS = 128
@@ -153,12 +156,12 @@ class ThresholdPublicKey:
         except (TypeError, ValueError) as exc:
             raise KeyFileError(f"invalid threshold public key: {exc}") from exc
 
-    def save(self, path: str) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the public key file (mode 0644); never overwrites."""
         write_json_file(path, self.to_json_dict(), secret=False)
 
     @classmethod
-    def load(cls, path: str) -> ThresholdPublicKey:
+    def load(cls, path: str | os.PathLike[str]) -> ThresholdPublicKey:
         """Read a file written by :meth:`save`."""
         return cls.from_json_dict(read_json_file(path))
 
@@ -223,12 +226,12 @@ class KeyShare:
         except (TypeError, ValueError) as exc:
             raise KeyFileError(f"invalid key share: {exc}") from exc
 
-    def save(self, path: str) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the share file with mode 0600; never overwrites."""
         write_json_file(path, self.to_json_dict(), secret=True)
 
     @classmethod
-    def load(cls, path: str) -> KeyShare:
+    def load(cls, path: str | os.PathLike[str]) -> KeyShare:
         """Read a share file written by :meth:`save`."""
         return cls.from_json_dict(read_json_file(path))
 
@@ -510,7 +513,9 @@ def combine_partial_decryptions(
     seen: set[int] = set()
     for p in partials:
         if p.share_index in seen:
-            raise ValueError(f"share {p.share_index} appears twice")
+            raise InvalidPartialDecryptionError(
+                f"share {p.share_index} appears twice", share_indices=(p.share_index,)
+            )
         seen.add(p.share_index)
     if len(partials) < tpk.threshold:
         raise NotEnoughSharesError(

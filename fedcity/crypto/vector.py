@@ -230,7 +230,7 @@ def decrypt_vector(private_key: PrivateKey, encrypted: EncryptedVector) -> npt.N
     SlotRangeError
         A slot is out of its legal range (a malformed contribution); position named.
     """
-    if private_key.public_key.key_id != encrypted.public_key.key_id:
+    if private_key.public_key.n != encrypted.public_key.n:
         raise KeyMismatchError(
             f"vector is under key {encrypted.public_key.key_id.hex()[:8]}, private key is "
             f"{private_key.public_key.key_id.hex()[:8]}"

@@ -72,8 +72,9 @@ class PublicKey(_message.Message):
     exponent_bits: _builtins.int
     """bits of the DJN random exponent used by encryptors"""
     key_id: _builtins.bytes
-    """16 bytes: SHA-256("fedcity.v1.paillier" || n)[:16]"""
+    """16 bytes: SHA-256("fedcity.v1.paillier" || n || djn_base"""
     kind: Global___KeyKind.ValueType
+    """  || exponent_bits (4 bytes) || kind name)[:16]"""
     def __init__(
         self,
         *,

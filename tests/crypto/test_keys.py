@@ -18,6 +18,7 @@ from gmpy2 import mpz
 from fedcity.crypto import (
     KeyFileError,
     KeyKind,
+    KeyMismatchError,
     MalformedCiphertextError,
     PackingSpec,
     PrivateKey,
@@ -92,11 +93,30 @@ def test_kat_table_against_builtin_pow(window: int) -> None:
         assert pk.table.pow(a) == pow(h, a, n2), a
 
 
-def test_key_id_is_sha256_of_domain_and_n() -> None:
-    n = KAT_P * KAT_Q
-    expected = hashlib.sha256(b"fedcity.v1.paillier" + n.to_bytes(64, "big")).digest()[:16]
-    assert key_id_for(n) == expected
-    assert _kat_key()[0].key_id == expected
+def test_key_id_fingerprints_the_whole_encryption_key() -> None:
+    pk, n, h = _kat_key()
+    material = n.to_bytes(64, "big") + h.to_bytes(128, "big") + (256).to_bytes(4, "big")
+    expected = hashlib.sha256(b"fedcity.v1.paillier" + material + b"standard").digest()[:16]
+    assert key_id_for(n, h, 256, KeyKind.STANDARD) == expected
+    assert pk.key_id == expected
+    # any change an encryptor would feel changes the id
+    assert key_id_for(n, h + 1, 256, KeyKind.STANDARD) != expected
+    assert key_id_for(n, h, 264, KeyKind.STANDARD) != expected
+    assert key_id_for(n, h, 256, KeyKind.THRESHOLD) != expected
+
+
+def test_tampered_djn_base_is_detected_in_files_and_on_the_wire(keypair: KeyPair) -> None:
+    from fedcity.crypto.serde import public_key_from_proto, public_key_to_proto
+
+    pk, _ = keypair
+    data = pk.to_json_dict()
+    data["djn_base"] = format(int(pk.nsquare) - 1, "x")  # -1 has order 2: no randomness
+    with pytest.raises(KeyFileError, match="key_id does not match"):
+        PublicKey.from_json_dict(data)
+    msg = public_key_to_proto(pk)
+    msg.djn_base = (int(pk.nsquare) - 1).to_bytes(pk.ciphertext_bytes, "big")
+    with pytest.raises(KeyMismatchError, match="key_id does not match"):
+        public_key_from_proto(msg)
 
 
 def test_kat_djn_base_is_an_nth_residue() -> None:
@@ -194,10 +214,10 @@ def test_public_key_validation(keypair: KeyPair) -> None:
         PublicKey(pk.n + 1)
     with pytest.raises(ValueError, match="at least 256 bits"):
         PublicKey((1 << 255) - 1)
-    with pytest.raises(ValueError, match=r"exponent_bits must lie in \[64, 512\]"):
+    with pytest.raises(ValueError, match=r"exponent_bits must lie in \[256, 512\]"):
         PublicKey(pk.n, exponent_bits=513)
-    with pytest.raises(ValueError, match="exponent_bits must lie"):
-        PublicKey(pk.n, exponent_bits=32, kind=KeyKind.SHORT_EXPONENT)
+    with pytest.raises(ValueError, match=r"exponent_bits must lie in \[224, 512\]"):
+        PublicKey(pk.n, exponent_bits=64, kind=KeyKind.SHORT_EXPONENT)
     p = int(sk.to_phe().p)
     for base in (0, 1, pk.nsquare, p, p * int(sk.to_phe().q) ** 2):
         with pytest.raises(ValueError, match="djn_base"):
@@ -222,9 +242,11 @@ def test_private_key_validation(keypair: KeyPair) -> None:
 
 def test_equality_hash_and_pickle(keypair: KeyPair, other_keypair: KeyPair) -> None:
     pk, sk = keypair
-    twin = PublicKey(pk.n)  # fresh DJN base, same modulus
-    assert twin == pk and hash(twin) == hash(pk)
-    assert twin.djn_base != pk.djn_base
+    same = PublicKey(pk.n, djn_base=pk.djn_base)
+    assert same == pk and hash(same) == hash(pk)
+    twin = PublicKey(pk.n)  # fresh DJN base, same modulus: another encryption key ...
+    assert twin != pk and twin.djn_base != pk.djn_base
+    assert sk.raw_decrypt(twin.raw_encrypt(5)) == 5  # ... that the same private key opens
     assert pk != other_keypair[0]
     assert pk != int(pk.n)
     clone = pickle.loads(pickle.dumps(pk))
@@ -280,9 +302,9 @@ def test_mixed_homomorphic_sum(keypair: KeyPair) -> None:
 def test_phe_round_trip_of_keys(keypair: KeyPair) -> None:
     pk, sk = keypair
     back = PrivateKey.from_phe(sk.to_phe())
-    assert back.public_key == pk
+    assert back.public_key.n == pk.n  # same modulus; phe keys carry no DJN base
     assert back.raw_decrypt(pk.raw_encrypt(77)) == 77
-    assert PublicKey.from_phe(pk.to_phe()) == pk
+    assert PublicKey.from_phe(pk.to_phe()).n == pk.n
 
 
 def test_from_phe_rejects_other_generators(keypair: KeyPair) -> None:
@@ -524,3 +546,14 @@ def test_public_loader_rejects_private_format(keypair: KeyPair) -> None:
         PublicKey.from_json_dict(keypair[1].to_json_dict())
     with pytest.raises(KeyFileError, match="JSON object"):
         PublicKey.from_json_dict([])  # type: ignore[arg-type]
+
+
+def test_save_key_refuses_shares_and_integer_clip_specs_are_canonical(tmp_path: Path) -> None:
+    from fedcity.crypto import deal_threshold_key
+
+    _, shares = deal_threshold_key(256, threshold=1, parties=1)
+    with pytest.raises(TypeError, match=r"KeyShare\.save"):
+        save_key(shares[0], tmp_path / "share.json")  # type: ignore[arg-type]
+    assert not (tmp_path / "share.json").exists()
+    assert PackingSpec(clip=1, n_length=512) == PackingSpec(clip=1.0, n_length=512)
+    assert isinstance(PackingSpec(clip=2, n_length=512).clip, float)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,3 +95,9 @@ def test_pool_partial_decryption_matches_serial(
     assert all(verify_partial_decryption(tpk, vec, p) for p in parallel)
     out = combine_partial_decryptions(tpk, vec, [serial[0], parallel[1], parallel[2]])
     np.testing.assert_allclose(out, x, atol=spec.step / 2 + 1e-12)
+
+
+@pytest.mark.parametrize("workers", [0, -2, True])
+def test_worker_count_must_be_positive(workers: Any) -> None:
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        WorkerPool(workers)
