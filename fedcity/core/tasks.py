@@ -62,6 +62,10 @@ class TaskRequest:
         Quantization precision of the packing.
     integer_valued : bool
         Entries are integers (counts): the released sum is rounded.
+    label : str
+        Human-readable name of the round.
+    private : bool
+        The job's differential privacy (if any) applies to this release.
     """
 
     kind: str
@@ -71,6 +75,7 @@ class TaskRequest:
     precision_bits: int = 48
     integer_valued: bool = False
     label: str = ""
+    private: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in LOCAL_STEPS:

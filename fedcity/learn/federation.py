@@ -17,24 +17,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from fedcity.core.aggregation import AggregationScheme, PaillierScheme, PlaintextScheme
 from fedcity.core.errors import AgencyUnavailable, JobFailed, RejectedContribution
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.rounds import AggregationRound
-from fedcity.core.tasks import Task, TaskRequest
-from fedcity.crypto import KeyShare, PackingSpec, ThresholdPublicKey, deal_threshold_key
+from fedcity.core.tasks import Task
+from fedcity.crypto import KeyShare, ThresholdPublicKey, deal_threshold_key
 from fedcity.learn.algorithm import Algorithm, RoundRecord
+from fedcity.learn.driver import JobDriver
 
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset
     from fedcity.learn.jobs import FederatedResult
 
 __all__ = ["LocalFederation"]
-
-_MAX_CLIP = float(2**40)
-_MAX_SLOT_BITS = 62
 
 
 @dataclass
@@ -188,153 +185,81 @@ class LocalFederation:
         Raises
         ------
         JobFailed
-            Fewer agencies than the minimum or the threshold remain.
+            Fewer agencies than the minimum or the threshold remain, or the privacy budget
+            is exhausted.
         """
         job_id = job_id or self.new_job()
         state = self.jobs.setdefault(job_id, _JobState(job_id))
-        records: list[RoundRecord] = []
-        while (request := algorithm.next_request()) is not None:
-            released, record = self._run_request(state, request, dp)
-            algorithm.update(request, released, record)
-            records.append(record)
-            if progress is not None:
-                progress(record)
-        return records
-
-    def active_agencies(self, job_id: str) -> list[str]:
-        """Agencies still taking part in a job."""
-        state = self.jobs[job_id]
-        return [a for a in self.agencies if a not in state.dropped]
-
-    def _spec_for(self, request: TaskRequest, clip: float, n_summands: int, dp: Any) -> PackingSpec:
-        n_length = self.key_bits if self.encrypted else 2048
-        if dp is not None:
-            return dp.spec_for(request, n_summands, n_length)  # type: ignore[no-any-return]
-        headroom = (max(n_summands, 1) - 1).bit_length()
-        precision = min(request.precision_bits, _MAX_SLOT_BITS - headroom - 1, 52)
-        return PackingSpec(
-            clip=clip, precision_bits=precision, max_summands=max(n_summands, 1), n_length=n_length
-        )
-
-    def _run_request(
-        self, state: _JobState, request: TaskRequest, dp: Any
-    ) -> tuple[npt.NDArray[np.float64], RoundRecord]:
-        clip = request.clip if dp is None else dp.clip_for(request)
-        if dp is not None:
-            dp.check()
-        retried = False
-        while True:
-            released, record = self._run_round(state, request, clip, dp)
-            if dp is not None or not state.rounds[-1].overflowed:
-                break
-            if clip >= _MAX_CLIP:
-                raise JobFailed(
-                    f"{request.kind}: local values exceed the largest supported bound {_MAX_CLIP}"
-                )
-            clip = min(clip * 256.0, _MAX_CLIP)  # some agency clipped: redo with a wider range
-            retried = True
-        record.retried_for_overflow = retried
-        record.clip = clip
-        record.step = state.rounds[-1].task.spec.step if self.encrypted else 0.0
-        if request.integer_valued:
-            released = np.rint(released)
-        if dp is not None:
-            dp.charge(request)
-        return released, record
-
-    def _run_round(
-        self, state: _JobState, request: TaskRequest, clip: float, dp: Any
-    ) -> tuple[npt.NDArray[np.float64], RoundRecord]:
-        participants = [a for a in self.agencies if a not in state.dropped]
-        self._require(len(participants), state, "contribute")
-        spec = self._spec_for(request, clip, len(participants), dp)
-        task = Task(
-            state.job_id,
-            len(state.rounds),
-            request,
-            spec,
-            dp=None if dp is None else dp.task_params(spec, len(participants)),
-        )
-        rnd = AggregationRound(
-            task,
+        driver = JobDriver(
+            job_id,
+            algorithm,
             self.scheme,
-            participants=participants,
-            min_contributors=self.min_agencies,
+            agencies=list(self.agencies),
+            min_agencies=self.min_agencies,
             share_index_of=self.share_index_of,
+            n_length=self.key_bits if self.encrypted else 2048,
+            dp=dp,
         )
-        state.rounds.append(rnd)
-        seconds: dict[str, float] = {"local_training": 0.0, "encryption": 0.0}
-        for name in participants:
+        for name in state.dropped:
+            driver.drop(name)
+        seen = 0
+        task = driver.start()
+        while task is not None:
+            state.rounds.append(driver.rounds[-1])
+            self._collect(driver, task, state)
+            aggregate = driver.close_collection()
+            if driver.task is task:  # encrypted: ask share holders until t answered
+                self._decrypt(driver, task, aggregate, state)
+            state.dropped |= driver.dropped
+            for record in driver.records[seen:]:
+                state.history.append(record)
+                if progress is not None:
+                    progress(record)
+            seen = len(driver.records)
+            task = driver.task
+        return driver.records
+
+    def _collect(self, driver: JobDriver, task: Task, state: _JobState) -> None:
+        for name in driver.awaiting_contributions():
             node = self.agencies[name]
             before = (node.timings.local_training, node.timings.encryption)
             try:
                 self._check_alive(name, state)
                 payload = node.contribute(task)
             except AgencyUnavailable:
-                state.dropped.add(name)
-                rnd.drop(name)
+                driver.drop(name)
                 continue
             except ValueError as exc:
                 if isinstance(exc, RejectedContribution):
                     raise JobFailed(str(exc)) from exc
-                raise JobFailed(f"agency {name!r} could not run {request.kind}: {exc}") from exc
-            seconds["local_training"] = max(
-                seconds["local_training"], node.timings.local_training - before[0]
-            )
-            seconds["encryption"] = max(seconds["encryption"], node.timings.encryption - before[1])
-            rnd.submit(name, payload)
-        with _timer(seconds, "aggregation"):
-            aggregate = rnd.close()
-        seconds["partial_decryption"] = 0.0
-        if self.scheme.threshold:
-            for name in [a for a in rnd.participants if a in self.share_index_of]:
-                if rnd.ready:
-                    break
-                if name in state.dropped:
-                    continue
-                node = self.agencies[name]
-                before_pd = node.timings.partial_decryption
-                try:
-                    self._check_alive(name, state)
-                    partial = node.decrypt_share(task, aggregate, summands_min=self.min_agencies)
-                except AgencyUnavailable:
-                    state.dropped.add(name)
-                    continue
-                seconds["partial_decryption"] = max(
-                    seconds["partial_decryption"], node.timings.partial_decryption - before_pd
-                )
-                with _timer(seconds, "verification"):
-                    rnd.submit_partial(name, partial)
-            if not rnd.ready:
-                alive = len(self.active_agencies(state.job_id))
-                rnd.fail(
-                    f"only {len(rnd.decryptors)} agencies answered to decrypt round "
-                    f"{task.round} ({alive} remain in the job); the key needs t={self.threshold}"
-                )
-        with _timer(seconds, "combination"):
-            released = rnd.release()
-        n_contrib = len(rnd.contributors)
-        record = RoundRecord(
-            round=task.round,
-            kind=request.kind,
-            label=request.label or request.kind,
-            contributors=rnd.contributors,
-            decryptors=rnd.decryptors,
-            bytes_per_agency=sum(map(len, rnd.contributions.values())) / max(n_contrib, 1),
-            bytes_to_decryptors=len(aggregate) * len(rnd.decryptors),
-            seconds=seconds,
-        )
-        state.history.append(record)
-        return released, record
+                raise JobFailed(
+                    f"agency {name!r} could not run {task.request.kind}: {exc}"
+                ) from exc
+            driver.add_seconds("local_training", node.timings.local_training - before[0])
+            driver.add_seconds("encryption", node.timings.encryption - before[1])
+            driver.submit_contribution(name, payload)
 
-    def _require(self, available: int, state: _JobState, what: str) -> None:
-        need = max(self.min_agencies, self.threshold if self.encrypted else 0)
-        if available < need:
-            raise JobFailed(
-                f"job {state.job_id}: {available} agencies remain to {what}; the job needs "
-                f"at least {self.min_agencies} contributors and t={self.threshold} decryptors"
-                f" (dropped: {sorted(state.dropped)})"
-            )
+    def _decrypt(self, driver: JobDriver, task: Task, aggregate: bytes, state: _JobState) -> None:
+        for name in driver.decryption_candidates():
+            if driver.task is not task:
+                return  # released (and maybe the next round opened)
+            node = self.agencies[name]
+            before = node.timings.partial_decryption
+            try:
+                self._check_alive(name, state)
+                partial = node.decrypt_share(task, aggregate, summands_min=self.min_agencies)
+            except AgencyUnavailable:
+                driver.drop(name)
+                continue
+            driver.add_seconds("partial_decryption", node.timings.partial_decryption - before)
+            driver.submit_partial(name, partial)
+        if driver.task is task:
+            driver.fail_decryption()
+
+    def active_agencies(self, job_id: str) -> list[str]:
+        """Agencies still taking part in a job."""
+        state = self.jobs[job_id]
+        return [a for a in self.agencies if a not in state.dropped]
 
     def evaluate(
         self,

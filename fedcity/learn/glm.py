@@ -167,6 +167,7 @@ class FederatedGLM(Algorithm):
             clip=self.clip,
             precision_bits=48,
             label=f"{self.family} Newton round {self.n_iter_ + 1}",
+            private=self.noisy,
         )
 
     def _penalty_mask(self) -> npt.NDArray[np.float64]:

@@ -25,11 +25,12 @@ from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
 from sklearn.pipeline import Pipeline
 
 from fedcity.learn.algorithm import Algorithm, RoundRecord
-from fedcity.learn.dp import DPPlan
-from fedcity.privacy import DPConfig
 from fedcity.learn.design import Preprocessing
+from fedcity.learn.dp import DPPlan
+from fedcity.learn.driver import Chain
 from fedcity.learn.glm import FederatedGLM, GLMFamily
 from fedcity.learn.stats import FederatedStatistics
+from fedcity.privacy import DPConfig
 
 if TYPE_CHECKING:
     from fedcity.data.dataset import FeatureSpec
@@ -153,39 +154,70 @@ class _Job:
 
     problem: str = "classification"
 
-    def fit(self, federation: LocalFederation, *, progress: bool = False) -> FederatedResult:
-        """Run the job on ``federation`` and return the fitted model and its history."""
-        start = time.perf_counter()
-        job_id = federation.new_job()
-        stats = FederatedStatistics(federation.feature_spec)
-        algo_rounds = getattr(self, "max_iter", None) or getattr(self, "rounds", None)
-        bar, callback = _progress_callback(progress, (algo_rounds or 0) + stats.max_rounds)
-        try:
-            if bar is not None:
-                bar.start()
-            history = federation.run(stats, job_id=job_id, progress=callback)
-            assert stats.result_ is not None
-            pre = stats.result_
-            algorithm = self._algorithm(pre)
-            dp = self._dp(federation)
-            history += federation.run(algorithm, job_id=job_id, dp=dp, progress=callback)
-        finally:
-            if bar is not None:
-                done = bar.tasks[0].completed
-                bar.update(bar.task_ids[0], total=done, completed=done)
-                bar.stop()
-        model = self._estimator(algorithm, pre)
-        preprocessor = make_preprocessor(pre, federation.feature_spec)
-        pipeline = Pipeline([("preprocess", preprocessor), ("model", model)])
+    def algorithm(self, spec: FeatureSpec) -> Chain:
+        """The whole job as one algorithm: statistics, then the model's rounds.
+
+        This is what a coordinator runs; :meth:`result` turns it into the fitted model.
+        """
+
+        def model_stage(stats: Algorithm) -> Algorithm:
+            assert isinstance(stats, FederatedStatistics) and stats.result_ is not None
+            return self._algorithm(stats.result_)
+
+        return Chain(FederatedStatistics(spec), model_stage)
+
+    def result(
+        self,
+        chain: Chain,
+        spec: FeatureSpec,
+        *,
+        history: list[RoundRecord],
+        job_id: str,
+        seconds: float,
+        dp: Any = None,
+    ) -> FederatedResult:
+        """Build the :class:`FederatedResult` of a finished :meth:`algorithm`."""
+        stats, model_algorithm = chain.first, chain.second
+        assert isinstance(stats, FederatedStatistics) and stats.result_ is not None
+        assert model_algorithm is not None, "the job has not finished"
+        pre = stats.result_
+        model = self._estimator(model_algorithm, pre)
+        pipeline = Pipeline([("preprocess", make_preprocessor(pre, spec)), ("model", model)])
         return FederatedResult(
             estimator_=pipeline,
             history_=history,
             preprocessing_=pre,
             job_id_=job_id,
-            seconds_=time.perf_counter() - start,
+            seconds_=seconds,
             privacy_=None if dp is None else dp.spent(),
-            model_params_=self._model_params(algorithm, pre),
+            model_params_=self._model_params(model_algorithm, pre),
             problem_=self.problem,
+        )
+
+    def fit(self, federation: LocalFederation, *, progress: bool = False) -> FederatedResult:
+        """Run the job on ``federation`` and return the fitted model and its history."""
+        start = time.perf_counter()
+        job_id = federation.new_job()
+        chain = self.algorithm(federation.feature_spec)
+        algo_rounds = getattr(self, "max_iter", None) or getattr(self, "rounds", None)
+        bar, callback = _progress_callback(progress, (algo_rounds or 0) + 4)
+        dp = self._dp(federation)
+        try:
+            if bar is not None:
+                bar.start()
+            history = federation.run(chain, job_id=job_id, dp=dp, progress=callback)
+        finally:
+            if bar is not None:
+                done = bar.tasks[0].completed
+                bar.update(bar.task_ids[0], total=done, completed=done)
+                bar.stop()
+        return self.result(
+            chain,
+            federation.feature_spec,
+            history=history,
+            job_id=job_id,
+            seconds=time.perf_counter() - start,
+            dp=dp,
         )
 
 

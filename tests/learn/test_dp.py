@@ -27,7 +27,7 @@ class _Repeat(Algorithm):
     def next_request(self):
         if len(self.released) >= self.times:
             return None
-        return TaskRequest("test.zeros", {}, DIM, clip=1.0, label="zeros")
+        return TaskRequest("test.zeros", {}, DIM, clip=1.0, label="zeros", private=True)
 
     def update(self, request, released, record):
         self.released.append(released)

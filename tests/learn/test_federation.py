@@ -38,7 +38,7 @@ def test_job_fails_cleanly_when_fewer_than_threshold_remain(
     with LocalFederation(agencies, threshold=3, min_agencies=2, key=key_3_of_5) as fed:
         for a in agencies[:3]:
             fed.schedule_dropout(a.agency, at_round=4)
-        with pytest.raises(JobFailed, match=r"only 2 agencies answered .* the key needs t=3"):
+        with pytest.raises(JobFailed, match=r"2 agencies remain to take part; .* t=3 decryptors"):
             LogisticRegressionJob().fit(fed)
 
 
