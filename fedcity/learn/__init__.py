@@ -4,6 +4,7 @@ Import the data scientist's API from here: :class:`LocalFederation` (agencies in
 the job classes, and :class:`FederatedResult`.
 """
 
+from fedcity.learn.fedavg import FedAvgJob, FederatedAveraging
 from fedcity.learn.federation import LocalFederation
 from fedcity.learn.jobs import (
     FederatedResult,
@@ -13,6 +14,8 @@ from fedcity.learn.jobs import (
 )
 
 __all__ = [
+    "FedAvgJob",
+    "FederatedAveraging",
     "FederatedResult",
     "LocalFederation",
     "LogisticRegressionJob",

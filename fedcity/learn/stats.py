@@ -94,7 +94,6 @@ class FederatedStatistics(Algorithm):
                 length,
                 clip=_COUNT_CLIP,
                 precision_bits=52,
-                integer_valued=True,
                 label="statistics: counts and category levels",
             )
         if not self.numeric:
@@ -137,6 +136,7 @@ class FederatedStatistics(Algorithm):
     ) -> None:
         """Store each stage's released sums; build the preprocessing after the last."""
         if request.kind == "stats.counts":
+            # row and level counts are integers; the weight sum need not be
             counts = np.rint(released).astype(np.int64)
             self.n_samples_ = int(counts[0])
             self.total_weight_ = float(released[1])

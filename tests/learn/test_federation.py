@@ -97,3 +97,24 @@ def test_encryption_off_gives_the_same_model(breast_cancer, key_3_of_5, skewed_s
         enc.estimator_[-1].coef_, plain.estimator_[-1].coef_, rtol=1e-6, atol=1e-8
     )
     assert enc.bytes_per_agency_ > 0 and plain.bytes_per_agency_ > 0
+
+
+def test_fractional_sample_weights_are_not_rounded_in_the_statistics():
+    import pandas as pd
+
+    from fedcity.data.dataset import AgencyDataset, FeatureSpec
+    from fedcity.learn.stats import FederatedStatistics
+
+    spec = FeatureSpec(numeric=("x",), categorical={}, label="y", weight="w")
+    rng = np.random.default_rng(0)
+    frames = [
+        pd.DataFrame({"x": rng.normal(size=n), "y": 0.0, "w": rng.uniform(0.1, 2.0, n)})
+        for n in (20, 30, 40)
+    ]
+    agencies = [AgencyDataset.from_frame(f, spec, agency=f"a{i}") for i, f in enumerate(frames)]
+    stats = FederatedStatistics(spec)
+    LocalFederation(agencies, encrypted=False).run(stats)
+    pooled = pd.concat(frames)
+    assert stats.total_weight_ == pytest.approx(pooled.w.sum(), rel=1e-12)
+    assert stats.n_samples_ == 90
+    assert stats.mean_[0] == pytest.approx(np.average(pooled.x, weights=pooled.w), rel=1e-9)
