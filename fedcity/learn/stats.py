@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FederatedStatistics"]
 
-_COUNT_CLIP = float(2**40)
+_COUNT_CLIP = float(2**24)  # widened automatically if an agency holds more rows
 
 
 @local_step("stats.counts")
