@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     deal_federation(out, agencies, args.threshold, key_bits=args.key_bits)
     cities = {
-        name: make_city(args.agencies, task=task, n_samples=args.rows, seed=2026)
+        name: make_city(args.agencies, task=task, n_samples=args.rows, seed=2026)  # type: ignore[arg-type]
         for name, (task, _, _) in MODELS.items()
     }
     port = _free_port()
