@@ -238,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             ca_file=out / "tls" / "ca.pem",
         )
         deadline = time.monotonic() + 60
-        while len(client.agencies()) < len(agencies) and time.monotonic() < deadline:
+        while (
+            sum(a.connected for a in client.agencies()) < len(agencies)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.5)
         for name, (_, job_type, params) in MODELS.items():
             console.print(f"[bold]4. job[/]: {job_type} on {name!r}")

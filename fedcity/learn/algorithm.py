@@ -59,3 +59,11 @@ class Algorithm(ABC):
     def max_rounds(self) -> int | None:
         """Upper bound on rounds, for progress bars (None if unknown)."""
         return None
+
+    def on_overflow(self, request: TaskRequest) -> bool:
+        """Some agency's values exceed the largest packing bound for ``request``.
+
+        Return True after changing state so that :meth:`next_request` asks something else
+        (e.g. a shorter step); False (the default) fails the job.
+        """
+        return False

@@ -69,6 +69,10 @@ class Chain(Algorithm):
         """Forward to the running stage."""
         self.current.update(request, released, record)
 
+    def on_overflow(self, request: TaskRequest) -> bool:
+        """Forward to the running stage."""
+        return self.current.on_overflow(request)
+
 
 class JobDriver:
     """One job at the coordinator.
@@ -254,7 +258,7 @@ class JobDriver:
             self._request = request
             self._retried = False
             private = self.dp is not None and request.private
-            self._clip = self.dp.clip_for(request) if private else request.clip
+            self._clip = self.dp.clip_for(request) if private else min(request.clip, MAX_CLIP)
             if private:
                 try:
                     self.dp.check()
@@ -292,6 +296,9 @@ class JobDriver:
         request = rnd.task.request
         if not rnd.task.dp and rnd.overflowed:
             if self._clip >= MAX_CLIP:
+                if self.algorithm.on_overflow(request):
+                    self._next()  # the algorithm changed course (e.g. a shorter step)
+                    return
                 self.failure = (
                     f"{request.kind}: local values exceed the largest supported bound {MAX_CLIP}"
                 )

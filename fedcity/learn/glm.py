@@ -41,6 +41,9 @@ __all__ = ["FederatedGLM", "GLMFamily"]
 
 GLMFamily = Literal["logistic", "ridge", "poisson"]
 _FAMILIES = ("logistic", "ridge", "poisson")
+_MIN_CLIP = 256.0
+_MAX_STEP = 5.0
+"""Largest change of one standardised coefficient per Newton step (a trust region)."""
 
 
 def _triu_len(p: int) -> int:
@@ -137,7 +140,7 @@ class FederatedGLM(Algorithm):
         self.max_iter = max_iter
         self.tol = tol
         self.noisy = noisy
-        self.clip = 256.0
+        self.clip = _MIN_CLIP
         self.beta_ = np.zeros(self.n_coef)
         self._accepted: tuple[npt.NDArray[np.float64], float] | None = None
         self._step: npt.NDArray[np.float64] | None = None
@@ -146,6 +149,7 @@ class FederatedGLM(Algorithm):
         self.converged_ = False
         self.objective_history_: list[float] = []
         self._noise = 0.0
+        self._accepted_clip = self.clip
 
     @property
     def max_rounds(self) -> int:
@@ -170,6 +174,16 @@ class FederatedGLM(Algorithm):
             private=self.noisy,
         )
 
+    def on_overflow(self, request: TaskRequest) -> bool:
+        """The last step sent the sums beyond any packing bound: halve it, like a rise."""
+        if self._accepted is None or self._step is None or self._halvings > 30:
+            return False
+        self._halvings += 1
+        self._step = 0.5 * self._step
+        self.beta_ = self._accepted[0] + self._step
+        self.clip = self._accepted_clip
+        return True
+
     def _penalty_mask(self) -> npt.NDArray[np.float64]:
         mask = np.ones(self.n_coef)
         mask[0] = 0.0
@@ -180,7 +194,11 @@ class FederatedGLM(Algorithm):
     ) -> None:
         """Accept or backtrack, then take a Newton step."""
         self.n_iter_ += 1
-        self.clip = record.clip or request.clip
+        # Fit the next round's packing bound to the magnitudes just released (a power of two
+        # with 4x headroom): a bound widened after one wild step must not cost precision for
+        # the rest of the job. An underestimate is caught by the overflow flag and repeated.
+        peak = float(np.max(np.abs(released))) if released.size else 0.0
+        self.clip = float(max(_MIN_CLIP, 2.0 ** np.ceil(np.log2(4.0 * peak + 1e-300))))
         total_w = self.pre.total_weight
         p = self.n_coef
         grad = released[:p] * total_w
@@ -213,7 +231,17 @@ class FederatedGLM(Algorithm):
             self.beta_ = self._accepted[0] + self._step
             return
         self._halvings = 0
+        if self.family == "poisson" and self._accepted is None and not beta.any():
+            # IRLS start: the intercept-only model. At beta = 0 the intercept's gradient is
+            # sum w (1 - y), so the released sums already give the weighted mean count.
+            mean_y = 1.0 - grad[0] / total_w
+            if mean_y > 0:
+                self.beta_ = np.zeros_like(beta)
+                self.beta_[0] = np.log(mean_y)
+                self._accepted = None
+                return
         self._accepted = (beta.copy(), objective)
+        self._accepted_clip = self.clip
         self.objective_history_.append(objective)
         g = grad + self.lam * mask * beta
         h = hess + self.lam * np.diag(mask)
@@ -222,6 +250,9 @@ class FederatedGLM(Algorithm):
             step = -np.linalg.solve(h, g).astype(np.float64)
         except np.linalg.LinAlgError:
             step = -np.linalg.lstsq(h, g, rcond=None)[0].astype(np.float64)
+        largest = float(np.max(np.abs(step))) if step.size else 0.0
+        if self.family != "ridge" and largest > _MAX_STEP:
+            step = step * (_MAX_STEP / largest)  # damped: far from the optimum, stay on the map
         self._step = step
         self.beta_ = beta + step
         small = np.max(np.abs(step)) <= self.tol * (1.0 + np.max(np.abs(beta)))

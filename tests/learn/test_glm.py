@@ -133,3 +133,20 @@ def test_federated_evaluation_of_a_regression(diabetes, key_3_of_5, skewed_split
     assert got["rmse"] == pytest.approx(root_mean_squared_error(y, pred), rel=1e-6)
     assert got["mae"] == pytest.approx(mean_absolute_error(y, pred), rel=1e-6)
     assert got["r2"] == pytest.approx(r2_score(y, pred), rel=1e-6)
+
+
+def test_poisson_survives_heavy_tailed_counts_by_backtracking(key_3_of_5):
+    """A wild early step overflows every packing bound; Newton backtracks instead of failing."""
+    from fedcity.data import make_city
+
+    city = make_city(5, task="service_demand", n_samples=6000, seed=2026)
+    assert (
+        city.train_frame()[city.spec.label].max() > 100 * city.train_frame()[city.spec.label].mean()
+    )
+    with LocalFederation(list(city.agencies), threshold=3, key=key_3_of_5) as fed:
+        result = PoissonRegressionJob(alpha=0.01, max_iter=40).fit(fed)
+    frame = city.train_frame()
+    ref = _pooled_reference(
+        PoissonRegressor(alpha=0.01, tol=1e-12, max_iter=10_000), frame, city.spec
+    )
+    _assert_same_model(result, ref, frame)
