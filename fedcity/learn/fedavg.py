@@ -109,7 +109,13 @@ from fedcity.learn.jobs import _Job
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset
 
-__all__ = ["ESTIMATORS", "FedAvgJob", "FederatedAveraging"]
+__all__ = [
+    "ESTIMATORS",
+    "FedAvgJob",
+    "FederatedAveraging",
+    "estimator_from_model_params",
+    "make_estimator",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -980,3 +986,78 @@ class FedAvgJob(_Job):
         assert isinstance(algorithm, FederatedAveraging)
         est: BaseEstimator = algorithm.to_estimator()
         return est
+
+
+# --------------------------------------------------------------------------------------------
+# building estimators from declarative descriptions (job specs, results)
+
+
+def make_estimator(name: object, hyperparameters: object) -> Any:
+    """An unfitted estimator of one of :data:`ESTIMATORS`, by class name.
+
+    Parameters
+    ----------
+    name : str
+        ``"MLPClassifier"``, ``"MLPRegressor"``, ``"SGDClassifier"`` or ``"SGDRegressor"``.
+    hyperparameters : mapping
+        Names the class declares, with plain JSON values (lists of ints become tuples).
+
+    Raises
+    ------
+    ValueError
+        Another class, an unknown hyperparameter, or a value that cannot travel.
+    """
+    _estimator_class(name)
+    assert isinstance(name, str)
+    return _make_estimator(name, _check_hyperparameters(name, hyperparameters))
+
+
+def estimator_from_model_params(model: Mapping[str, Any]) -> Any:
+    """The fitted scikit-learn estimator a :meth:`FederatedAveraging.model_params` describes.
+
+    Only the four allowed classes are built, with validated hyperparameters and parameter
+    shapes checked against them before anything is allocated (as agencies check a task).
+
+    Parameters
+    ----------
+    model : mapping
+        ``{"type": "fedavg", "estimator", "hyperparameters", "shapes", "coefs", "classes",
+        "preprocessing"}``.
+
+    Returns
+    -------
+    MLPClassifier, MLPRegressor, SGDClassifier or SGDRegressor
+        Holding the global parameters (without the preprocessing step).
+
+    Raises
+    ------
+    ValueError
+        An unknown class, invalid hyperparameters, or shapes or coefficients that do not fit.
+    """
+    if model.get("type") != "fedavg":
+        raise ValueError(f"not a FedAvg model description (type {model.get('type')!r})")
+    name = model.get("estimator")
+    _estimator_class(name)
+    assert isinstance(name, str)
+    hyper = _check_hyperparameters(name, model.get("hyperparameters"))
+    classes = _check_classes(name, model.get("classes"))
+    if name in _CLASSIFIERS and classes is None:
+        raise ValueError(f"a {name} model must carry its classes")
+    shapes = _check_shapes(model.get("shapes"))
+    pre = Preprocessing.from_params(model["preprocessing"])
+    expected = _expected_shapes(name, hyper, pre.n_features, 0 if classes is None else len(classes))
+    if expected != shapes:
+        raise ValueError(f"{name} with these hyperparameters has shapes {expected}, not {shapes}")
+    theta = np.asarray(model.get("coefs"), dtype=np.float64)
+    n_params = sum(math.prod(s) for s in shapes)
+    if theta.shape != (n_params,) or not np.isfinite(theta).all():
+        raise ValueError(f"model parameter 'coefs' must be {n_params} finite numbers")
+    labels: Any = None
+    if classes is not None:
+        integral = all(float(c).is_integer() for c in classes)
+        labels = np.asarray(classes, dtype=np.int64 if integral else np.float64)
+    est = _make_estimator(name, hyper)
+    _initialise(est, name, pre.n_features, labels)
+    _set_parameter_arrays(est, _unflatten(theta, shapes))
+    _reset_state(est, 0.0)
+    return est

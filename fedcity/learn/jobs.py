@@ -15,8 +15,10 @@ sums, then trains; the returned pipeline applies that preprocessing itself.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,11 +39,16 @@ if TYPE_CHECKING:
     from fedcity.learn.federation import LocalFederation
 
 __all__ = [
+    "JOB_TYPES",
     "FederatedResult",
     "LogisticRegressionJob",
     "PoissonRegressionJob",
     "RidgeJob",
+    "estimator_from_result_json",
+    "job_from_spec",
     "make_preprocessor",
+    "record_to_dict",
+    "result_to_json",
 ]
 
 
@@ -356,3 +363,242 @@ class PoissonRegressionJob(_GLMJob):
     def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
         assert isinstance(algorithm, FederatedGLM)
         return self._install(PoissonRegressor(alpha=self.alpha), algorithm, pre, [1.0, 1.0])
+
+
+# -- jobs from declarative specifications (the coordinator's registry) --------------------------
+JobBuilder = Callable[[dict[str, Any], "DPConfig | None"], _Job]
+
+
+def _no_unknown(what: str, given: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValueError(f"{what}: unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _glm_builder(job_type: str, cls: type[_GLMJob]) -> JobBuilder:
+    allowed = [f.name for f in fields(cls) if f.init and f.name != "privacy"]
+
+    def build(params: dict[str, Any], privacy: DPConfig | None) -> _Job:
+        _no_unknown(job_type, params, allowed)
+        for key, value in params.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{job_type}: parameter {key!r} must be a number, got {value!r}")
+        job = cls(**params, privacy=privacy)
+        job._validate()
+        return job
+
+    return build
+
+
+def _fedavg_builder(params: dict[str, Any], privacy: DPConfig | None) -> _Job:
+    from fedcity.learn.fedavg import ESTIMATORS, FedAvgJob, make_estimator
+
+    if privacy is not None:
+        raise ValueError("fedavg jobs do not support differential privacy; leave privacy empty")
+    _no_unknown("fedavg", params, ["estimator", "rounds", "local_epochs", "mu", "classes", "seed"])
+    spec = params.get("estimator")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("class"), str):
+        raise ValueError(
+            'fedavg: parameter "estimator" must be {"class": <one of '
+            f'{list(ESTIMATORS)}>, "params": {{...}}}}, got {spec!r}'
+        )
+    _no_unknown("fedavg estimator", spec, ["class", "params"])
+    estimator = make_estimator(spec["class"], spec.get("params", {}))
+    rest = {k: v for k, v in params.items() if k != "estimator"}
+    try:
+        return FedAvgJob(estimator, **rest)
+    except TypeError as exc:  # e.g. classes that are not a list
+        raise ValueError(f"fedavg: {exc}") from exc
+
+
+JOB_TYPES: dict[str, JobBuilder] = {
+    "logistic_regression": _glm_builder("logistic_regression", LogisticRegressionJob),
+    "ridge": _glm_builder("ridge", RidgeJob),
+    "poisson_regression": _glm_builder("poisson_regression", PoissonRegressionJob),
+    "fedavg": _fedavg_builder,
+}
+"""Job types a coordinator accepts, each with the builder of its job from JSON parameters."""
+
+
+def job_from_spec(
+    job_type: str, params: Mapping[str, Any], privacy: Mapping[str, Any] | None
+) -> _Job:
+    """Build a job from its declarative description (what a ``JobSpec`` carries).
+
+    Parameters
+    ----------
+    job_type : str
+        A key of :data:`JOB_TYPES`.
+    params : mapping
+        The job class's parameters as JSON values, e.g. ``{"C": 0.5}``; for ``"fedavg"``,
+        ``{"estimator": {"class": "MLPClassifier", "params": {...}}, "rounds": 20,
+        "local_epochs": 1, "mu": 0.0, "classes": [0, 1], "seed": 0}``.
+    privacy : mapping or None
+        :class:`~fedcity.privacy.DPConfig` keywords (GLM jobs only); None or empty: no DP.
+
+    Returns
+    -------
+    job
+        A :class:`LogisticRegressionJob`, :class:`RidgeJob`, :class:`PoissonRegressionJob` or
+        :class:`~fedcity.learn.fedavg.FedAvgJob`.
+
+    Raises
+    ------
+    ValueError
+        An unknown job type, unknown or invalid parameters (the message names them).
+    """
+    builder = JOB_TYPES.get(job_type)
+    if builder is None:
+        raise ValueError(f"unknown job type {job_type!r}; known types: {sorted(JOB_TYPES)}")
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{job_type}: parameters must be a JSON object")
+    config = None
+    if privacy:
+        allowed = [f.name for f in fields(DPConfig) if f.init]
+        _no_unknown("privacy", privacy, allowed)
+        try:
+            config = DPConfig(**privacy)
+        except TypeError as exc:
+            raise ValueError(f"privacy: {exc}") from exc
+    return builder(dict(params), config)
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON data: non-finite floats become None, numpy scalars and tuples plain."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def record_to_dict(record: RoundRecord) -> dict[str, Any]:
+    """A round record as JSON-safe data."""
+    out: dict[str, Any] = _json_safe(asdict(record))
+    return out
+
+
+RESULT_FORMAT = "fedcity.result"
+
+
+def result_to_json(
+    result: FederatedResult,
+    metrics: Mapping[str, float] | None = None,
+    *,
+    job: Mapping[str, Any] | None = None,
+) -> str:
+    """The declarative, JSON form of a job's result (never a pickle).
+
+    Parameters
+    ----------
+    result : FederatedResult
+    metrics : mapping, optional
+        Global evaluation metrics, if the job was evaluated.
+    job : mapping, optional
+        ``{"job_type", "params", "privacy"}`` the job was submitted with.
+
+    Returns
+    -------
+    str
+        ``{"format": "fedcity.result", "version": 1, "job_id", "job", "problem", "model",
+        "preprocessing", "history", "metrics", "privacy", "seconds", "bytes_per_agency"}``;
+        :func:`estimator_from_result_json` rebuilds the pipeline from it.
+    """
+    privacy = None
+    if result.privacy_ is not None:
+        privacy = {"epsilon": result.privacy_[0], "delta": result.privacy_[1]}
+    data = {
+        "format": RESULT_FORMAT,
+        "version": 1,
+        "job_id": result.job_id_,
+        "job": None if job is None else dict(job),
+        "problem": result.problem_,
+        "model": result.model_params_,
+        "preprocessing": result.preprocessing_.to_params(),
+        "history": [asdict(r) for r in result.history_],
+        "metrics": None if metrics is None else dict(metrics),
+        "privacy": privacy,
+        "seconds": result.seconds_,
+        "bytes_per_agency": result.bytes_per_agency_,
+    }
+    return json.dumps(_json_safe(data), sort_keys=True, allow_nan=False)
+
+
+def _glm_from_params(model: Mapping[str, Any], hyper: Mapping[str, Any], n_iter: int) -> Any:
+    family = model.get("family")
+    pre = Preprocessing.from_params(model["preprocessing"])
+    beta = np.asarray(model.get("beta"), dtype=np.float64)
+    if beta.shape != (pre.n_features + 1,) or not np.isfinite(beta).all():
+        raise ValueError(f"model beta must be {pre.n_features + 1} finite numbers")
+    est: Any
+    if family == "logistic":
+        est, y = LogisticRegression(C=float(hyper.get("C", 1.0))), [0.0, 1.0]
+    elif family == "ridge":
+        est, y = Ridge(alpha=float(hyper.get("alpha", 1.0))), [0.0, 1.0]
+    elif family == "poisson":
+        est, y = PoissonRegressor(alpha=float(hyper.get("alpha", 1.0))), [1.0, 1.0]
+    else:
+        raise ValueError(f"unknown GLM family {family!r}")
+    est.fit(np.zeros((2, pre.n_features)), np.asarray(y))  # fitted structure, then ours
+    logistic = family == "logistic"
+    est.coef_ = beta[1:].reshape(1, -1).copy() if logistic else beta[1:].copy()
+    est.intercept_ = np.array([beta[0]]) if logistic else float(beta[0])
+    est.n_iter_ = np.array([n_iter]) if logistic else n_iter
+    return est
+
+
+def estimator_from_result_json(text: str, feature_spec: FeatureSpec) -> Pipeline:
+    """Rebuild the scikit-learn pipeline of a result written by :func:`result_to_json`.
+
+    Parameters
+    ----------
+    text : str
+        The result JSON (``JobResult.result_json``).
+    feature_spec : FeatureSpec
+        The columns of the job's dataset (the pipeline's input).
+
+    Returns
+    -------
+    sklearn.pipeline.Pipeline
+        ``("preprocess", FederatedPreprocessor)`` then ``("model", estimator)``, predicting
+        exactly like the pipeline the coordinator's job built.
+
+    Raises
+    ------
+    ValueError
+        Not a fedcity result, or a model description that does not fit together.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"result is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
+        raise ValueError(f"not a fedcity result (format must be {RESULT_FORMAT!r})")
+    model = data.get("model")
+    if not isinstance(model, dict) or "preprocessing" not in model:
+        raise ValueError("the result holds no model description")
+    try:
+        pre = Preprocessing.from_params(model["preprocessing"])
+        if model.get("type") == "glm":
+            job = data.get("job") or {}
+            hyper = job.get("params") or {}
+            n_iter = sum(1 for r in data.get("history", []) if r.get("kind") == "glm.newton")
+            est = _glm_from_params(model, hyper, n_iter)
+        elif model.get("type") == "fedavg":
+            from fedcity.learn.fedavg import estimator_from_model_params
+
+            est = estimator_from_model_params(model)
+        else:
+            raise ValueError(f"unknown model type {model.get('type')!r}")
+        preprocess = make_preprocessor(pre, feature_spec)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"invalid model description: {exc!r}") from exc
+    return Pipeline([("preprocess", preprocess), ("model", est)])

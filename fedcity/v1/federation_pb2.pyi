@@ -284,6 +284,7 @@ class Assignment(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     DP_JSON_FIELD_NUMBER: _builtins.int
     SUMMANDS_MIN_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     action: Global___Action.ValueType
@@ -302,6 +303,8 @@ class Assignment(_message.Message):
     """this round's DP parameters; empty: no DP"""
     summands_min: _builtins.int
     """an agency refuses to decrypt smaller aggregates"""
+    dataset: _builtins.str
+    """the JobSpec's dataset: the table this job's steps read as"""
     @_builtins.property
     def spec(self) -> _crypto_pb2.PackingSpec: ...
     def __init__(
@@ -321,10 +324,11 @@ class Assignment(_message.Message):
         spec: _crypto_pb2.PackingSpec | None = ...,
         dp_json: _builtins.str = ...,
         summands_min: _builtins.int = ...,
+        dataset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "clip", b"clip", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "clip", b"clip", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

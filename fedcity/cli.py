@@ -1,0 +1,516 @@
+"""The ``fedcity`` command line: key ceremony, coordinator, agent and jobs.
+
+::
+
+    fedcity keys deal --agencies a,b,c --threshold 2 --out federation/
+    fedcity coordinator serve ...            (options: fedcity coordinator serve --help)
+    fedcity agent run --config agency.toml
+    fedcity job submit --coordinator HOST:PORT --token-file F --ca-file tls/ca.pem
+                       --type logistic_regression --params '{"C": 1.0}' --dataset inspections
+    fedcity job watch JOB | job result JOB [--out result.json] | job cancel JOB
+    fedcity agencies list
+
+Connection options may also come from ``FEDCITY_COORDINATOR``, ``FEDCITY_TOKEN_FILE`` and
+``FEDCITY_CA_FILE``. Errors are reported on one line of stderr; the exit code is 2 for a
+command-line mistake and 1 for anything that went wrong while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _UsageError(Exception):
+    """A command-line mistake found after parsing (exit code 2)."""
+
+
+class _Failure(Exception):
+    """A runtime failure with a message for the user (exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports errors on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print a one-line error and exit with code 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# -- argument helpers ---------------------------------------------------------------------------
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not text.strip() or any(not n for n in names):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {text!r}")
+    return names
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    def no_constants(name: str) -> Any:
+        raise argparse.ArgumentTypeError(f"{name} is not allowed in JSON")
+
+    try:
+        value = json.loads(text, parse_constant=no_constants)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"invalid JSON ({exc.msg} at column {exc.colno}): {text!r}"
+        ) from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _connection_options() -> _Parser:
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="coordinator address (default: $FEDCITY_COORDINATOR)",
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="your bearer token file, e.g. scientists/analyst/token (default: $FEDCITY_TOKEN_FILE)",
+    )
+    group.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        help="the federation's CA certificate, tls/ca.pem (default: $FEDCITY_CA_FILE)",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext connection (only to a loopback coordinator)",
+    )
+    return parent
+
+
+def build_parser() -> _Parser:
+    """The ``fedcity`` argument parser."""
+    parser = _Parser(
+        prog="fedcity",
+        description="Privacy-preserving federated analytics between city agencies.",
+        epilog="Exit codes: 0 success, 1 runtime failure, 2 command-line mistake.",
+    )
+    from fedcity import __version__
+
+    parser.add_argument("--version", action="version", version=f"fedcity {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    connection = _connection_options()
+
+    # keys
+    keys = commands.add_parser("keys", help="key ceremony").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    deal = keys.add_parser(
+        "deal",
+        help="deal a threshold key, tokens and TLS certificates for a new federation",
+        description="Deal a threshold Paillier key (one share per agency), bearer tokens "
+        "(agencies and data scientists), the coordinator's token hashes, and a TLS CA with "
+        "a server certificate. Existing files are never overwritten.",
+    )
+    deal.add_argument("--agencies", type=_names, required=True, metavar="A,B,C")
+    deal.add_argument("--threshold", type=int, required=True, help="agencies needed to decrypt")
+    deal.add_argument("--out", type=Path, required=True, metavar="DIR")
+    deal.add_argument(
+        "--key-bits", type=int, default=2048, help="Paillier modulus size (default 2048)"
+    )
+    deal.add_argument(
+        "--scientists",
+        type=_names,
+        default=["analyst"],
+        metavar="NAMES",
+        help="data scientists who may submit jobs (default: analyst)",
+    )
+    deal.add_argument(
+        "--tls-hosts",
+        type=_names,
+        default=["127.0.0.1", "localhost"],
+        metavar="HOSTS",
+        help="names/addresses of the coordinator in its certificate (default: 127.0.0.1,localhost)",
+    )
+
+    # coordinator (delegated)
+    coordinator = commands.add_parser("coordinator", help="run the coordinator").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    coordinator.add_parser(
+        "serve",
+        help="serve agents and data scientists (options: fedcity coordinator serve --help)",
+        add_help=False,
+    )
+
+    # agent
+    agent = commands.add_parser("agent", help="run an agency's agent").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    run = agent.add_parser(
+        "run",
+        help="serve vetted tasks on this agency's data until stopped (SIGTERM/SIGINT)",
+        description="Dial out to the coordinator and serve vetted tasks on local data.",
+    )
+    run.add_argument("--config", type=Path, required=True, help="the agency's TOML file")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    # jobs
+    job = commands.add_parser("job", help="submit and follow jobs").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    submit = job.add_parser("submit", parents=[connection], help="submit a job")
+    submit.add_argument(
+        "--type",
+        dest="job_type",
+        required=True,
+        help="logistic_regression, ridge, poisson_regression or fedavg",
+    )
+    submit.add_argument(
+        "--params", type=_json_object, default={}, metavar="JSON", help="e.g. '{\"C\": 1.0}'"
+    )
+    submit.add_argument("--dataset", required=True, help="dataset name the agencies declared")
+    submit.add_argument(
+        "--agencies", type=_names, default=[], metavar="A,B", help="participants (default: all)"
+    )
+    submit.add_argument(
+        "--min-agencies",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="fewest contributors per round (default: the coordinator's)",
+    )
+    submit.add_argument(
+        "--evaluate-dataset", default="", metavar="NAME", help="evaluate on this dataset after"
+    )
+    submit.add_argument(
+        "--privacy",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help='differential privacy, e.g. \'{"epsilon": 1.0, "delta": 1e-6}\'',
+    )
+    submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    submit.add_argument(
+        "--timeout", type=_positive_float, default=None, metavar="SECONDS", help="with --watch"
+    )
+    watch = job.add_parser("watch", parents=[connection], help="follow a job until it ends")
+    watch.add_argument("job_id", metavar="JOB")
+    watch.add_argument(
+        "--timeout", type=_positive_float, default=None, metavar="SECONDS", help="give up after"
+    )
+    result = job.add_parser("result", parents=[connection], help="print or save a job's result")
+    result.add_argument("job_id", metavar="JOB")
+    result.add_argument("--out", type=Path, default=None, help="write the JSON to this file")
+    result.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    cancel = job.add_parser("cancel", parents=[connection], help="cancel a job")
+    cancel.add_argument("job_id", metavar="JOB")
+
+    agencies = commands.add_parser("agencies", help="agencies the coordinator knows")
+    agencies_actions = agencies.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = agencies_actions.add_parser("list", parents=[connection], help="list agencies")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _keys_deal(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fedcity.net.ceremony import deal_federation
+
+    if not 1 <= args.threshold <= len(args.agencies):
+        raise _UsageError(
+            f"--threshold must lie between 1 and the number of agencies ({len(args.agencies)})"
+        )
+    if args.key_bits < 256 or args.key_bits % 16:
+        raise _UsageError("--key-bits must be a multiple of 16 and at least 256")
+    console = Console(stderr=True)
+    with console.status(
+        f"dealing a {args.key_bits}-bit {args.threshold}-of-{len(args.agencies)} threshold key"
+    ):
+        files = deal_federation(
+            args.out,
+            args.agencies,
+            args.threshold,
+            key_bits=args.key_bits,
+            scientists=args.scientists,
+            tls_hosts=args.tls_hosts,
+        )
+    print(f"federation written to {files.root}")
+    print(f"  public (everyone):        {files.public}, {files.ca_cert}")
+    print(f"  coordinator only:         {files.credentials.parent}/ (token hashes, TLS key)")
+    for a in files.shares:
+        print(f"  agency {a}: {files.shares[a].parent}/ (share.json, token)")
+    for s, path in files.scientist_tokens.items():
+        print(f"  scientist {s}: {path}")
+    print("hand each folder only to its owner; the full key and the CA key were not kept")
+    return EXIT_OK
+
+
+def _coordinator_serve(argv: list[str]) -> int:
+    import importlib
+
+    try:
+        coordinator = importlib.import_module("fedcity.net.coordinator")
+    except ImportError as exc:
+        raise _Failure(f"the coordinator is not available in this installation: {exc}") from exc
+    code = coordinator.main(argv)
+    return int(code) if isinstance(code, int) else EXIT_OK
+
+
+def _agent_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from fedcity.net.agent import Agent, AgentConfig
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = AgentConfig.from_toml(args.config)
+    agent = Agent(config)
+    logging.getLogger("fedcity.net.agent").info(
+        "agent %s starting: coordinator %s, datasets %s",
+        config.agency,
+        config.coordinator,
+        ", ".join(config.datasets),
+    )
+    agent.run()
+    return EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> Any:
+    if args.insecure and args.ca_file is not None:
+        raise _UsageError("give either --ca-file or --insecure, not both")
+    address = args.coordinator or os.environ.get("FEDCITY_COORDINATOR")
+    token_file = args.token_file or os.environ.get("FEDCITY_TOKEN_FILE")
+    ca_file = None if args.insecure else args.ca_file or os.environ.get("FEDCITY_CA_FILE")
+    if not address:
+        raise _UsageError("--coordinator is required (or set FEDCITY_COORDINATOR)")
+    if not token_file:
+        raise _UsageError("--token-file is required (or set FEDCITY_TOKEN_FILE)")
+    if not ca_file and not args.insecure:
+        raise _UsageError("give --ca-file (the federation's tls/ca.pem) or --insecure")
+    from fedcity.net.channel import AddressError, is_loopback, parse_address
+
+    try:
+        host, _ = parse_address(address)
+    except AddressError as exc:
+        raise _UsageError(f"--coordinator: {exc}") from exc
+    if args.insecure and not is_loopback(host):
+        raise _UsageError("--insecure is allowed only with a loopback --coordinator")
+    from fedcity.net.ceremony import read_token
+    from fedcity.net.client import Client
+
+    return Client(address, read_token(token_file), ca_file=ca_file, insecure=args.insecure)
+
+
+def _watch(client: Any, job_id: str, timeout: float | None) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    last = None
+    for event in client.watch(job_id, console=console, timeout=timeout):
+        last = event
+    if last is None:
+        raise _Failure(f"job {job_id}: the coordinator sent no status")
+    print(f"job {job_id} {last.state} after {last.rounds_done} rounds")
+    return EXIT_OK if last.state == "succeeded" else EXIT_FAILURE
+
+
+def _job(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "submit":
+            job_id = client.submit(
+                args.job_type,
+                args.params,
+                args.dataset,
+                agencies=args.agencies,
+                min_agencies=args.min_agencies,
+                evaluate_dataset=args.evaluate_dataset,
+                privacy=args.privacy,
+            )
+            print(job_id, flush=True)
+            return _watch(client, job_id, args.timeout) if args.watch else EXIT_OK
+        if args.action == "watch":
+            return _watch(client, args.job_id, args.timeout)
+        if args.action == "result":
+            text = json.dumps(client.result(args.job_id), indent=2, sort_keys=True) + "\n"
+            if args.out is None:
+                sys.stdout.write(text)
+            else:
+                if args.out.exists() and not args.force:
+                    raise _Failure(f"{args.out} exists; use --force to overwrite it")
+                args.out.write_text(text, encoding="utf-8")
+                print(f"result of job {args.job_id} written to {args.out}")
+            return EXIT_OK
+        if args.action == "cancel":
+            event = client.cancel(args.job_id)
+            print(f"job {event.job_id} {event.state}")
+            return EXIT_OK
+    raise _UsageError(f"unknown job action {args.action!r}")  # pragma: no cover
+
+
+def _agencies(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    with _client(args) as client:
+        infos = client.agencies()
+    if args.json:
+        from fedcity.net.messages import feature_spec_to_json
+
+        out = [
+            {
+                "name": i.name,
+                "connected": i.connected,
+                "last_seen_unix": i.last_seen_unix,
+                "datasets": {n: json.loads(feature_spec_to_json(s)) for n, s in i.datasets.items()},
+            }
+            for i in infos
+        ]
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("agency", "connected", "last seen (UTC)", "datasets")
+    for i in infos:
+        seen = (
+            dt.datetime.fromtimestamp(i.last_seen_unix, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+            if i.last_seen_unix
+            else "never"
+        )
+        sets = ", ".join(
+            f"{n} ({len(s.features)} features, label {s.label})" for n, s in i.datasets.items()
+        )
+        table.add_row(i.name, "yes" if i.connected else "no", seen, sets or "-")
+    Console().print(table)
+    return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "keys":
+        return _keys_deal(args)
+    if args.command == "agent":
+        return _agent_run(args)
+    if args.command == "job":
+        return _job(args)
+    if args.command == "agencies":
+        return _agencies(args)
+    raise _UsageError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+_KNOWN_ERRORS = (
+    ("fedcity.net.agent", "AgentError"),
+    ("fedcity.net.agent", "ConfigError"),
+    ("fedcity.net.ceremony", "CeremonyError"),
+    ("fedcity.net.channel", "AddressError"),
+    ("fedcity.net.client", "ClientError"),
+    ("fedcity.crypto.errors", "CryptoError"),
+    ("fedcity.data.dataset", "DataError"),
+)
+
+
+def _is_known(exc: BaseException) -> bool:
+    """Whether ``exc``'s message is a complete answer for the user (no traceback needed).
+
+    Only modules already imported are consulted: an exception of their types can only come
+    from a module that was loaded, and the error path stays fast.
+    """
+    if isinstance(exc, OSError):
+        return True
+    for module, name in _KNOWN_ERRORS:
+        loaded = sys.modules.get(module)
+        cls = getattr(loaded, name, None) if loaded is not None else None
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fedcity`` command; returns the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 on a runtime failure, 2 on a command-line mistake.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    prog = "fedcity"
+    try:
+        if args_list[:2] == ["coordinator", "serve"]:
+            prog = "fedcity coordinator serve"
+            return _coordinator_serve(args_list[2:])
+        args = build_parser().parse_args(args_list)
+        prog = f"fedcity {args.command} {args.action}"
+        return _dispatch(args)
+    except _UsageError as exc:
+        print(f"{prog}: error: {exc} (see --help)", file=sys.stderr)
+        return EXIT_USAGE
+    except _Failure as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if _is_known(exc):
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_FAILURE
+        if os.environ.get("FEDCITY_DEBUG"):
+            raise
+        print(
+            f"{prog}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(set FEDCITY_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

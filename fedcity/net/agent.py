@@ -1,0 +1,883 @@
+"""The agency daemon: dials out to the coordinator and serves vetted tasks on local data.
+
+An agent is a thin shell over :class:`~fedcity.core.nodes.AgencyNode`. It registers its
+datasets (names and declared columns only), sends heartbeats from a background thread and
+long-polls for work:
+
+- ``ACTION_CONTRIBUTE``: rebuild the task (:func:`~fedcity.net.messages.assignment_to_task`,
+  which refuses unvetted kinds), run it with :meth:`AgencyNode.contribute` and upload the
+  sealed vector in chunks. The assignment's ``dataset`` (the job's dataset) is the table the
+  step reads as ``"train"``; a step naming another declared dataset in its parameters (an
+  evaluation) reads that one. Without a ``dataset`` the first configured table is used;
+- ``ACTION_PARTIAL_DECRYPT``: download the encrypted aggregate, check that it sums at least
+  ``max(summands_min, policy.min_summands)`` contributions and upload this agency's partial
+  decryption (:meth:`AgencyNode.decrypt_share`);
+- a kind outside the policy (for either action), an unvetted kind, an unknown dataset or a
+  failing local step: ``Decline`` with the reason (for unexpected failures only the exception
+  type is sent; details stay in the local log, since they may quote data).
+
+When the coordinator is unreachable the agent retries with exponential backoff and jitter,
+registers again, then re-sends what it had not delivered. Every payload is kept (a few
+rounds back) and re-sent byte for byte if the same assignment comes again, so a retry never
+produces a second, different ciphertext or fresh differential-privacy noise for one round.
+
+Configuration (TOML; relative paths are relative to the file)::
+
+    agency = "district-01"
+    coordinator = "127.0.0.1:50051"
+    token_file = "agencies/district-01/token"
+    share_file = "agencies/district-01/share.json"
+    ca_file = "tls/ca.pem"               # required unless insecure = true
+    insecure = false                     # plaintext, only to a loopback coordinator
+    log_file = "agent-district-01.log"   # optional: one JSON line per task served
+
+    [datasets.inspections]
+    path = "data/district-01.csv"        # .csv, .parquet or .pq
+    numeric = ["pastFail", "timeSinceLast"]
+    categorical = { inspector = ["blue", "green"] }
+    label = "critical_found"
+    weight = ""                          # optional; "" means none
+
+    [policy]
+    allowed_kinds = ["stats.counts", "stats.mean", "stats.variance", "glm.newton"]
+    min_summands = 2                     # never decrypt an aggregate of fewer contributions
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import tomllib
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+
+import fedcity
+from fedcity.core.aggregation import PaillierScheme
+from fedcity.core.errors import RejectedContribution
+from fedcity.core.nodes import AgencyNode
+from fedcity.core.tasks import LOCAL_STEPS, Task
+from fedcity.crypto import CryptoError, KeyShare
+from fedcity.data.dataset import AgencyDataset, DataError, FeatureSpec
+from fedcity.net.ceremony import CeremonyError, read_token
+from fedcity.net.channel import (
+    RETRYABLE_CODES,
+    AddressError,
+    bearer_metadata,
+    is_loopback,
+    open_channel,
+    parse_address,
+)
+from fedcity.net.messages import (
+    MessageError,
+    assemble,
+    assignment_to_task,
+    chunks,
+    feature_spec_to_json,
+)
+from fedcity.v1 import federation_pb2 as fpb
+from fedcity.v1 import federation_pb2_grpc as fpb_grpc
+
+__all__ = ["Agent", "AgentConfig", "AgentError", "ConfigError", "DatasetConfig"]
+
+log = logging.getLogger(__name__)
+
+FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+"""Status codes after which retrying cannot help: wrong token, wrong identity, wrong server."""
+REJECTION_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.ABORTED,
+    }
+)
+"""Answers to an upload or refusal that mean the coordinator will not take it: drop it."""
+MAX_DELIVERY_ATTEMPTS = 5
+"""Tries for a payload the coordinator keeps failing on with other errors (INTERNAL, ...)."""
+
+_TOP_KEYS = frozenset(
+    {
+        "agency",
+        "coordinator",
+        "token_file",
+        "share_file",
+        "ca_file",
+        "insecure",
+        "log_file",
+        "datasets",
+        "policy",
+    }
+)
+_DATASET_KEYS = frozenset({"path", "numeric", "categorical", "label", "weight"})
+_POLICY_KEYS = frozenset({"allowed_kinds", "min_summands"})
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class ConfigError(ValueError):
+    """An invalid agent configuration file; the message names the file and the key."""
+
+
+class AgentError(RuntimeError):
+    """The agent cannot go on: unreadable key material or data, wrong federation, bad token."""
+
+
+# -- configuration ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One local table the agency offers.
+
+    Attributes
+    ----------
+    name : str
+        The name jobs use (``JobSpec.dataset``).
+    path : Path
+        Absolute path of the CSV or Parquet file.
+    spec : FeatureSpec
+        Its declared columns.
+    """
+
+    name: str
+    path: Path
+    spec: FeatureSpec
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """A validated agent configuration (see the module docstring for the TOML format).
+
+    Attributes
+    ----------
+    agency : str
+    coordinator : str
+        ``host:port``.
+    token_file, share_file : Path
+    ca_file : Path or None
+        None only with ``insecure``.
+    insecure : bool
+    log_file : Path or None
+    datasets : dict of str to DatasetConfig
+        In file order; the first one serves assignments that name no dataset.
+    allowed_kinds : frozenset of str
+        Vetted task kinds this agency runs (default: every vetted kind).
+    min_summands : int
+        Smallest aggregate this agency helps decrypt, whatever the coordinator asks.
+    source : Path or None
+        The TOML file it was read from.
+    """
+
+    agency: str
+    coordinator: str
+    token_file: Path
+    share_file: Path
+    ca_file: Path | None
+    insecure: bool
+    datasets: dict[str, DatasetConfig]
+    allowed_kinds: frozenset[str]
+    log_file: Path | None = None
+    min_summands: int = 2
+    source: Path | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> AgentConfig:
+        """Read and validate an agent configuration file.
+
+        Parameters
+        ----------
+        path : str or path-like
+
+        Returns
+        -------
+        AgentConfig
+
+        Raises
+        ------
+        ConfigError
+            Naming the file and the key at fault.
+        """
+        file = Path(path)
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from exc
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file}: not UTF-8 text") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
+        return cls.from_dict(data, base=file.parent, source=file)
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, base: Path, source: Path | None = None
+    ) -> AgentConfig:
+        """Validate an already parsed configuration; relative paths resolve against ``base``.
+
+        Parameters
+        ----------
+        data : mapping
+            The TOML document as a dict.
+        base : Path
+            Directory relative paths are relative to.
+        source : Path, optional
+            Named in error messages.
+
+        Returns
+        -------
+        AgentConfig
+
+        Raises
+        ------
+        ConfigError
+        """
+        where = str(source) if source is not None else "agent config"
+        v = _Validator(where, base)
+        unknown = sorted(set(data) - _TOP_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
+        agency = v.name(data, "agency")
+        coordinator = v.string(data, "coordinator")
+        try:
+            host, _ = parse_address(coordinator)
+        except AddressError as exc:
+            raise ConfigError(f"{where}: key 'coordinator': {exc}") from exc
+        insecure = v.boolean(data, "insecure", default=False)
+        if insecure and not is_loopback(host):
+            raise ConfigError(
+                f"{where}: insecure = true is allowed only for a loopback coordinator "
+                f"(127.0.0.1, ::1, localhost), not {host!r}; set ca_file instead"
+            )
+        token_file = v.existing_file(data, "token_file")
+        share_file = v.existing_file(data, "share_file")
+        ca_file: Path | None = None
+        if "ca_file" in data:
+            ca_file = v.existing_file(data, "ca_file")
+        elif not insecure:
+            raise ConfigError(
+                f"{where}: key 'ca_file' is required (the federation's tls/ca.pem) unless "
+                "insecure = true"
+            )
+        log_file = v.path(data, "log_file") if "log_file" in data else None
+
+        raw_sets = data.get("datasets")
+        if not isinstance(raw_sets, dict) or not raw_sets:
+            raise ConfigError(
+                f"{where}: at least one [datasets.<name>] table is required "
+                "(path, numeric, categorical, label)"
+            )
+        datasets = {name: v.dataset(name, section) for name, section in raw_sets.items()}
+
+        policy = data.get("policy", {})
+        if not isinstance(policy, dict):
+            raise ConfigError(f"{where}: [policy] must be a table")
+        unknown = sorted(set(policy) - _POLICY_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: [policy] unknown key(s) {unknown}; allowed: {sorted(_POLICY_KEYS)}"
+            )
+        import fedcity.learn  # noqa: F401  (registers the vetted local steps)
+
+        if "allowed_kinds" in policy:
+            kinds = policy["allowed_kinds"]
+            if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+                raise ConfigError(
+                    f"{where}: [policy] key 'allowed_kinds' must be a list of strings"
+                )
+            unvetted = sorted(set(kinds) - set(LOCAL_STEPS))
+            if unvetted:
+                raise ConfigError(
+                    f"{where}: [policy] key 'allowed_kinds' names unvetted kind(s) {unvetted}; "
+                    f"vetted kinds: {sorted(LOCAL_STEPS)}"
+                )
+            allowed = frozenset(kinds)
+        else:
+            allowed = frozenset(LOCAL_STEPS)
+        min_summands = policy.get("min_summands", 2)
+        if isinstance(min_summands, bool) or not isinstance(min_summands, int) or min_summands < 1:
+            raise ConfigError(
+                f"{where}: [policy] key 'min_summands' must be a positive integer, "
+                f"got {min_summands!r}"
+            )
+        return cls(
+            agency=agency,
+            coordinator=coordinator,
+            token_file=token_file,
+            share_file=share_file,
+            ca_file=None if insecure else ca_file,
+            insecure=insecure,
+            datasets=datasets,
+            allowed_kinds=allowed,
+            log_file=log_file,
+            min_summands=min_summands,
+            source=source,
+        )
+
+
+class _Validator:
+    """Typed accessors that name the file and the key in every error."""
+
+    def __init__(self, where: str, base: Path) -> None:
+        self.where = where
+        self.base = base
+
+    def fail(self, key: str, problem: str, section: str = "") -> ConfigError:
+        prefix = f"[{section}] " if section else ""
+        return ConfigError(f"{self.where}: {prefix}key {key!r} {problem}")
+
+    def string(self, data: Mapping[str, Any], key: str, section: str = "") -> str:
+        if key not in data:
+            raise self.fail(key, "is required", section)
+        value = data[key]
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"must be a non-empty string, got {value!r}", section)
+        return value
+
+    def name(self, data: Mapping[str, Any], key: str) -> str:
+        value = self.string(data, key)
+        if not set(value) <= _NAME_CHARS or len(value) > 64:
+            raise self.fail(key, f"must use letters, digits, '.', '_' or '-', got {value!r}")
+        return value
+
+    def boolean(self, data: Mapping[str, Any], key: str, *, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def path(self, data: Mapping[str, Any], key: str, section: str = "") -> Path:
+        p = Path(self.string(data, key, section)).expanduser()
+        return p if p.is_absolute() else (self.base / p).resolve()
+
+    def existing_file(self, data: Mapping[str, Any], key: str, section: str = "") -> Path:
+        p = self.path(data, key, section)
+        if not p.is_file():
+            what = "is not a regular file" if p.exists() else "does not exist"
+            raise self.fail(key, f"names {str(p)!r}, which {what}", section)
+        return p
+
+    def dataset(self, name: str, section: Any) -> DatasetConfig:
+        label = f"datasets.{name}"
+        if not set(name) <= _NAME_CHARS or not name:
+            raise ConfigError(
+                f"{self.where}: [{label}] dataset names use letters, digits, '.', '_' or '-'"
+            )
+        if not isinstance(section, dict):
+            raise ConfigError(f"{self.where}: [{label}] must be a table")
+        unknown = sorted(set(section) - _DATASET_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{self.where}: [{label}] unknown key(s) {unknown}; "
+                f"allowed: {sorted(_DATASET_KEYS)}"
+            )
+        path = self.existing_file(section, "path", label)
+        if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+            raise self.fail(
+                "path", f"must name a .csv, .parquet or .pq file, got {path.name!r}", label
+            )
+        numeric = section.get("numeric", [])
+        if not isinstance(numeric, list) or not all(isinstance(c, str) for c in numeric):
+            raise self.fail("numeric", "must be a list of column names", label)
+        categorical = section.get("categorical", {})
+        if not isinstance(categorical, dict) or not all(
+            isinstance(levels, list) and all(isinstance(lv, str) for lv in levels)
+            for levels in categorical.values()
+        ):
+            raise self.fail(
+                "categorical", "must be a table of column = [level, ...] (strings)", label
+            )
+        label_column = self.string(section, "label", label)
+        weight = section.get("weight", "")
+        if not isinstance(weight, str):
+            raise self.fail("weight", f'must be a column name or "", got {weight!r}', label)
+        try:
+            spec = FeatureSpec(
+                numeric=tuple(numeric),
+                categorical={c: tuple(levels) for c, levels in categorical.items()},
+                label=label_column,
+                weight=weight or None,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{self.where}: [{label}] invalid columns: {exc}") from exc
+        return DatasetConfig(name, path, spec)
+
+
+# -- the daemon ---------------------------------------------------------------------------------
+@dataclass
+class _Outgoing:
+    """A payload or refusal for one assignment, kept until the coordinator has it."""
+
+    job_id: str
+    round: int
+    action: int
+    kind: str
+    payload_kind: int = 0
+    payload: bytes = b""
+    reason: str = ""
+    seconds: float = 0.0
+    failures: int = 0
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.job_id, self.round, self.action)
+
+    @property
+    def declined(self) -> bool:
+        return not self.payload
+
+
+_ACTION_NAMES: dict[int, str] = {
+    int(fpb.ACTION_CONTRIBUTE): "contribute",
+    int(fpb.ACTION_PARTIAL_DECRYPT): "partial_decrypt",
+}
+
+
+class Agent:
+    """One agency's daemon.
+
+    Parameters
+    ----------
+    config : AgentConfig
+    fetch_wait_ms : int, default 20000
+        How long the coordinator may hold a FetchWork long poll.
+    backoff_base, backoff_cap : float, default 0.25 and 5.0
+        Retry delays in seconds: ``min(cap, base·2^attempt)``, jittered to 50-100 %.
+    rpc_timeout : float, default 120.0
+        Deadline of uploads and downloads (seconds); short calls use at most 15 s.
+
+    Raises
+    ------
+    AgentError
+        The token, the key share or a dataset cannot be loaded.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        fetch_wait_ms: int = 20_000,
+        backoff_base: float = 0.25,
+        backoff_cap: float = 5.0,
+        rpc_timeout: float = 120.0,
+    ) -> None:
+        import fedcity.learn  # noqa: F401  (registers the vetted local steps)
+
+        self.config = config
+        self.fetch_wait_ms = fetch_wait_ms
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.rpc_timeout = rpc_timeout
+        try:
+            self._metadata = bearer_metadata(read_token(config.token_file))
+        except CeremonyError as exc:
+            raise AgentError(str(exc)) from exc
+        try:
+            self.share = KeyShare.load(config.share_file)
+        except CryptoError as exc:
+            raise AgentError(f"key share {config.share_file}: {exc}") from exc
+        tables: dict[str, AgencyDataset] = {}
+        for name, dc in config.datasets.items():
+            try:
+                tables[name] = AgencyDataset.from_path(dc.path, dc.spec, agency=config.agency)
+            except DataError as exc:
+                raise AgentError(f"dataset {name!r}: {exc}") from exc
+        self._tables = tables
+        first = next(iter(tables.values()))
+        self.node = AgencyNode(
+            config.agency,
+            first,
+            PaillierScheme(self.share.threshold_key),
+            share=self.share,
+            policy=self._allows,
+        )
+        self.node.datasets = {**tables, "train": first}
+        self.served: list[dict[str, Any]] = []
+        """Every record written to the task log (also kept when no log file is set)."""
+        self.registrations = 0
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._wake_heartbeat = threading.Event()
+        self._registered = False
+        self._heartbeat_s = 5.0
+        self._pending: _Outgoing | None = None
+        self._sent: OrderedDict[tuple[str, int, int], _Outgoing] = OrderedDict()
+        self._stub: Any = None
+        self._log_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.config.agency!r} → {self.config.coordinator}>"
+
+    def _allows(self, task: Task) -> bool:
+        return task.request.kind in self.config.allowed_kinds
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from any thread); an agent does not run again."""
+        self._stop.set()
+        self._wake_heartbeat.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Serve until :meth:`stop` (or SIGTERM/SIGINT when run in the main thread).
+
+        Parameters
+        ----------
+        handle_signals : bool, default True
+            In the main thread, make SIGTERM and SIGINT call :meth:`stop` while running.
+
+        Raises
+        ------
+        AgentError
+            The coordinator serves another threshold key, or refuses this agency's token.
+        """
+        with self._signals(handle_signals):
+            try:
+                channel = open_channel(
+                    self.config.coordinator,
+                    ca_file=self.config.ca_file,
+                    insecure=self.config.insecure,
+                )
+            except OSError as exc:
+                raise AgentError(f"cannot read CA file {self.config.ca_file}: {exc}") from exc
+            except ValueError as exc:
+                raise AgentError(str(exc)) from exc
+            self._stub = fpb_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+            self._running.set()
+            beat = threading.Thread(
+                target=self._heartbeats, name=f"heartbeat-{self.config.agency}", daemon=True
+            )
+            beat.start()
+            try:
+                self._loop()
+            finally:
+                self._running.clear()
+                self._wake_heartbeat.set()
+                self._registered = False
+                beat.join(timeout=5)
+                channel.close()
+                log.info("agent %s stopped", self.config.agency)
+
+    @contextmanager
+    def _signals(self, enabled: bool) -> Iterator[None]:
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            # not self.stop() here: the interrupted main thread may hold the lock of the
+            # very Event it would set (threading primitives are not reentrant)
+            threading.Thread(target=self.stop, name="agent-stop", daemon=True).start()
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.backoff_cap, self.backoff_base * 2.0 ** min(attempt, 30))
+        return delay * random.uniform(0.5, 1.0)
+
+    def _loop(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if not self._registered:
+                    self._register()
+                if self._pending is not None:
+                    self._deliver(self._pending)
+                self._poll()
+                attempt = 0
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                code, details = exc.code(), exc.details()
+                if code in FATAL_CODES:
+                    raise AgentError(
+                        f"coordinator {self.config.coordinator} refused agency "
+                        f"{self.config.agency!r}: {code.name}: {details}"
+                    ) from None
+                self._registered = False
+                delay = self._backoff(attempt)
+                attempt += 1
+                log.warning(
+                    "coordinator %s: %s (%s); retrying in %.1f s",
+                    self.config.coordinator,
+                    code.name,
+                    details,
+                    delay,
+                )
+                self._stop.wait(delay)
+
+    # -- calls ----------------------------------------------------------------------------------
+    def _register(self) -> None:
+        request = fpb.RegisterRequest(
+            agency=self.config.agency,
+            datasets=[
+                fpb.DatasetInfo(name=name, feature_spec_json=feature_spec_to_json(dc.spec))
+                for name, dc in self.config.datasets.items()
+            ],
+            software_version=fedcity.__version__,
+            task_kinds=sorted(self.config.allowed_kinds),
+        )
+        response = self._stub.Register(request, timeout=15.0, metadata=self._metadata)
+        ours = self.share.threshold_key.key_id
+        if bytes(response.key_id) != ours:
+            theirs = bytes(response.key_id).hex() or "(none)"
+            raise AgentError(
+                f"coordinator {self.config.coordinator} serves threshold key {theirs}, but "
+                f"{self.config.share_file} is a share of key {ours.hex()}: wrong federation "
+                "or wrong share file"
+            )
+        if response.heartbeat_interval_ms:
+            self._heartbeat_s = max(response.heartbeat_interval_ms / 1000.0, 0.05)
+        self._registered = True
+        self._wake_heartbeat.set()  # restart the heartbeat clock with the coordinator's interval
+        self.registrations += 1
+        log.info(
+            "agency %s registered with %s (key %s, %d dataset(s))",
+            self.config.agency,
+            self.config.coordinator,
+            ours.hex()[:16],
+            len(self.config.datasets),
+        )
+
+    def _heartbeats(self) -> None:
+        while True:
+            woken = self._wake_heartbeat.wait(self._heartbeat_s)
+            self._wake_heartbeat.clear()
+            if self._stop.is_set() or not self._running.is_set():
+                return
+            if woken or not self._registered:
+                continue
+            try:
+                response = self._stub.Heartbeat(
+                    fpb.HeartbeatRequest(agency=self.config.agency),
+                    timeout=min(15.0, max(self._heartbeat_s, 1.0)),
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as exc:
+                log.debug("heartbeat failed: %s", exc.code())
+            except ValueError:  # the channel closed under us while stopping
+                return
+            else:
+                if response.heartbeat_interval_ms:
+                    self._heartbeat_s = max(response.heartbeat_interval_ms / 1000.0, 0.05)
+
+    def _poll(self) -> None:
+        """One FetchWork long poll; serves what it returns."""
+        future = self._stub.FetchWork.future(
+            fpb.FetchWorkRequest(agency=self.config.agency, wait_ms=self.fetch_wait_ms),
+            timeout=self.fetch_wait_ms / 1000.0 + 15.0,
+            metadata=self._metadata,
+        )
+        done = threading.Event()
+        future.add_done_callback(lambda _f: done.set())
+        while not done.wait(0.2):  # wakes regularly so signals and stop() are seen
+            if self._stop.is_set():
+                future.cancel()
+                return
+        if future.cancelled():
+            return
+        response = future.result()  # raises grpc.RpcError on failure
+        if response.HasField("assignment"):
+            self._serve(response.assignment)
+        elif response.retry_after_ms:
+            self._stop.wait(response.retry_after_ms / 1000.0)
+
+    def _serve(self, a: fpb.Assignment) -> None:
+        key = (a.job_id, a.round, int(a.action))
+        previous = self._sent.get(key)
+        if previous is not None:  # the same assignment again: resend the same bytes
+            log.info("job %s round %d: assignment repeated; re-sending", a.job_id, a.round)
+            self._pending = previous
+            self._deliver(previous)
+            return
+        start = time.perf_counter()
+        out = _Outgoing(a.job_id, int(a.round), int(a.action), a.kind)
+        try:
+            if a.action == fpb.ACTION_CONTRIBUTE:
+                task = assignment_to_task(a)
+                self._select_dataset(a.dataset)
+                out.payload = self.node.contribute(task)
+                out.payload_kind = fpb.PAYLOAD_KIND_CONTRIBUTION
+            elif a.action == fpb.ACTION_PARTIAL_DECRYPT:
+                task = assignment_to_task(a)
+                if not self._allows(task):
+                    raise RejectedContribution(
+                        f"agency {self.config.agency!r}: policy refuses {a.kind!r}"
+                    )
+                aggregate = self._fetch_aggregate(a)
+                out.payload = self.node.decrypt_share(
+                    task,
+                    aggregate,
+                    summands_min=max(int(a.summands_min), self.config.min_summands),
+                )
+                out.payload_kind = fpb.PAYLOAD_KIND_PARTIAL
+            else:
+                raise MessageError(f"unknown action {int(a.action)}")
+        except grpc.RpcError:
+            raise
+        except (MessageError, RejectedContribution) as exc:
+            out.reason = str(exc)
+        except Exception as exc:  # a failing step must not take the daemon down
+            log.exception("job %s round %d: %s failed", a.job_id, a.round, a.kind)
+            out.reason = (
+                f"agency {self.config.agency!r}: {a.kind or 'the task'} failed locally "
+                f"({type(exc).__name__}); details are in the agency's log"
+            )
+        if not out.payload and not out.reason:
+            out.reason = f"agency {self.config.agency!r}: the local step produced no payload"
+        out.seconds = time.perf_counter() - start
+        self._remember(out)
+        self._pending = out
+        self._deliver(out)
+
+    def _select_dataset(self, name: str) -> None:
+        """Make the job's dataset the node's ``"train"`` table (default: the first one)."""
+        if not name:
+            name = next(iter(self._tables))
+        table = self._tables.get(name)
+        if table is None:
+            raise RejectedContribution(
+                f"agency {self.config.agency!r} offers no dataset {name!r} "
+                f"(it offers {sorted(self._tables)})"
+            )
+        self.node.dataset = table
+        self.node.datasets = {**self._tables, "train": table}
+
+    def _fetch_aggregate(self, a: fpb.Assignment) -> bytes:
+        stream = self._stub.FetchAggregate(
+            fpb.AggregateRef(job_id=a.job_id, round=a.round),
+            timeout=self.rpc_timeout,
+            metadata=self._metadata,
+        )
+        header, payload = assemble(stream)
+        if header.kind != fpb.PAYLOAD_KIND_AGGREGATE:
+            raise MessageError(f"expected an aggregate, got payload kind {header.kind}")
+        if header.job_id != a.job_id or header.round != a.round:
+            raise MessageError(
+                f"asked for the aggregate of job {a.job_id} round {a.round}, got job "
+                f"{header.job_id} round {header.round}"
+            )
+        return payload
+
+    def _remember(self, out: _Outgoing) -> None:
+        self._sent[out.key] = out
+        while len(self._sent) > 16:
+            self._sent.popitem(last=False)
+
+    def _deliver(self, out: _Outgoing) -> None:
+        """Upload or decline; keeps ``out`` pending while the coordinator is away."""
+        start = time.perf_counter()
+        try:
+            if out.declined:
+                self._stub.Decline(
+                    fpb.DeclineRequest(
+                        agency=self.config.agency,
+                        job_id=out.job_id,
+                        round=out.round,
+                        reason=out.reason,
+                    ),
+                    timeout=15.0,
+                    metadata=self._metadata,
+                )
+                outcome = "declined"
+            else:
+                response = self._stub.Upload(
+                    chunks(
+                        out.payload,
+                        job_id=out.job_id,
+                        round=out.round,
+                        agency=self.config.agency,
+                        kind=out.payload_kind,
+                    ),
+                    timeout=self.rpc_timeout,
+                    metadata=self._metadata,
+                )
+                outcome = "uploaded" if response.stored else "already_stored"
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in RETRYABLE_CODES or code in FATAL_CODES:
+                raise  # stays pending; the main loop backs off and re-sends
+            out.failures += 1
+            if code not in REJECTION_CODES and out.failures < MAX_DELIVERY_ATTEMPTS:
+                raise  # e.g. CANCELLED by a coordinator shutting down: try again
+            self._pending = None
+            log.warning(
+                "job %s round %d: the coordinator rejected our %s: %s: %s",
+                out.job_id,
+                out.round,
+                "refusal" if out.declined else "upload",
+                exc.code().name,
+                exc.details(),
+            )
+            self._record(out, "rejected", time.perf_counter() - start, error=exc.details())
+            return
+        self._pending = None
+        self._record(out, outcome, time.perf_counter() - start)
+
+    # -- task log -------------------------------------------------------------------------------
+    def _record(self, out: _Outgoing, outcome: str, send_seconds: float, **extra: Any) -> None:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "agency": self.config.agency,
+            "job": out.job_id,
+            "round": out.round,
+            "kind": out.kind,
+            "action": _ACTION_NAMES.get(out.action, str(out.action)),
+            "outcome": outcome,
+            "seconds": round(out.seconds + send_seconds, 6),
+            "bytes": len(out.payload),
+        }
+        if out.reason:
+            entry["reason"] = out.reason
+        entry.update({k: v for k, v in extra.items() if v})
+        self.served.append(entry)
+        level = logging.INFO if outcome in ("uploaded", "already_stored") else logging.WARNING
+        log.log(
+            level,
+            "job %s round %d %s %s: %s%s",
+            out.job_id,
+            out.round,
+            entry["action"],
+            out.kind,
+            outcome,
+            f" ({out.reason})" if out.reason else "",
+        )
+        if self.config.log_file is None:
+            return
+        line = json.dumps(entry, sort_keys=True, allow_nan=False) + "\n"
+        with self._log_lock:
+            try:
+                self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
+                with self.config.log_file.open("a", encoding="utf-8") as fh:
+                    fh.write(line)
+            except OSError as exc:
+                log.error("cannot write task log %s: %s", self.config.log_file, exc)

@@ -1,0 +1,538 @@
+"""The key ceremony: everything a federation needs before its first connection.
+
+:func:`deal_federation` runs once, on a trusted machine, and writes a directory that the
+operator then hands out piece by piece::
+
+    OUT/federation-public.json          public: threshold key + agency → share index (everyone)
+    OUT/agencies/<agency>/share.json    secret (0600): that agency's key share only
+    OUT/agencies/<agency>/token         secret (0600): that agency's bearer token
+    OUT/scientists/<name>/token         secret (0600): a data scientist's bearer token
+    OUT/coordinator/credentials.json    (0600) SHA-256 hashes of every token, with roles
+    OUT/coordinator/server.pem          the coordinator's TLS certificate (signed by the CA)
+    OUT/coordinator/server.key          secret (0600): its private key
+    OUT/tls/ca.pem                      the CA certificate every agent and client pins
+
+The coordinator receives only token hashes, its TLS key and the public federation file; it
+never receives a token or a key share. The full Paillier secret and the CA's signing key exist
+only in the dealer's memory during the call: neither is ever written (a later certificate
+needs a new ceremony, which also rotates every token).
+
+No existing file is ever overwritten: the ceremony checks every target before it starts and
+creates each file exclusively.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedcity.crypto import CryptoError, ThresholdPublicKey, deal_threshold_key
+
+__all__ = [
+    "FEDERATION_FORMAT",
+    "FEDERATION_VERSION",
+    "CeremonyError",
+    "Federation",
+    "FederationFiles",
+    "deal_federation",
+    "load_federation",
+    "read_token",
+    "token_sha256",
+]
+
+log = logging.getLogger(__name__)
+
+FEDERATION_FORMAT = "fedcity.federation"
+"""``format`` field of ``federation-public.json``."""
+FEDERATION_VERSION = 1
+"""``version`` field of ``federation-public.json`` this release writes and reads."""
+CERT_DAYS = 365
+"""Validity of the CA and server certificates."""
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9*]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*")
+
+
+class CeremonyError(ValueError):
+    """Invalid ceremony input, an existing target file, or an invalid federation file."""
+
+
+# -- small helpers shared with the agent and the client ---------------------------------------
+def token_sha256(token: str) -> str:
+    """Hex SHA-256 of a token string (UTF-8), as stored in ``credentials.json``.
+
+    Parameters
+    ----------
+    token : str
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
+    """
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def read_token(path: str | os.PathLike[str]) -> str:
+    """Read a bearer token file written by :func:`deal_federation`.
+
+    Surrounding whitespace (the trailing newline) is ignored. A token file readable by group
+    or others is accepted with a logged warning.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    CeremonyError
+        If the file is missing or unreadable, empty, or holds more than one word.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+        mode = p.stat().st_mode
+    except OSError as exc:
+        raise CeremonyError(f"cannot read token file {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CeremonyError(f"token file {p} is not UTF-8 text") from exc
+    token = text.strip()
+    if not token:
+        raise CeremonyError(f"token file {p} is empty")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise CeremonyError(f"token file {p} must hold a single token on one line")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("token file %s is accessible by group or others (mode %o)", p, mode & 0o777)
+    return token
+
+
+def _check_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise CeremonyError(
+            f"{what} {name!r} is not a valid name: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _write_new(path: Path, data: bytes, *, secret: bool) -> None:
+    """Create ``path`` exclusively with its final mode from the start."""
+    mode = 0o600 if secret else 0o644
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError as exc:
+        raise CeremonyError(f"{path} exists; refusing to overwrite it") from exc
+    try:
+        os.fchmod(fd, mode)  # independent of the umask
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _json_bytes(data: Mapping[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            if not isinstance(host, str) or not _DNS_NAME.fullmatch(host):
+                raise CeremonyError(
+                    f"TLS host {host!r} is neither an IP address nor a DNS name"
+                ) from None
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+def _make_tls(hosts: Sequence[str], label: str) -> tuple[bytes, bytes, bytes]:
+    """A fresh CA and a server certificate for ``hosts``; returns (ca pem, cert pem, key pem).
+
+    The CA's private key is discarded when this function returns.
+    """
+    if not hosts:
+        raise CeremonyError("tls_hosts must name at least one host")
+    san = _san(hosts)
+    now = dt.datetime.now(dt.UTC)
+    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=CERT_DAYS)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedcity"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"fedcity federation CA {label}"),
+        ]
+    )
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedcity"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]),
+                ]
+            )
+        )
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(san, critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    del ca_key
+    return (
+        ca_cert.public_bytes(serialization.Encoding.PEM),
+        server_cert.public_bytes(serialization.Encoding.PEM),
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+# -- the ceremony -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FederationFiles:
+    """Paths written by :func:`deal_federation`.
+
+    Attributes
+    ----------
+    root : Path
+    public : Path
+        ``federation-public.json``.
+    credentials : Path
+        The coordinator's token hashes.
+    ca_cert, server_cert, server_key : Path
+        TLS material.
+    shares, agency_tokens : dict of str to Path
+        Per agency.
+    scientist_tokens : dict of str to Path
+        Per data scientist.
+    """
+
+    root: Path
+    public: Path
+    credentials: Path
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    shares: dict[str, Path] = field(default_factory=dict)
+    agency_tokens: dict[str, Path] = field(default_factory=dict)
+    scientist_tokens: dict[str, Path] = field(default_factory=dict)
+
+    def all_paths(self) -> list[Path]:
+        """Every file of the ceremony, in a stable order."""
+        return [
+            self.public,
+            self.credentials,
+            self.ca_cert,
+            self.server_cert,
+            self.server_key,
+            *self.shares.values(),
+            *self.agency_tokens.values(),
+            *self.scientist_tokens.values(),
+        ]
+
+
+def _layout(root: Path, agencies: Sequence[str], scientists: Sequence[str]) -> FederationFiles:
+    return FederationFiles(
+        root=root,
+        public=root / "federation-public.json",
+        credentials=root / "coordinator" / "credentials.json",
+        ca_cert=root / "tls" / "ca.pem",
+        server_cert=root / "coordinator" / "server.pem",
+        server_key=root / "coordinator" / "server.key",
+        shares={a: root / "agencies" / a / "share.json" for a in agencies},
+        agency_tokens={a: root / "agencies" / a / "token" for a in agencies},
+        scientist_tokens={s: root / "scientists" / s / "token" for s in scientists},
+    )
+
+
+def deal_federation(
+    out_dir: str | os.PathLike[str],
+    agencies: Sequence[str],
+    threshold: int,
+    key_bits: int = 2048,
+    scientists: Sequence[str] = ("analyst",),
+    tls_hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+) -> FederationFiles:
+    """Deal a threshold key, tokens and TLS material for a new federation.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        Directory to write into (created if needed); none of the files may exist yet.
+    agencies : sequence of str
+        Agency names; agency ``i`` (from 0) receives share ``i + 1``.
+    threshold : int
+        Agencies needed to decrypt an aggregate, ``1 <= threshold <= len(agencies)``.
+    key_bits : int, default 2048
+        Paillier modulus size. Use at least 2048 outside tests.
+    scientists : sequence of str, default ("analyst",)
+        Data scientists who may submit jobs.
+    tls_hosts : sequence of str, default ("127.0.0.1", "localhost")
+        Names and addresses agents and clients use to reach the coordinator; they become the
+        server certificate's subject alternative names (IP addresses as IP entries).
+
+    Returns
+    -------
+    FederationFiles
+        The paths written.
+
+    Raises
+    ------
+    CeremonyError
+        Invalid or repeated names, a bad threshold or key size, or an existing target file.
+    """
+    agencies = [_check_name(a, "agency") for a in agencies]
+    scientists = [_check_name(s, "scientist") for s in scientists]
+    if not agencies:
+        raise CeremonyError("a federation needs at least one agency")
+    principals = [*agencies, *scientists]
+    repeated = sorted({p for p in principals if principals.count(p) > 1})
+    if repeated:
+        raise CeremonyError(f"names must be unique across agencies and scientists: {repeated}")
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise CeremonyError(f"threshold must be an integer, got {threshold!r}")
+    if not 1 <= threshold <= len(agencies):
+        raise CeremonyError(
+            f"threshold must lie in [1, {len(agencies)}] for {len(agencies)} agencies, "
+            f"got {threshold}"
+        )
+    if isinstance(key_bits, bool) or not isinstance(key_bits, int):
+        raise CeremonyError(f"key_bits must be an integer, got {key_bits!r}")
+    if key_bits < 256 or key_bits % 16:
+        raise CeremonyError(f"key_bits must be a multiple of 16 and >= 256, got {key_bits}")
+    hosts = [str(h) for h in tls_hosts]
+    _san(hosts)  # validate before the slow part
+    root = Path(out_dir)
+    files = _layout(root, agencies, scientists)
+    existing = [str(p) for p in files.all_paths() if p.exists() or p.is_symlink()]
+    if existing:
+        raise CeremonyError(
+            f"refusing to overwrite existing ceremony file(s): {', '.join(existing)}"
+        )
+
+    if key_bits < 2048:
+        log.warning("dealing a %d-bit key: use at least 2048 bits outside tests", key_bits)
+    tpk, shares = deal_threshold_key(key_bits, threshold=threshold, parties=len(agencies))
+    ca_pem, cert_pem, key_pem = _make_tls(hosts, tpk.key_id.hex()[:16])
+    tokens = {name: secrets.token_urlsafe(32) for name in principals}
+
+    root.mkdir(parents=True, exist_ok=True)
+    for a in agencies:
+        _private_dir(files.shares[a].parent)
+    for s in scientists:
+        _private_dir(files.scientist_tokens[s].parent)
+    _private_dir(files.credentials.parent)
+
+    public = {
+        "format": FEDERATION_FORMAT,
+        "version": FEDERATION_VERSION,
+        "threshold_public_key": tpk.to_json_dict(),
+        "agencies": {a: share.index for a, share in zip(agencies, shares, strict=True)},
+    }
+    _write_new(files.public, _json_bytes(public), secret=False)
+    for a, share in zip(agencies, shares, strict=True):
+        try:
+            share.save(files.shares[a])
+        except CryptoError as exc:
+            raise CeremonyError(str(exc)) from exc
+        _write_new(files.agency_tokens[a], (tokens[a] + "\n").encode(), secret=True)
+    for s in scientists:
+        _write_new(files.scientist_tokens[s], (tokens[s] + "\n").encode(), secret=True)
+    credentials = {
+        "principals": [
+            {"name": a, "role": "agency", "token_sha256": token_sha256(tokens[a])} for a in agencies
+        ]
+        + [
+            {"name": s, "role": "scientist", "token_sha256": token_sha256(tokens[s])}
+            for s in scientists
+        ]
+    }
+    _write_new(files.credentials, _json_bytes(credentials), secret=True)
+    _write_new(files.ca_cert, ca_pem, secret=False)
+    _write_new(files.server_cert, cert_pem, secret=False)
+    _write_new(files.server_key, key_pem, secret=True)
+    del shares, tokens
+    return files
+
+
+# -- reading the public file ------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Federation:
+    """The public description of a federation (``federation-public.json``).
+
+    Attributes
+    ----------
+    threshold_key : ThresholdPublicKey
+    agencies : dict of str to int
+        Each agency's share index.
+    """
+
+    threshold_key: ThresholdPublicKey
+    agencies: dict[str, int]
+
+    @property
+    def key_id(self) -> bytes:
+        """The threshold key's id."""
+        return self.threshold_key.key_id
+
+    @property
+    def threshold(self) -> int:
+        """Partial decryptions needed to release an aggregate."""
+        return self.threshold_key.threshold
+
+
+def load_federation(path: str | os.PathLike[str]) -> Federation:
+    """Read and validate ``federation-public.json``.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    Federation
+
+    Raises
+    ------
+    CeremonyError
+        Naming the file and the field at fault.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CeremonyError(f"cannot read federation file {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CeremonyError(f"federation file {p} is not UTF-8 text") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CeremonyError(f"{p} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise CeremonyError(f"{p} must hold a JSON object")
+    if data.get("format") != FEDERATION_FORMAT:
+        raise CeremonyError(
+            f"{p}: format is {data.get('format')!r}, expected {FEDERATION_FORMAT!r}"
+        )
+    version = data.get("version")
+    if version != FEDERATION_VERSION or isinstance(version, bool):
+        raise CeremonyError(
+            f"{p}: unsupported version {version!r} (this fedcity reads version "
+            f"{FEDERATION_VERSION})"
+        )
+    tpk_data = data.get("threshold_public_key")
+    if not isinstance(tpk_data, dict):
+        raise CeremonyError(f"{p}: threshold_public_key must be a JSON object")
+    try:
+        tpk = ThresholdPublicKey.from_json_dict(tpk_data)
+    except (CryptoError, ValueError) as exc:
+        raise CeremonyError(f"{p}: invalid threshold_public_key: {exc}") from exc
+    agencies = data.get("agencies")
+    if not isinstance(agencies, dict) or not agencies:
+        raise CeremonyError(f"{p}: agencies must be a non-empty object of agency → share index")
+    seen: dict[int, str] = {}
+    for name, index in agencies.items():
+        if not _NAME.fullmatch(name):
+            raise CeremonyError(f"{p}: agencies: {name!r} is not a valid agency name")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise CeremonyError(f"{p}: agencies[{name!r}] must be an integer, got {index!r}")
+        if not 1 <= index <= tpk.parties:
+            raise CeremonyError(
+                f"{p}: agencies[{name!r}] = {index} lies outside the key's share indices "
+                f"1..{tpk.parties}"
+            )
+        if index in seen:
+            raise CeremonyError(
+                f"{p}: agencies {seen[index]!r} and {name!r} both claim share {index}"
+            )
+        seen[index] = name
+    return Federation(tpk, dict(agencies))

@@ -1,0 +1,499 @@
+"""The data scientist's client of the coordinator's ``JobService``.
+
+::
+
+    from fedcity.net.client import Client
+
+    with Client("coordinator.city.gov:50051", token, ca_file="tls/ca.pem") as client:
+        job_id = client.submit("logistic_regression", {"C": 1.0}, "inspections")
+        for event in client.watch(job_id, console=rich.console.Console()):
+            pass                                   # a progress display while it runs
+        result = client.result(job_id)             # history, model, preprocessing, metrics
+        model = client.estimator(job_id, spec)     # a scikit-learn Pipeline
+
+Every gRPC failure surfaces as a :class:`ClientError` carrying the status code and the
+coordinator's message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from fedcity.net.channel import RETRYABLE_CODES, bearer_metadata, open_channel
+from fedcity.v1 import federation_pb2 as fpb
+from fedcity.v1 import federation_pb2_grpc as fpb_grpc
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from fedcity.data.dataset import FeatureSpec
+
+__all__ = ["AgencyInfo", "Client", "ClientError", "JobEvent"]
+
+T = TypeVar("T")
+
+_STATES: dict[int, str] = {
+    int(fpb.JOB_STATE_UNSPECIFIED): "unspecified",
+    int(fpb.JOB_STATE_QUEUED): "queued",
+    int(fpb.JOB_STATE_RUNNING): "running",
+    int(fpb.JOB_STATE_SUCCEEDED): "succeeded",
+    int(fpb.JOB_STATE_FAILED): "failed",
+    int(fpb.JOB_STATE_CANCELLED): "cancelled",
+}
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+"""Job states after which nothing changes."""
+
+
+class ClientError(Exception):
+    """A call to the coordinator failed.
+
+    Parameters
+    ----------
+    message : str
+        One line, for people.
+    code : grpc.StatusCode, optional
+        The gRPC status (None for failures detected by the client itself).
+    details : str, default ""
+        The coordinator's own message.
+    """
+
+    def __init__(self, message: str, *, code: Any = None, details: str = "") -> None:
+        super().__init__(" ".join(message.split()))
+        self.code = code
+        self.details = details
+
+    @property
+    def code_name(self) -> str:
+        """The status code's name, e.g. ``"NOT_FOUND"`` (``""`` when there is none)."""
+        return str(getattr(self.code, "name", "")) if self.code is not None else ""
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A job's status, as reported while watching it.
+
+    Attributes
+    ----------
+    job_id : str
+    state : str
+        ``"queued"``, ``"running"``, ``"succeeded"``, ``"failed"`` or ``"cancelled"``.
+    rounds_done : int
+    failure : str
+        Why the job failed (empty otherwise).
+    round_label : str
+        The round in progress.
+    round_record : dict or None
+        A round that just finished (kind, contributors, bytes, seconds, loss, ...).
+    """
+
+    job_id: str
+    state: str
+    rounds_done: int
+    failure: str = ""
+    round_label: str = ""
+    round_record: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached a final state."""
+        return self.state in FINAL_STATES
+
+    @classmethod
+    def from_status(cls, status: fpb.JobStatus, record: dict[str, Any] | None = None) -> JobEvent:
+        """Build from a ``JobStatus`` message (and a parsed round record)."""
+        return cls(
+            job_id=status.job_id,
+            state=_STATES.get(int(status.state), f"state {int(status.state)}"),
+            rounds_done=int(status.rounds_done),
+            failure=status.failure,
+            round_label=status.current_round_label,
+            round_record=record,
+        )
+
+
+@dataclass(frozen=True)
+class AgencyInfo:
+    """An agency as the coordinator knows it.
+
+    Attributes
+    ----------
+    name : str
+    connected : bool
+    last_seen_unix : float
+    datasets : dict of str to FeatureSpec
+        The datasets it offers, with their declared columns.
+    """
+
+    name: str
+    connected: bool
+    last_seen_unix: float
+    datasets: dict[str, FeatureSpec]
+
+
+class Client:
+    """A connection to the coordinator's ``JobService``.
+
+    Parameters
+    ----------
+    address : str
+        ``host:port`` of the coordinator.
+    token : str
+        The data scientist's bearer token (the content of ``scientists/<name>/token``).
+    ca_file : str or path-like, optional
+        The federation's CA certificate (``tls/ca.pem``); required unless ``insecure``.
+    insecure : bool, default False
+        Plaintext, allowed only to a loopback address.
+    timeout : float, default 30.0
+        Deadline of each unary call, in seconds.
+
+    Raises
+    ------
+    ClientError
+        A malformed address, a missing CA file, or ``insecure`` to a remote host.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        ca_file: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        if not token or any(c.isspace() for c in token):
+            raise ClientError("the token must be a single non-empty word")
+        self.address = address
+        self.timeout = timeout
+        try:
+            self._channel = open_channel(address, ca_file=ca_file, insecure=insecure)
+        except OSError as exc:
+            raise ClientError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise ClientError(str(exc)) from exc
+        self._stub = fpb_grpc.JobServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._metadata = bearer_metadata(token)
+
+    def __repr__(self) -> str:
+        return f"<Client {self.address}>"
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _error(self, exc: grpc.RpcError) -> ClientError:
+        code = exc.code()
+        details = exc.details() or ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            message = f"cannot reach the coordinator at {self.address}: {details}"
+        elif code == grpc.StatusCode.UNAUTHENTICATED:
+            message = f"the coordinator refused the token: {details}"
+        else:
+            message = f"{code.name}: {details}"
+        return ClientError(message, code=code, details=details)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def _unary(self, method: str, request: Any) -> Any:
+        rpc = getattr(self._stub, method)
+        return self._call(lambda: rpc(request, timeout=self.timeout, metadata=self._metadata))
+
+    # -- API --------------------------------------------------------------------------------------
+    def submit(
+        self,
+        job_type: str,
+        params: Mapping[str, Any],
+        dataset: str,
+        agencies: Sequence[str] = (),
+        min_agencies: int = 0,
+        evaluate_dataset: str = "",
+        privacy: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Submit a job; returns its id.
+
+        Parameters
+        ----------
+        job_type : str
+            ``"logistic_regression"``, ``"ridge"``, ``"poisson_regression"`` or ``"fedavg"``.
+        params : mapping
+            The job's parameters, e.g. ``{"C": 1.0}`` (JSON-serialisable).
+        dataset : str
+            A dataset name every participating agency declared.
+        agencies : sequence of str, optional
+            Participants (default: every registered agency offering ``dataset``).
+        min_agencies : int, default 0
+            Fewest contributors per round (0: the coordinator's default).
+        evaluate_dataset : str, optional
+            Evaluate the trained model on this dataset afterwards.
+        privacy : mapping, optional
+            :class:`~fedcity.privacy.DPConfig` keywords.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        ValueError
+            Parameters that cannot be sent (not JSON-serialisable, negative ``min_agencies``).
+        ClientError
+        """
+        if not job_type:
+            raise ValueError("job_type must be given")
+        if not dataset:
+            raise ValueError("dataset must be given")
+        if isinstance(min_agencies, bool) or not isinstance(min_agencies, int) or min_agencies < 0:
+            raise ValueError(f"min_agencies must be a non-negative integer, got {min_agencies!r}")
+        if isinstance(agencies, str):
+            raise ValueError("agencies must be a sequence of names, not one string")
+        spec = fpb.JobSpec(
+            job_type=job_type,
+            params_json=_to_json(params, "params"),
+            dataset=dataset,
+            agencies=list(agencies),
+            min_agencies=min_agencies,
+            evaluate_dataset=evaluate_dataset,
+            privacy_json="" if privacy is None else _to_json(privacy, "privacy"),
+        )
+        status = self._unary("SubmitJob", spec)
+        return str(status.job_id)
+
+    def watch(
+        self,
+        job_id: str,
+        *,
+        console: Console | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[JobEvent]:
+        """Follow a job until it reaches a final state.
+
+        Parameters
+        ----------
+        job_id : str
+        console : rich.console.Console, optional
+            Show a live progress display (rounds, current round, elapsed time) and one line
+            per finished round on this console.
+        timeout : float, optional
+            Give up after this many seconds (:class:`ClientError` with DEADLINE_EXCEEDED).
+
+        Yields
+        ------
+        JobEvent
+            Every status change and finished round; the last one is final.
+
+        Raises
+        ------
+        ClientError
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if console is None:
+            yield from self._events(job_id, deadline)
+            return
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]job {task.fields[job]}[/]"),
+            TextColumn("{task.fields[state]}"),
+            TextColumn("{task.completed:.0f} rounds"),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            bar = progress.add_task("", total=None, job=job_id, state="waiting")
+            last: JobEvent | None = None
+            for event in self._events(job_id, deadline):
+                last = event
+                if event.round_record is not None:
+                    progress.console.print(_record_line(event.round_record))
+                progress.update(
+                    bar,
+                    completed=event.rounds_done,
+                    description=event.round_label,
+                    state=event.state,
+                )
+                if event.finished:
+                    progress.update(bar, total=max(event.rounds_done, 1))
+                yield event
+            if last is not None and last.failure:
+                progress.console.print(f"[red]job {job_id} {last.state}[/]: {last.failure}")
+
+    def _events(self, job_id: str, deadline: float | None) -> Iterator[JobEvent]:
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ClientError(
+                    f"job {job_id} did not finish in time",
+                    code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+            stream = self._stub.WatchJob(
+                fpb.JobRef(job_id=job_id), timeout=remaining, metadata=self._metadata
+            )
+            try:
+                for message in stream:
+                    attempt = 0
+                    record = None
+                    if message.round_record_json:
+                        record = _json_record(message.round_record_json)
+                    event = JobEvent.from_status(message.status, record)
+                    yield event
+                    if event.finished:
+                        return
+            except grpc.RpcError as exc:
+                code = exc.code()
+                expired = deadline is not None and time.monotonic() >= deadline
+                if code not in RETRYABLE_CODES or expired:
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise ClientError(
+                            f"job {job_id} did not finish in time", code=code
+                        ) from None
+                    raise self._error(exc) from None
+            finally:
+                stream.cancel()
+            # the stream ended early or the coordinator went away: follow it again
+            delay = min(5.0, 0.25 * 2.0**attempt) * random.uniform(0.5, 1.0)
+            attempt += 1
+            time.sleep(delay)
+
+    def result_text(self, job_id: str) -> str:
+        """The raw result JSON of a finished job.
+
+        Raises
+        ------
+        ClientError
+            The job has not succeeded (the message says its state and failure).
+        """
+        reply = self._unary("GetResult", fpb.JobRef(job_id=job_id))
+        event = JobEvent.from_status(reply.status)
+        if event.state != "succeeded" or not reply.result_json:
+            why = f": {event.failure}" if event.failure else ""
+            raise ClientError(
+                f"job {job_id} has no result: it is {event.state} "
+                f"({event.rounds_done} rounds done){why}",
+                code=grpc.StatusCode.FAILED_PRECONDITION,
+            )
+        return str(reply.result_json)
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        """The parsed result of a finished job: history, model, preprocessing, metrics, privacy.
+
+        Raises
+        ------
+        ClientError
+            The job has not succeeded, or the coordinator sent malformed JSON.
+        """
+        text = self.result_text(job_id)
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ClientError(f"the result of job {job_id} is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ClientError(f"the result of job {job_id} is not a JSON object")
+        return value
+
+    def estimator(self, job_id: str, feature_spec: FeatureSpec) -> Any:
+        """The trained model as a scikit-learn pipeline (preprocessing + estimator).
+
+        Parameters
+        ----------
+        job_id : str
+        feature_spec : FeatureSpec
+            The dataset's declared columns (the pipeline's input).
+
+        Returns
+        -------
+        sklearn.pipeline.Pipeline
+
+        Raises
+        ------
+        ClientError
+            The job has not succeeded, or its result does not describe a model that fits
+            ``feature_spec``.
+        """
+        from fedcity.learn.jobs import estimator_from_result_json
+
+        text = self.result_text(job_id)
+        try:
+            return estimator_from_result_json(text, feature_spec)
+        except ValueError as exc:
+            raise ClientError(f"cannot rebuild the model of job {job_id}: {exc}") from exc
+
+    def agencies(self) -> list[AgencyInfo]:
+        """Agencies the coordinator knows, with their datasets.
+
+        Raises
+        ------
+        ClientError
+        """
+        from fedcity.net.messages import MessageError, feature_spec_from_json
+
+        reply = self._unary("ListAgencies", fpb.ListAgenciesRequest())
+        out = []
+        for info in reply.agencies:
+            datasets = {}
+            for d in info.datasets:
+                try:
+                    datasets[d.name] = feature_spec_from_json(d.feature_spec_json)
+                except MessageError as exc:
+                    raise ClientError(f"agency {info.name!r} dataset {d.name!r}: {exc}") from exc
+            out.append(AgencyInfo(info.name, info.connected, info.last_seen_unix, datasets))
+        return out
+
+    def cancel(self, job_id: str) -> JobEvent:
+        """Cancel a job; returns its status afterwards."""
+        return JobEvent.from_status(self._unary("CancelJob", fpb.JobRef(job_id=job_id)))
+
+
+def _to_json(value: Mapping[str, Any], what: str) -> str:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a mapping (a JSON object), got {type(value).__name__}")
+    try:
+        return json.dumps(dict(value), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def _json_record(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return {"raw": text}
+    return value if isinstance(value, dict) else {"raw": text}
+
+
+def _record_line(record: Mapping[str, Any]) -> str:
+    label = record.get("label") or record.get("kind") or "round"
+    parts = [f"round {record.get('round', '?')} {label}"]
+    contributors = record.get("contributors")
+    if isinstance(contributors, list):
+        parts.append(f"{len(contributors)} agencies")
+    loss = record.get("loss")
+    if isinstance(loss, int | float):
+        parts.append(f"loss {loss:.6g}")
+    seconds = record.get("seconds")
+    if isinstance(seconds, int | float):
+        parts.append(f"{seconds:.2f} s")
+    elif isinstance(seconds, Mapping):
+        total = sum(v for v in seconds.values() if isinstance(v, int | float))
+        parts.append(f"{total:.2f} s")
+    return " · ".join(parts)

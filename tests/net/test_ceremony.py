@@ -1,0 +1,237 @@
+"""The key ceremony: files, modes, no overwrite, token hashes, TLS chain, federation file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from fedcity.crypto import KeyShare
+from fedcity.net.ceremony import (
+    CeremonyError,
+    deal_federation,
+    load_federation,
+    read_token,
+    token_sha256,
+)
+
+AGENCIES = ["district-01", "district-02", "district-03"]
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ceremony") / "federation"
+    files = deal_federation(out, AGENCIES, 2, key_bits=512, scientists=("analyst", "auditor"))
+    return files
+
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_layout_and_modes(fed):
+    root = fed.root
+    assert fed.public == root / "federation-public.json"
+    assert fed.credentials == root / "coordinator" / "credentials.json"
+    assert fed.ca_cert == root / "tls" / "ca.pem"
+    for a in AGENCIES:
+        assert fed.shares[a] == root / "agencies" / a / "share.json"
+        assert fed.agency_tokens[a] == root / "agencies" / a / "token"
+        assert _mode(fed.shares[a]) == 0o600
+        assert _mode(fed.agency_tokens[a]) == 0o600
+        assert _mode(fed.shares[a].parent) == 0o700
+    for s in ("analyst", "auditor"):
+        assert _mode(fed.scientist_tokens[s]) == 0o600
+    assert _mode(fed.server_key) == 0o600
+    assert _mode(fed.credentials) == 0o600
+    assert _mode(fed.public) == 0o644
+    assert _mode(fed.ca_cert) == 0o644
+    assert _mode(fed.server_cert) == 0o644
+    written = sorted(p for p in root.rglob("*") if p.is_file())
+    assert written == sorted(fed.all_paths())  # nothing else: no CA key, no full secret
+
+
+def test_public_file_and_shares_agree(fed):
+    data = json.loads(fed.public.read_text())
+    assert data["format"] == "fedcity.federation"
+    assert data["version"] == 1
+    assert data["agencies"] == {"district-01": 1, "district-02": 2, "district-03": 3}
+    federation = load_federation(fed.public)
+    assert federation.threshold == 2
+    assert federation.threshold_key.parties == 3
+    for a in AGENCIES:
+        share = KeyShare.load(fed.shares[a])
+        assert share.threshold_key.key_id == federation.key_id
+        assert share.index == federation.agencies[a]
+    assert "share" not in data["threshold_public_key"] and "share" not in data
+
+
+def test_tokens_and_credentials_hold_only_hashes(fed):
+    tokens = {a: read_token(p) for a, p in fed.agency_tokens.items()}
+    tokens |= {s: read_token(p) for s, p in fed.scientist_tokens.items()}
+    assert len(set(tokens.values())) == len(tokens)
+    for t in tokens.values():
+        assert len(t) >= 43  # 32 random bytes, url-safe base64
+        assert set(t) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    creds = json.loads(fed.credentials.read_text())
+    principals = {p["name"]: p for p in creds["principals"]}
+    assert set(principals) == set(tokens)
+    assert {p["role"] for n, p in principals.items() if n in AGENCIES} == {"agency"}
+    assert principals["analyst"]["role"] == principals["auditor"]["role"] == "scientist"
+    for name, token in tokens.items():
+        assert principals[name]["token_sha256"] == hashlib.sha256(token.encode()).hexdigest()
+        assert principals[name]["token_sha256"] == token_sha256(token)
+        assert set(principals[name]) == {"name", "role", "token_sha256"}
+    coordinator_bytes = b"".join(p.read_bytes() for p in fed.credentials.parent.iterdir())
+    for token in tokens.values():
+        assert token.encode() not in coordinator_bytes
+    assert b"fedcity.paillier.key-share" not in coordinator_bytes
+
+
+def test_tls_chain_verifies_with_sans(fed):
+    ca = x509.load_pem_x509_certificate(fed.ca_cert.read_bytes())
+    cert = x509.load_pem_x509_certificate(fed.server_cert.read_bytes())
+    key = serialization.load_pem_private_key(fed.server_key.read_bytes(), password=None)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    cert.verify_directly_issued_by(ca)
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert dt.timedelta(days=364) < lifetime < dt.timedelta(days=366)
+    store = Store([ca])
+    for name in (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))):
+        chain = PolicyBuilder().store(store).build_server_verifier(name).verify(cert, [])
+        assert chain[-1] == ca
+    with pytest.raises(VerificationError):
+        verifier = PolicyBuilder().store(store).build_server_verifier(x509.DNSName("evil.test"))
+        verifier.verify(cert, [])
+
+
+def test_custom_tls_hosts(tmp_path):
+    files = deal_federation(
+        tmp_path, ["a", "b"], 1, key_bits=256, scientists=(), tls_hosts=("coord.city.test", "::1")
+    )
+    cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["coord.city.test"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("::1")]
+    assert files.scientist_tokens == {}
+
+
+def test_never_overwrites(tmp_path):
+    first = deal_federation(tmp_path, ["a", "b"], 2, key_bits=256)
+    before = {p: p.read_bytes() for p in first.all_paths()}
+    with pytest.raises(CeremonyError, match="refusing to overwrite"):
+        deal_federation(tmp_path, ["a", "b"], 2, key_bits=256)
+    assert {p: p.read_bytes() for p in first.all_paths()} == before
+
+
+def test_one_existing_file_stops_everything(tmp_path):
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls" / "ca.pem").write_text("mine")
+    with pytest.raises(CeremonyError, match=r"tls/ca\.pem"):
+        deal_federation(tmp_path, ["a", "b"], 2, key_bits=256)
+    assert not (tmp_path / "federation-public.json").exists()
+    assert not (tmp_path / "agencies").exists()
+    assert (tmp_path / "tls" / "ca.pem").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"agencies": []}, "at least one agency"),
+        ({"agencies": ["a", "a"]}, "unique"),
+        ({"agencies": ["a", "analyst"]}, "unique"),
+        ({"agencies": ["../etc"]}, "not a valid name"),
+        ({"agencies": ["a b"]}, "not a valid name"),
+        ({"scientists": [""]}, "not a valid name"),
+        ({"threshold": 0}, r"threshold must lie in \[1, 2\]"),
+        ({"threshold": 3}, r"threshold must lie in \[1, 2\]"),
+        ({"key_bits": 1000}, "multiple of 16"),
+        ({"tls_hosts": ["bad host!"]}, "neither an IP address nor a DNS name"),
+        ({"tls_hosts": []}, "at least one host"),
+    ],
+)
+def test_invalid_input(tmp_path, kwargs, match):
+    args = {"agencies": ["a", "b"], "threshold": 2, "key_bits": 256} | kwargs
+    with pytest.raises(CeremonyError, match=match):
+        deal_federation(tmp_path, **args)
+    assert not any(tmp_path.iterdir())
+
+
+def _mutated(fed, tmp_path, mutate):
+    data = json.loads(fed.public.read_text())
+    mutate(data)
+    path = tmp_path / "federation-public.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda d: d.update(format="other"), "format is 'other'"),
+        (lambda d: d.pop("format"), "format is None"),
+        (lambda d: d.update(version=2), "unsupported version 2"),
+        (lambda d: d.update(version=True), "unsupported version True"),
+        (lambda d: d.pop("threshold_public_key"), "threshold_public_key must be a JSON object"),
+        (
+            lambda d: d["threshold_public_key"].update(threshold=5),
+            "invalid threshold_public_key",
+        ),
+        (
+            lambda d: d["threshold_public_key"].update(n="ff"),
+            "invalid threshold_public_key",
+        ),
+        (lambda d: d.update(agencies=[]), "agencies must be a non-empty object"),
+        (lambda d: d.update(agencies={}), "agencies must be a non-empty object"),
+        (lambda d: d["agencies"].update({"district-01": 4}), r"outside the key's share indices"),
+        (lambda d: d["agencies"].update({"district-01": 0}), r"outside the key's share indices"),
+        (lambda d: d["agencies"].update({"district-01": "1"}), "must be an integer"),
+        (lambda d: d["agencies"].update({"district-01": True}), "must be an integer"),
+        (lambda d: d["agencies"].update({"district-01": 2}), "both claim share 2"),
+        (lambda d: d["agencies"].update({"bad name": 1}), "not a valid agency name"),
+    ],
+)
+def test_load_federation_errors(fed, tmp_path, mutate, match):
+    path = _mutated(fed, tmp_path, mutate)
+    with pytest.raises(CeremonyError, match=match) as info:
+        load_federation(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_federation_unreadable(tmp_path):
+    with pytest.raises(CeremonyError, match="cannot read federation file"):
+        load_federation(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CeremonyError, match=r"not valid JSON \(line 1"):
+        load_federation(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(CeremonyError, match="must hold a JSON object"):
+        load_federation(bad)
+
+
+def test_read_token(tmp_path):
+    p = tmp_path / "token"
+    p.write_text("abc-DEF_123\n")
+    p.chmod(0o600)
+    assert read_token(p) == "abc-DEF_123"
+    p.write_text("\n  \n")
+    with pytest.raises(CeremonyError, match="is empty"):
+        read_token(p)
+    p.write_text("two words\n")
+    with pytest.raises(CeremonyError, match="single token"):
+        read_token(p)
+    with pytest.raises(CeremonyError, match="cannot read token file"):
+        read_token(tmp_path / "absent")
