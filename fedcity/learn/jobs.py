@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
 from sklearn.pipeline import Pipeline
@@ -274,18 +275,14 @@ class _GLMJob(_Job):
             "preprocessing": pre.to_params(),
         }
 
-    def _install(self, est: Any, algo: FederatedGLM, pre: Preprocessing, y: list[float]) -> Any:
-        """Give ``est`` every fitted attribute scikit-learn needs, then our coefficients.
+    def _hyper(self) -> dict[str, float]:
+        raise NotImplementedError
 
-        A fit on a two-row placeholder sets scikit-learn's private fitted state (loss
-        objects, classes); the federated coefficients then replace the placeholder's.
-        """
-        est.fit(np.zeros((len(y), pre.n_features)), np.asarray(y))
-        logistic = isinstance(est, LogisticRegression)
-        est.coef_ = algo.coef_.reshape(1, -1).copy() if logistic else algo.coef_.copy()
-        est.intercept_ = np.array([algo.intercept_]) if logistic else algo.intercept_
-        est.n_iter_ = np.array([algo.n_iter_]) if logistic else algo.n_iter_
-        return est
+    def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
+        assert isinstance(algorithm, FederatedGLM)
+        return _glm_estimator(
+            self.family, algorithm.beta_, pre.n_features, algorithm.n_iter_, self._hyper()
+        )
 
 
 @dataclass
@@ -312,57 +309,49 @@ class LogisticRegressionJob(_GLMJob):
     def _penalty(self) -> float:
         return 1.0 / float(self.C)
 
-    def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
-        assert isinstance(algorithm, FederatedGLM)
-        return self._install(LogisticRegression(C=self.C), algorithm, pre, [0.0, 1.0])
+    def _hyper(self) -> dict[str, float]:
+        return {"C": float(self.C)}
 
 
 @dataclass
-class RidgeJob(_GLMJob):
+class _AlphaGLMJob(_GLMJob):
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (
+            isinstance(self.alpha, float | int) and np.isfinite(self.alpha) and self.alpha >= 0
+        ):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+
+    def _penalty(self) -> float:
+        return float(self.alpha)
+
+    def _hyper(self) -> dict[str, float]:
+        return {"alpha": float(self.alpha)}
+
+
+@dataclass
+class RidgeJob(_AlphaGLMJob):
     """A demand model: ridge regression, exact in one federated round.
 
     Equals ``sklearn.linear_model.Ridge(alpha=alpha)`` fitted on the pooled data.
     """
 
-    alpha: float = 1.0
-
     def __post_init__(self) -> None:
         self.family = "ridge"
-        if not (
-            isinstance(self.alpha, float | int) and np.isfinite(self.alpha) and self.alpha >= 0
-        ):
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
-
-    def _penalty(self) -> float:
-        return float(self.alpha)
-
-    def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
-        assert isinstance(algorithm, FederatedGLM)
-        return self._install(Ridge(alpha=self.alpha), algorithm, pre, [0.0, 1.0])
+        super().__post_init__()
 
 
 @dataclass
-class PoissonRegressionJob(_GLMJob):
+class PoissonRegressionJob(_AlphaGLMJob):
     """A count-demand model: L2-penalised Poisson regression by federated Newton.
 
     Equals ``sklearn.linear_model.PoissonRegressor(alpha=alpha)`` on the pooled data.
     """
 
-    alpha: float = 1.0
-
     def __post_init__(self) -> None:
         self.family = "poisson"
-        if not (
-            isinstance(self.alpha, float | int) and np.isfinite(self.alpha) and self.alpha >= 0
-        ):
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
-
-    def _penalty(self) -> float:
-        return float(self.alpha)
-
-    def _estimator(self, algorithm: Algorithm, pre: Preprocessing) -> BaseEstimator:
-        assert isinstance(algorithm, FederatedGLM)
-        return self._install(PoissonRegressor(alpha=self.alpha), algorithm, pre, [1.0, 1.0])
+        super().__post_init__()
 
 
 # -- jobs from declarative specifications (the coordinator's registry) --------------------------
@@ -532,12 +521,21 @@ def result_to_json(
     return json.dumps(_json_safe(data), sort_keys=True, allow_nan=False)
 
 
-def _glm_from_params(model: Mapping[str, Any], hyper: Mapping[str, Any], n_iter: int) -> Any:
-    family = model.get("family")
-    pre = Preprocessing.from_params(model["preprocessing"])
-    beta = np.asarray(model.get("beta"), dtype=np.float64)
-    if beta.shape != (pre.n_features + 1,) or not np.isfinite(beta).all():
-        raise ValueError(f"model beta must be {pre.n_features + 1} finite numbers")
+def _glm_estimator(
+    family: str,
+    beta: npt.NDArray[np.float64],
+    n_features: int,
+    n_iter: int,
+    hyper: Mapping[str, Any],
+) -> Any:
+    """A fitted scikit-learn GLM holding federated coefficients ``beta`` (intercept first).
+
+    A fit on a two-row placeholder sets scikit-learn's private fitted state (loss objects,
+    classes); the federated coefficients then replace the placeholder's.
+    """
+    beta = np.asarray(beta, dtype=np.float64)
+    if beta.shape != (n_features + 1,) or not np.isfinite(beta).all():
+        raise ValueError(f"model beta must be {n_features + 1} finite numbers")
     est: Any
     if family == "logistic":
         est, y = LogisticRegression(C=float(hyper.get("C", 1.0))), [0.0, 1.0]
@@ -547,7 +545,7 @@ def _glm_from_params(model: Mapping[str, Any], hyper: Mapping[str, Any], n_iter:
         est, y = PoissonRegressor(alpha=float(hyper.get("alpha", 1.0))), [1.0, 1.0]
     else:
         raise ValueError(f"unknown GLM family {family!r}")
-    est.fit(np.zeros((2, pre.n_features)), np.asarray(y))  # fitted structure, then ours
+    est.fit(np.zeros((2, n_features)), np.asarray(y))
     logistic = family == "logistic"
     est.coef_ = beta[1:].reshape(1, -1).copy() if logistic else beta[1:].copy()
     est.intercept_ = np.array([beta[0]]) if logistic else float(beta[0])
@@ -591,7 +589,8 @@ def estimator_from_result_json(text: str, feature_spec: FeatureSpec) -> Pipeline
             job = data.get("job") or {}
             hyper = job.get("params") or {}
             n_iter = sum(1 for r in data.get("history", []) if r.get("kind") == "glm.newton")
-            est = _glm_from_params(model, hyper, n_iter)
+            beta = np.asarray(model.get("beta"), dtype=np.float64)
+            est = _glm_estimator(model.get("family", ""), beta, pre.n_features, n_iter, hyper)
         elif model.get("type") == "fedavg":
             from fedcity.learn.fedavg import estimator_from_model_params
 

@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -51,7 +50,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from fedcity.core.aggregation import PaillierScheme
 from fedcity.core.errors import JobFailed, ProtocolError, RejectedContribution
 from fedcity.core.rounds import AggregationRound, RoundPhase
-from fedcity.crypto import CryptoError, ThresholdPublicKey
 from fedcity.data.dataset import FeatureSpec
 from fedcity.learn.algorithm import Algorithm
 from fedcity.learn.dp import DPPlan
@@ -68,6 +66,7 @@ from fedcity.net.auth import (
     load_credentials,
     server_credentials,
 )
+from fedcity.net.ceremony import CeremonyError, Federation, load_federation
 from fedcity.net.store import TERMINAL_STATES, Event, JobUpdate, Store, StoreError
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
@@ -80,10 +79,7 @@ __all__ = [
     "CoordinatorMetrics",
     "CoordinatorServer",
     "DecodeInterceptor",
-    "FederationError",
-    "FederationPublic",
     "StatusError",
-    "load_federation_public",
     "main",
     "serve",
 ]
@@ -92,7 +88,6 @@ log = logging.getLogger(__name__)
 
 AGENT_SERVICE = "fedcity.v1.AgentService"
 JOB_SERVICE = "fedcity.v1.JobService"
-FEDERATION_FORMAT = "fedcity.federation"
 
 _STATE_PROTO = {
     "queued": fpb.JOB_STATE_QUEUED,
@@ -120,63 +115,6 @@ class StatusError(Exception):
 
 
 # -- configuration ----------------------------------------------------------------------------
-class FederationError(ValueError):
-    """An invalid ``federation-public.json``."""
-
-
-@dataclass(frozen=True)
-class FederationPublic:
-    """The public description of a federation: its threshold key and agency → share index."""
-
-    threshold_key: ThresholdPublicKey
-    agencies: dict[str, int]
-
-
-def load_federation_public(path: str | os.PathLike[str]) -> FederationPublic:
-    """Read and validate ``federation-public.json`` (written by the key ceremony).
-
-    Raises
-    ------
-    FederationError
-        Naming the file and the field at fault.
-    """
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FederationError(f"cannot read federation file {p}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FederationError(f"federation file {p} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != FEDERATION_FORMAT:
-        raise FederationError(f"{p}: format must be {FEDERATION_FORMAT!r}")
-    if data.get("version") != 1 or isinstance(data.get("version"), bool):
-        raise FederationError(f"{p}: unsupported version {data.get('version')!r} (expected 1)")
-    tpk_data = data.get("threshold_public_key")
-    if not isinstance(tpk_data, dict):
-        raise FederationError(f"{p}: threshold_public_key must be a JSON object")
-    try:
-        tpk = ThresholdPublicKey.from_json_dict(tpk_data)
-    except (CryptoError, ValueError) as exc:
-        raise FederationError(f"{p}: invalid threshold_public_key: {exc}") from exc
-    agencies = data.get("agencies")
-    if not isinstance(agencies, dict) or not agencies:
-        raise FederationError(f"{p}: agencies must be a non-empty object of agency → share index")
-    owners: dict[int, str] = {}
-    for name, index in agencies.items():
-        if not name:
-            raise FederationError(f"{p}: agencies: empty agency name")
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise FederationError(f"{p}: agencies[{name!r}] must be an integer, got {index!r}")
-        if not 1 <= index <= tpk.parties:
-            raise FederationError(
-                f"{p}: agencies[{name!r}] = {index} is outside the key's shares 1..{tpk.parties}"
-            )
-        if index in owners:
-            raise FederationError(f"{p}: {owners[index]!r} and {name!r} both hold share {index}")
-        owners[index] = name
-    return FederationPublic(tpk, dict(agencies))
-
-
 @dataclass
 class CoordinatorConfig:
     """Everything :func:`serve` needs.
@@ -360,7 +298,7 @@ class Coordinator:
 
     Parameters
     ----------
-    federation : FederationPublic
+    federation : Federation
     store : Store
     config : CoordinatorConfig
     metrics : CoordinatorMetrics, optional
@@ -368,7 +306,7 @@ class Coordinator:
 
     def __init__(
         self,
-        federation: FederationPublic,
+        federation: Federation,
         store: Store,
         config: CoordinatorConfig,
         metrics: CoordinatorMetrics | None = None,
@@ -1551,7 +1489,7 @@ class CoordinatorServer:
                     "loopback address for local tests)"
                 )
             credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-        self.federation = load_federation_public(config.federation)
+        self.federation = load_federation(config.federation)
         self.auth = Authenticator(load_credentials(config.credentials))
         for p in self.auth.principals:
             if p.role == "agency" and p.name not in self.federation.agencies:
@@ -1669,7 +1607,7 @@ def serve(config: CoordinatorConfig) -> CoordinatorServer:
 
     Raises
     ------
-    AuthError, FederationError, StoreError, OSError
+    AuthError, CeremonyError, StoreError, OSError
         Bad TLS/credentials/listen address, federation file, database, or a busy port.
     """
     return CoordinatorServer(config).start()
@@ -1736,7 +1674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_workers=args.max_workers,
         )
         server = serve(config)
-    except (AuthError, FederationError, StoreError, OSError, ValueError) as exc:
+    except (AuthError, CeremonyError, StoreError, OSError, ValueError) as exc:
         print(f"fedcity coordinator: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
