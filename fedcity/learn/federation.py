@@ -146,6 +146,8 @@ class LocalFederation:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+            if isinstance(self.scheme, PaillierScheme):
+                self.scheme.pool = None  # later jobs run in process rather than on a dead pool
 
     def __enter__(self) -> LocalFederation:
         return self
@@ -162,7 +164,8 @@ class LocalFederation:
 
     def _check_alive(self, agency: str, state: _JobState) -> None:
         at = self._dropouts.get(agency)
-        if at is not None and len(state.rounds) >= at:
+        # state.rounds already holds the round being run: its index is len - 1
+        if at is not None and len(state.rounds) - 1 >= at:
             raise AgencyUnavailable(f"agency {agency!r} stopped answering")
 
     # -- running ----------------------------------------------------------------------------

@@ -274,7 +274,11 @@ class FederatedGLM(Algorithm):
         vals, vecs = np.linalg.eigh(hess)
         floor = max(1e-3 * float(np.abs(vals).max()), 1e-8)
         h = (vecs * np.maximum(vals, floor)) @ vecs.T + self.lam * np.diag(mask)
-        self.beta_ = beta - np.linalg.solve(h, g).astype(np.float64)
+        step = -np.linalg.solve(h, g).astype(np.float64)
+        largest = float(np.max(np.abs(step))) if step.size else 0.0
+        if largest > _MAX_STEP:  # noise along flat directions must not throw the model away
+            step = step * (_MAX_STEP / largest)
+        self.beta_ = beta + step
 
     @property
     def coef_(self) -> npt.NDArray[np.float64]:

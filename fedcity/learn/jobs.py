@@ -303,6 +303,7 @@ class LogisticRegressionJob(_GLMJob):
 
     def __post_init__(self) -> None:
         self.family = "logistic"
+        self._validate()
         if not (isinstance(self.C, float | int) and np.isfinite(self.C) and self.C > 0):
             raise ValueError(f"C must be a positive finite number, got {self.C!r}")
 
@@ -318,6 +319,7 @@ class _AlphaGLMJob(_GLMJob):
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
+        self._validate()
         if not (
             isinstance(self.alpha, float | int) and np.isfinite(self.alpha) and self.alpha >= 0
         ):

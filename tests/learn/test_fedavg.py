@@ -271,7 +271,7 @@ def test_dropout_average_of_remaining_agencies(cancer: dict[str, Any]) -> None:
         pre = _statistics(federation, cancer["spec"])
         algo = FederatedAveraging(MLPClassifier(**MLP_PARAMS), pre, rounds=2, classes=[0, 1])
         recording = _Recording(algo)
-        federation.schedule_dropout("agency-3", at_round=2)
+        federation.schedule_dropout("agency-3", at_round=1)
         records = federation.run(recording)
     assert [len(r.contributors) for r in records] == [4, 3]
     last = recording.requests[-1]

@@ -150,3 +150,10 @@ def test_poisson_survives_heavy_tailed_counts_by_backtracking(key_3_of_5):
         PoissonRegressor(alpha=0.01, tol=1e-12, max_iter=10_000), frame, city.spec
     )
     _assert_same_model(result, ref, frame)
+
+
+def test_iteration_settings_are_validated_before_any_round():
+    with pytest.raises(ValueError, match="max_iter"):
+        LogisticRegressionJob(max_iter=0)
+    with pytest.raises(ValueError, match="tol"):
+        RidgeJob(tol=-1.0)
