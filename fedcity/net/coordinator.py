@@ -101,6 +101,9 @@ _MAX_REASON = 2000
 _RECENT_JOBS = 256
 """Finished jobs kept in memory for late watchers (older ones are read from the store)."""
 
+RECONNECT_GRACE = 15.0
+"""Seconds after start before an agency never heard from counts as gone."""
+
 T = TypeVar("T")
 Code = grpc.StatusCode
 
@@ -732,7 +735,12 @@ class Coordinator:
         self._last_seen[agency] = time.time()
 
     def _alive(self, agency: str, now: float) -> bool:
-        return now - self._contact.get(agency, self._started) <= self.config.liveness
+        last = self._contact.get(agency)
+        if last is None:
+            # not heard from since this coordinator started (e.g. after a restart): agents need
+            # their retry and reconnect backoff (up to ~10 s) to come back
+            return now - self._started <= max(self.config.liveness, RECONNECT_GRACE)
+        return now - last <= self.config.liveness
 
     def _connected_count(self) -> int:
         now = time.monotonic()
