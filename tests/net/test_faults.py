@@ -247,9 +247,10 @@ def test_coordinator_restart_with_short_liveness_keeps_its_agencies(
 ) -> None:
     """kill -9 and an immediate restart with liveness 2 s (heartbeat 0.5 s): nobody died.
 
-    The agencies were silent only because the coordinator was down; the resumed job should
-    go on with all of them. Today the restarted coordinator drops them ~2 s after it starts
-    (before their reconnect backoff expires) and the job fails.
+    The agencies were silent only because the coordinator was down; the resumed job must go
+    on with all of them. Regression test: without a reconnect grace after start, the
+    restarted coordinator dropped every agency ~2 s after it started, before the agents'
+    retry and gRPC reconnect backoff (up to ~5 s each) brought them back, and the job failed.
     """
     address, client = start_federation(cluster, liveness=2.0)
     port = int(address.rsplit(":", 1)[1])
