@@ -9,6 +9,9 @@ calls are:
 - :func:`decrypt_vector` — decryption with a full private key;
 - :func:`partial_decrypt` / :func:`combine_partial_decryptions` — threshold decryption with
   per-share proofs;
+- :func:`blind_vector` / :func:`keyholder_decrypt` / :func:`unblind_vector` — single-key-holder
+  decryption of blinded aggregates (faster; rests on the key holder and the coordinator not
+  colluding);
 - :mod:`fedcity.crypto.serde` — the ``fedcity.v1`` wire format.
 
 Low-level integer operations carry a ``raw_`` prefix (``PublicKey.raw_encrypt``,
@@ -27,6 +30,16 @@ from fedcity.crypto.errors import (
     SpecMismatchError,
     SummandLimitError,
 )
+from fedcity.crypto.keyholder import (
+    BLINDING_KEY_BYTES,
+    Blinding,
+    KeyHolderDecryption,
+    blind_vector,
+    keyholder_decrypt,
+    raw_unblind_decode,
+    unblind_vector,
+    verify_keyholder_decryption,
+)
 from fedcity.crypto.keys import KeyKind, PrivateKey, PublicKey, generate_keypair, load_key, save_key
 from fedcity.crypto.packing import PackingSpec
 from fedcity.crypto.parallel import WorkerPool
@@ -43,10 +56,13 @@ from fedcity.crypto.threshold import (
 from fedcity.crypto.vector import EncryptedVector, decrypt_vector, encrypt_vector
 
 __all__ = [
+    "BLINDING_KEY_BYTES",
+    "Blinding",
     "CryptoError",
     "EncryptedVector",
     "InvalidPartialDecryptionError",
     "KeyFileError",
+    "KeyHolderDecryption",
     "KeyKind",
     "KeyMismatchError",
     "KeyShare",
@@ -61,14 +77,19 @@ __all__ = [
     "SummandLimitError",
     "ThresholdPublicKey",
     "WorkerPool",
+    "blind_vector",
     "combine_partial_decryptions",
     "deal_threshold_key",
     "decrypt_vector",
     "encrypt_vector",
     "generate_keypair",
+    "keyholder_decrypt",
     "load_key",
     "partial_decrypt",
     "raw_combine",
+    "raw_unblind_decode",
     "save_key",
+    "unblind_vector",
+    "verify_keyholder_decryption",
     "verify_partial_decryption",
 ]

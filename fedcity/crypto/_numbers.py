@@ -7,6 +7,7 @@ All randomness comes from :mod:`secrets` (the operating system's CSPRNG).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from functools import reduce
 
 import gmpy2
@@ -117,3 +118,18 @@ def int_to_bytes(value: int | mpz, width: int) -> bytes:
 def int_from_bytes(data: bytes) -> mpz:
     """Decode big-endian unsigned bytes."""
     return mpz(int.from_bytes(data, "big"))
+
+
+def multi_pow(bases: Sequence[mpz], exponents: Sequence[int], modulus: mpz) -> mpz:
+    """``Π bases[j]^exponents[j] mod modulus`` by simultaneous square-and-multiply.
+
+    Meant for short exponents (batch weights): the squarings are shared by all bases.
+    """
+    acc = mpz(1)
+    top = max(e.bit_length() for e in exponents) if exponents else 0
+    for bit in range(top - 1, -1, -1):
+        acc = acc * acc % modulus
+        for b, e in zip(bases, exponents, strict=True):
+            if (e >> bit) & 1:
+                acc = acc * b % modulus
+    return acc

@@ -318,6 +318,11 @@ class PrivateKey:
         self._hp = self._h(self._p, self._psq)
         self._hq = self._h(self._q, self._qsq)
         self._q_inv_p = gmpy2.invert(self._q, self._p)
+        n = public_key.n
+        if gmpy2.gcd(n, (self._p - 1) * (self._q - 1)) != 1:
+            raise ValueError("gcd(n, (p-1)(q-1)) must be 1")
+        self._n_inv_p1 = gmpy2.invert(n, self._p - 1)
+        self._n_inv_q1 = gmpy2.invert(n, self._q - 1)
 
     def _h(self, x: mpz, xsq: mpz) -> mpz:
         g = self.public_key.n + 1
@@ -337,6 +342,20 @@ class PrivateKey:
         mp = (gmpy2.powmod(c, p - 1, self._psq) - 1) // p * self._hp % p
         mq = (gmpy2.powmod(c, q - 1, self._qsq) - 1) // q * self._hq % q
         return nt.crt_pair(mp, mq, p, q, self._q_inv_p)
+
+    def raw_decrypt_with_randomness(self, ciphertext: int | mpz) -> tuple[mpz, mpz]:
+        """Decrypt a bare ciphertext to ``(m, ρ)`` with ``c = (1 + m·n)·ρⁿ mod n²``.
+
+        ``ρ ∈ Z*_n`` is the ciphertext's randomness (for a DJN ciphertext, ``(-x²)^a mod n``).
+        Together with ``m`` it lets anyone re-encrypt and so check the decryption (see
+        :func:`fedcity.crypto.verify_keyholder_decryption`). Low-level: no decoding.
+        """
+        m = self.raw_decrypt(ciphertext)
+        c = mpz(ciphertext)
+        p, q = self._p, self._q
+        rp = gmpy2.powmod(c % p, self._n_inv_p1, p)  # c ≡ ρⁿ (mod p)
+        rq = gmpy2.powmod(c % q, self._n_inv_q1, q)
+        return m, nt.crt_pair(rp, rq, p, q, self._q_inv_p)
 
     @classmethod
     def from_phe(cls, key: phe.PaillierPrivateKey) -> PrivateKey:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from gmpy2 import mpz
 
-from fedcity.crypto.keys import PublicKey
+from fedcity.crypto.keys import PrivateKey, PublicKey
 
 if TYPE_CHECKING:
     from fedcity.crypto.threshold import KeyShare
@@ -46,6 +46,16 @@ def _partial_chunk(share: KeyShare, blob: bytes) -> bytes:
     for off in range(0, len(blob), cw):
         c = int.from_bytes(blob[off : off + cw], "big")
         out += int(cached.raw_partial_decrypt(c)).to_bytes(cw, "big")
+    return bytes(out)
+
+
+def _keyholder_chunk(key: PrivateKey, blob: bytes) -> bytes:
+    cw = key.public_key.ciphertext_bytes
+    nw = key.public_key.n_bytes
+    out = bytearray()
+    for off in range(0, len(blob), cw):
+        m, r = key.raw_decrypt_with_randomness(int.from_bytes(blob[off : off + cw], "big"))
+        out += int(m).to_bytes(nw, "big") + int(r).to_bytes(nw, "big")
     return bytes(out)
 
 
@@ -129,6 +139,23 @@ class WorkerPool:
         ]
         results = self._executor.map(_partial_chunk, [share] * len(blobs), blobs)
         return _unblob(b"".join(results), cw)
+
+    def raw_decrypt_many_with_randomness(
+        self, private_key: PrivateKey, ciphertexts: Sequence[mpz]
+    ) -> list[tuple[mpz, mpz]]:
+        """``PrivateKey.raw_decrypt_with_randomness`` of each ciphertext, across the workers."""
+        if not ciphertexts:
+            return []
+        cw = private_key.public_key.ciphertext_bytes
+        blobs = [
+            b"".join(int(c).to_bytes(cw, "big") for c in chunk)
+            for chunk in _split(ciphertexts, self.workers)
+        ]
+        flat = _unblob(
+            b"".join(self._executor.map(_keyholder_chunk, [private_key] * len(blobs), blobs)),
+            private_key.public_key.n_bytes,
+        )
+        return list(zip(flat[0::2], flat[1::2], strict=True))
 
 
 def _unblob(blob: bytes, width: int) -> list[mpz]:

@@ -15,6 +15,7 @@ from gmpy2 import mpz
 from google.protobuf.message import DecodeError
 
 from fedcity.crypto.errors import KeyMismatchError, MalformedCiphertextError
+from fedcity.crypto.keyholder import KeyHolderDecryption
 from fedcity.crypto.keys import KeyKind, PublicKey
 from fedcity.crypto.packing import PackingSpec
 from fedcity.crypto.threshold import PartialDecryption, ThresholdPublicKey
@@ -26,6 +27,8 @@ __all__ = [
     "encrypted_vector_from_proto",
     "encrypted_vector_to_bytes",
     "encrypted_vector_to_proto",
+    "keyholder_decryption_from_bytes",
+    "keyholder_decryption_to_bytes",
     "packing_spec_from_proto",
     "packing_spec_to_proto",
     "partial_decryption_from_bytes",
@@ -64,7 +67,10 @@ def _split_fixed(blob: bytes, width: int, what: str) -> list[mpz]:
     return [mpz(int.from_bytes(blob[i : i + width], "big")) for i in range(0, len(blob), width)]
 
 
-def _parse(message_type: type[pb.EncryptedVector | pb.PartialDecryption], data: bytes, what: str):  # type: ignore[no-untyped-def]
+_Message = pb.EncryptedVector | pb.PartialDecryption | pb.KeyHolderDecryption
+
+
+def _parse(message_type: type[_Message], data: bytes, what: str):  # type: ignore[no-untyped-def]
     msg = message_type()
     try:
         msg.ParseFromString(data)
@@ -265,3 +271,36 @@ def partial_decryption_from_bytes(data: bytes, public_key: PublicKey) -> Partial
     return partial_decryption_from_proto(
         _parse(pb.PartialDecryption, data, "partial decryption"), public_key
     )
+
+
+# -- key-holder decryptions ------------------------------------------------------------------
+def keyholder_decryption_to_bytes(decryption: KeyHolderDecryption, public_key: PublicKey) -> bytes:
+    """Serialize a key holder's decryption to ``fedcity.v1.KeyHolderDecryption`` bytes."""
+    w = public_key.n_bytes
+    return pb.KeyHolderDecryption(
+        key_id=decryption.key_id,
+        vector_digest=decryption.vector_digest,
+        plaintexts=b"".join(_fixed(m, w) for m in decryption.plaintexts),
+        randomness=b"".join(_fixed(r, w) for r in decryption.randomness),
+    ).SerializeToString()
+
+
+def keyholder_decryption_from_bytes(data: bytes, public_key: PublicKey) -> KeyHolderDecryption:
+    """Parse ``fedcity.v1.KeyHolderDecryption`` bytes; the values are checked on verification."""
+    msg = _parse(pb.KeyHolderDecryption, data, "key-holder decryption")
+    if msg.key_id != public_key.key_id:
+        raise KeyMismatchError(
+            f"key-holder decryption is under key {msg.key_id.hex()[:8] or '<none>'}, expected "
+            f"{public_key.key_id.hex()[:8]}"
+        )
+    if len(msg.vector_digest) != 32:
+        raise MalformedCiphertextError("key-holder decryption: the digest must be 32 bytes")
+    w = public_key.n_bytes
+    plaintexts = _split_fixed(msg.plaintexts, w, "key-holder plaintexts")
+    randomness = _split_fixed(msg.randomness, w, "key-holder randomness")
+    if len(plaintexts) != len(randomness):
+        raise MalformedCiphertextError(
+            f"key-holder decryption: {len(plaintexts)} plaintexts but {len(randomness)} "
+            "randomness values"
+        )
+    return KeyHolderDecryption(msg.key_id, msg.vector_digest, tuple(plaintexts), tuple(randomness))

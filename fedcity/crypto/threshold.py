@@ -333,18 +333,6 @@ def _batch_weights(
     return out
 
 
-def _multi_pow(bases: Sequence[mpz], exponents: Sequence[int], modulus: mpz) -> mpz:
-    """``Π bases[j]^exponents[j] mod modulus`` by simultaneous square-and-multiply."""
-    acc = mpz(1)
-    top = max(e.bit_length() for e in exponents) if exponents else 0
-    for bit in range(top - 1, -1, -1):
-        acc = acc * acc % modulus
-        for b, e in zip(bases, exponents, strict=True):
-            if (e >> bit) & 1:
-                acc = acc * b % modulus
-    return acc
-
-
 def _challenge(items: Sequence[mpz], width: int, context: bytes) -> bytes:
     h = hashlib.sha256(b"fedcity.v1.partial-decryption-proof" + context)
     for x in items:
@@ -358,8 +346,8 @@ def _folded(
     pk = tpk.public_key
     digest = vector.digest()
     rho = _batch_weights(pk.key_id, index, digest, partials, pk.ciphertext_bytes)
-    big_c = _multi_pow(vector.ciphertexts, rho, pk.nsquare)
-    big_p = _multi_pow(partials, rho, pk.nsquare)
+    big_c = nt.multi_pow(vector.ciphertexts, rho, pk.nsquare)
+    big_p = nt.multi_pow(partials, rho, pk.nsquare)
     c4 = gmpy2.powmod(big_c, 4, pk.nsquare)
     p2 = big_p * big_p % pk.nsquare
     return c4, p2, digest

@@ -271,3 +271,39 @@ class PartialDecryption(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PartialDecryption: _TypeAlias = PartialDecryption  # noqa: Y015
+
+@_typing.final
+class KeyHolderDecryption(_message.Message):
+    """The key holder's decryption of a blinded aggregate (single-key-holder mode): for every
+    ciphertext c_j its plaintext m_j and randomness ρ_j with c_j = (1 + m_j·n)·ρ_j^n mod n²,
+    which the coordinator checks in one batched re-encryption test.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    VECTOR_DIGEST_FIELD_NUMBER: _builtins.int
+    PLAINTEXTS_FIELD_NUMBER: _builtins.int
+    RANDOMNESS_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.bytes
+    vector_digest: _builtins.bytes
+    """SHA-256 of the blinded EncryptedVector"""
+    plaintexts: _builtins.bytes
+    """concatenation of n-width values m_j"""
+    randomness: _builtins.bytes
+    """concatenation of n-width values ρ_j"""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.bytes = ...,
+        vector_digest: _builtins.bytes = ...,
+        plaintexts: _builtins.bytes = ...,
+        randomness: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "plaintexts", b"plaintexts", "randomness", b"randomness", "vector_digest", b"vector_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyHolderDecryption: _TypeAlias = KeyHolderDecryption  # noqa: Y015
