@@ -7,6 +7,7 @@ by :class:`fedcity.learn.LocalFederation` in process and by the gRPC shells over
 
 from fedcity.core.aggregation import (
     AggregationScheme,
+    KeyHolderScheme,
     PaillierScheme,
     PlaintextScheme,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "AggregationRound",
     "AggregationScheme",
     "JobFailed",
+    "KeyHolderScheme",
     "PaillierScheme",
     "PlaintextScheme",
     "ProtocolError",

@@ -2,8 +2,11 @@
 
 :class:`PaillierScheme` is fedcity's real scheme: agencies encrypt packed vectors under a
 threshold key, the coordinator multiplies ciphertexts, and ``t`` agencies' verified partial
-decryptions release the sum. :class:`PlaintextScheme` sends float64 vectors in the clear and
-exists only as the "encryption off" baseline of benchmarks; it offers no privacy.
+decryptions release the sum. :class:`KeyHolderScheme` is the faster single-key-holder mode:
+the coordinator blinds the aggregate and one key holder decrypts it with the full private key
+(it rests on the key holder and the coordinator not colluding; see ``docs/trust-model.md``).
+:class:`PlaintextScheme` sends float64 vectors in the clear and exists only as the
+"encryption off" baseline of benchmarks; it offers no privacy.
 
 Both expose the same operations so the round state machine and the learning algorithms are
 unaware of which is in use.
@@ -20,21 +23,38 @@ import numpy.typing as npt
 
 from fedcity.core.errors import RejectedContribution
 from fedcity.crypto import (
+    Blinding,
     CryptoError,
     EncryptedVector,
+    KeyHolderDecryption,
     KeyShare,
     PackingSpec,
     PartialDecryption,
+    PrivateKey,
+    PublicKey,
     ThresholdPublicKey,
     WorkerPool,
+    blind_vector,
     combine_partial_decryptions,
     encrypt_vector,
+    keyholder_decrypt,
     partial_decrypt,
+    raw_unblind_decode,
     serde,
+    verify_keyholder_decryption,
     verify_partial_decryption,
 )
 
-__all__ = ["AggregationScheme", "PaillierScheme", "PlaintextScheme"]
+__all__ = [
+    "AggregationScheme",
+    "DecryptionKey",
+    "KeyHolderScheme",
+    "PaillierScheme",
+    "PlaintextScheme",
+]
+
+DecryptionKey = KeyShare | PrivateKey
+"""What an agency may hold to take part in decryption: a threshold share or the full key."""
 
 
 class AggregationScheme(ABC):
@@ -54,7 +74,7 @@ class AggregationScheme(ABC):
         """Turn an agency's vector into the bytes it uploads."""
 
     @abstractmethod
-    def partial(self, share: KeyShare | None, aggregate: Any) -> bytes:
+    def partial(self, share: DecryptionKey | None, aggregate: Any) -> bytes:
         """An agency's partial decryption of an aggregate, as bytes."""
 
     # coordinator side ----------------------------------------------------------------------
@@ -83,30 +103,17 @@ class AggregationScheme(ABC):
         """Combine verified partial decryptions into the released float sum."""
 
 
-class PaillierScheme(AggregationScheme):
-    """Packed threshold Paillier: the coordinator only ever holds ciphertexts.
-
-    Parameters
-    ----------
-    threshold_key : ThresholdPublicKey
-    pool : WorkerPool, optional
-        Worker processes for encryption and partial decryption at this party.
-    """
+class _PackedPaillier(AggregationScheme):
+    """Agency encryption and coordinator addition shared by both Paillier schemes."""
 
     encrypted = True
 
-    def __init__(self, threshold_key: ThresholdPublicKey, *, pool: WorkerPool | None = None):
-        self.threshold_key = threshold_key
-        self.public_key = threshold_key.public_key
+    def __init__(self, public_key: PublicKey, *, pool: WorkerPool | None = None) -> None:
+        self.public_key = public_key
         self.pool = pool
 
-    @property
-    def threshold(self) -> int:
-        """The key's ``t``."""
-        return self.threshold_key.threshold
-
     def seal(self, vector: npt.NDArray[np.float64], spec: PackingSpec, noise: Any = None) -> bytes:
-        """Encrypt the vector under the threshold key."""
+        """Encrypt the vector under the federation's public key."""
         enc = encrypt_vector(self.public_key, vector, spec, pool=self.pool, noise=noise)
         return serde.encrypted_vector_to_bytes(enc)
 
@@ -130,8 +137,8 @@ class PaillierScheme(AggregationScheme):
             )
         return vec
 
-    def add(self, contributions: Sequence[EncryptedVector]) -> EncryptedVector:
-        """Multiply ciphertexts slot by slot (homomorphic addition)."""
+    @staticmethod
+    def _sum(contributions: Sequence[EncryptedVector]) -> EncryptedVector:
         if not contributions:
             raise ValueError("nothing to add")
         total = contributions[0]
@@ -139,14 +146,10 @@ class PaillierScheme(AggregationScheme):
             total = total + c
         return total
 
-    def aggregate_to_bytes(self, aggregate: EncryptedVector) -> bytes:
-        """Serialize the encrypted aggregate."""
-        return serde.encrypted_vector_to_bytes(aggregate)
-
     def aggregate_from_bytes(
         self, payload: bytes, spec: PackingSpec, length: int
     ) -> EncryptedVector:
-        """Parse and validate an encrypted aggregate."""
+        """Parse and validate an encrypted aggregate (what decryptors are sent)."""
         try:
             vec = serde.encrypted_vector_from_bytes(payload, self.public_key)
         except CryptoError as exc:
@@ -155,9 +158,37 @@ class PaillierScheme(AggregationScheme):
             raise RejectedContribution("aggregate does not match the round's layout")
         return vec
 
-    def partial(self, share: KeyShare | None, aggregate: EncryptedVector) -> bytes:
+
+class PaillierScheme(_PackedPaillier):
+    """Packed threshold Paillier: the coordinator only ever holds ciphertexts.
+
+    Parameters
+    ----------
+    threshold_key : ThresholdPublicKey
+    pool : WorkerPool, optional
+        Worker processes for encryption and partial decryption at this party.
+    """
+
+    def __init__(self, threshold_key: ThresholdPublicKey, *, pool: WorkerPool | None = None):
+        super().__init__(threshold_key.public_key, pool=pool)
+        self.threshold_key = threshold_key
+
+    @property
+    def threshold(self) -> int:
+        """The key's ``t``."""
+        return self.threshold_key.threshold
+
+    def add(self, contributions: Sequence[EncryptedVector]) -> EncryptedVector:
+        """Multiply ciphertexts slot by slot (homomorphic addition)."""
+        return self._sum(contributions)
+
+    def aggregate_to_bytes(self, aggregate: EncryptedVector) -> bytes:
+        """Serialize the encrypted aggregate."""
+        return serde.encrypted_vector_to_bytes(aggregate)
+
+    def partial(self, share: DecryptionKey | None, aggregate: EncryptedVector) -> bytes:
         """Partially decrypt with this agency's share and attach the proof."""
-        if share is None:
+        if not isinstance(share, KeyShare):
             raise RejectedContribution("this agency holds no key share")
         if share.threshold_key.key_id != self.public_key.key_id:
             raise RejectedContribution("the agency's share belongs to another key")
@@ -183,6 +214,81 @@ class PaillierScheme(AggregationScheme):
         return combine_partial_decryptions(
             self.threshold_key, aggregate, partials[: self.threshold]
         )
+
+
+class KeyHolderScheme(_PackedPaillier):
+    """Packed Paillier under one key holder's key; aggregates are blinded before decryption.
+
+    The coordinator adds ciphertexts, then adds a uniformly random mask to every plaintext
+    (:func:`~fedcity.crypto.blind_vector`) and asks the key holder, who holds the full
+    private key, to decrypt the blinded aggregate; it checks the answer and removes the masks.
+    The key holder sees only masked values; the coordinator only ciphertexts and the released
+    sum. **A key holder colluding with the coordinator could decrypt every contribution**:
+    this mode is for federations that accept that trust assumption in return for decryption
+    about 20× cheaper than threshold decryption (one CRT decryption per ciphertext).
+
+    Parameters
+    ----------
+    public_key : PublicKey
+        The key holder's public key.
+    blinding_key : bytes, optional
+        The coordinator's 32-byte secret from which masks are derived (kept with its state so
+        a replayed round is blinded identically). Agencies need none.
+    pool : WorkerPool, optional
+        Worker processes for encryption and decryption at this party.
+    """
+
+    def __init__(
+        self,
+        public_key: PublicKey,
+        *,
+        blinding_key: bytes | None = None,
+        pool: WorkerPool | None = None,
+    ) -> None:
+        super().__init__(public_key, pool=pool)
+        self._blinding_key = blinding_key
+
+    @property
+    def threshold(self) -> int:
+        """One decryption, by the key holder."""
+        return 1
+
+    def add(self, contributions: Sequence[EncryptedVector]) -> Blinding:
+        """Add the contributions and blind the sum."""
+        if self._blinding_key is None:
+            raise ValueError("only the coordinator (holding a blinding key) adds contributions")
+        return blind_vector(self._sum(contributions), self._blinding_key)
+
+    def aggregate_to_bytes(self, aggregate: Blinding) -> bytes:
+        """The *blinded* aggregate: what the key holder decrypts."""
+        return serde.encrypted_vector_to_bytes(aggregate.blinded)
+
+    def partial(self, share: DecryptionKey | None, aggregate: EncryptedVector) -> bytes:
+        """The key holder's decryption of a blinded aggregate (plaintexts and randomness)."""
+        if not isinstance(share, PrivateKey):
+            raise RejectedContribution("this agency does not hold the federation's private key")
+        if share.public_key.key_id != self.public_key.key_id:
+            raise RejectedContribution("the agency's private key belongs to another key")
+        dec = keyholder_decrypt(share, aggregate, pool=self.pool)
+        return serde.keyholder_decryption_to_bytes(dec, self.public_key)
+
+    def open_partial(self, payload: bytes, aggregate: Blinding) -> KeyHolderDecryption:
+        """Parse the key holder's decryption and check it against the blinded aggregate."""
+        try:
+            dec = serde.keyholder_decryption_from_bytes(payload, self.public_key)
+        except CryptoError as exc:
+            raise RejectedContribution(f"invalid key-holder decryption: {exc}") from exc
+        if not verify_keyholder_decryption(self.public_key, aggregate.blinded, dec):
+            raise RejectedContribution(
+                "the key holder's decryption does not match the blinded aggregate"
+            )
+        return dec
+
+    def release(
+        self, aggregate: Blinding, partials: Sequence[KeyHolderDecryption]
+    ) -> npt.NDArray[np.float64]:
+        """Remove the masks from the (already verified) decryption and decode the sum."""
+        return raw_unblind_decode(aggregate, partials[0].plaintexts)
 
 
 class PlaintextScheme(AggregationScheme):
@@ -228,7 +334,7 @@ class PlaintextScheme(AggregationScheme):
         """Parse float64 bytes."""
         return self.open(payload, spec, length)
 
-    def partial(self, share: KeyShare | None, aggregate: Any) -> bytes:
+    def partial(self, share: DecryptionKey | None, aggregate: Any) -> bytes:
         """Nothing to decrypt."""
         return b""
 

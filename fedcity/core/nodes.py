@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from fedcity.core.aggregation import AggregationScheme
+from fedcity.core.aggregation import AggregationScheme, DecryptionKey
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.rounds import overflow_flag
 from fedcity.core.tasks import LOCAL_STEPS, Task
-from fedcity.crypto import KeyShare
 
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset
@@ -51,8 +50,9 @@ class AgencyNode:
     name : str
     dataset : AgencyDataset
     scheme : AggregationScheme
-    share : KeyShare, optional
-        This agency's share of the threshold key (None: it cannot help decrypt).
+    share : KeyShare or PrivateKey, optional
+        This agency's share of the threshold key, or the full private key if it is the
+        federation's key holder (None: it cannot help decrypt).
     policy : callable, optional
         ``policy(task) -> bool``; a task it refuses raises :class:`RejectedContribution`.
         By default every vetted task kind is allowed.
@@ -66,7 +66,7 @@ class AgencyNode:
         dataset: AgencyDataset,
         scheme: AggregationScheme,
         *,
-        share: KeyShare | None = None,
+        share: DecryptionKey | None = None,
         policy: TaskPolicy | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:

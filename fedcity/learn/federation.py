@@ -9,6 +9,7 @@ only through ``t`` verified partial decryptions. It serves tests, examples and s
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -18,12 +19,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedcity.core.aggregation import AggregationScheme, PaillierScheme, PlaintextScheme
+from fedcity.core.aggregation import (
+    AggregationScheme,
+    DecryptionKey,
+    KeyHolderScheme,
+    PaillierScheme,
+    PlaintextScheme,
+)
 from fedcity.core.errors import AgencyUnavailable, JobFailed, RejectedContribution
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.rounds import AggregationRound
 from fedcity.core.tasks import Task
-from fedcity.crypto import KeyShare, ThresholdPublicKey, deal_threshold_key
+from fedcity.crypto import (
+    BLINDING_KEY_BYTES,
+    KeyShare,
+    PrivateKey,
+    PublicKey,
+    ThresholdPublicKey,
+    deal_threshold_key,
+    generate_keypair,
+)
 from fedcity.learn.algorithm import Algorithm, RoundRecord
 from fedcity.learn.driver import JobDriver
 
@@ -51,7 +66,7 @@ class LocalFederation:
     datasets : sequence of AgencyDataset
         One per agency; names (``dataset.agency``) must be unique and the feature specs equal.
     threshold : int, optional
-        Agencies needed to decrypt (default: a majority).
+        Agencies needed to decrypt (default: a majority). Not used with a key holder.
     min_agencies : int, optional
         Fewest contributors a released aggregate may have (default: ``threshold``, at
         least 2 when there are two or more agencies).
@@ -59,8 +74,14 @@ class LocalFederation:
         Threshold key size. Use >= 2048 for anything real; small keys are for tests.
     encrypted : bool, default True
         False runs the same job in the clear (a benchmark baseline, no privacy).
-    key : (ThresholdPublicKey, list of KeyShare), optional
-        Reuse a dealt key instead of dealing a new one (share i goes to agency i).
+    key : (ThresholdPublicKey, list of KeyShare) or (PublicKey, PrivateKey), optional
+        Reuse a dealt key instead of dealing a new one (threshold: share i goes to agency i;
+        key holder: the private key goes to ``key_holder``).
+    key_holder : str, optional
+        Single-key-holder mode: this agency holds the full private key and decrypts blinded
+        aggregates (about 20× cheaper than threshold decryption, but it rests on the key
+        holder and the coordinator not colluding; see ``docs/trust-model.md``). Default: the
+        threshold mode.
     workers : int, optional
         Worker processes for encryption and partial decryption (default: in process).
     seed : int, optional
@@ -75,7 +96,10 @@ class LocalFederation:
         min_agencies: int | None = None,
         key_bits: int = 2048,
         encrypted: bool = True,
-        key: tuple[ThresholdPublicKey, Sequence[KeyShare]] | None = None,
+        key: tuple[ThresholdPublicKey, Sequence[KeyShare]]
+        | tuple[PublicKey, PrivateKey]
+        | None = None,
+        key_holder: str | None = None,
         workers: int | None = None,
         seed: int | None = None,
     ) -> None:
@@ -93,10 +117,18 @@ class LocalFederation:
                     "all agencies of a job must declare the same FeatureSpec"
                 )
         parties = len(datasets)
+        if key_holder is not None:
+            if key_holder not in names:
+                raise ValueError(f"key_holder {key_holder!r} is not one of the agencies {names}")
+            if threshold not in (None, 1):
+                raise ValueError("a key-holder federation has no threshold (one key decrypts)")
         t = threshold if threshold is not None else parties // 2 + 1
+        if key_holder is not None:
+            t = 1
         if not 1 <= t <= parties:
             raise ValueError(f"threshold must lie in [1, {parties}], got {t}")
         self.threshold = t
+        self.key_holder = key_holder
         self.min_agencies = min_agencies if min_agencies is not None else max(t, min(2, parties))
         if not 1 <= self.min_agencies <= parties:
             raise ValueError(f"min_agencies must lie in [1, {parties}], got {self.min_agencies}")
@@ -108,23 +140,36 @@ class LocalFederation:
             from fedcity.crypto import WorkerPool
 
             self._pool = WorkerPool(workers)
-        shares: Sequence[KeyShare | None]
+        shares: Sequence[DecryptionKey | None]
         scheme: AggregationScheme
-        if encrypted:
+        self.threshold_key: ThresholdPublicKey | None = None
+        if encrypted and key_holder is not None:
+            if key is None:
+                key = generate_keypair(key_bits)
+            pk, sk = key
+            if not isinstance(pk, PublicKey) or not isinstance(sk, PrivateKey):
+                raise ValueError("a key-holder federation takes key=(PublicKey, PrivateKey)")
+            self.key_bits = pk.n_length
+            shares = [sk if n == key_holder else None for n in names]
+            scheme = KeyHolderScheme(
+                pk, blinding_key=secrets.token_bytes(BLINDING_KEY_BYTES), pool=self._pool
+            )
+        elif encrypted:
             if key is None:
                 key = deal_threshold_key(key_bits, threshold=t, parties=parties)
             tpk, key_shares = key
+            if not isinstance(tpk, ThresholdPublicKey) or isinstance(key_shares, PrivateKey):
+                raise ValueError("a threshold federation takes key=(ThresholdPublicKey, shares)")
             if tpk.parties != parties or tpk.threshold != t:
                 raise ValueError(
                     f"the given key is {tpk.threshold}-of-{tpk.parties}, the federation needs "
                     f"{t}-of-{parties}"
                 )
-            self.threshold_key: ThresholdPublicKey | None = tpk
+            self.threshold_key = tpk
             self.key_bits = tpk.public_key.n_length
             shares = list(key_shares)
             scheme = PaillierScheme(tpk, pool=self._pool)
         else:
-            self.threshold_key = None
             shares = [None] * parties
             scheme = PlaintextScheme()
         self.scheme = scheme
@@ -136,7 +181,9 @@ class LocalFederation:
             )
             self.agencies[d.agency] = AgencyNode(d.agency, d, scheme, share=s, rng=node_rng)
         self.share_index_of = {
-            name: node.share.index for name, node in self.agencies.items() if node.share
+            name: node.share.index if isinstance(node.share, KeyShare) else 1
+            for name, node in self.agencies.items()
+            if node.share is not None
         }
         self._dropouts: dict[str, int] = {}
         self.jobs: dict[str, _JobState] = {}
@@ -146,7 +193,7 @@ class LocalFederation:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
-            if isinstance(self.scheme, PaillierScheme):
+            if isinstance(self.scheme, PaillierScheme | KeyHolderScheme):
                 self.scheme.pool = None  # later jobs run in process rather than on a dead pool
 
     def __enter__(self) -> LocalFederation:

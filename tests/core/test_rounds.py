@@ -204,3 +204,59 @@ def test_node_refuses_unvetted_kinds_and_policy_refusals(setup, three_datasets):
         strict.contribute(task)
     with pytest.raises(ValueError, match="unknown task kind"):
         TaskRequest("os.system", {}, 1)
+
+
+# -- single-key-holder scheme ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_keypair():
+    from fedcity.crypto import generate_keypair
+
+    return generate_keypair(512)
+
+
+def test_key_holder_round_blinds_verifies_and_releases(small_keypair, three_datasets):
+    from fedcity.core import KeyHolderScheme
+
+    pk, sk = small_keypair
+    coordinator = KeyHolderScheme(pk, blinding_key=bytes(range(32)))
+    agency_side = KeyHolderScheme(pk)
+    nodes = [
+        AgencyNode(d.agency, d, agency_side, share=sk if i == 0 else None)
+        for i, d in enumerate(three_datasets)
+    ]
+    task = _task()
+    rnd = AggregationRound(
+        task,
+        coordinator,
+        participants=[n.name for n in nodes],
+        min_contributors=2,
+        share_index_of={nodes[0].name: 1},
+    )
+    local = [n.local_vector(task) for n in nodes]
+    for n in nodes:
+        rnd.submit(n.name, n.contribute(task))
+    agg = rnd.close()
+    # agencies cannot add (they hold no blinding key); non-holders cannot decrypt
+    with pytest.raises(ValueError, match="only the coordinator"):
+        agency_side.add([])
+    with pytest.raises(RejectedContribution, match="does not hold the federation's private key"):
+        nodes[1].decrypt_share(task, agg, summands_min=2)
+    good = nodes[0].decrypt_share(task, agg, summands_min=2)
+    # a tampered answer is refused and nothing is stored
+    from fedcity.crypto import serde
+
+    dec = serde.keyholder_decryption_from_bytes(good, pk)
+    import dataclasses
+
+    ms = list(dec.plaintexts)
+    ms[0] = (ms[0] + 1) % pk.n
+    bad = serde.keyholder_decryption_to_bytes(dataclasses.replace(dec, plaintexts=tuple(ms)), pk)
+    before = _snapshot(rnd)
+    with pytest.raises(RejectedContribution, match="does not match the blinded aggregate"):
+        rnd.submit_partial(nodes[0].name, bad)
+    with pytest.raises(RejectedContribution, match="invalid key-holder decryption"):
+        rnd.submit_partial(nodes[0].name, b"\xff\x01")
+    assert _snapshot(rnd) == before
+    assert rnd.submit_partial(nodes[0].name, good) is True
+    assert rnd.ready
+    np.testing.assert_allclose(rnd.release(), np.sum(local, axis=0), atol=1e-9)

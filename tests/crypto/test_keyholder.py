@@ -143,7 +143,7 @@ def test_other_malformed_decryptions(
 def test_worker_pool_gives_the_same_answer(
     keypair: KeyPair, spec: PackingSpec, rng: np.random.Generator
 ) -> None:
-    pk, sk = keypair
+    _pk, sk = keypair
     total, _ = _aggregate(keypair, spec, rng)
     blinding = blind_vector(total, KEY)
     with WorkerPool(2) as pool:

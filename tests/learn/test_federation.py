@@ -118,3 +118,71 @@ def test_fractional_sample_weights_are_not_rounded_in_the_statistics():
     assert stats.total_weight_ == pytest.approx(pooled.w.sum(), rel=1e-12)
     assert stats.n_samples_ == 90
     assert stats.mean_[0] == pytest.approx(np.average(pooled.x, weights=pooled.w), rel=1e-9)
+
+
+# -- single-key-holder mode -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keyholder_key():
+    from fedcity.crypto import generate_keypair
+
+    return generate_keypair(512)
+
+
+def test_key_holder_mode_gives_the_threshold_model(
+    breast_cancer, key_3_of_5, keyholder_key, skewed_split
+):
+    frame, spec = breast_cancer
+    agencies = skewed_split(frame, spec, sort_by="mean_texture", sizes=SIZES)
+    holder = agencies[2].agency
+    with LocalFederation(agencies, key=keyholder_key, key_holder=holder) as fed:
+        assert fed.threshold == 1 and fed.share_index_of == {holder: 1}
+        kh = LogisticRegressionJob().fit(fed)
+        state = fed.jobs[kh.job_id_]
+        # only the key holder decrypted, and every round had the usual contributors
+        assert all(rnd.decryptors == [holder] for rnd in state.rounds)
+        assert all(len(rnd.contributors) == 5 for rnd in state.rounds)
+    with LocalFederation(agencies, threshold=3, key=key_3_of_5) as fed:
+        th = LogisticRegressionJob().fit(fed)
+    np.testing.assert_allclose(
+        kh.estimator_[-1].coef_, th.estimator_[-1].coef_, rtol=1e-9, atol=1e-12
+    )
+
+
+def test_key_holder_sees_only_blinded_aggregates(breast_cancer, keyholder_key, skewed_split):
+    """The coordinator stores ciphertexts; the key holder decrypts masked values only."""
+    from fedcity.crypto.serde import keyholder_decryption_from_bytes
+
+    frame, spec = breast_cancer
+    agencies = skewed_split(frame, spec, sort_by="mean_texture", sizes=SIZES)
+    pk, sk = keyholder_key
+    holder = agencies[0].agency
+    with LocalFederation(agencies, key=keyholder_key, key_holder=holder) as fed:
+        result = LogisticRegressionJob().fit(fed)
+        state = fed.jobs[result.job_id_]
+        for rnd in state.rounds:
+            for payload in rnd.contributions.values():
+                vec = encrypted_vector_from_bytes(payload, pk)
+                assert all(0 < c < pk.nsquare for c in vec.ciphertexts)
+            # what the key holder was sent is not the aggregate, and what it saw decrypts to
+            # values that are not the aggregate's plaintexts
+            sent = encrypted_vector_from_bytes(rnd.aggregate_bytes, pk)
+            true_sum = rnd.aggregate.vector
+            assert sent.digest() != true_sum.digest()
+            seen = keyholder_decryption_from_bytes(rnd.partials[holder], pk).plaintexts
+            clear = [sk.raw_decrypt(c) for c in true_sum.ciphertexts]
+            assert all(s != m for s, m in zip(seen, clear, strict=True))
+
+
+def test_key_holder_configuration_is_validated(
+    breast_cancer, skewed_split, key_3_of_5, keyholder_key
+):
+    frame, spec = breast_cancer
+    agencies = skewed_split(frame, spec, sort_by="mean_texture", sizes=SIZES)
+    with pytest.raises(ValueError, match="is not one of the agencies"):
+        LocalFederation(agencies, key=keyholder_key, key_holder="nobody")
+    with pytest.raises(ValueError, match="has no threshold"):
+        LocalFederation(agencies, key=keyholder_key, key_holder=agencies[0].agency, threshold=3)
+    with pytest.raises(ValueError, match=r"takes key=\(PublicKey, PrivateKey\)"):
+        LocalFederation(agencies, key=key_3_of_5, key_holder=agencies[0].agency)
+    with pytest.raises(ValueError, match="takes key=\\(ThresholdPublicKey"):
+        LocalFederation(agencies, threshold=3, key=keyholder_key)
