@@ -145,7 +145,15 @@ def build_parser() -> _Parser:
         "a server certificate. Existing files are never overwritten.",
     )
     deal.add_argument("--agencies", type=_names, required=True, metavar="A,B,C")
-    deal.add_argument("--threshold", type=int, required=True, help="agencies needed to decrypt")
+    mode = deal.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--threshold", type=int, help="agencies needed to decrypt (t of n)")
+    mode.add_argument(
+        "--key-holder",
+        metavar="AGENCY",
+        help="instead of a threshold key, give one ordinary private key to this agency: "
+        "decryption about 20x cheaper, but the key holder and the coordinator must not "
+        "collude (see docs/trust-model.md)",
+    )
     deal.add_argument("--out", type=Path, required=True, metavar="DIR")
     deal.add_argument(
         "--key-bits", type=int, default=2048, help="Paillier modulus size (default 2048)"
@@ -251,16 +259,23 @@ def _keys_deal(args: argparse.Namespace) -> int:
 
     from fedcity.net.ceremony import deal_federation
 
-    if not 1 <= args.threshold <= len(args.agencies):
+    if args.key_holder is not None:
+        if args.key_holder not in args.agencies:
+            raise _UsageError(f"--key-holder {args.key_holder!r} is not one of --agencies")
+        args.threshold = 1
+    elif not 1 <= args.threshold <= len(args.agencies):
         raise _UsageError(
             f"--threshold must lie between 1 and the number of agencies ({len(args.agencies)})"
         )
     if args.key_bits < 256 or args.key_bits % 16:
         raise _UsageError("--key-bits must be a multiple of 16 and at least 256")
     console = Console(stderr=True)
-    with console.status(
-        f"dealing a {args.key_bits}-bit {args.threshold}-of-{len(args.agencies)} threshold key"
-    ):
+    what = (
+        f"a {args.key_bits}-bit key held by {args.key_holder}"
+        if args.key_holder
+        else f"a {args.key_bits}-bit {args.threshold}-of-{len(args.agencies)} threshold key"
+    )
+    with console.status(f"dealing {what}"):
         files = deal_federation(
             args.out,
             args.agencies,
@@ -268,12 +283,14 @@ def _keys_deal(args: argparse.Namespace) -> int:
             key_bits=args.key_bits,
             scientists=args.scientists,
             tls_hosts=args.tls_hosts,
+            key_holder=args.key_holder,
         )
     print(f"federation written to {files.root}")
     print(f"  public (everyone):        {files.public}, {files.ca_cert}")
     print(f"  coordinator only:         {files.credentials.parent}/ (token hashes, TLS key)")
-    for a in files.shares:
-        print(f"  agency {a}: {files.shares[a].parent}/ (share.json, token)")
+    for a in files.agency_tokens:
+        key = files.key_file(a)
+        print(f"  agency {a}: {key.parent}/ ({key.name}, token)")
     for s, path in files.scientist_tokens.items():
         print(f"  scientist {s}: {path}")
     print("hand each folder only to its owner; the full key and the CA key were not kept")

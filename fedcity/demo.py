@@ -55,13 +55,15 @@ def _toml_list(values: Any) -> str:
     return "[" + ", ".join(json.dumps(str(v)) for v in values) + "]"
 
 
-def _write_agency(out: Path, agency: str, cities: dict[str, SyntheticCity], port: int) -> Path:
+def _write_agency(
+    out: Path, agency: str, cities: dict[str, SyntheticCity], port: int, key_file: Path
+) -> Path:
     folder = out / "agencies" / agency
     lines = [
         f'agency = "{agency}"',
         f'coordinator = "127.0.0.1:{port}"',
         'token_file = "token"',
-        'share_file = "share.json"',
+        f'key_file = "{key_file.name}"',
         'ca_file = "../../tls/ca.pem"',
         f'log_file = "agent-{agency}.log"',
     ]
@@ -155,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=int, default=3)
     parser.add_argument("--key-bits", type=int, default=2048)
     parser.add_argument(
+        "--key-holder",
+        action="store_true",
+        help="single-key-holder mode (district-1 holds the private key; faster decryption, "
+        "weaker trust assumption) instead of the threshold key",
+    )
+    parser.add_argument(
         "--rows", type=int, default=12_000, help="synthetic rows over all districts"
     )
     parser.add_argument(
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 2 <= args.agencies <= 50:
         parser.error("--agencies must lie between 2 and 50")
+    if args.key_holder:
+        args.threshold = 1
     if not 1 <= args.threshold <= args.agencies:
         parser.error("--threshold must lie between 1 and --agencies")
     console = Console()
@@ -177,17 +187,23 @@ def main(argv: list[str] | None = None) -> int:
 
     agencies = [f"district-{i}" for i in range(1, args.agencies + 1)]
     started = time.perf_counter()
-    console.print(
-        f"[bold]1. key ceremony[/]: {args.key_bits}-bit {args.threshold}-of-{args.agencies} "
-        f"threshold key, credentials and TLS certificates in {out}"
+    holder = agencies[0] if args.key_holder else None
+    what = (
+        f"key held by {holder}" if holder else f"{args.threshold}-of-{args.agencies} threshold key"
     )
-    deal_federation(out, agencies, args.threshold, key_bits=args.key_bits)
+    console.print(
+        f"[bold]1. key ceremony[/]: {args.key_bits}-bit {what}, credentials and TLS "
+        f"certificates in {out}"
+    )
+    files = deal_federation(
+        out, agencies, args.threshold, key_bits=args.key_bits, key_holder=holder
+    )
     cities = {
         name: make_city(args.agencies, task=task, n_samples=args.rows, seed=2026)  # type: ignore[arg-type]
         for name, (task, _, _) in MODELS.items()
     }
     port = _free_port()
-    configs = [_write_agency(out, a, cities, port) for a in agencies]
+    configs = [_write_agency(out, a, cities, port, files.key_file(a)) for a in agencies]
     sizes = ", ".join(f"{a.agency}: {a.n_samples:,}" for a in cities["flood_risk"].agencies)
     console.print(f"[bold]2. data[/]: each agency's rows stay in its own folder ({sizes})")
 

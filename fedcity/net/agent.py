@@ -26,7 +26,8 @@ Configuration (TOML; relative paths are relative to the file)::
     agency = "district-01"
     coordinator = "127.0.0.1:50051"
     token_file = "agencies/district-01/token"
-    share_file = "agencies/district-01/share.json"
+    key_file = "agencies/district-01/share.json"   # its threshold share; in a key-holder
+                                         # federation private-key.json or public-key.json
     ca_file = "tls/ca.pem"               # required unless insecure = true
     insecure = false                     # plaintext, only to a loopback coordinator
     log_file = "agent-district-01.log"   # optional: one JSON line per task served
@@ -65,11 +66,17 @@ from typing import Any
 import grpc
 
 import fedcity
-from fedcity.core.aggregation import PaillierScheme
+from fedcity.core.aggregation import (
+    AggregationScheme,
+    DecryptionKey,
+    KeyHolderScheme,
+    PaillierScheme,
+)
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.tasks import LOCAL_STEPS, Task
-from fedcity.crypto import CryptoError, KeyShare
+from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, load_key
+from fedcity.crypto.keys import read_json_file
 from fedcity.data.dataset import AgencyDataset, DataError, FeatureSpec
 from fedcity.net.ceremony import CeremonyError, read_token
 from fedcity.net.channel import (
@@ -122,6 +129,7 @@ _TOP_KEYS = frozenset(
         "coordinator",
         "token_file",
         "share_file",
+        "key_file",
         "ca_file",
         "insecure",
         "log_file",
@@ -136,6 +144,22 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 class ConfigError(ValueError):
     """An invalid agent configuration file; the message names the file and the key."""
+
+
+def _load_agency_key(path: Path) -> KeyShare | PrivateKey | PublicKey:
+    """An agency's key file: a threshold share, or the key holder's private or public key."""
+    try:
+        kind = read_json_file(path).get("format")
+        if kind == "fedcity.paillier.key-share":
+            return KeyShare.load(path)
+        if kind in ("fedcity.paillier.private-key", "fedcity.paillier.public-key"):
+            return load_key(path)
+    except CryptoError as exc:
+        raise AgentError(f"key file {path}: {exc}") from exc
+    found = "has no 'format' field" if kind is None else f"has format {kind!r}"
+    raise AgentError(
+        f"key file {path} {found}; expected a fedcity key share, private key or public key"
+    )
 
 
 class AgentError(RuntimeError):
@@ -171,7 +195,11 @@ class AgentConfig:
     agency : str
     coordinator : str
         ``host:port``.
-    token_file, share_file : Path
+    token_file : Path
+    share_file : Path
+        The agency's key file (config key ``key_file``, or ``share_file`` as before): a
+        threshold key share, or in a key-holder federation the private key (key holder) or
+        the public key (everyone else).
     ca_file : Path or None
         None only with ``insecure``.
     insecure : bool
@@ -269,7 +297,9 @@ class AgentConfig:
                 f"(127.0.0.1, ::1, localhost), not {host!r}; set ca_file instead"
             )
         token_file = v.existing_file(data, "token_file")
-        share_file = v.existing_file(data, "share_file")
+        if "key_file" in data and "share_file" in data:
+            raise ConfigError(f"{where}: give key_file or share_file (its older name), not both")
+        share_file = v.existing_file(data, "share_file" if "share_file" in data else "key_file")
         ca_file: Path | None = None
         if "ca_file" in data:
             ca_file = v.existing_file(data, "ca_file")
@@ -491,10 +521,18 @@ class Agent:
             self._metadata = bearer_metadata(read_token(config.token_file))
         except CeremonyError as exc:
             raise AgentError(str(exc)) from exc
-        try:
-            self.share = KeyShare.load(config.share_file)
-        except CryptoError as exc:
-            raise AgentError(f"key share {config.share_file}: {exc}") from exc
+        key = _load_agency_key(config.share_file)
+        scheme: AggregationScheme
+        if isinstance(key, KeyShare):
+            self.share: DecryptionKey | None = key
+            self.key_id = key.threshold_key.key_id
+            scheme = PaillierScheme(key.threshold_key)
+        elif isinstance(key, PrivateKey):
+            self.share, self.key_id = key, key.public_key.key_id
+            scheme = KeyHolderScheme(key.public_key)
+        else:
+            self.share, self.key_id = None, key.key_id
+            scheme = KeyHolderScheme(key)
         tables: dict[str, AgencyDataset] = {}
         for name, dc in config.datasets.items():
             try:
@@ -506,7 +544,7 @@ class Agent:
         self.node = AgencyNode(
             config.agency,
             first,
-            PaillierScheme(self.share.threshold_key),
+            scheme,
             share=self.share,
             policy=self._allows,
         )
@@ -647,13 +685,13 @@ class Agent:
             task_kinds=sorted(self.config.allowed_kinds),
         )
         response = self._stub.Register(request, timeout=15.0, metadata=self._metadata)
-        ours = self.share.threshold_key.key_id
+        ours = self.key_id
         if bytes(response.key_id) != ours:
             theirs = bytes(response.key_id).hex() or "(none)"
             raise AgentError(
-                f"coordinator {self.config.coordinator} serves threshold key {theirs}, but "
-                f"{self.config.share_file} is a share of key {ours.hex()}: wrong federation "
-                "or wrong share file"
+                f"coordinator {self.config.coordinator} serves federation key {theirs}, but "
+                f"{self.config.share_file} belongs to key {ours.hex()}: wrong federation "
+                "or wrong key file"
             )
         if response.heartbeat_interval_ms:
             self._heartbeat_s = max(response.heartbeat_interval_ms / 1000.0, 0.05)

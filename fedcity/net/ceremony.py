@@ -5,6 +5,11 @@ operator then hands out piece by piece::
 
     OUT/federation-public.json          public: threshold key + agency → share index (everyone)
     OUT/agencies/<agency>/share.json    secret (0600): that agency's key share only
+
+In the single-key-holder mode (``key_holder=...``) there are no shares: the key holder gets
+``agencies/<holder>/private-key.json`` (secret, 0600) and every other agency
+``agencies/<agency>/public-key.json``; the public file names the key holder. The rest is
+the same:
     OUT/agencies/<agency>/token         secret (0600): that agency's bearer token
     OUT/scientists/<name>/token         secret (0600): a data scientist's bearer token
     OUT/coordinator/credentials.json    (0600) SHA-256 hashes of every token, with roles
@@ -42,11 +47,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedcity.crypto import CryptoError, ThresholdPublicKey, deal_threshold_key
+from fedcity.core.aggregation import AggregationScheme, KeyHolderScheme, PaillierScheme
+from fedcity.crypto import (
+    CryptoError,
+    PublicKey,
+    ThresholdPublicKey,
+    deal_threshold_key,
+    generate_keypair,
+    save_key,
+)
 
 __all__ = [
     "FEDERATION_FORMAT",
     "FEDERATION_VERSION",
+    "KEY_HOLDER",
+    "THRESHOLD",
     "CeremonyError",
     "Federation",
     "FederationFiles",
@@ -62,6 +77,10 @@ FEDERATION_FORMAT = "fedcity.federation"
 """``format`` field of ``federation-public.json``."""
 FEDERATION_VERSION = 1
 """``version`` field of ``federation-public.json`` this release writes and reads."""
+THRESHOLD = "threshold"
+"""Decryption by ``t`` of the agencies' key shares (the default)."""
+KEY_HOLDER = "key-holder"
+"""Decryption of blinded aggregates by one agency holding the private key."""
 CERT_DAYS = 365
 """Validity of the CA and server certificates."""
 
@@ -291,7 +310,10 @@ class FederationFiles:
     ca_cert, server_cert, server_key : Path
         TLS material.
     shares, agency_tokens : dict of str to Path
-        Per agency.
+        Per agency. ``shares`` holds each agency's secret decryption key: its threshold
+        share, or in the key-holder mode the key holder's private key only.
+    public_keys : dict of str to Path
+        Key-holder mode: the public key file of every other agency.
     scientist_tokens : dict of str to Path
         Per data scientist.
     """
@@ -305,6 +327,11 @@ class FederationFiles:
     shares: dict[str, Path] = field(default_factory=dict)
     agency_tokens: dict[str, Path] = field(default_factory=dict)
     scientist_tokens: dict[str, Path] = field(default_factory=dict)
+    public_keys: dict[str, Path] = field(default_factory=dict)
+
+    def key_file(self, agency: str) -> Path:
+        """The key file an agency's agent loads (its share, private key or public key)."""
+        return self.shares.get(agency) or self.public_keys[agency]
 
     def all_paths(self) -> list[Path]:
         """Every file of the ceremony, in a stable order."""
@@ -315,12 +342,23 @@ class FederationFiles:
             self.server_cert,
             self.server_key,
             *self.shares.values(),
+            *self.public_keys.values(),
             *self.agency_tokens.values(),
             *self.scientist_tokens.values(),
         ]
 
 
-def _layout(root: Path, agencies: Sequence[str], scientists: Sequence[str]) -> FederationFiles:
+def _layout(
+    root: Path, agencies: Sequence[str], scientists: Sequence[str], key_holder: str | None
+) -> FederationFiles:
+    if key_holder is not None:
+        shares = {key_holder: root / "agencies" / key_holder / "private-key.json"}
+        public_keys = {
+            a: root / "agencies" / a / "public-key.json" for a in agencies if a != key_holder
+        }
+    else:
+        shares = {a: root / "agencies" / a / "share.json" for a in agencies}
+        public_keys = {}
     return FederationFiles(
         root=root,
         public=root / "federation-public.json",
@@ -328,7 +366,8 @@ def _layout(root: Path, agencies: Sequence[str], scientists: Sequence[str]) -> F
         ca_cert=root / "tls" / "ca.pem",
         server_cert=root / "coordinator" / "server.pem",
         server_key=root / "coordinator" / "server.key",
-        shares={a: root / "agencies" / a / "share.json" for a in agencies},
+        shares=shares,
+        public_keys=public_keys,
         agency_tokens={a: root / "agencies" / a / "token" for a in agencies},
         scientist_tokens={s: root / "scientists" / s / "token" for s in scientists},
     )
@@ -341,6 +380,7 @@ def deal_federation(
     key_bits: int = 2048,
     scientists: Sequence[str] = ("analyst",),
     tls_hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+    key_holder: str | None = None,
 ) -> FederationFiles:
     """Deal a threshold key, tokens and TLS material for a new federation.
 
@@ -359,6 +399,11 @@ def deal_federation(
     tls_hosts : sequence of str, default ("127.0.0.1", "localhost")
         Names and addresses agents and clients use to reach the coordinator; they become the
         server certificate's subject alternative names (IP addresses as IP entries).
+    key_holder : str, optional
+        Deal an ordinary Paillier key pair instead, whose private key goes to this agency
+        alone (the single-key-holder mode: faster decryption, but it rests on the key holder
+        and the coordinator not colluding; see ``docs/trust-model.md``). ``threshold`` must
+        then be 1.
 
     Returns
     -------
@@ -389,10 +434,18 @@ def deal_federation(
         raise CeremonyError(f"key_bits must be an integer, got {key_bits!r}")
     if key_bits < 256 or key_bits % 16:
         raise CeremonyError(f"key_bits must be a multiple of 16 and >= 256, got {key_bits}")
+    if key_holder is not None:
+        if key_holder not in agencies:
+            raise CeremonyError(f"key holder {key_holder!r} is not one of the agencies {agencies}")
+        if threshold != 1:
+            raise CeremonyError(
+                f"a key-holder federation decrypts with one key: threshold must be 1, got "
+                f"{threshold}"
+            )
     hosts = [str(h) for h in tls_hosts]
     _san(hosts)  # validate before the slow part
     root = Path(out_dir)
-    files = _layout(root, agencies, scientists)
+    files = _layout(root, agencies, scientists, key_holder)
     existing = [str(p) for p in files.all_paths() if p.exists() or p.is_symlink()]
     if existing:
         raise CeremonyError(
@@ -401,27 +454,38 @@ def deal_federation(
 
     if key_bits < 2048:
         log.warning("dealing a %d-bit key: use at least 2048 bits outside tests", key_bits)
-    tpk, shares = deal_threshold_key(key_bits, threshold=threshold, parties=len(agencies))
-    ca_pem, cert_pem, key_pem = _make_tls(hosts, tpk.key_id.hex()[:16])
+    public: dict[str, Any] = {"format": FEDERATION_FORMAT, "version": FEDERATION_VERSION}
+    if key_holder is None:
+        tpk, shares = deal_threshold_key(key_bits, threshold=threshold, parties=len(agencies))
+        key_id = tpk.key_id
+        public["threshold_public_key"] = tpk.to_json_dict()
+        public["agencies"] = {a: s.index for a, s in zip(agencies, shares, strict=True)}
+    else:
+        pk, sk = generate_keypair(key_bits)
+        key_id = pk.key_id
+        public["decryption"] = KEY_HOLDER
+        public["public_key"] = pk.to_json_dict()
+        public["key_holder"] = key_holder
+        public["agencies"] = {a: int(a == key_holder) for a in agencies}
+    ca_pem, cert_pem, key_pem = _make_tls(hosts, key_id.hex()[:16])
     tokens = {name: secrets.token_urlsafe(32) for name in principals}
 
     root.mkdir(parents=True, exist_ok=True)
     for a in agencies:
-        _private_dir(files.shares[a].parent)
+        _private_dir(files.agency_tokens[a].parent)
     for s in scientists:
         _private_dir(files.scientist_tokens[s].parent)
     _private_dir(files.credentials.parent)
 
-    public = {
-        "format": FEDERATION_FORMAT,
-        "version": FEDERATION_VERSION,
-        "threshold_public_key": tpk.to_json_dict(),
-        "agencies": {a: share.index for a, share in zip(agencies, shares, strict=True)},
-    }
     _write_new(files.public, _json_bytes(public), secret=False)
-    for a, share in zip(agencies, shares, strict=True):
+    for a in agencies:
         try:
-            share.save(files.shares[a])
+            if key_holder is None:
+                shares[agencies.index(a)].save(files.shares[a])
+            elif a == key_holder:
+                save_key(sk, files.shares[a])
+            else:
+                save_key(pk, files.public_keys[a])
         except CryptoError as exc:
             raise CeremonyError(str(exc)) from exc
         _write_new(files.agency_tokens[a], (tokens[a] + "\n").encode(), secret=True)
@@ -440,7 +504,11 @@ def deal_federation(
     _write_new(files.ca_cert, ca_pem, secret=False)
     _write_new(files.server_cert, cert_pem, secret=False)
     _write_new(files.server_key, key_pem, secret=True)
-    del shares, tokens
+    del tokens
+    if key_holder is None:
+        del shares
+    else:
+        del sk
     return files
 
 
@@ -451,23 +519,46 @@ class Federation:
 
     Attributes
     ----------
-    threshold_key : ThresholdPublicKey
+    public_key : PublicKey
+        What agencies encrypt under.
     agencies : dict of str to int
-        Each agency's share index.
+        Each agency's share index (threshold mode), or 1 for the key holder and 0 for every
+        other agency (key-holder mode).
+    threshold_key : ThresholdPublicKey or None
+        The threshold key (None in the key-holder mode).
+    key_holder : str or None
+        The agency holding the private key (key-holder mode only).
     """
 
-    threshold_key: ThresholdPublicKey
+    public_key: PublicKey
     agencies: dict[str, int]
+    threshold_key: ThresholdPublicKey | None = None
+    key_holder: str | None = None
 
     @property
     def key_id(self) -> bytes:
-        """The threshold key's id."""
-        return self.threshold_key.key_id
+        """The federation key's id."""
+        return self.public_key.key_id
 
     @property
     def threshold(self) -> int:
-        """Partial decryptions needed to release an aggregate."""
-        return self.threshold_key.threshold
+        """Decryptions needed to release an aggregate (1 in the key-holder mode)."""
+        return 1 if self.threshold_key is None else self.threshold_key.threshold
+
+    @property
+    def decryption(self) -> str:
+        """``"threshold"`` or ``"key-holder"``."""
+        return THRESHOLD if self.threshold_key is not None else KEY_HOLDER
+
+    def share_index_of(self, agencies: Sequence[str]) -> dict[str, int]:
+        """Which of ``agencies`` can decrypt, with their share index."""
+        return {a: self.agencies[a] for a in agencies if self.agencies.get(a)}
+
+    def scheme(self, *, blinding_key: bytes | None = None) -> AggregationScheme:
+        """The aggregation scheme of this federation (the coordinator passes its blinding key)."""
+        if self.threshold_key is not None:
+            return PaillierScheme(self.threshold_key)
+        return KeyHolderScheme(self.public_key, blinding_key=blinding_key)
 
 
 def load_federation(path: str | os.PathLike[str]) -> Federation:
@@ -509,6 +600,13 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
             f"{p}: unsupported version {version!r} (this fedcity reads version "
             f"{FEDERATION_VERSION})"
         )
+    mode = data.get("decryption", THRESHOLD)
+    if mode == KEY_HOLDER:
+        return _load_key_holder_federation(p, data)
+    if mode != THRESHOLD:
+        raise CeremonyError(
+            f"{p}: decryption must be {THRESHOLD!r} or {KEY_HOLDER!r}, got {mode!r}"
+        )
     tpk_data = data.get("threshold_public_key")
     if not isinstance(tpk_data, dict):
         raise CeremonyError(f"{p}: threshold_public_key must be a JSON object")
@@ -516,15 +614,9 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
         tpk = ThresholdPublicKey.from_json_dict(tpk_data)
     except (CryptoError, ValueError) as exc:
         raise CeremonyError(f"{p}: invalid threshold_public_key: {exc}") from exc
-    agencies = data.get("agencies")
-    if not isinstance(agencies, dict) or not agencies:
-        raise CeremonyError(f"{p}: agencies must be a non-empty object of agency → share index")
+    agencies = _agency_indices(p, data)
     seen: dict[int, str] = {}
     for name, index in agencies.items():
-        if not _NAME.fullmatch(name):
-            raise CeremonyError(f"{p}: agencies: {name!r} is not a valid agency name")
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise CeremonyError(f"{p}: agencies[{name!r}] must be an integer, got {index!r}")
         if not 1 <= index <= tpk.parties:
             raise CeremonyError(
                 f"{p}: agencies[{name!r}] = {index} lies outside the key's share indices "
@@ -535,4 +627,37 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
                 f"{p}: agencies {seen[index]!r} and {name!r} both claim share {index}"
             )
         seen[index] = name
-    return Federation(tpk, dict(agencies))
+    return Federation(tpk.public_key, agencies, threshold_key=tpk)
+
+
+def _agency_indices(p: Path, data: Mapping[str, Any]) -> dict[str, int]:
+    agencies = data.get("agencies")
+    if not isinstance(agencies, dict) or not agencies:
+        raise CeremonyError(f"{p}: agencies must be a non-empty object of agency → share index")
+    for name, index in agencies.items():
+        if not _NAME.fullmatch(name):
+            raise CeremonyError(f"{p}: agencies: {name!r} is not a valid agency name")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise CeremonyError(f"{p}: agencies[{name!r}] must be an integer, got {index!r}")
+    return dict(agencies)
+
+
+def _load_key_holder_federation(p: Path, data: Mapping[str, Any]) -> Federation:
+    pk_data = data.get("public_key")
+    if not isinstance(pk_data, dict):
+        raise CeremonyError(f"{p}: public_key must be a JSON object")
+    try:
+        pk = PublicKey.from_json_dict(pk_data)
+    except (CryptoError, ValueError) as exc:
+        raise CeremonyError(f"{p}: invalid public_key: {exc}") from exc
+    agencies = _agency_indices(p, data)
+    holder = data.get("key_holder")
+    if not isinstance(holder, str) or holder not in agencies:
+        raise CeremonyError(f"{p}: key_holder must name one of the agencies, got {holder!r}")
+    for name, index in agencies.items():
+        if index != int(name == holder):
+            raise CeremonyError(
+                f"{p}: agencies[{name!r}] must be {int(name == holder)} in a key-holder "
+                f"federation (1 for the key holder {holder!r}, 0 otherwise), got {index}"
+            )
+    return Federation(pk, agencies, key_holder=holder)

@@ -47,9 +47,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from fedcity.core.aggregation import PaillierScheme
 from fedcity.core.errors import JobFailed, ProtocolError, RejectedContribution
 from fedcity.core.rounds import AggregationRound, RoundPhase
+from fedcity.crypto import BLINDING_KEY_BYTES
 from fedcity.data.dataset import FeatureSpec
 from fedcity.learn.algorithm import Algorithm
 from fedcity.learn.dp import DPPlan
@@ -315,8 +315,14 @@ class Coordinator:
         metrics: CoordinatorMetrics | None = None,
     ) -> None:
         self.federation = federation
-        self.scheme = PaillierScheme(federation.threshold_key)
         self.store = store
+        self.scheme = federation.scheme(
+            blinding_key=(
+                store.secret("blinding-key", BLINDING_KEY_BYTES)
+                if federation.threshold_key is None
+                else None
+            )
+        )
         self.config = config
         self.metrics = metrics or CoordinatorMetrics()
         self._lock = threading.RLock()
@@ -392,10 +398,10 @@ class Coordinator:
     def _build(self, rt: _Runtime) -> None:
         """Instantiate job, algorithm, DP plan and driver from the stored spec; start it."""
         spec = rt.spec
-        key_id = self.federation.threshold_key.key_id.hex()
+        key_id = self.federation.key_id.hex()
         if spec["key_id"] != key_id:
             raise ValueError(
-                f"the job was submitted under threshold key {spec['key_id']}, the coordinator "
+                f"the job was submitted under key {spec['key_id']}, the coordinator "
                 f"now serves key {key_id}"
             )
         job = job_from_spec(spec["job_type"], spec["params"], spec["privacy"])
@@ -415,7 +421,7 @@ class Coordinator:
             agencies=list(spec["agencies"]),
             min_agencies=int(spec["min_agencies"]),
             share_index_of={str(a): int(i) for a, i in spec["share_index_of"].items()},
-            n_length=self.federation.threshold_key.public_key.n_length,
+            n_length=self.federation.public_key.n_length,
             dp=dp,
         )
         rt.job, rt.training, rt.algorithm, rt.dp = job, training, algorithm, dp
@@ -809,7 +815,7 @@ class Coordinator:
         )
         return fpb.RegisterResponse(
             heartbeat_interval_ms=self._heartbeat_ms(),
-            key_id=self.federation.threshold_key.key_id,
+            key_id=self.federation.key_id,
         )
 
     def _heartbeat_ms(self) -> int:
@@ -1161,7 +1167,14 @@ class Coordinator:
                 f"agencies {lacking} have not registered dataset {req.dataset!r} "
                 f"(it is offered by {holders})",
             )
-        t = self.federation.threshold_key.threshold
+        t = self.federation.threshold
+        holder = self.federation.key_holder
+        if holder is not None and holder not in participants:
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"agency {holder!r} holds the federation's decryption key and must take part "
+                f"in every job; the job names {participants}",
+            )
         n = len(participants)
         min_agencies = int(req.min_agencies) or max(t, min(2, n))
         need = max(min_agencies, t)
@@ -1201,9 +1214,9 @@ class Coordinator:
             "evaluate_dataset": req.evaluate_dataset,
             "agencies": participants,
             "min_agencies": min_agencies,
-            "share_index_of": {a: self.federation.agencies[a] for a in participants},
+            "share_index_of": self.federation.share_index_of(participants),
             "feature_spec": messages.feature_spec_to_json(spec),
-            "key_id": self.federation.threshold_key.key_id.hex(),
+            "key_id": self.federation.key_id.hex(),
             "submitted_by": principal.name,
         }
 
@@ -1571,7 +1584,7 @@ class CoordinatorServer:
             self.config.listen,
             self.port,
             "plaintext" if self.config.insecure else "TLS",
-            self.federation.threshold_key.key_id.hex(),
+            self.federation.key_id.hex(),
         )
         return self
 

@@ -28,6 +28,7 @@ The store does no protocol checks; :mod:`fedcity.net.coordinator` decides what t
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -80,6 +81,10 @@ CREATE TABLE IF NOT EXISTS agencies (
     name      TEXT PRIMARY KEY,
     datasets  TEXT NOT NULL,
     last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
 """
@@ -189,6 +194,24 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    # -- coordinator secrets ----------------------------------------------------------------
+    def secret(self, name: str, size: int) -> bytes:
+        """The coordinator's secret ``name`` (``size`` random bytes made on first use).
+
+        Kept in the database so that it lives and is backed up with the state it protects
+        (the key-holder mode's blinding key: a replayed round must be blinded identically).
+        """
+        with self._lock, self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+                (name, secrets.token_bytes(size)),
+            )
+            row = db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        value = bytes(row[0])
+        if len(value) != size:
+            raise StoreError(f"{self.path}: secret {name!r} has {len(value)} bytes, not {size}")
+        return value
 
     # -- jobs -------------------------------------------------------------------------------
     def create_job(self, job_id: str, spec: str, *, state: str = "running") -> JobRow:

@@ -86,7 +86,7 @@ class Setup:
             f'agency = "{agency}"',
             f'coordinator = "{coordinator}"',
             f"token_file = {json.dumps(str(self.files.agency_tokens[agency]))}",
-            f"share_file = {json.dumps(str(self.files.shares[agency]))}",
+            f"key_file = {json.dumps(str(self.files.key_file(agency)))}",
         ]
         if insecure:
             lines.append("insecure = true")
@@ -119,13 +119,19 @@ def deal(
     rows: int = 3000,
     seed: int = 2026,
     dataset: str = "flood",
+    key_holder: str | None = None,
 ) -> Setup:
-    """Run the key ceremony and write one synthetic city table per agency under ``root``."""
+    """Run the key ceremony and write one synthetic city table per agency under ``root``.
+
+    ``key_holder`` (an agency name, or ``"first"``) deals a key-holder federation instead.
+    """
     from fedcity.data import make_city
 
     city = make_city(n_agencies, task=task, n_samples=rows, seed=seed)  # type: ignore[arg-type]
     agencies = [a.agency for a in city.agencies]
-    files = deal_federation(root, agencies, threshold, key_bits=key_bits)
+    if key_holder == "first":
+        key_holder = agencies[0]
+    files = deal_federation(root, agencies, threshold, key_bits=key_bits, key_holder=key_holder)
     csv = {}
     for data in city.agencies:
         path = root / "data" / f"{data.agency}.csv"

@@ -460,7 +460,7 @@ def test_stops_promptly_during_a_long_poll(federation, coordinator):
 def test_stops_on_a_foreign_key(federation, coordinator):
     coordinator.fake.key_id = b"\x01" * 16
     agent = make_agent(federation, coordinator.port, log_file=None)
-    with pytest.raises(AgentError, match=r"serves threshold key 0101.*wrong federation"):
+    with pytest.raises(AgentError, match=r"serves federation key 0101.*wrong federation"):
         agent.run(handle_signals=False)
 
 
@@ -491,7 +491,10 @@ def test_agent_reports_bad_share_and_data(federation, tmp_path):
     config = write_config(federation["root"])
     bad_share = tmp_path / "share.json"
     bad_share.write_text("{}")
-    with pytest.raises(AgentError, match=r"key share .*share\.json"):
+    with pytest.raises(AgentError, match=r"key file .*share\.json has no 'format' field"):
+        Agent(AgentConfig(**{**config.__dict__, "share_file": bad_share}))
+    bad_share.write_text('{"format": "fedcity.paillier.key-share"}')
+    with pytest.raises(AgentError, match=r"key file .*share\.json: "):
         Agent(AgentConfig(**{**config.__dict__, "share_file": bad_share}))
     bad_data = tmp_path / "inspections.csv"
     bad_data.write_text("pastFail,critical_found\n1,0\n")

@@ -235,3 +235,72 @@ def test_read_token(tmp_path):
         read_token(p)
     with pytest.raises(CeremonyError, match="cannot read token file"):
         read_token(tmp_path / "absent")
+
+
+# -- single-key-holder federations ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kh_fed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ceremony-kh") / "federation"
+    return deal_federation(out, AGENCIES, 1, key_bits=512, key_holder="district-02")
+
+
+def test_key_holder_layout_and_public_file(kh_fed):
+    from fedcity.core.aggregation import KeyHolderScheme
+    from fedcity.crypto import PrivateKey, PublicKey, load_key
+
+    assert set(kh_fed.shares) == {"district-02"}
+    assert set(kh_fed.public_keys) == {"district-01", "district-03"}
+    private = load_key(kh_fed.shares["district-02"])
+    assert isinstance(private, PrivateKey)
+    assert _mode(kh_fed.shares["district-02"]) == 0o600
+    for a in ("district-01", "district-03"):
+        public = load_key(kh_fed.key_file(a))
+        assert isinstance(public, PublicKey) and public.key_id == private.public_key.key_id
+        assert not (kh_fed.root / "agencies" / a / "share.json").exists()
+    text = kh_fed.public.read_text()
+    assert '"p"' not in text and '"q"' not in text  # the factors are nowhere public
+    fed = load_federation(kh_fed.public)
+    assert fed.decryption == "key-holder" and fed.key_holder == "district-02"
+    assert fed.threshold == 1 and fed.threshold_key is None
+    assert fed.key_id == private.public_key.key_id
+    assert fed.share_index_of(AGENCIES) == {"district-02": 1}
+    assert isinstance(fed.scheme(blinding_key=bytes(32)), KeyHolderScheme)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"key_holder": "nobody"}, "key holder 'nobody' is not one of the agencies"),
+        ({"key_holder": "a", "threshold": 2}, "threshold must be 1"),
+    ],
+)
+def test_key_holder_invalid_input(tmp_path, kwargs, match):
+    args = {"agencies": ["a", "b"], "threshold": 1, "key_bits": 256} | kwargs
+    with pytest.raises(CeremonyError, match=match):
+        deal_federation(tmp_path, **args)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda d: d.update(decryption="magic"), "decryption must be 'threshold' or 'key-holder'"),
+        (lambda d: d.pop("public_key"), "public_key must be a JSON object"),
+        (lambda d: d["public_key"].update(n="ff"), "invalid public_key"),
+        (lambda d: d.update(key_holder="nobody"), "key_holder must name one of the agencies"),
+        (lambda d: d.pop("key_holder"), "key_holder must name one of the agencies"),
+        (
+            lambda d: d["agencies"].update({"district-01": 1}),
+            r"agencies\['district-01'\] must be 0",
+        ),
+        (
+            lambda d: d["agencies"].update({"district-02": 0}),
+            r"agencies\['district-02'\] must be 1",
+        ),
+    ],
+)
+def test_load_key_holder_federation_errors(kh_fed, tmp_path, mutate, match):
+    path = _mutated(kh_fed, tmp_path, mutate)
+    with pytest.raises(CeremonyError, match=match) as info:
+        load_federation(path)
+    assert str(path) in str(info.value)

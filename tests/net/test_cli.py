@@ -143,6 +143,18 @@ CONNECT = ("--coordinator", "127.0.0.1:9", "--insecure")
             ("keys", "deal", "--agencies", "a,b", "--threshold", "two", "--out", "x"),
             "invalid int value",
         ),
+        (
+            ("keys", "deal", "--agencies", "a,b", "--key-holder", "c", "--out", "x"),
+            "--key-holder 'c' is not one of --agencies",
+        ),
+        (
+            ("keys", "deal", "--agencies", "a,b", "--key-holder", "a", "--threshold", "1"),
+            "not allowed with argument",
+        ),
+        (
+            ("keys", "deal", "--agencies", "a,b", "--out", "x"),
+            "one of the arguments --threshold --key-holder is required",
+        ),
         (("agent", "run"), "the following arguments are required: --config"),
     ],
 )
@@ -216,6 +228,19 @@ def test_keys_deal(tmp_path):
     assert names == ["a", "b", "c", "ana", "bo"]
     again = fedcity(*deal, "--key-bits", "256")
     assert_one_line_error(again, 1, "refusing to overwrite")
+
+
+def test_keys_deal_key_holder(tmp_path):
+    out = tmp_path / "fed"
+    args = ["keys", "deal", "--agencies", "a,b,c", "--key-holder", "b", "--out", str(out)]
+    proc = fedcity(*args, "--key-bits", "256")
+    assert proc.returncode == 0, proc.stderr
+    assert "agency b: " in proc.stdout and "private-key.json" in proc.stdout
+    assert (out / "agencies" / "b" / "private-key.json").is_file()
+    assert (out / "agencies" / "a" / "public-key.json").is_file()
+    assert not (out / "agencies" / "a" / "share.json").exists()
+    public = json.loads((out / "federation-public.json").read_text())
+    assert public["decryption"] == "key-holder" and public["key_holder"] == "b"
 
 
 # -- the client against a fake JobService ----------------------------------------------------------

@@ -152,9 +152,11 @@ class Agent:
     """An agency's side of the protocol, driven step by step by the test."""
 
     def __init__(self, name: str, table: AgencyDataset, key, *, tables=None):
-        tpk, shares = key
         self.name = name
-        self.node = AgencyNode(name, table, PaillierScheme(tpk), share=shares[AGENCIES.index(name)])
+        if key is not None:
+            tpk, shares = key
+            share = shares[AGENCIES.index(name)]
+            self.node = AgencyNode(name, table, PaillierScheme(tpk), share=share)
         self.tables = {DATASET: table, **(tables or {})}
         self.uploads: list[tuple[str, int, int, bytes]] = []
         self.errors: list[BaseException] = []
@@ -983,3 +985,116 @@ def test_serve_process_stops_gracefully_on_sigterm(files):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- single-key-holder federations ------------------------------------------------------------
+HOLDER = AGENCIES[1]
+
+
+@pytest.fixture(scope="module")
+def kh_key():
+    from fedcity.crypto import generate_keypair
+
+    return generate_keypair(512)
+
+
+@pytest.fixture
+def kh_files(files, kh_key):
+    pk, _ = kh_key
+    files["federation"].write_text(
+        json.dumps(
+            {
+                "format": "fedcity.federation",
+                "version": 1,
+                "decryption": "key-holder",
+                "public_key": pk.to_json_dict(),
+                "key_holder": HOLDER,
+                "agencies": {name: int(name == HOLDER) for name in AGENCIES},
+            }
+        )
+    )
+    return files
+
+
+class KeyHolderAgent(Agent):
+    def __init__(self, name: str, table: AgencyDataset, kh_key):
+        from fedcity.core.aggregation import KeyHolderScheme
+
+        pk, sk = kh_key
+        super().__init__(name, table, None)
+        self.node = AgencyNode(
+            name, table, KeyHolderScheme(pk), share=sk if name == HOLDER else None
+        )
+
+
+def test_key_holder_federation_over_the_network(kh_files, kh_key, data, local_result, servers):
+    """Only the key holder decrypts; it gets a blinded aggregate; a restart mid-decryption
+    re-blinds identically; a wrong answer is refused with the store unchanged."""
+    import dataclasses
+
+    from fedcity.crypto import serde
+
+    pk, sk = kh_key
+    _, _, tables = data
+    agents = [KeyHolderAgent(n, t, kh_key) for n, t in zip(AGENCIES, tables, strict=True)]
+    first = start(kh_files)
+    servers.append(first)
+    for a in agents:
+        assert a.connect(first.port).register().key_id == pk.key_id
+    # the key holder must take part
+    refused(
+        Code.FAILED_PRECONDITION,
+        lambda: submit(first.port, agencies=[AGENCIES[0], AGENCIES[2]]),
+        match=f"agency {HOLDER!r} holds the federation's decryption key",
+    )
+    job_id = submit(first.port).job_id
+
+    def decrypting() -> bool:
+        rt = runtime(first, job_id)
+        return rt.rounds_done >= 3 and rt.driver.round.phase is RoundPhase.DECRYPTING
+
+    drive(agents, decrypting)
+    rnd = runtime(first, job_id).driver.round
+    r = rnd.task.round
+    blinded = serde.encrypted_vector_from_bytes(rnd.aggregate_bytes, pk)
+    true_sum = rnd.aggregate.vector
+    assert blinded.digest() != true_sum.digest()
+    # non-holders are never asked to decrypt
+    assert agents[0].fetch() is None and agents[2].fetch() is None
+    assignment = agents[1].fetch()
+    assert assignment.action == fpb.ACTION_PARTIAL_DECRYPT
+    kind, good = agents[1].compute(assignment)
+    dec = serde.keyholder_decryption_from_bytes(good, pk)
+    # what the key holder decrypted is masked: not the aggregate's plaintexts
+    clear = [sk.raw_decrypt(c) for c in true_sum.ciphertexts]
+    assert all(s != m for s, m in zip(dec.plaintexts, clear, strict=True))
+    ms = list(dec.plaintexts)
+    ms[-1] = (ms[-1] + 1) % pk.n
+    bad = serde.keyholder_decryption_to_bytes(dataclasses.replace(dec, plaintexts=tuple(ms)), pk)
+    before = snapshot(kh_files["db"])
+    refused(
+        Code.INVALID_ARGUMENT,
+        lambda: agents[1].upload(job_id, r, kind, bad),
+        match="does not match the blinded aggregate",
+    )
+    assert snapshot(kh_files["db"]) == before
+    first.stop(grace=0)
+
+    # restart mid-decryption: the replayed round is blinded with the stored key, so the
+    # honest answer computed before the restart is accepted
+    second = start(kh_files)
+    servers.append(second)
+    for a in agents:
+        a.connect(second.port)
+    again = runtime(second, job_id).driver.round
+    assert again.aggregate_bytes == rnd.aggregate_bytes
+    assert agents[1].upload(job_id, r, kind, good).stored
+    drive(agents, lambda: job_state(second.port, job_id) == fpb.JOB_STATE_SUCCEEDED)
+    result = scientist(second.port).GetResult(
+        fpb.JobRef(job_id=job_id), metadata=auth("analyst"), timeout=10
+    )
+    np.testing.assert_allclose(
+        betas(result.result_json), local_result.model_params_["beta"], rtol=0, atol=1e-8
+    )
+    history = json.loads(result.result_json)["history"]
+    assert all(h["decryptors"] == [HOLDER] for h in history)
