@@ -441,6 +441,19 @@ def _accepts_sample_weight(est: Any) -> bool:
     return "sample_weight" in inspect.signature(est.partial_fit).parameters
 
 
+def _one_call_per_epoch(est: Any, name: str, mu: float) -> bool:
+    """Whether one ``partial_fit`` per epoch takes exactly the steps of one call per batch.
+
+    True for ``MLP*`` estimators without FedProx whose optimizer keeps no per-call schedule:
+    Adam, and ``solver="sgd"`` with a constant learning rate. scikit-learn updates the
+    ``invscaling`` and ``adaptive`` schedules once per ``partial_fit`` call, FedProx applies
+    its operator after every batch, and ``SGD*`` estimators are trained in their own chunks.
+    """
+    if name not in _MLPS or mu > 0:
+        return False
+    return bool(est.solver == "adam" or est.learning_rate == "constant")
+
+
 def _train(
     est: Any,
     name: str,
@@ -452,35 +465,60 @@ def _train(
     mu: float,
     anchors: Sequence[FloatArray],
     rng: np.random.Generator,
+    per_batch: bool = False,
 ) -> None:
-    """``epochs`` local passes of ``partial_fit``, with the FedProx operator if μ > 0."""
+    """``epochs`` local passes of ``partial_fit``, with the FedProx operator if μ > 0.
+
+    Every epoch permutes the rows (or, for the weighted bootstrap, draws them) and cuts the
+    result into consecutive mini-batches. An ``MLP*`` runs with its ``shuffle`` off, so
+    scikit-learn neither reorders these batches nor the rows inside them. Where
+    :func:`_one_call_per_epoch` allows it and every batch has positive weight, the epoch is a
+    single ``partial_fit`` over the permuted rows with ``batch_size`` set to the batch: the
+    same optimizer steps on the same batches, bit for bit, without scikit-learn's per-call
+    input validation for each batch. Otherwise (or with ``per_batch=True``, the reference
+    path) ``partial_fit`` runs once per batch, batches without positive weight are skipped
+    and FedProx applies its operator after each.
+    """
     n = len(y)
     mlp = name in _MLPS
     weighted = _accepts_sample_weight(est)
     resample = not weighted and not np.all(w == w[0])
     if mlp:
-        size = est.batch_size
+        size, shuffle = est.batch_size, est.shuffle
         batch = min(200, n) if size == "auto" else int(np.clip(size, 1, n))
+        est.shuffle = False  # the batches and their row order are ours
     else:
         batch = n if mu == 0 else min(n, _SGD_PROX_CHUNK)
+    whole_epochs = not per_batch and _one_call_per_epoch(est, name, mu)
     probs = w / w.sum() if resample else None
-    for _ in range(epochs):
-        order = rng.choice(n, size=n, p=probs) if resample else rng.permutation(n)
-        for start in range(0, n, batch):
-            idx = order[start : start + batch]
-            if w[idx].sum() <= 0:
-                continue  # nothing to learn from (and an MLP cannot normalise the batch)
-            t_before = float(getattr(est, "t_", 1.0))
-            if mlp:
-                est.batch_size = len(idx)  # one optimizer step on exactly this batch
-            if weighted:
-                est.partial_fit(x[idx], y[idx], sample_weight=w[idx])
-            else:
-                est.partial_fit(x[idx], y[idx])
-            if mu > 0:
-                _prox(est, anchors, mu, t_before, len(idx))
-    if mlp:
-        est.batch_size = size
+    try:
+        for _ in range(epochs):
+            order = rng.choice(n, size=n, p=probs) if resample else rng.permutation(n)
+            if whole_epochs and all(
+                w[order[start : start + batch]].sum() > 0 for start in range(0, n, batch)
+            ):
+                est.batch_size = batch  # scikit-learn cuts the same consecutive batches
+                if weighted:
+                    est.partial_fit(x[order], y[order], sample_weight=w[order])
+                else:
+                    est.partial_fit(x[order], y[order])
+                continue
+            for start in range(0, n, batch):
+                idx = order[start : start + batch]
+                if w[idx].sum() <= 0:
+                    continue  # nothing to learn from (and an MLP cannot normalise the batch)
+                t_before = float(getattr(est, "t_", 1.0))
+                if mlp:
+                    est.batch_size = len(idx)  # one optimizer step on exactly this batch
+                if weighted:
+                    est.partial_fit(x[idx], y[idx], sample_weight=w[idx])
+                else:
+                    est.partial_fit(x[idx], y[idx])
+                if mu > 0:
+                    _prox(est, anchors, mu, t_before, len(idx))
+    finally:
+        if mlp:
+            est.batch_size, est.shuffle = size, shuffle
 
 
 def _agency_rng(seed: int, round_: int, agency: str) -> np.random.Generator:

@@ -7,6 +7,9 @@ estimator trained centrally on the pooled rows for the same total number of epoc
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -30,7 +33,7 @@ from fedcity.core.nodes import AgencyNode
 from fedcity.core.tasks import LOCAL_STEPS, Task, TaskRequest
 from fedcity.crypto import PackingSpec
 from fedcity.data.dataset import AgencyDataset, FeatureSpec
-from fedcity.learn import FedAvgJob, FederatedAveraging, LocalFederation
+from fedcity.learn import FedAvgJob, FederatedAveraging, LocalFederation, fedavg
 from fedcity.learn.algorithm import Algorithm, RoundRecord
 from fedcity.learn.design import Preprocessing
 from fedcity.learn.stats import FederatedStatistics
@@ -512,3 +515,140 @@ def test_mlp_weights_without_partial_fit_support(
 def test_job_rejects_untrainable_hyperparameters(estimator: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FedAvgJob(estimator)
+
+
+# --------------------------------------------------------------------------------------------
+# local training: one partial_fit per epoch where it takes the same steps as one per batch
+
+_MLP_PARTIAL_FIT_WEIGHTS = (
+    "sample_weight" in inspect.signature(MLPClassifier.partial_fit).parameters
+)
+
+
+def _local_training(
+    name: str,
+    hyper: dict[str, Any],
+    w: npt.NDArray[np.float64],
+    *,
+    per_batch: bool,
+    mu: float = 0.0,
+    epochs: int = 3,
+) -> tuple[npt.NDArray[np.float64], int, Any]:
+    """Train from a fixed start on fixed rows; the flat parameters and partial_fit calls."""
+    rng = np.random.default_rng(11)
+    n, d = 203, 5  # 203 rows: the last batch is a partial one
+    x = rng.standard_normal((n, d))
+    logit = x @ rng.standard_normal(d)
+    y = (logit > 0).astype(np.float64) if "Classifier" in name else logit + rng.normal(0, 0.1, n)
+    est = fedavg._make_estimator(name, fedavg._check_hyperparameters(name, hyper), random_state=0)
+    classes = np.array([0.0, 1.0]) if "Classifier" in name else None
+    fedavg._initialise(est, name, d, classes)
+    fedavg._reset_state(est, 0.0)
+    anchors = [a.copy() for a in fedavg._parameter_arrays(est)]
+    calls = 0
+    original = est.partial_fit
+
+    @functools.wraps(original)
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    est.partial_fit = counting
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fedavg._train(
+            est,
+            name,
+            x,
+            y,
+            w,
+            epochs=epochs,
+            mu=mu,
+            anchors=anchors,
+            rng=np.random.default_rng(5),
+            per_batch=per_batch,
+        )
+    return fedavg._flatten(fedavg._parameter_arrays(est)), calls, est
+
+
+_ADAM = {"hidden_layer_sizes": (6, 3), "learning_rate_init": 0.02, "batch_size": 32}
+_UNIFORM = np.ones(203)
+_WEIGHTS = np.random.default_rng(3).uniform(0.1, 3.0, 203)
+
+
+@pytest.mark.parametrize("name", ["MLPClassifier", "MLPRegressor"])
+@pytest.mark.parametrize(
+    ("hyper", "w"),
+    [
+        (_ADAM, _UNIFORM),
+        (_ADAM, _UNIFORM * 2.5),
+        pytest.param(
+            _ADAM,
+            _WEIGHTS,
+            marks=pytest.mark.skipif(
+                not _MLP_PARTIAL_FIT_WEIGHTS, reason="MLP partial_fit takes no sample_weight"
+            ),
+        ),
+        ({**_ADAM, "batch_size": "auto"}, _UNIFORM),  # batches of 200 and 3 rows
+        ({**_ADAM, "batch_size": 500}, _WEIGHTS),  # one batch of all 203 rows
+        ({**_ADAM, "batch_size": 7}, _WEIGHTS),
+        ({**_ADAM, "solver": "sgd", "learning_rate": "constant", "momentum": 0.9}, _WEIGHTS),
+        ({**_ADAM, "solver": "sgd", "nesterovs_momentum": False}, _UNIFORM),
+    ],
+)
+def test_one_partial_fit_per_epoch_is_bit_identical(
+    name: str, hyper: dict[str, Any], w: npt.NDArray[np.float64]
+) -> None:
+    batch = min(200 if hyper["batch_size"] == "auto" else hyper["batch_size"], 203)
+    fast, fast_calls, est = _local_training(name, hyper, w, per_batch=False)
+    slow, slow_calls, _ = _local_training(name, hyper, w, per_batch=True)
+    assert fast_calls == 3
+    assert slow_calls == 3 * math.ceil(203 / batch)
+    np.testing.assert_array_equal(fast, slow)
+    # the estimator's own settings are restored
+    assert est.batch_size == hyper["batch_size"] and est.shuffle is True
+
+
+def test_one_partial_fit_per_epoch_with_weighted_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scikit-learn whose MLP partial_fit has no sample_weight: resampled rows, same rule."""
+    monkeypatch.setattr(fedavg, "_accepts_sample_weight", lambda est: False)
+    fast, fast_calls, _ = _local_training("MLPClassifier", _ADAM, _WEIGHTS, per_batch=False)
+    slow, slow_calls, _ = _local_training("MLPClassifier", _ADAM, _WEIGHTS, per_batch=True)
+    assert (fast_calls, slow_calls) == (3, 3 * 7)
+    np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize(
+    ("name", "hyper", "mu"),
+    [
+        ("MLPClassifier", _ADAM, 0.1),  # FedProx: the operator follows every batch
+        ("MLPRegressor", {**_ADAM, "solver": "sgd", "learning_rate": "invscaling"}, 0.0),
+        ("MLPClassifier", {**_ADAM, "solver": "sgd", "learning_rate": "adaptive"}, 0.0),
+    ],
+)
+def test_per_batch_where_one_call_would_differ(name: str, hyper: dict[str, Any], mu: float) -> None:
+    fast, fast_calls, _ = _local_training(name, hyper, _WEIGHTS, per_batch=False, mu=mu)
+    slow, slow_calls, _ = _local_training(name, hyper, _WEIGHTS, per_batch=True, mu=mu)
+    assert fast_calls == slow_calls == 3 * 7
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_batches_without_weight_are_skipped() -> None:
+    """An epoch with a zero-weight batch falls back to one call per batch and skips it."""
+    w = np.zeros(203)
+    w[:4] = 1.0  # at most 4 of the 7 batches of an epoch have positive weight
+    fast, fast_calls, _ = _local_training("MLPClassifier", _ADAM, w, per_batch=False)
+    slow, slow_calls, _ = _local_training("MLPClassifier", _ADAM, w, per_batch=True)
+    assert fast_calls == slow_calls <= 3 * 4
+    np.testing.assert_array_equal(fast, slow)
+
+
+@pytest.mark.parametrize(("estimator", "mu"), [(SGDClassifier(), 0.0), (SGDRegressor(), 1e-3)])
+def test_sgd_estimators_keep_their_chunks(estimator: Any, mu: float) -> None:
+    name = type(estimator).__name__
+    hyper = {"random_state": 0}
+    fast, fast_calls, _ = _local_training(name, hyper, _WEIGHTS, per_batch=False, mu=mu)
+    slow, slow_calls, _ = _local_training(name, hyper, _WEIGHTS, per_batch=True, mu=mu)
+    assert fast_calls == slow_calls == 3 * (1 if mu == 0 else math.ceil(203 / 32))
+    np.testing.assert_array_equal(fast, slow)
