@@ -7,10 +7,13 @@ estimator trained centrally on the pooled rows for the same total number of epoc
 
 from __future__ import annotations
 
+import base64
 import functools
 import inspect
+import json
 import math
 import pickle
+import struct
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -365,13 +368,17 @@ def test_job_rejects_bad_input(estimator: Any, kwargs: dict[str, Any], match: st
         FedAvgJob(estimator, **kwargs)
 
 
+_DROP = object()  # a change that removes the key from the task parameters
+
+
 def _forged_params(cancer: dict[str, Any], **changes: Any) -> dict[str, Any]:
     with LocalFederation(cancer["agencies"], encrypted=False) as federation:
         pre = _statistics(federation, cancer["spec"])
     algo = FederatedAveraging(SGDClassifier(), pre, rounds=1, classes=[0, 1])
     request = algo.next_request()
     assert request is not None
-    return {**request.params, **changes}
+    params = {**request.params, **changes}
+    return {k: v for k, v in params.items() if v is not _DROP}
 
 
 @pytest.mark.parametrize(
@@ -382,7 +389,46 @@ def _forged_params(cancer: dict[str, Any], **changes: Any) -> dict[str, Any]:
         ({"estimator": None}, "refusing estimator"),
         ({"hyperparameters": {"loss": {"__reduce__": "x"}}}, "cannot be sent"),
         ({"hyperparameters": {"no_such_param": 1}}, "no hyperparameter"),
-        ({"coefs": [0.0]}, "finite numbers"),
+        ({"coefs_f8": _DROP, "coefs": [0.0]}, "must be 31 finite numbers"),
+        ({"coefs_f8": _DROP, "coefs": [0.0] * 30 + [math.inf]}, "must be 31 finite numbers"),
+        ({"coefs_f8": _DROP, "coefs": "abc"}, "must be 31 finite numbers"),
+        ({"coefs_f8": _DROP, "coefs": {"a": 1}}, "must be 31 finite numbers"),
+        ({"coefs": [0.0] * 31}, "exactly one of 'coefs' .* not both"),
+        ({"coefs_f8": _DROP}, "exactly one of 'coefs' .* found neither"),
+        ({"coefs_f8": None}, "'coefs_f8' must be a base64 string, got NoneType"),
+        ({"coefs_f8": [0.0] * 31}, "'coefs_f8' must be a base64 string, got list"),
+        ({"coefs_f8": "AAAA AAAA"}, "'coefs_f8' is not valid base64"),
+        ({"coefs_f8": "AAAAAAA"}, "'coefs_f8' is not valid base64"),
+        ({"coefs_f8": "AAAA\nAAAA"}, "'coefs_f8' is not valid base64"),
+        ({"coefs_f8": "AA-_AAAA"}, "'coefs_f8' is not valid base64"),
+        ({"coefs_f8": "ÄAAA"}, "'coefs_f8' is not valid base64"),
+        ({"coefs_f8": ""}, "'coefs_f8' holds 0 float64 values; the shapes .* need 31"),
+        ({"coefs_f8": "AAAAAAAAAAAAAAAA"}, "'coefs_f8' decodes to 12 bytes, not a whole"),
+        (
+            {"coefs_f8": base64.b64encode(bytes(8 * 30)).decode()},
+            r"'coefs_f8' holds 30 float64 values; the shapes \[\[1, 30\], \[1\]\] need 31 "
+            r"\(248 bytes\)",
+        ),
+        (
+            {"coefs_f8": base64.b64encode(bytes(8 * 32)).decode()},
+            "'coefs_f8' holds 32 float64 values",
+        ),
+        (
+            {"coefs_f8": base64.b64encode(bytes(8 * 31))},
+            "'coefs_f8' must be a base64 string, got bytes",
+        ),
+        (
+            {
+                "coefs_f8": base64.b64encode(
+                    bytes(8 * 7) + struct.pack("<d", math.nan) + struct.pack("<d", -math.inf) * 23
+                ).decode()
+            },
+            "'coefs_f8' holds 24 non-finite value\\(s\\); the first is nan at index 7",
+        ),
+        (
+            {"coefs_f8": base64.b64encode(bytes(8 * 30) + struct.pack("<d", math.inf)).decode()},
+            "'coefs_f8' holds 1 non-finite value\\(s\\); the first is inf at index 30",
+        ),
         ({"shapes": [[30, 1], [1]]}, "parameter shapes"),
         ({"mu": -1.0}, "'mu' is out of range"),
         ({"classes": None}, "must carry the job's classes"),
@@ -400,7 +446,8 @@ def test_local_step_refuses_forged_tasks(
 
 def test_agency_node_refuses_forged_class(cancer: dict[str, Any]) -> None:
     params = _forged_params(cancer, estimator="LogisticRegression")
-    request = TaskRequest("fedavg.local", params, len(params["coefs"]) + 3)
+    size = sum(math.prod(s) for s in params["shapes"])
+    request = TaskRequest("fedavg.local", params, size + 3)
     spec = PackingSpec(clip=64.0, precision_bits=40, max_summands=4, n_length=2048)
     node = AgencyNode("agency-0", cancer["agencies"][0], PlaintextScheme())
     with pytest.raises(ValueError, match="refusing estimator"):
@@ -515,6 +562,72 @@ def test_mlp_weights_without_partial_fit_support(
 def test_job_rejects_untrainable_hyperparameters(estimator: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FedAvgJob(estimator)
+
+
+# --------------------------------------------------------------------------------------------
+# the global model in the task parameters: base64 of little-endian float64
+
+
+def test_task_carries_model_as_base64_float64(cancer: dict[str, Any]) -> None:
+    with LocalFederation(cancer["agencies"], encrypted=False) as federation:
+        pre = _statistics(federation, cancer["spec"])
+    algo = FederatedAveraging(MLPClassifier(**MLP_PARAMS), pre, rounds=1, classes=[0, 1])
+    size = algo.coef_vector_.size
+    request = algo.next_request()
+    assert request is not None
+    params = dict(request.params)
+    assert "coefs" not in params
+    text = params["coefs_f8"]
+    assert isinstance(text, str)
+    assert len(text) == 4 * math.ceil(8 * size / 3)
+    assert base64.b64decode(text, validate=True) == algo.coef_vector_.astype("<f8").tobytes()
+    # about half the JSON of the list form
+    as_list = {k: v for k, v in params.items() if k != "coefs_f8"}
+    as_list["coefs"] = algo.coef_vector_.tolist()
+    assert len(json.dumps(text)) < 0.6 * len(json.dumps(as_list["coefs"]))
+    # agencies accept both forms (here as they arrive over the network, parsed from JSON)
+    # and train to exactly the same model
+    agency = cancer["agencies"][1]
+    via_json = json.loads(json.dumps(params, allow_nan=False))
+    assert via_json["coefs_f8"] == text
+    np.testing.assert_array_equal(
+        LOCAL_STEPS["fedavg.local"](via_json, agency),
+        LOCAL_STEPS["fedavg.local"](as_list, agency),
+    )
+    # every float64 survives the round trip bit for bit, signed zero and extremes included
+    special = [-0.0, 0.0, 5e-324, -2.2250738585072014e-308, 1.7976931348623157e308, math.pi]
+    algo.coef_vector_ = np.concatenate([special, algo.coef_vector_[len(special) :]])
+    request = algo.next_request()
+    assert request is not None
+    theta = fedavg._coefs(request.params, [tuple(s) for s in request.params["shapes"]])
+    assert theta.dtype == np.float64 and theta.flags.writeable
+    assert theta.tobytes() == algo.coef_vector_.tobytes()
+    assert np.signbit(theta[0]) and not np.signbit(theta[1])
+
+
+def test_base64_is_little_endian_float64() -> None:
+    text = base64.b64encode(struct.pack("<3d", 1.5, -2.0, 1e-300)).decode()
+    np.testing.assert_array_equal(
+        fedavg._coefs({"coefs_f8": text}, [(3,)]), np.array([1.5, -2.0, 1e-300])
+    )
+    assert fedavg._encode_coefs(np.array([1.5, -2.0, 1e-300])) == text
+
+
+def test_model_description_accepts_either_form(cancer: dict[str, Any]) -> None:
+    with LocalFederation(cancer["agencies"], encrypted=False) as federation:
+        result = FedAvgJob(MLPClassifier(**MLP_PARAMS), rounds=1, classes=[0, 1]).fit(federation)
+    model = dict(result.model_params_)
+    assert isinstance(model["coefs"], list) and "coefs_f8" not in model  # results keep lists
+    compact = {k: v for k, v in model.items() if k != "coefs"}
+    compact["coefs_f8"] = fedavg._encode_coefs(np.asarray(model["coefs"]))
+    a = fedavg.estimator_from_model_params(model)
+    b = fedavg.estimator_from_model_params(compact)
+    for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=True):
+        np.testing.assert_array_equal(p, q)
+    with pytest.raises(ValueError, match="not both"):
+        fedavg.estimator_from_model_params({**model, "coefs_f8": compact["coefs_f8"]})
+    with pytest.raises(ValueError, match="'coefs_f8' is not valid base64"):
+        fedavg.estimator_from_model_params({**compact, "coefs_f8": "***"})
 
 
 # --------------------------------------------------------------------------------------------
