@@ -18,6 +18,11 @@ runs per model size, all measured in this one invocation:
     ``PaillierScheme``), so this is ``LocalFederation(encrypted=False)`` **in one process**:
     the same job and protocol objects, float64 vectors in the clear, agencies one after the
     other, no network.
+(d) **fedcity, encrypted, single key holder, networked.** As (a), but the ceremony gives
+    one agency an ordinary 2048-bit private key (``deal_federation(key_holder=...)``): the
+    coordinator blinds each aggregate and that agency alone decrypts it with CRT, instead of
+    three agencies' threshold partial decryptions. A weaker trust assumption (the key holder
+    and the coordinator must not collude), measured because it is the fast mode.
 (c) **Flower FedAvg.** flwr's legacy gRPC API: ``flwr.server.start_server`` (TLS with the same
     certificate) in one process and ``flwr.client.start_client`` with a ``NumPyClient`` in 10
     processes. Every client trains the same estimator on the same rows, standardised with
@@ -620,36 +625,43 @@ def machine() -> str:
 
 def report(runs: dict[str, Run], cases: dict[str, int]) -> str:
     enc, ideal, off, flower = runs["enc"], runs["ideal"], runs["off"], runs["flower"]
+    kh = runs["kh"]
     out = ["Wall time per FedAvg round (mean over the measured rounds):\n"]
     rows = []
     for title, hidden in cases.items():
         a, a2 = enc.measures[title], ideal.measures[title]
-        b, c = off.measures[title], flower.measures[title]
+        b, c, d = off.measures[title], flower.measures[title], kh.measures[title]
         rows.append(
             [
                 f"{mlp_params(hidden):,}",
                 fmt_s(a.wall),
                 fmt_s(a2.wall),
+                fmt_s(d.wall),
                 fmt_s(b.wall),
                 fmt_s(c.wall),
                 ratio(a.wall, c.wall),
                 ratio(a2.wall, c.wall),
+                ratio(d.wall, c.wall),
                 ratio(a.wall, b.wall),
                 "yes" if a.wall <= c.wall else "**no**",
+                "yes" if d.wall <= c.wall else "**no**",
             ]
         )
     out.append(
         markdown(
             [
                 "parameters",
-                "(a) fedcity encrypted, network",
-                "(a′) fedcity encrypted, sum of stages",
+                "(a) fedcity encrypted, threshold, network",
+                "(a′) fedcity encrypted, threshold, sum of stages",
+                "(d) fedcity encrypted, key holder, network",
                 "(b) fedcity encryption off, in process",
                 "(c) Flower, network",
                 "(a)/(c)",
                 "(a′)/(c)",
+                "(d)/(c)",
                 "(a)/(b)",
-                "target (a) ≤ (c) met",
+                "target met: (a) ≤ (c)",
+                "(d) ≤ (c)",
             ],
             rows,
         )
@@ -658,10 +670,12 @@ def report(runs: dict[str, Run], cases: dict[str, int]) -> str:
     rows = []
     for title, hidden in cases.items():
         a, b, c = enc.measures[title], off.measures[title], flower.measures[title]
+        d = kh.measures[title]
         rows.append(
             [
                 f"{mlp_params(hidden):,}",
                 f"{fmt_b(a.up)} ↑ + {fmt_b(a.down)} ↓ = {fmt_b(a.bytes)}",
+                f"{fmt_b(d.up)} ↑ + {fmt_b(d.down)} ↓ = {fmt_b(d.bytes)}",
                 fmt_b(b.task_json),
                 f"{fmt_b(b.up)} ↑",
                 f"{fmt_b(c.up)} ↑ + {fmt_b(c.down)} ↓ = {fmt_b(c.bytes)}",
@@ -674,8 +688,9 @@ def report(runs: dict[str, Run], cases: dict[str, int]) -> str:
         markdown(
             [
                 "parameters",
-                "(a) fedcity encrypted, on the wire",
-                "(a) of ↓: the task's JSON (model as text)",
+                "(a) fedcity threshold, on the wire",
+                "(d) fedcity key holder, on the wire",
+                "(a) of ↓: the task's model parameters",
                 "(b) encryption off, upload payload",
                 "(c) Flower, on the wire",
                 "(a)/(c) total",
@@ -693,23 +708,28 @@ def report(runs: dict[str, Run], cases: dict[str, int]) -> str:
     )
     rows = []
     for title, hidden in cases.items():
-        a, a2 = enc.measures[title], ideal.measures[title]
-        rows.append(
-            [
-                f"{mlp_params(hidden):,}",
-                fmt_s(a.stages.get("agent contribute", 0.0)),
-                fmt_s(a.stages.get("agent partial_decrypt", 0.0)),
-                fmt_s(a.stages.get("verification", 0.0) + a.stages.get("combination", 0.0)),
-                " + ".join(fmt_s(a2.stages.get(k, 0.0)) for k in STAGES),
-            ]
-        )
+        a2 = ideal.measures[title]
+        for label, m in (("(a)", enc.measures[title]), ("(d)", kh.measures[title])):
+            rows.append(
+                [
+                    f"{mlp_params(hidden):,}",
+                    label,
+                    fmt_s(m.stages.get("agent contribute", 0.0)),
+                    fmt_s(m.stages.get("agent partial_decrypt", 0.0)),
+                    fmt_s(m.stages.get("verification", 0.0) + m.stages.get("combination", 0.0)),
+                    " + ".join(fmt_s(a2.stages.get(k, 0.0)) for k in STAGES)
+                    if label == "(a)"
+                    else "",
+                ]
+            )
     out.append(
         markdown(
             [
                 "parameters",
-                "(a) contribute: train + encrypt + upload, per agency",
-                "(a) partial decryption: fetch + decrypt + prove + upload, per decryptor",
-                "(a) coordinator: verify + combine",
+                "run",
+                "contribute: train + encrypt + upload, per agency",
+                "decryption: fetch + (partially) decrypt + prove + upload, per decryptor",
+                "coordinator: verify + combine",
                 "(a′) " + " + ".join(STAGES),
             ],
             rows,
@@ -820,6 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ideal": Run("(a′) fedcity encrypted, in process, sum of stages"),
             "off": Run("(b) fedcity encryption off, in process"),
             "flower": Run("(c) Flower, network"),
+            "kh": Run("(d) fedcity encrypted, key holder, network"),
         }
         pres = {}
         for title, hidden in HIDDEN.items():
@@ -833,6 +854,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("== (a) fedcity encrypted over the network (both sizes, one coordinator) ...")
         runs["enc"].measures = run_fedcity(
             harness, setup, work / "fedcity", HIDDEN, args.rounds, xs, ys
+        )
+        files_kh = deal_federation(
+            work / "federation-kh", names, 1, key_bits=args.key_bits, key_holder=names[0]
+        )
+        setup_kh = harness.Setup(work / "federation-kh", files_kh, names, 1, "wide", spec, csv)
+        LOAD.wait_quiet(args.wait_quiet)
+        print("== (d) fedcity encrypted, key holder, over the network (both sizes) ...")
+        runs["kh"].measures = run_fedcity(
+            harness, setup_kh, work / "fedcity-kh", HIDDEN, args.rounds, xs, ys
         )
         for title, hidden in HIDDEN.items():
             LOAD.wait_quiet(args.wait_quiet)
@@ -852,7 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = (
         f"Command: `{command.strip()}`  \nMachine: {machine()}  \n"
         f"{AGENCIES} agencies × {args.rows:,} rows, {FEATURES} numeric features, "
-        f"{args.key_bits}-bit {THRESHOLD}-of-{AGENCIES} key, MLPClassifier, 1 local epoch, "
+        f"{args.key_bits}-bit {THRESHOLD}-of-{AGENCIES} threshold key for (a), (a′), a "
+        f"{args.key_bits}-bit key held by {names[0]} for (d), MLPClassifier, 1 local epoch, "
         f"batch 200, {args.rounds} FedAvg rounds per run.\n\n" + report(runs, HIDDEN)
     )
     print("\n" + text)
