@@ -34,7 +34,6 @@ import gc
 import itertools
 import json
 import os
-import platform
 import secrets
 import shlex
 import statistics
@@ -49,6 +48,7 @@ from typing import Any
 import gmpy2
 import numpy as np
 import phe
+from _common import IDLE_BELOW, CpuMonitor, describe_machine
 
 from fedcity.crypto import (
     PackingSpec,
@@ -68,7 +68,6 @@ from fedcity.crypto.serde import encrypted_vector_to_bytes
 FLOAT32_BYTES = 4
 THRESHOLD_T, THRESHOLD_N = 3, 5
 MIN_TARGET_BITS = 2048
-IDLE_BELOW = 0.25  # cores used by other processes below which the machine counts as quiet
 QUIET_ROUND_BELOW = 0.3  # with --wait-idle, rounds with more foreign load are repeated
 ROUND_FACTOR = 4  # ... up to this many times the requested number of rounds
 
@@ -362,89 +361,6 @@ def interleaved(
 def medians(samples: dict[str, list[float]]) -> dict[str, float]:
     """Median of each list of samples."""
     return {k: statistics.median(v) for k, v in samples.items()}
-
-
-class CpuMonitor:
-    """CPU seconds used by processes other than this one and its children (Linux /proc)."""
-
-    def __init__(self) -> None:
-        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.available = Path("/proc/stat").exists()
-
-    def _machine_busy(self) -> float:
-        with open("/proc/stat") as fh:
-            f = [int(v) for v in fh.readline().split()[1:]]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
-        return (user + nice + system + irq + softirq + steal) / self.ticks
-
-    def _scan(self) -> dict[int, tuple[int, float]]:
-        """``pid -> (parent pid, CPU seconds)`` of every process (reaped children of this
-        process counted in its own figure)."""
-        me = os.getpid()
-        stats: dict[int, tuple[int, float]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as fh:
-                    raw = fh.read()
-            except OSError:
-                continue
-            rest = raw[raw.rfind(")") + 2 :].split()
-            own = int(rest[11]) + int(rest[12])
-            if int(entry.name) == me:  # include reaped children (closed pools)
-                own += int(rest[13]) + int(rest[14])
-            stats[int(entry.name)] = (int(rest[1]), own / self.ticks)
-        return stats
-
-    def descendants(self) -> dict[int, float]:
-        """CPU seconds of each live descendant of this process (worker processes)."""
-        if not self.available:
-            return {}
-        stats = self._scan()
-        out: dict[int, float] = {}
-        frontier = {os.getpid()}
-        while frontier:
-            frontier = {p for p, (pp, _) in stats.items() if pp in frontier}
-            out.update({p: stats[p][1] for p in frontier})
-        return out
-
-    def _own_tree(self) -> float:
-        stats = self._scan()
-        total, frontier = 0.0, {os.getpid()}
-        while frontier:
-            total += sum(stats[p][1] for p in frontier if p in stats)
-            frontier = {p for p, (pp, _) in stats.items() if pp in frontier}
-        return total
-
-    def snapshot(self) -> tuple[float, float, float] | None:
-        """``(wall, machine busy CPU, own process tree CPU)`` in seconds."""
-        if not self.available:
-            return None
-        return time.monotonic(), self._machine_busy(), self._own_tree()
-
-    @staticmethod
-    def foreign_cores(
-        a: tuple[float, float, float] | None, b: tuple[float, float, float] | None
-    ) -> float | None:
-        """Average number of cores busy with other work between two snapshots."""
-        if a is None or b is None or b[0] <= a[0]:
-            return None
-        return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0]))
-
-    def wait_idle(self, max_seconds: float, below: float | None = None) -> float | None:
-        """Wait (up to ``max_seconds``) until other processes use less than ``below`` cores.
-
-        Returns the load of the last half-second probe.
-        """
-        below = IDLE_BELOW if below is None else below
-        deadline = time.monotonic() + max_seconds
-        while True:
-            a = self.snapshot()
-            time.sleep(0.5)
-            load = self.foreign_cores(a, self.snapshot())
-            if load is None or load < below or time.monotonic() >= deadline:
-                return load
 
 
 class Quiet:
@@ -1239,16 +1155,7 @@ def bench_ckks(ctx: Context) -> None:
 # -- driver ----------------------------------------------------------------------------------
 def machine_info() -> dict[str, str]:
     """Machine and library versions."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": platform.python_version(),
+    libraries = {
         "gmpy2": gmpy2.version(),
         "gmp": gmpy2.mp_version(),
         "phe": phe.__version__,
@@ -1257,10 +1164,10 @@ def machine_info() -> dict[str, str]:
     try:
         import tenseal as ts
 
-        info["tenseal"] = getattr(ts, "__version__", "installed")
+        libraries["tenseal"] = getattr(ts, "__version__", "installed")
     except ImportError:
-        info["tenseal"] = "not installed"
-    return info
+        libraries["tenseal"] = "not installed"
+    return describe_machine(libraries)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -59,6 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sklearn
+from _common import CpuMonitor, describe_machine, markdown
 from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
 from sklearn.metrics import (
     accuracy_score,
@@ -108,71 +108,9 @@ MOTOR_ALPHA = 1e-6
 DVISITS_ALPHA = 1e-4
 COST_AGENCIES, COST_THRESHOLD = 10, 3
 COST_FEATURES = 49
-IDLE_BELOW = 0.25  # cores used by other processes below which the machine counts as quiet
 
 
 # -- machine load ------------------------------------------------------------------------------
-class CpuMonitor:
-    """CPU seconds used by processes other than this one and its children (Linux /proc)."""
-
-    def __init__(self) -> None:
-        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.available = Path("/proc/stat").exists()
-
-    def _machine_busy(self) -> float:
-        with open("/proc/stat") as fh:
-            f = [int(v) for v in fh.readline().split()[1:]]
-        user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
-        return (user + nice + system + irq + softirq + steal) / self.ticks
-
-    def _own_tree(self) -> float:
-        me = os.getpid()
-        stats: dict[int, tuple[int, float]] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as fh:
-                    raw = fh.read()
-            except OSError:
-                continue
-            rest = raw[raw.rfind(")") + 2 :].split()
-            own = int(rest[11]) + int(rest[12])
-            if int(entry.name) == me:  # include reaped children (closed worker pools)
-                own += int(rest[13]) + int(rest[14])
-            stats[int(entry.name)] = (int(rest[1]), own / self.ticks)
-        total, frontier = 0.0, {me}
-        while frontier:
-            total += sum(stats[p][1] for p in frontier if p in stats)
-            frontier = {p for p, (pp, _) in stats.items() if pp in frontier}
-        return total
-
-    def snapshot(self) -> tuple[float, float, float] | None:
-        """``(wall, machine busy CPU, own process tree CPU)`` in seconds."""
-        if not self.available:
-            return None
-        return time.monotonic(), self._machine_busy(), self._own_tree()
-
-    @staticmethod
-    def foreign_cores(
-        a: tuple[float, float, float] | None, b: tuple[float, float, float] | None
-    ) -> float | None:
-        """Average number of cores busy with other work between two snapshots."""
-        if a is None or b is None or b[0] <= a[0]:
-            return None
-        return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0]))
-
-    def wait_idle(self, max_seconds: float) -> float | None:
-        """Wait (up to ``max_seconds``) until other processes use < IDLE_BELOW cores."""
-        deadline = time.monotonic() + max_seconds
-        while True:
-            a = self.snapshot()
-            time.sleep(1.0)
-            load = self.foreign_cores(a, self.snapshot())
-            if load is None or load < IDLE_BELOW or time.monotonic() >= deadline:
-                return load
-
-
 MONITOR = CpuMonitor()
 
 
@@ -186,14 +124,14 @@ def metered(loads: dict[str, float | None], name: str, wait_quiet: float = 0.0) 
     print(f"\n== {name}", flush=True)
     if wait_quiet > 0:
         t_wait = time.monotonic()
-        load = MONITOR.wait_idle(wait_quiet)
+        load = MONITOR.wait_idle(wait_quiet, probe=1.0)
         waited = time.monotonic() - t_wait
         if waited >= 1 and load is not None:
             print(f"   (waited {waited:.0f} s for quiet; other load now {load:.2f} cores)")
     start = MONITOR.snapshot()
     t0 = time.perf_counter()
     yield
-    load = MONITOR.foreign_cores(start, MONITOR.snapshot())
+    load = MONITOR.since(start)
     loads[name] = load
     extra = "" if load is None else f"; other processes used {load:.2f} cores meanwhile"
     print(f"   ({name}: {time.perf_counter() - t0:.1f} s{extra})", flush=True)
@@ -295,14 +233,6 @@ def signed(value: float) -> str:
 def rel_diff(value: float, base: float) -> float:
     """``|value - base| / |base|``."""
     return abs(value - base) / abs(base) if base != 0 else abs(value - base)
-
-
-def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub markdown table; columns after the first are right-aligned."""
-    out = ["| " + " | ".join(headers) + " |"]
-    out.append("|" + "|".join(["---"] + ["--:"] * (len(headers) - 1)) + "|")
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 @dataclass
@@ -999,19 +929,7 @@ def run_cost(report: Report, args: argparse.Namespace) -> None:
 
 # -- driver ------------------------------------------------------------------------------------
 def machine_info() -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-    }
+    return describe_machine({"numpy": np.__version__, "scikit-learn": sklearn.__version__})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

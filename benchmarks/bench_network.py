@@ -70,6 +70,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from _common import CpuMonitor, cpu_model, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENCIES, THRESHOLD, FEATURES = 10, 3, 49
@@ -175,53 +176,7 @@ class CountingProxy:
         self._thread.join(10)
 
 
-class Load:
-    """Cores used by processes other than this one and its children, between two marks."""
-
-    def __init__(self) -> None:
-        self.ticks = os.sysconf("SC_CLK_TCK")
-
-    def _busy(self) -> float:
-        with open("/proc/stat") as fh:
-            f = [int(v) for v in fh.readline().split()[1:9]]
-        return (sum(f[:3]) + sum(f[5:8])) / self.ticks
-
-    def _ours(self) -> float:
-        me, stats = os.getpid(), {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    raw = Path(f"/proc/{entry.name}/stat").read_text()
-                except OSError:
-                    continue
-                rest = raw[raw.rfind(")") + 2 :].split()
-                cpu = int(rest[11]) + int(rest[12])
-                if int(entry.name) == me:
-                    cpu += int(rest[13]) + int(rest[14])  # reaped children
-                stats[int(entry.name)] = (int(rest[1]), cpu / self.ticks)
-        total, frontier = 0.0, {me}
-        while frontier:
-            total += sum(stats[p][1] for p in frontier if p in stats)
-            frontier = {p for p, (parent, _) in stats.items() if parent in frontier}
-        return total
-
-    def mark(self) -> tuple[float, float, float]:
-        return time.monotonic(), self._busy(), self._ours()
-
-    def other_cores(self, a: tuple[float, float, float]) -> float:
-        b = self.mark()
-        return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / max(b[0] - a[0], 1e-9))
-
-    def wait_quiet(self, seconds: float, below: float = 0.25) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            a = self.mark()
-            time.sleep(1.0)
-            if self.other_cores(a) < below:
-                return
-
-
-LOAD = Load()
+MONITOR = CpuMonitor()
 
 
 @dataclass
@@ -278,7 +233,7 @@ def run_inprocess(
     from fedcity.learn.fedavg import FedAvgJob, FederatedAveraging
 
     stamps: list[tuple[str, float]] = []
-    mark = LOAD.mark()
+    mark = MONITOR.snapshot()
     encrypted = key is not None
     with LocalFederation(datasets, threshold=THRESHOLD, encrypted=encrypted, key=key) as fed:
         job = FedAvgJob(
@@ -293,7 +248,7 @@ def run_inprocess(
 
         fed.run = run  # type: ignore[method-assign]
         result = job.fit(fed)
-    other = LOAD.other_cores(mark)
+    other = MONITOR.since(mark) or 0.0
     recs = [r for r in result.history_ if r.kind == "fedavg.local"]
     if encrypted:
         walls = [sum(r.seconds.values()) for r in recs]
@@ -306,7 +261,7 @@ def run_inprocess(
     )
     up = float(np.mean([r.bytes_per_agency for r in recs]))
     stages = {k: float(np.mean([r.seconds.get(k, 0.0) for r in recs])) for k in STAGES}
-    # one round's task parameters as the coordinator sends them (the model as JSON numbers)
+    # one round's task parameters as the coordinator sends them (the model as base64 float64)
     request = FederatedAveraging(
         MLPClassifier(hidden_layer_sizes=(hidden,)), pre, rounds=1, classes=[0, 1]
     ).next_request()
@@ -344,7 +299,7 @@ def run_fedcity(
             cluster.wait_connected(client, setup.agencies, timeout=300)
             for title, hidden in cases.items():
                 print(f"   fedcity encrypted, {title} ...", flush=True)
-                mark = LOAD.mark()
+                mark = MONITOR.snapshot()
                 job_id = client.submit("fedavg", fedavg_params(hidden, rounds), setup.dataset)
                 stamps: list[tuple[str, float, list[tuple[int, int]]]] = []
                 for event in client.watch(job_id, timeout=3600):
@@ -353,7 +308,7 @@ def run_fedcity(
                         stamps.append((event.round_record["kind"], time.perf_counter(), counts))
                     if event.finished and event.state != "succeeded":
                         raise RuntimeError(f"fedcity job {job_id} {event.state}: {event.failure}")
-                other = LOAD.other_cores(mark)
+                other = MONITOR.since(mark) or 0.0
                 first = next(i for i, s in enumerate(stamps) if s[0] == "fedavg.local")
                 fed = stamps[first - 1 :]
                 walls = [b[1] - a[1] for a, b in itertools.pairwise(fed)]
@@ -488,7 +443,7 @@ def run_flower(
     me = [sys.executable, str(Path(__file__).resolve())]
     certs = ["--ca", str(files.ca_cert), "--cert", str(files.server_cert)]
     procs: list[subprocess.Popen[bytes]] = []
-    mark = LOAD.mark()
+    mark = MONITOR.snapshot()
     try:
         with open(workdir / "server.log", "wb") as log:
             procs.append(
@@ -557,7 +512,7 @@ def run_flower(
                 p.wait()
         for proxy in proxies:
             proxy.close()
-    other = LOAD.other_cores(mark)
+    other = MONITOR.since(mark) or 0.0
     marks = json.loads((workdir / "timings.json").read_text())
     ends = [t for kind, _, t in marks if kind == "end"]
     start = next(t for kind, r, t in marks if kind == "start" and r == 1)
@@ -596,22 +551,8 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}×" if b > 0 else "—"
 
 
-def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join(["---"] + ["--:"] * (len(headers) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model("unknown CPU")
     import flwr
     import grpc
     import sklearn
@@ -844,13 +785,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         pres = {}
         for title, hidden in HIDDEN.items():
-            LOAD.wait_quiet(args.wait_quiet)
+            MONITOR.wait_idle(args.wait_quiet, probe=1.0)
             print(f"== {title}: (b) encryption off, in process ...", flush=True)
             measure, result = run_inprocess(datasets, hidden, args.rounds)
             runs["off"].measures[title] = measure
             pres[title] = result.preprocessing_
         xs = [design_matrix(pres[next(iter(HIDDEN))], d) for d in datasets]
-        LOAD.wait_quiet(args.wait_quiet)
+        MONITOR.wait_idle(args.wait_quiet, probe=1.0)
         print("== (a) fedcity encrypted over the network (both sizes, one coordinator) ...")
         runs["enc"].measures = run_fedcity(
             harness, setup, work / "fedcity", HIDDEN, args.rounds, xs, ys
@@ -859,13 +800,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             work / "federation-kh", names, 1, key_bits=args.key_bits, key_holder=names[0]
         )
         setup_kh = harness.Setup(work / "federation-kh", files_kh, names, 1, "wide", spec, csv)
-        LOAD.wait_quiet(args.wait_quiet)
+        MONITOR.wait_idle(args.wait_quiet, probe=1.0)
         print("== (d) fedcity encrypted, key holder, over the network (both sizes) ...")
         runs["kh"].measures = run_fedcity(
             harness, setup_kh, work / "fedcity-kh", HIDDEN, args.rounds, xs, ys
         )
         for title, hidden in HIDDEN.items():
-            LOAD.wait_quiet(args.wait_quiet)
+            MONITOR.wait_idle(args.wait_quiet, probe=1.0)
             print(f"== {title}: (c) Flower ...", flush=True)
             init = FederatedAveraging(
                 MLPClassifier(hidden_layer_sizes=(hidden,)), pres[title], classes=[0, 1], seed=0
@@ -875,7 +816,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         key = setup.key()
         for title, hidden in HIDDEN.items():
-            LOAD.wait_quiet(args.wait_quiet)
+            MONITOR.wait_idle(args.wait_quiet, probe=1.0)
             print(f"== {title}: (a′) fedcity encrypted, in process ...", flush=True)
             runs["ideal"].measures[title], _ = run_inprocess(datasets, hidden, args.rounds, key)
 
