@@ -35,15 +35,16 @@ from fedcity.crypto import (
     ThresholdPublicKey,
     WorkerPool,
     blind_vector,
-    combine_partial_decryptions,
     encrypt_vector,
     keyholder_decrypt,
     partial_decrypt,
+    raw_combine,
     raw_unblind_decode,
     serde,
     verify_keyholder_decryption,
     verify_partial_decryption,
 )
+from fedcity.crypto.vector import decode_plaintexts
 
 __all__ = [
     "AggregationScheme",
@@ -210,10 +211,16 @@ class PaillierScheme(_PackedPaillier):
     def release(
         self, aggregate: EncryptedVector, partials: Sequence[PartialDecryption]
     ) -> npt.NDArray[np.float64]:
-        """Combine ``t`` verified partial decryptions and decode the sum."""
-        return combine_partial_decryptions(
-            self.threshold_key, aggregate, partials[: self.threshold]
-        )
+        """Combine ``t`` partial decryptions and decode the sum.
+
+        The round verified every partial's proof on arrival (:meth:`open_partial`), so they
+        are combined without checking the proofs a second time.
+        """
+        chosen = {p.share_index: p.partials for p in partials[: self.threshold]}
+        if len(chosen) != self.threshold:
+            raise ValueError(f"release needs {self.threshold} partials from distinct shares")
+        plaintexts = raw_combine(self.threshold_key, chosen)
+        return decode_plaintexts(aggregate.spec, plaintexts, aggregate.length, aggregate.summands)
 
 
 class KeyHolderScheme(_PackedPaillier):

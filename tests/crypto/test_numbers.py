@@ -117,3 +117,28 @@ def test_int_to_bytes_rejects_overflow_and_negative() -> None:
         nt.int_to_bytes(256, 1)
     with pytest.raises(OverflowError):
         nt.int_to_bytes(-1, 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 2**300), st.integers(0, 2**140)), min_size=0, max_size=40),
+    st.integers(3, 2**200),
+)
+def test_multi_pow_equals_the_product_of_powers(pairs, modulus):
+    from fedcity.crypto._numbers import multi_pow
+
+    bases = [mpz(b % modulus) for b, _ in pairs]
+    exps = [e for _, e in pairs]
+    want = 1
+    for b, e in zip(bases, exps, strict=True):
+        want = want * pow(int(b), e, modulus) % modulus
+    assert multi_pow(bases, exps, mpz(modulus)) == want % modulus
+
+
+def test_multi_pow_rejects_bad_input():
+    from fedcity.crypto._numbers import multi_pow
+
+    with pytest.raises(ValueError, match="differ in length"):
+        multi_pow([mpz(2)], [1, 2], mpz(7))
+    with pytest.raises(ValueError, match="non-negative"):
+        multi_pow([mpz(2)], [-1], mpz(7))
