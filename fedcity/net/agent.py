@@ -31,6 +31,7 @@ Configuration (TOML; relative paths are relative to the file)::
     ca_file = "tls/ca.pem"               # required unless insecure = true
     insecure = false                     # plaintext, only to a loopback coordinator
     log_file = "agent-district-01.log"   # optional: one JSON line per task served
+    crypto_workers = 1                   # worker processes for encryption and decryption
 
     [datasets.inspections]
     path = "data/district-01.csv"        # .csv, .parquet or .pq
@@ -75,7 +76,7 @@ from fedcity.core.aggregation import (
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.tasks import LOCAL_STEPS, Task
-from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, load_key
+from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, WorkerPool, load_key
 from fedcity.crypto.keys import read_json_file
 from fedcity.data.dataset import AgencyDataset, DataError, FeatureSpec
 from fedcity.net.ceremony import CeremonyError, read_token
@@ -123,6 +124,9 @@ REJECTION_CODES = frozenset(
 MAX_DELIVERY_ATTEMPTS = 5
 """Tries for a payload the coordinator keeps failing on with other errors (INTERNAL, ...)."""
 
+MAX_CRYPTO_WORKERS = 64
+"""Most worker processes an agent may start for its cryptography."""
+
 _TOP_KEYS = frozenset(
     {
         "agency",
@@ -133,6 +137,7 @@ _TOP_KEYS = frozenset(
         "ca_file",
         "insecure",
         "log_file",
+        "crypto_workers",
         "datasets",
         "policy",
     }
@@ -210,6 +215,9 @@ class AgentConfig:
         Vetted task kinds this agency runs (default: every vetted kind).
     min_summands : int
         Smallest aggregate this agency helps decrypt, whatever the coordinator asks.
+    crypto_workers : int
+        Worker processes for encryption and (partial) decryption while the agent runs
+        (1: in the agent's own process). Set it to the cores the agency's machine can spare.
     source : Path or None
         The TOML file it was read from.
     """
@@ -224,6 +232,7 @@ class AgentConfig:
     allowed_kinds: frozenset[str]
     log_file: Path | None = None
     min_summands: int = 2
+    crypto_workers: int = 1
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -309,6 +318,16 @@ class AgentConfig:
                 "insecure = true"
             )
         log_file = v.path(data, "log_file") if "log_file" in data else None
+        crypto_workers = data.get("crypto_workers", 1)
+        if (
+            isinstance(crypto_workers, bool)
+            or not isinstance(crypto_workers, int)
+            or not 1 <= crypto_workers <= MAX_CRYPTO_WORKERS
+        ):
+            raise ConfigError(
+                f"{where}: key 'crypto_workers' must be an integer in "
+                f"[1, {MAX_CRYPTO_WORKERS}], got {crypto_workers!r}"
+            )
 
         raw_sets = data.get("datasets")
         if not isinstance(raw_sets, dict) or not raw_sets:
@@ -360,6 +379,7 @@ class AgentConfig:
             allowed_kinds=allowed,
             log_file=log_file,
             min_summands=min_summands,
+            crypto_workers=crypto_workers,
             source=source,
         )
 
@@ -604,6 +624,10 @@ class Agent:
             except ValueError as exc:
                 raise AgentError(str(exc)) from exc
             self._stub = fpb_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+            pool = None
+            if self.config.crypto_workers > 1:
+                pool = WorkerPool(self.config.crypto_workers)
+                self.node.scheme.pool = pool  # type: ignore[attr-defined]
             self._running.set()
             beat = threading.Thread(
                 target=self._heartbeats, name=f"heartbeat-{self.config.agency}", daemon=True
@@ -617,6 +641,9 @@ class Agent:
                 self._registered = False
                 beat.join(timeout=5)
                 channel.close()
+                if pool is not None:
+                    self.node.scheme.pool = None  # type: ignore[attr-defined]
+                    pool.close()
                 log.info("agent %s stopped", self.config.agency)
 
     @contextmanager

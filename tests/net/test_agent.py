@@ -349,7 +349,9 @@ def test_the_assignment_names_the_dataset(federation, coordinator):
     assert "offers no dataset 'parking'" in fake.declines[0].reason
 
 
-def test_partial_decryption_of_an_aggregate(federation, coordinator):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_partial_decryption_of_an_aggregate(federation, coordinator, workers):
+    """Also with ``crypto_workers = 2``: the same proof-carrying partial from worker processes."""
     fake = coordinator.fake
     shares = federation["shares"]
     scheme = PaillierScheme(shares["district-01"].threshold_key)
@@ -366,9 +368,11 @@ def test_partial_decryption_of_an_aggregate(federation, coordinator):
     fake.work.put(
         task_to_assignment(counts_task("job-9", 4), fpb.ACTION_PARTIAL_DECRYPT, summands_min=1)
     )
-    agent = make_agent(federation, coordinator.port, log_file=None)
+    agent = make_agent(federation, coordinator.port, log_file=None, crypto_workers=str(workers))
+    assert agent.config.crypto_workers == workers
     with running(agent):
         wait_for(lambda: fake.stored and fake.declines, what="a partial and a refusal")
+    assert agent.node.scheme.pool is None  # the workers stop with the agent
     ((key, payload),) = fake.stored.items()
     assert key == ("job-9", 3, "district-01", fpb.PAYLOAD_KIND_PARTIAL)
     mine = scheme.open_partial(payload, aggregate)  # the proof verifies
@@ -541,6 +545,14 @@ def test_config_defaults_and_paths(federation):
         ({"token_file": '"missing-token"'}, "key 'token_file' names .*does not exist"),
         ({"share_file": '"data"'}, "key 'share_file' names .*is not a regular file"),
         ({"log_file": "3"}, "key 'log_file' must be a non-empty string"),
+        ({"crypto_workers": "0"}, r"'crypto_workers' must be an integer in \[1, 64\], got 0"),
+        ({"crypto_workers": "65"}, r"'crypto_workers' must be an integer in \[1, 64\]"),
+        ({"crypto_workers": '"2"'}, r"'crypto_workers' must be an integer in \[1, 64\]"),
+        ({"crypto_workers": "true"}, r"'crypto_workers' must be an integer in \[1, 64\]"),
+        (
+            {"key_file": '"fed/agencies/district-01/share.json"'},
+            "give key_file or share_file",
+        ),
         ({"agnecy": '"x"'}, r"unknown key\(s\) \['agnecy'\]"),
         ({"_policy": 'allowed_kinds = ["evil.kind"]'}, r"unvetted kind\(s\) \['evil.kind'\]"),
         ({"_policy": 'allowed_kinds = "stats.counts"'}, "'allowed_kinds' must be a list"),
