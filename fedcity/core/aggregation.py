@@ -96,8 +96,12 @@ class AggregationScheme(ABC):
         """Parse an aggregate (agency side before partial decryption, or after a restart)."""
 
     @abstractmethod
-    def open_partial(self, payload: bytes, aggregate: Any) -> Any:
-        """Parse and verify a partial decryption; raise :class:`RejectedContribution`."""
+    def open_partial(self, payload: bytes, aggregate: Any, *, verify: bool = True) -> Any:
+        """Parse and verify a partial decryption; raise :class:`RejectedContribution`.
+
+        ``verify=False`` parses only: for partials this party verified before it stored them
+        (a coordinator replaying its own event log).
+        """
 
     @abstractmethod
     def release(self, aggregate: Any, partials: Sequence[Any]) -> npt.NDArray[np.float64]:
@@ -196,13 +200,15 @@ class PaillierScheme(_PackedPaillier):
         pd = partial_decrypt(share, aggregate, pool=self.pool)
         return serde.partial_decryption_to_bytes(pd, self.public_key)
 
-    def open_partial(self, payload: bytes, aggregate: EncryptedVector) -> PartialDecryption:
+    def open_partial(
+        self, payload: bytes, aggregate: EncryptedVector, *, verify: bool = True
+    ) -> PartialDecryption:
         """Parse a partial decryption and verify its proof now, naming a bad share."""
         try:
             pd = serde.partial_decryption_from_bytes(payload, self.public_key)
         except CryptoError as exc:
             raise RejectedContribution(f"invalid partial decryption: {exc}") from exc
-        if not verify_partial_decryption(self.threshold_key, aggregate, pd):
+        if verify and not verify_partial_decryption(self.threshold_key, aggregate, pd):
             raise RejectedContribution(
                 f"partial decryption from share {pd.share_index} failed its proof"
             )
@@ -279,13 +285,15 @@ class KeyHolderScheme(_PackedPaillier):
         dec = keyholder_decrypt(share, aggregate, pool=self.pool)
         return serde.keyholder_decryption_to_bytes(dec, self.public_key)
 
-    def open_partial(self, payload: bytes, aggregate: Blinding) -> KeyHolderDecryption:
+    def open_partial(
+        self, payload: bytes, aggregate: Blinding, *, verify: bool = True
+    ) -> KeyHolderDecryption:
         """Parse the key holder's decryption and check it against the blinded aggregate."""
         try:
             dec = serde.keyholder_decryption_from_bytes(payload, self.public_key)
         except CryptoError as exc:
             raise RejectedContribution(f"invalid key-holder decryption: {exc}") from exc
-        if not verify_keyholder_decryption(self.public_key, aggregate.blinded, dec):
+        if verify and not verify_keyholder_decryption(self.public_key, aggregate.blinded, dec):
             raise RejectedContribution(
                 "the key holder's decryption does not match the blinded aggregate"
             )
@@ -345,7 +353,7 @@ class PlaintextScheme(AggregationScheme):
         """Nothing to decrypt."""
         return b""
 
-    def open_partial(self, payload: bytes, aggregate: Any) -> None:
+    def open_partial(self, payload: bytes, aggregate: Any, *, verify: bool = True) -> None:
         """Nothing to verify."""
         return None
 

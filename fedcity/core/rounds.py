@@ -164,15 +164,19 @@ class AggregationRound:
         return self.aggregate_bytes
 
     # -- decrypting --------------------------------------------------------------------------
-    def submit_partial(self, agency: str, payload: bytes) -> bool:
-        """Accept a verified partial decryption; returns False for an identical repeat."""
+    def submit_partial(self, agency: str, payload: bytes, *, verify: bool = True) -> bool:
+        """Accept a verified partial decryption; returns False for an identical repeat.
+
+        ``verify=False`` skips the proof check, for a partial this round's owner verified
+        before storing it (a coordinator replaying its own event log after a restart).
+        """
         if self.phase is not RoundPhase.DECRYPTING:
             raise ProtocolError(f"round is {self.phase.value}, not collecting partial decryptions")
         if agency in self.partials:
             if self.partials[agency] == payload:
                 return False
             raise RejectedContribution(f"agency {agency!r} already sent a partial decryption")
-        verified = self.scheme.open_partial(payload, self.aggregate)
+        verified = self.scheme.open_partial(payload, self.aggregate, verify=verify)
         expected = self.share_index_of.get(agency)
         index = getattr(verified, "share_index", None)
         if expected is not None and index is not None and index != expected:

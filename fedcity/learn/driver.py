@@ -190,11 +190,15 @@ class JobDriver:
             self._release(rnd)
         return aggregate
 
-    def submit_partial(self, agency: str, payload: bytes) -> bool:
-        """A partial decryption of the open round's aggregate; releases when ``t`` arrived."""
+    def submit_partial(self, agency: str, payload: bytes, *, verify: bool = True) -> bool:
+        """A partial decryption of the open round's aggregate; releases when ``t`` arrived.
+
+        ``verify=False`` only when replaying partials that were verified before they were
+        stored (see :meth:`AggregationRound.submit_partial`).
+        """
         rnd = self._open_round()
         with self._timed("verification"):
-            stored = rnd.submit_partial(agency, payload)
+            stored = rnd.submit_partial(agency, payload, verify=verify)
         if rnd.ready:
             self._release(rnd)
         return stored

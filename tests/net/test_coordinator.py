@@ -1098,3 +1098,44 @@ def test_key_holder_federation_over_the_network(kh_files, kh_key, data, local_re
     )
     history = json.loads(result.result_json)["history"]
     assert all(h["decryptors"] == [HOLDER] for h in history)
+
+
+def test_replay_does_not_verify_stored_partials_again(
+    files, key, data, local_result, servers, monkeypatch
+):
+    """Partials were verified before they were stored; a restart replays them unverified."""
+    import fedcity.core.aggregation as aggregation
+
+    _, _, tables = data
+    agents = [Agent(n, t, key) for n, t in zip(AGENCIES, tables, strict=True)]
+    first = start(files)
+    servers.append(first)
+    for a in agents:
+        a.connect(first.port).register()
+    job_id = submit(first.port).job_id
+    drive(agents, lambda: runtime(first, job_id).rounds_done >= 4)
+    first.stop(grace=0)
+    stored = sum(1 for row in snapshot(files["db"])[0] if row[2] == "partial")
+    assert stored >= 8
+
+    calls = []
+    real = aggregation.verify_partial_decryption
+    monkeypatch.setattr(
+        aggregation,
+        "verify_partial_decryption",
+        lambda *a, **k: calls.append(1) or real(*a, **k),
+    )
+    second = start(files)
+    servers.append(second)
+    assert runtime(second, job_id).rounds_done >= 4
+    assert calls == []  # nothing verified while replaying
+    for a in agents:
+        a.connect(second.port)
+    drive(agents, lambda: job_state(second.port, job_id) == fpb.JOB_STATE_SUCCEEDED)
+    assert calls  # live partials are still verified
+    result = scientist(second.port).GetResult(
+        fpb.JobRef(job_id=job_id), metadata=auth("analyst"), timeout=10
+    )
+    np.testing.assert_allclose(
+        betas(result.result_json), local_result.model_params_["beta"], rtol=0, atol=1e-8
+    )
