@@ -18,6 +18,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 IDLE_BELOW = 0.25  # cores used by other processes below which the machine counts as quiet
 
 Snapshot = tuple[float, float, float]
@@ -152,3 +155,25 @@ def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out.append("|" + "|".join(["---"] + ["--:"] * (len(headers) - 1)) + "|")
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def wide_frames(n_agencies: int, rows: int, d: int, seed: int = 0) -> list[pd.DataFrame]:
+    """The cost data of the learning and network benchmarks.
+
+    ``n_agencies`` tables of ``rows`` rows with ``d`` correlated numeric features
+    ``x00, x01, ...`` and a 0/1 label ``y`` from one logistic model; each agency shifts the
+    feature means (non-IID).
+    """
+    rng = np.random.default_rng(seed)
+    cols = [f"x{j:02d}" for j in range(d)]
+    beta = rng.normal(0.0, 0.3, d)
+    out = []
+    for _ in range(n_agencies):
+        shift = rng.normal(0.0, 0.5, d)
+        shared = rng.standard_normal((rows, 1))
+        x = shift + 0.5 * shared + rng.standard_normal((rows, d))
+        p = 1.0 / (1.0 + np.exp(-(x @ beta - 0.5)))
+        frame = pd.DataFrame(x, columns=cols)
+        frame["y"] = (rng.random(rows) < p).astype(np.float64)
+        out.append(frame)
+    return out

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sklearn
-from _common import CpuMonitor, describe_machine, markdown
+from _common import CpuMonitor, describe_machine, markdown, wide_frames
 from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
 from sklearn.metrics import (
     accuracy_score,
@@ -724,24 +724,12 @@ def run_fidelity(report: Report, args: argparse.Namespace) -> None:
 
 # -- cost per round --------------------------------------------------------------------------
 def wide_agencies(n_agencies: int, rows: int, d: int, seed: int = 0) -> list[AgencyDataset]:
-    """``n_agencies`` tables of ``rows`` rows, ``d`` correlated numeric features, a 0/1 label.
-
-    Each agency shifts the feature means (non-IID); the label follows one logistic model.
-    """
-    rng = np.random.default_rng(seed)
-    cols = [f"x{j:02d}" for j in range(d)]
-    spec = FeatureSpec(numeric=tuple(cols), categorical={}, label="y")
-    beta = rng.normal(0.0, 0.3, d)
-    out = []
-    for i in range(n_agencies):
-        shift = rng.normal(0.0, 0.5, d)
-        shared = rng.standard_normal((rows, 1))
-        x = shift + 0.5 * shared + rng.standard_normal((rows, d))
-        p = 1.0 / (1.0 + np.exp(-(x @ beta - 0.5)))
-        frame = pd.DataFrame(x, columns=cols)
-        frame["y"] = (rng.random(rows) < p).astype(np.float64)
-        out.append(AgencyDataset.from_frame(frame, spec, agency=f"agency-{i + 1:02d}"))
-    return out
+    """:func:`_common.wide_frames` as validated agency tables ``agency-01``, ``agency-02``, ..."""
+    spec = FeatureSpec(numeric=tuple(f"x{j:02d}" for j in range(d)), categorical={}, label="y")
+    return [
+        AgencyDataset.from_frame(frame, spec, agency=f"agency-{i + 1:02d}")
+        for i, frame in enumerate(wide_frames(n_agencies, rows, d, seed))
+    ]
 
 
 @dataclass

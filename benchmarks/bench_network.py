@@ -69,8 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from _common import CpuMonitor, cpu_model, markdown
+from _common import CpuMonitor, cpu_model, markdown, wide_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENCIES, THRESHOLD, FEATURES = 10, 3, 49
@@ -85,24 +84,6 @@ STAGES = (
     "combination",
 )
 FLWR_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-
-
-# -- data ------------------------------------------------------------------------------------------
-def wide_frames(n_agencies: int, rows: int, d: int, seed: int = 0) -> list[pd.DataFrame]:
-    """``bench_learning.py``'s cost data: correlated features, shifted means, logistic label."""
-    rng = np.random.default_rng(seed)
-    cols = [f"x{j:02d}" for j in range(d)]
-    beta = rng.normal(0.0, 0.3, d)
-    out = []
-    for _ in range(n_agencies):
-        shift = rng.normal(0.0, 0.5, d)
-        shared = rng.standard_normal((rows, 1))
-        x = shift + 0.5 * shared + rng.standard_normal((rows, d))
-        p = 1.0 / (1.0 + np.exp(-(x @ beta - 0.5)))
-        frame = pd.DataFrame(x, columns=cols)
-        frame["y"] = (rng.random(rows) < p).astype(np.float64)
-        out.append(frame)
-    return out
 
 
 def mlp_params(hidden: int, d: int = FEATURES) -> int:
