@@ -517,13 +517,18 @@ def write_json_file(path: str | os.PathLike[str], data: dict[str, Any], *, secre
     return target
 
 
-def read_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a key file's JSON object, with clear errors for missing or corrupt files."""
+def read_json_file(path: str | os.PathLike[str], *, what: str = "key file") -> dict[str, Any]:
+    """Read a JSON object file, with clear errors (naming ``what``) for missing or corrupt files.
+
+    Raises
+    ------
+    KeyFileError
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise KeyFileError(f"cannot read key file {p}: {exc.strerror or exc}") from exc
+        raise KeyFileError(f"cannot read {what} {p}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise KeyFileError(f"{p} is not UTF-8 text: {exc.reason}") from exc
     try:

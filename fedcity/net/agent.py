@@ -57,7 +57,7 @@ import threading
 import time
 import tomllib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +76,7 @@ from fedcity.core.aggregation import (
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.tasks import LOCAL_STEPS, Task
-from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, WorkerPool, load_key
+from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, WorkerPool
 from fedcity.crypto.keys import read_json_file
 from fedcity.data.dataset import AgencyDataset, DataError, FeatureSpec
 from fedcity.net.ceremony import CeremonyError, read_token
@@ -151,14 +151,21 @@ class ConfigError(ValueError):
     """An invalid agent configuration file; the message names the file and the key."""
 
 
+_AGENCY_KEY_FORMATS: dict[str, Callable[[dict[str, Any]], KeyShare | PrivateKey | PublicKey]] = {
+    "fedcity.paillier.key-share": KeyShare.from_json_dict,
+    "fedcity.paillier.private-key": PrivateKey.from_json_dict,
+    "fedcity.paillier.public-key": PublicKey.from_json_dict,
+}
+"""Key files an agent loads: a threshold share, or the key holder's private or public key."""
+
+
 def _load_agency_key(path: Path) -> KeyShare | PrivateKey | PublicKey:
-    """An agency's key file: a threshold share, or the key holder's private or public key."""
+    """Read an agency's key file once and build the key its ``format`` names."""
     try:
-        kind = read_json_file(path).get("format")
-        if kind == "fedcity.paillier.key-share":
-            return KeyShare.load(path)
-        if kind in ("fedcity.paillier.private-key", "fedcity.paillier.public-key"):
-            return load_key(path)
+        data = read_json_file(path)
+        kind = data.get("format")
+        if kind in _AGENCY_KEY_FORMATS:
+            return _AGENCY_KEY_FORMATS[kind](data)
     except CryptoError as exc:
         raise AgentError(f"key file {path}: {exc}") from exc
     found = "has no 'format' field" if kind is None else f"has format {kind!r}"

@@ -50,12 +50,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedcity.core.aggregation import AggregationScheme, KeyHolderScheme, PaillierScheme
 from fedcity.crypto import (
     CryptoError,
+    KeyFileError,
     PublicKey,
     ThresholdPublicKey,
     deal_threshold_key,
     generate_keypair,
     save_key,
 )
+from fedcity.crypto.keys import read_json_file
 
 __all__ = [
     "FEDERATION_FORMAT",
@@ -579,17 +581,9 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CeremonyError(f"cannot read federation file {p}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise CeremonyError(f"federation file {p} is not UTF-8 text") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CeremonyError(f"{p} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
-    if not isinstance(data, dict):
-        raise CeremonyError(f"{p} must hold a JSON object")
+        data = read_json_file(p, what="federation file")
+    except KeyFileError as exc:
+        raise CeremonyError(str(exc)) from exc
     if data.get("format") != FEDERATION_FORMAT:
         raise CeremonyError(
             f"{p}: format is {data.get('format')!r}, expected {FEDERATION_FORMAT!r}"
