@@ -32,7 +32,7 @@ import numpy.typing as npt
 import pandas as pd
 from pandas.tseries.holiday import USFederalHolidayCalendar
 
-from fedcity.data.dataset import AgencyDataset, FeatureSpec, FederatedData
+from fedcity.data.dataset import AgencyDataset, FeatureSpec, FederatedData, TaskKind
 
 __all__ = [
     "CHICAGO_DEPARTMENTS",
@@ -370,6 +370,32 @@ def _holdout(frame: pd.DataFrame, key: str, every: int) -> tuple[pd.DataFrame, p
     return frame[~is_test], frame[is_test].reset_index(drop=True)
 
 
+def _hetero_by_sites(
+    root: str | PathLike[str] | None,
+    stem: str,
+    key: str,
+    label: str,
+    sort_by: str,
+    task: TaskKind,
+    n_agencies: int,
+    test_every: int,
+) -> FederatedData:
+    """A joined FATE hetero pair, split by ``sort_by`` into ``site-1`` .. ``site-n``.
+
+    Every column but ``key`` and ``label`` is numeric; every ``test_every``-th ``key`` is held
+    out; the rest is sorted by ``sort_by`` and cut into contiguous blocks.
+    """
+    joined = _join_hetero(root, stem, key)
+    spec = FeatureSpec(
+        numeric=tuple(c for c in joined.columns if c not in (key, label)),
+        categorical={},
+        label=label,
+    )
+    train, test = _holdout(joined, key, test_every)
+    agencies = _split_sorted(train, sort_by, key, n_agencies, "site", spec)
+    return FederatedData(name=f"fate_{stem}", task=task, spec=spec, agencies=agencies, test=test)
+
+
 def load_fate_motor(
     root: str | PathLike[str] | None = None, *, n_agencies: int = 3, test_every: int = 5
 ) -> FederatedData:
@@ -407,16 +433,8 @@ def load_fate_motor(
     DataUnavailable
         If a file is absent.
     """
-    joined = _join_hetero(root, "motor", "idx")
-    spec = FeatureSpec(
-        numeric=tuple(c for c in joined.columns if c not in ("idx", "motor_speed")),
-        categorical={},
-        label="motor_speed",
-    )
-    train, test = _holdout(joined, "idx", test_every)
-    agencies = _split_sorted(train, "ambient", "idx", n_agencies, "site", spec)
-    return FederatedData(
-        name="fate_motor", task="regression", spec=spec, agencies=agencies, test=test
+    return _hetero_by_sites(
+        root, "motor", "idx", "motor_speed", "ambient", "regression", n_agencies, test_every
     )
 
 
@@ -451,16 +469,8 @@ def load_fate_dvisits(
     DataUnavailable
         If a file is absent.
     """
-    joined = _join_hetero(root, "dvisits", "id")
-    spec = FeatureSpec(
-        numeric=tuple(c for c in joined.columns if c not in ("id", "doctorco")),
-        categorical={},
-        label="doctorco",
-    )
-    train, test = _holdout(joined, "id", test_every)
-    agencies = _split_sorted(train, "age", "id", n_agencies, "site", spec)
-    return FederatedData(
-        name="fate_dvisits", task="poisson", spec=spec, agencies=agencies, test=test
+    return _hetero_by_sites(
+        root, "dvisits", "id", "doctorco", "age", "poisson", n_agencies, test_every
     )
 
 
