@@ -37,10 +37,10 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -74,6 +74,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 FEDERATION_FORMAT = "fedcity.federation"
 """``format`` field of ``federation-public.json``."""
@@ -601,13 +602,7 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
         raise CeremonyError(
             f"{p}: decryption must be {THRESHOLD!r} or {KEY_HOLDER!r}, got {mode!r}"
         )
-    tpk_data = data.get("threshold_public_key")
-    if not isinstance(tpk_data, dict):
-        raise CeremonyError(f"{p}: threshold_public_key must be a JSON object")
-    try:
-        tpk = ThresholdPublicKey.from_json_dict(tpk_data)
-    except (CryptoError, ValueError) as exc:
-        raise CeremonyError(f"{p}: invalid threshold_public_key: {exc}") from exc
+    tpk = _key_field(p, data, "threshold_public_key", ThresholdPublicKey.from_json_dict)
     agencies = _agency_indices(p, data)
     seen: dict[int, str] = {}
     for name, index in agencies.items():
@@ -624,6 +619,19 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
     return Federation(tpk.public_key, agencies, threshold_key=tpk)
 
 
+def _key_field(
+    p: Path, data: Mapping[str, Any], field: str, parse: Callable[[dict[str, Any]], K]
+) -> K:
+    """Parse the key stored under ``field``, naming the file and field on failure."""
+    value = data.get(field)
+    if not isinstance(value, dict):
+        raise CeremonyError(f"{p}: {field} must be a JSON object")
+    try:
+        return parse(value)
+    except (CryptoError, ValueError) as exc:
+        raise CeremonyError(f"{p}: invalid {field}: {exc}") from exc
+
+
 def _agency_indices(p: Path, data: Mapping[str, Any]) -> dict[str, int]:
     agencies = data.get("agencies")
     if not isinstance(agencies, dict) or not agencies:
@@ -637,13 +645,7 @@ def _agency_indices(p: Path, data: Mapping[str, Any]) -> dict[str, int]:
 
 
 def _load_key_holder_federation(p: Path, data: Mapping[str, Any]) -> Federation:
-    pk_data = data.get("public_key")
-    if not isinstance(pk_data, dict):
-        raise CeremonyError(f"{p}: public_key must be a JSON object")
-    try:
-        pk = PublicKey.from_json_dict(pk_data)
-    except (CryptoError, ValueError) as exc:
-        raise CeremonyError(f"{p}: invalid public_key: {exc}") from exc
+    pk = _key_field(p, data, "public_key", PublicKey.from_json_dict)
     agencies = _agency_indices(p, data)
     holder = data.get("key_holder")
     if not isinstance(holder, str) or holder not in agencies:
