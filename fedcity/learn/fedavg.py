@@ -661,6 +661,34 @@ def _expected_shapes(
     return [(n_features,), (1,)]
 
 
+def _checked_description(
+    desc: Mapping[str, Any], n_features: int, who: str
+) -> tuple[str, dict[str, Any], tuple[float | int, ...] | None, list[tuple[int, ...]], FloatArray]:
+    """Validate a model description: class, hyperparameters, classes, shapes, coefficients.
+
+    The shapes must be the ones the hyperparameters give for ``n_features`` features, checked
+    before anything is built (a forged layer size could exhaust memory). ``who`` prefixes the
+    shape error (the agency, at an agency).
+    """
+    name = desc.get("estimator")
+    _estimator_class(name)
+    assert isinstance(name, str)
+    hyper = _check_hyperparameters(name, desc.get("hyperparameters"))
+    classes = _check_classes(name, desc.get("classes"))
+    if name in _CLASSIFIERS and classes is None:
+        raise ValueError(f"a {name} model must carry the job's classes")
+    shapes = _check_shapes(desc.get("shapes"))
+    theta = _coefs(desc, shapes)
+    n_classes = 0 if classes is None else len(classes)
+    expected = _expected_shapes(name, hyper, n_features, n_classes)
+    if expected != shapes:
+        raise ValueError(
+            f"{who}{name} with these hyperparameters has parameter shapes {expected}, "
+            f"the model carries {shapes}"
+        )
+    return name, hyper, classes, shapes, theta
+
+
 def _installed_model(
     params: Mapping[str, Any], data: AgencyDataset, n_features: int, random_state: int
 ) -> tuple[Any, str, FloatArray, list[tuple[int, ...]]]:
@@ -668,23 +696,9 @@ def _installed_model(
 
     Returns the estimator, its class name, the flat parameters and their shapes.
     """
-    name = params.get("estimator")
-    _estimator_class(name)
-    assert isinstance(name, str)
-    hyper = _check_hyperparameters(name, params.get("hyperparameters"))
-    classes = _check_classes(name, params.get("classes"))
-    if name in _CLASSIFIERS and classes is None:
-        raise ValueError(f"a {name} model must carry the job's classes")
-    shapes = _check_shapes(params.get("shapes"))
-    theta = _coefs(params, shapes)
-    n_classes = 0 if classes is None else len(classes)
-    expected = _expected_shapes(name, hyper, n_features, n_classes)
-    if expected != shapes:
-        # refused before anything is built: a forged layer size could exhaust memory
-        raise ValueError(
-            f"agency {data.agency!r}: {name} with these hyperparameters has parameter shapes "
-            f"{expected}, the model carries {shapes}"
-        )
+    name, hyper, classes, shapes, theta = _checked_description(
+        params, n_features, f"agency {data.agency!r}: "
+    )
     est = _make_estimator(name, hyper, random_state=random_state, verbose=False)
     labels = None if classes is None else np.asarray(classes, dtype=np.float64)
     _initialise(est, name, n_features, labels)
@@ -1141,19 +1155,8 @@ def estimator_from_model_params(model: Mapping[str, Any]) -> Any:
     """
     if model.get("type") != "fedavg":
         raise ValueError(f"not a FedAvg model description (type {model.get('type')!r})")
-    name = model.get("estimator")
-    _estimator_class(name)
-    assert isinstance(name, str)
-    hyper = _check_hyperparameters(name, model.get("hyperparameters"))
-    classes = _check_classes(name, model.get("classes"))
-    if name in _CLASSIFIERS and classes is None:
-        raise ValueError(f"a {name} model must carry its classes")
-    shapes = _check_shapes(model.get("shapes"))
     pre = Preprocessing.from_params(model["preprocessing"])
-    expected = _expected_shapes(name, hyper, pre.n_features, 0 if classes is None else len(classes))
-    if expected != shapes:
-        raise ValueError(f"{name} with these hyperparameters has shapes {expected}, not {shapes}")
-    theta = _coefs(model, shapes)
+    name, hyper, classes, shapes, theta = _checked_description(model, pre.n_features, "")
     labels: Any = None
     if classes is not None:
         integral = all(float(c).is_integer() for c in classes)
