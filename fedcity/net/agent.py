@@ -68,7 +68,6 @@ import grpc
 
 import fedcity
 from fedcity.core.aggregation import (
-    AggregationScheme,
     DecryptionKey,
     KeyHolderScheme,
     PaillierScheme,
@@ -549,7 +548,7 @@ class Agent:
         except CeremonyError as exc:
             raise AgentError(str(exc)) from exc
         key = _load_agency_key(config.share_file)
-        scheme: AggregationScheme
+        scheme: PaillierScheme | KeyHolderScheme
         if isinstance(key, KeyShare):
             self.share: DecryptionKey | None = key
             self.key_id = key.threshold_key.key_id
@@ -560,6 +559,7 @@ class Agent:
         else:
             self.share, self.key_id = None, key.key_id
             scheme = KeyHolderScheme(key)
+        self._scheme = scheme
         tables: dict[str, AgencyDataset] = {}
         for name, dc in config.datasets.items():
             try:
@@ -634,7 +634,7 @@ class Agent:
             pool = None
             if self.config.crypto_workers > 1:
                 pool = WorkerPool(self.config.crypto_workers)
-                self.node.scheme.pool = pool  # type: ignore[attr-defined]
+                self._scheme.pool = pool
             self._running.set()
             beat = threading.Thread(
                 target=self._heartbeats, name=f"heartbeat-{self.config.agency}", daemon=True
@@ -649,7 +649,7 @@ class Agent:
                 beat.join(timeout=5)
                 channel.close()
                 if pool is not None:
-                    self.node.scheme.pool = None  # type: ignore[attr-defined]
+                    self._scheme.pool = None
                     pool.close()
                 log.info("agent %s stopped", self.config.agency)
 

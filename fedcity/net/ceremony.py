@@ -51,6 +51,8 @@ from fedcity.core.aggregation import AggregationScheme, KeyHolderScheme, Paillie
 from fedcity.crypto import (
     CryptoError,
     KeyFileError,
+    KeyShare,
+    PrivateKey,
     PublicKey,
     ThresholdPublicKey,
     deal_threshold_key,
@@ -463,6 +465,9 @@ def deal_federation(
         key_id = tpk.key_id
         public["threshold_public_key"] = tpk.to_json_dict()
         public["agencies"] = {a: s.index for a, s in zip(agencies, shares, strict=True)}
+        keys: dict[str, KeyShare | PrivateKey | PublicKey] = dict(
+            zip(agencies, shares, strict=True)
+        )
     else:
         pk, sk = generate_keypair(key_bits)
         key_id = pk.key_id
@@ -470,6 +475,7 @@ def deal_federation(
         public["public_key"] = pk.to_json_dict()
         public["key_holder"] = key_holder
         public["agencies"] = {a: int(a == key_holder) for a in agencies}
+        keys = {a: sk if a == key_holder else pk for a in agencies}
     ca_pem, cert_pem, key_pem = _make_tls(hosts, key_id.hex()[:16])
     tokens = {name: secrets.token_urlsafe(32) for name in principals}
 
@@ -482,13 +488,12 @@ def deal_federation(
 
     _write_new(files.public, _json_bytes(public), secret=False)
     for a in agencies:
+        key = keys[a]
         try:
-            if key_holder is None:
-                shares[agencies.index(a)].save(files.shares[a])
-            elif a == key_holder:
-                save_key(sk, files.shares[a])
+            if isinstance(key, KeyShare):
+                key.save(files.key_file(a))
             else:
-                save_key(pk, files.public_keys[a])
+                save_key(key, files.key_file(a))
         except CryptoError as exc:
             raise CeremonyError(str(exc)) from exc
         _write_new(files.agency_tokens[a], (tokens[a] + "\n").encode(), secret=True)
@@ -507,11 +512,7 @@ def deal_federation(
     _write_new(files.ca_cert, ca_pem, secret=False)
     _write_new(files.server_cert, cert_pem, secret=False)
     _write_new(files.server_key, key_pem, secret=True)
-    del tokens
-    if key_holder is None:
-        del shares
-    else:
-        del sk
+    del tokens, keys
     return files
 
 
