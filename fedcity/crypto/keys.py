@@ -7,7 +7,9 @@ the DJN base ``h_s = (-x^2)^n mod n^2``. Encryption of ``m`` is
 
 computed with a fixed-base window table (:mod:`fedcity.crypto.fixedbase`), built once per key
 and process. Every such ciphertext is an ordinary Paillier ciphertext: phe's private key
-decrypts it, and fedcity's :class:`PrivateKey` decrypts phe's.
+decrypts it, and fedcity's :class:`PrivateKey` decrypts phe's. The ``raw_`` methods that phe
+has too (``raw_encrypt``, ``raw_decrypt``) and ``raw_add`` take ``int`` or ``mpz`` and return
+plain Python ``int``, which phe insists on; fedcity computes with gmpy2 ``mpz`` inside.
 
 The exponent length defaults to ``n_length // 2`` bits (1024 for a 2048-bit key), as in the
 DJN paper, Intel IPCL and SecretFlow HEU. Shorter exponents are refused on ordinary keys; they
@@ -209,21 +211,28 @@ class PublicKey:
             )
         return self._table
 
-    def raw_encrypt(self, plaintext: int | mpz) -> mpz:
+    def raw_encrypt(self, plaintext: int | mpz) -> int:
         """Encrypt an integer ``0 <= plaintext < n``; returns the bare ciphertext.
 
         This is the low-level integer path: no encoding, no overflow protection, no record
         of how many ciphertexts were summed. Use :func:`fedcity.crypto.encrypt_vector`
         for real data.
+
+        The ciphertext is a Python ``int``, so python-paillier accepts it as is
+        (``phe.PaillierPrivateKey.raw_decrypt`` refuses anything else).
         """
+        return int(self._raw_encrypt(plaintext))
+
+    def _raw_encrypt(self, plaintext: int | mpz) -> mpz:
+        """:meth:`raw_encrypt` as ``mpz``, for fedcity's own vectors (no conversion)."""
         m = mpz(plaintext)
         if not 0 <= m < self.n:
             raise ValueError("plaintext must lie in [0, n)")
         return (1 + self.n * m) * self.table.pow_random() % self.nsquare
 
-    def raw_add(self, c1: mpz, c2: mpz) -> mpz:
-        """Homomorphic addition of two bare ciphertexts (no validation)."""
-        return c1 * c2 % self.nsquare
+    def raw_add(self, c1: int | mpz, c2: int | mpz) -> int:
+        """Homomorphic addition of two bare ciphertexts (no validation); a Python ``int``."""
+        return int(mpz(c1) * mpz(c2) % self.nsquare)
 
     def check_ciphertext(self, c: int | mpz, *, position: int | None = None) -> mpz:
         """Return ``c`` as mpz if it is an element of ``Z*_{n^2}``, else raise.
@@ -331,12 +340,17 @@ class PrivateKey:
     def __repr__(self) -> str:
         return f"<PrivateKey {self.public_key.key_id.hex()} n_length={self.public_key.n_length}>"
 
-    def raw_decrypt(self, ciphertext: int | mpz) -> mpz:
+    def raw_decrypt(self, ciphertext: int | mpz) -> int:
         """Decrypt a bare ciphertext to an integer in ``[0, n)``.
 
         The low-level integer path, without decoding or range checks; use
-        :func:`fedcity.crypto.decrypt_vector` for vectors.
+        :func:`fedcity.crypto.decrypt_vector` for vectors. The plaintext is a Python
+        ``int``, so it can go straight into ``phe.PaillierPublicKey.raw_encrypt``.
         """
+        return int(self._raw_decrypt(ciphertext))
+
+    def _raw_decrypt(self, ciphertext: int | mpz) -> mpz:
+        """:meth:`raw_decrypt` as ``mpz``."""
         c = self.public_key.check_ciphertext(ciphertext)
         p, q = self._p, self._q
         mp = (gmpy2.powmod(c, p - 1, self._psq) - 1) // p * self._hp % p
@@ -350,7 +364,7 @@ class PrivateKey:
         Together with ``m`` it lets anyone re-encrypt and so check the decryption (see
         :func:`fedcity.crypto.verify_keyholder_decryption`). Low-level: no decoding.
         """
-        m = self.raw_decrypt(ciphertext)
+        m = self._raw_decrypt(ciphertext)
         c = mpz(ciphertext)
         p, q = self._p, self._q
         rp = gmpy2.powmod(c % p, self._n_inv_p1, p)  # c ≡ ρⁿ (mod p)

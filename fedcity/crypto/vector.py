@@ -209,7 +209,7 @@ def encrypt_vector(
     if pool is not None:
         cts = pool.raw_encrypt_many(public_key, plaintexts)
     else:
-        cts = [public_key.raw_encrypt(m) for m in plaintexts]
+        cts = [public_key._raw_encrypt(m) for m in plaintexts]
     return EncryptedVector(public_key, spec, len(q), 1, cts, validate=False)
 
 

@@ -299,6 +299,28 @@ def test_mixed_homomorphic_sum(keypair: KeyPair) -> None:
     assert sk.to_phe().raw_decrypt(int(c)) == 1234
 
 
+def test_raw_methods_hand_phe_plain_ints(keypair: KeyPair) -> None:
+    # phe's raw_encrypt / raw_decrypt check isinstance(x, int), which gmpy2's mpz fails
+    pk, sk = keypair
+    phe_sk = sk.to_phe()
+    phe_pk = phe_sk.public_key
+    c = pk.raw_encrypt(31337)
+    assert type(c) is int
+    assert phe_sk.raw_decrypt(c) == 31337
+    total = pk.raw_add(c, phe_pk.raw_encrypt(663))
+    assert type(total) is int
+    assert phe_sk.raw_decrypt(total) == 32000
+    assert type(pk.raw_add(mpz(c), mpz(c))) is int
+    # a plaintext fedcity decrypted goes straight back into phe's encryption
+    m = sk.raw_decrypt(phe_pk.raw_encrypt(2**300 + 5))
+    assert type(m) is int
+    assert phe_sk.raw_decrypt(phe_pk.raw_encrypt(m)) == 2**300 + 5
+    # and through phe's EncryptedNumber arithmetic
+    enc = phe.EncryptedNumber(phe_pk, pk.raw_encrypt(40), 0) + 2
+    assert phe_sk.decrypt(enc) == 42
+    assert sk.raw_decrypt(enc.ciphertext()) == 42
+
+
 def test_phe_round_trip_of_keys(keypair: KeyPair) -> None:
     pk, sk = keypair
     back = PrivateKey.from_phe(sk.to_phe())
