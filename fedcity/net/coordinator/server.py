@@ -1,0 +1,280 @@
+"""The running coordinator process: gRPC server, ticker thread, metrics, and its CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from fedcity.net import messages
+from fedcity.net.auth import (
+    Authenticator,
+    AuthError,
+    AuthInterceptor,
+    check_listen_address,
+    load_credentials,
+    server_credentials,
+)
+from fedcity.net.ceremony import CeremonyError, load_federation
+from fedcity.net.coordinator.config import (
+    AGENT_SERVICE,
+    JOB_SERVICE,
+    CoordinatorConfig,
+    CoordinatorMetrics,
+)
+from fedcity.net.coordinator.core import Coordinator
+from fedcity.net.coordinator.servicers import DecodeInterceptor, _Servicers
+from fedcity.net.store import Store, StoreError
+from fedcity.v1 import federation_pb2_grpc as fpb_grpc
+
+__all__ = ["CoordinatorServer", "main", "serve"]
+
+log = logging.getLogger("fedcity.net.coordinator")
+
+
+class CoordinatorServer:
+    """A running coordinator: gRPC server, ticker thread, metrics endpoint, store.
+
+    Build it with :func:`serve`. Attributes: ``port`` (the bound port), ``metrics_port``
+    (the bound metrics port, 0 if off), ``coordinator`` (the :class:`Coordinator`),
+    ``store`` and ``metrics``.
+    """
+
+    def __init__(
+        self, config: CoordinatorConfig, *, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.config = config
+        host, port = check_listen_address(config.listen, insecure=config.insecure)
+        if config.insecure and (config.tls_cert or config.tls_key):
+            raise AuthError("give either --insecure or --tls-cert/--tls-key, not both")
+        credentials = None
+        if not config.insecure:
+            if not (config.tls_cert and config.tls_key):
+                raise AuthError(
+                    "TLS is required: give --tls-cert and --tls-key (or --insecure on a "
+                    "loopback address for local tests)"
+                )
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        self.federation = load_federation(config.federation)
+        self.auth = Authenticator(load_credentials(config.credentials))
+        for p in self.auth.principals:
+            if p.role == "agency" and p.name not in self.federation.agencies:
+                log.warning("credentials name agency %r, which holds no key share", p.name)
+        self.metrics = CoordinatorMetrics()
+        self.store = Store(config.db)
+        try:
+            self.coordinator = Coordinator(
+                self.federation, self.store, config, self.metrics, clock=clock
+            )
+            self.coordinator.recover()
+            self.health = health.HealthServicer()
+            interceptors = [  # authentication first: strangers learn nothing about requests
+                AuthInterceptor(self.auth, {AGENT_SERVICE: "agency", JOB_SERVICE: "scientist"}),
+                DecodeInterceptor(),
+            ]
+            self._server = grpc.server(
+                ThreadPoolExecutor(
+                    max_workers=config.max_workers, thread_name_prefix="fedcity-rpc"
+                ),
+                interceptors=interceptors,
+                options=[
+                    ("grpc.max_receive_message_length", messages.MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", messages.MAX_MESSAGE_BYTES),
+                    ("grpc.so_reuseport", 0),
+                    ("grpc.keepalive_permit_without_calls", 1),
+                    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ],
+            )
+            servicers = _Servicers(self.coordinator, self.auth)
+            fpb_grpc.add_AgentServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]
+            fpb_grpc.add_JobServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            try:
+                if credentials is None:
+                    bound = self._server.add_insecure_port(address)
+                else:
+                    bound = self._server.add_secure_port(address, credentials)
+            except RuntimeError as exc:
+                raise OSError(f"cannot listen on {config.listen}: {exc}") from exc
+            if not bound:
+                raise OSError(f"cannot listen on {config.listen}")
+        except BaseException:
+            self.store.close()
+            raise
+        self.port: int = bound
+        self.metrics_port = 0
+        self._httpd: Any = None
+        self._ticker = threading.Thread(target=self._tick_loop, name="fedcity-ticker", daemon=True)
+        self._stop_ticker = threading.Event()
+        self._stopped = False
+
+    def start(self) -> CoordinatorServer:
+        """Start serving (gRPC, ticker, metrics); on failure everything is stopped again."""
+        try:
+            if self.config.metrics_port:
+                self._httpd, _ = start_http_server(
+                    self.config.metrics_port,
+                    addr=self.config.metrics_host,
+                    registry=self.metrics.registry,
+                )
+                self.metrics_port = int(self._httpd.server_port)
+            self._server.start()
+            self._ticker.start()
+        except BaseException:
+            self.stop(grace=0)
+            raise
+        for service in ("", AGENT_SERVICE, JOB_SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "coordinator listening on %s (port %d, %s), federation key %s",
+            self.config.listen,
+            self.port,
+            "plaintext" if self.config.insecure else "TLS",
+            self.federation.key_id.hex(),
+        )
+        return self
+
+    def _tick_loop(self) -> None:
+        while not self._stop_ticker.wait(self.config.tick_interval):
+            try:
+                self.coordinator.tick()
+            except Exception:
+                log.exception("coordinator tick failed")
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        """Stop gracefully: refuse new calls, end long polls, wait ``grace`` s, close the store."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        self.coordinator.stop()
+        self._server.stop(grace).wait()
+        self._stop_ticker.set()
+        if self._ticker.is_alive():
+            self._ticker.join()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        self.coordinator.close()
+        log.info("coordinator stopped")
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stops (or ``timeout``); True if it stopped."""
+        return bool(self._server.wait_for_termination(timeout))
+
+    def __enter__(self) -> CoordinatorServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(
+    config: CoordinatorConfig, *, clock: Callable[[], float] | None = None
+) -> CoordinatorServer:
+    """Build and start a coordinator.
+
+    ``clock`` replaces the coordinator's progress clock (tests pass a
+    :class:`~fedcity.net.coordinator.liveness.ManualClock`).
+
+    Raises
+    ------
+    AuthError, CeremonyError, StoreError, OSError
+        Bad TLS/credentials/listen address, federation file, database, or a busy port.
+    """
+    return CoordinatorServer(config, clock=clock).start()
+
+
+# -- command line -----------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedcity coordinator serve",
+        description="Run the fedcity coordinator (gRPC AgentService and JobService).",
+    )
+    p.add_argument("--listen", default="127.0.0.1:50051", help="host:port (default %(default)s)")
+    p.add_argument("--db", required=True, help="SQLite database file (created if missing)")
+    p.add_argument("--federation", required=True, help="federation-public.json")
+    p.add_argument("--credentials", required=True, help="credentials.json (token hashes)")
+    p.add_argument("--tls-cert", help="PEM server certificate")
+    p.add_argument("--tls-key", help="PEM server private key")
+    p.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
+    p.add_argument("--insecure", action="store_true", help="plaintext; only on a loopback address")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address")
+    p.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="S")
+    p.add_argument("--liveness-timeout", type=float, default=None, metavar="S")
+    p.add_argument("--collect-timeout", type=float, default=60.0, metavar="S")
+    p.add_argument("--decrypt-timeout", type=float, default=60.0, metavar="S")
+    p.add_argument("--max-workers", type=int, default=64)
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fedcity coordinator serve --listen ... --db ... --federation ... --credentials ...``.
+
+    ``argv`` may start with ``coordinator`` and/or ``serve`` (both are skipped). Serves until
+    SIGTERM or SIGINT, then stops gracefully. Returns the exit status (2: bad configuration).
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    for word in ("coordinator", "serve"):
+        if args_list and args_list[0] == word:
+            args_list.pop(0)
+    args = _parser().parse_args(args_list)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    else:
+        logging.getLogger("fedcity").setLevel(args.log_level)
+    try:
+        config = CoordinatorConfig(
+            listen=args.listen,
+            db=args.db,
+            federation=args.federation,
+            credentials=args.credentials,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            insecure=args.insecure,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            heartbeat_interval=args.heartbeat_interval,
+            liveness_timeout=args.liveness_timeout,
+            collect_timeout=args.collect_timeout,
+            decrypt_timeout=args.decrypt_timeout,
+            max_workers=args.max_workers,
+        )
+        server = serve(config)
+    except (AuthError, CeremonyError, StoreError, OSError, ValueError) as exc:
+        print(f"fedcity coordinator: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop(grace=5.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
