@@ -35,7 +35,13 @@ from fedcity.learn import LocalFederation, LogisticRegressionJob
 from fedcity.learn.jobs import estimator_from_result_json
 from fedcity.net import messages
 from fedcity.net.auth import AuthError
-from fedcity.net.coordinator import CoordinatorConfig, CoordinatorServer, main, serve
+from fedcity.net.coordinator import (
+    CoordinatorConfig,
+    CoordinatorServer,
+    ManualClock,
+    main,
+    serve,
+)
 from fedcity.v1 import crypto_pb2 as cpb
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
@@ -118,7 +124,7 @@ def files(tmp_path, key):
     return {"federation": federation, "credentials": credentials, "db": tmp_path / "coord.sqlite"}
 
 
-def start(files, **overrides) -> CoordinatorServer:
+def start(files, *, clock=None, **overrides) -> CoordinatorServer:
     settings = {
         "listen": "127.0.0.1:0",
         "db": files["db"],
@@ -128,7 +134,7 @@ def start(files, **overrides) -> CoordinatorServer:
         "tick_interval": 0.05,
         **overrides,
     }
-    return serve(CoordinatorConfig(**settings))
+    return serve(CoordinatorConfig(**settings), clock=clock)
 
 
 @pytest.fixture
@@ -269,9 +275,17 @@ def runtime(server: CoordinatorServer, job_id: str):
     return core._jobs.get(job_id) or core._recent[job_id]
 
 
-def drive(agents, until, *, limit: int = 2000) -> None:
-    """Step agents round robin (no waiting) until ``until()`` holds after a step."""
+def drive(agents, until, *, limit: int = 2000, server=None, clock=None, dt: float = 0.1):
+    """Step agents round robin (no waiting) until ``until()`` holds after a step.
+
+    With a manual ``clock``, each pass moves it ``dt`` seconds forward and lets the
+    ``server``'s coordinator look at the new time, so deadlines pass in a known order
+    whatever the machine's load.
+    """
     for _ in range(limit):
+        if clock is not None:
+            clock.advance(dt)
+            server.coordinator.tick()
         for a in agents:
             a.step()
             if until():
@@ -732,8 +746,10 @@ def _free_port() -> int:
 
 
 def test_silent_agency_is_dropped_and_a_slow_one_misses_the_deadline(files, key, data, servers):
+    """Deadlines run on an injected clock: the verdicts do not depend on the machine's load."""
     _, _, tables = data
-    server = start(files, liveness_timeout=1.5, collect_timeout=0.5)
+    clock = ManualClock()
+    server = start(files, liveness_timeout=1.5, collect_timeout=0.5, clock=clock)
     servers.append(server)
     agents = [Agent(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
     for a in agents:
@@ -741,15 +757,16 @@ def test_silent_agency_is_dropped_and_a_slow_one_misses_the_deadline(files, key,
     job_id = submit(server.port).job_id
     slow, silent = agents[1], agents[2]
     slow.ignore_rounds = {2}  # never answers round 2: the round closes at its deadline
-    drive(agents, lambda: runtime(server, job_id).rounds_done >= 3)
+    drive(agents, lambda: runtime(server, job_id).rounds_done >= 3, server=server, clock=clock)
 
     def dropped() -> bool:  # the silent agency stops calling: dropped after the timeout
         rt = runtime(server, job_id)
         return rt.driver is None or silent.name in rt.driver.dropped
 
-    drive(agents[:2], dropped)
+    drive(agents[:2], dropped, server=server, clock=clock)
     assert runtime(server, job_id).state == "running"
-    drive(agents[:2], lambda: job_state(server.port, job_id) != fpb.JOB_STATE_RUNNING)
+    finished = lambda: job_state(server.port, job_id) != fpb.JOB_STATE_RUNNING  # noqa: E731
+    drive(agents[:2], finished, server=server, clock=clock)
     result = scientist(server.port).GetResult(
         fpb.JobRef(job_id=job_id), metadata=auth("analyst"), timeout=10
     )
