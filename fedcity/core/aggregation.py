@@ -58,6 +58,10 @@ DecryptionKey = KeyShare | PrivateKey
 """What an agency may hold to take part in decryption: a threshold share or the full key."""
 
 
+_ENVELOPE = 4096
+"""Bytes allowed beyond a payload's ciphertexts (ids, digests, packing spec, framing)."""
+
+
 class AggregationScheme(ABC):
     """Operations every party needs to take part in an aggregation round."""
 
@@ -68,6 +72,14 @@ class AggregationScheme(ABC):
     @abstractmethod
     def threshold(self) -> int:
         """Partial decryptions needed to release an aggregate (0: none)."""
+
+    @abstractmethod
+    def payload_limit(self, kind: str, spec: PackingSpec, length: int) -> int:
+        """Largest payload an honest agency uploads for a round of this layout.
+
+        ``kind`` is ``"contribution"`` or ``"partial"``. The coordinator refuses a larger
+        upload before reading it, so no client can make it buffer more than a round needs.
+        """
 
     # agency side ---------------------------------------------------------------------------
     @abstractmethod
@@ -116,6 +128,20 @@ class _PackedPaillier(AggregationScheme):
     def __init__(self, public_key: PublicKey, *, pool: WorkerPool | None = None) -> None:
         self.public_key = public_key
         self.pool = pool
+
+    def payload_limit(self, kind: str, spec: PackingSpec, length: int) -> int:
+        """Ciphertexts (or partial decryptions) of the round plus the message's fixed fields.
+
+        A contribution is ``k`` ciphertexts of ``2·|n|`` bits; a threshold partial is as many
+        values plus a proof whose response is below ``|n²| + 1 KiB``; a key holder's answer is
+        ``2k`` values of ``|n|`` bits. ``_ENVELOPE`` covers keys ids, digests, the packing
+        spec and protobuf framing with room to spare.
+        """
+        k = spec.n_ciphertexts(length)
+        cb = self.public_key.ciphertext_bytes
+        if kind == "contribution":
+            return k * cb + _ENVELOPE
+        return k * cb + cb + _ENVELOPE
 
     def seal(self, vector: npt.NDArray[np.float64], spec: PackingSpec, noise: Any = None) -> bytes:
         """Encrypt the vector under the federation's public key."""
@@ -315,6 +341,10 @@ class PlaintextScheme(AggregationScheme):
     def threshold(self) -> int:
         """No decryption is needed."""
         return 0
+
+    def payload_limit(self, kind: str, spec: PackingSpec, length: int) -> int:
+        """Float64 values (no partial decryptions exist)."""
+        return 8 * length if kind == "contribution" else 0
 
     def seal(self, vector: npt.NDArray[np.float64], spec: PackingSpec, noise: Any = None) -> bytes:
         """Clip to the spec's bound and send float64 bytes (noise in quantization steps)."""

@@ -237,6 +237,10 @@ def partial_decryption_to_proto(
     )
 
 
+_PROOF_SLACK_BYTES = 2048
+"""Room beyond |n²| for a proof response: challenge, statistical slack and Δ = ℓ! (ℓ ≤ 1000)."""
+
+
 def partial_decryption_from_proto(
     msg: pb.PartialDecryption, public_key: PublicKey
 ) -> PartialDecryption:
@@ -251,6 +255,12 @@ def partial_decryption_from_proto(
         public_key.check_ciphertext(c, position=i)
     if len(msg.vector_digest) != 32 or len(msg.proof.challenge) != 32:
         raise MalformedCiphertextError("partial decryption: digest and challenge must be 32 bytes")
+    limit = public_key.ciphertext_bytes + _PROOF_SLACK_BYTES
+    if len(msg.proof.response) > limit:
+        raise MalformedCiphertextError(
+            f"partial decryption: the proof's response holds {len(msg.proof.response)} bytes; "
+            f"an honest one holds at most {limit} for this key"
+        )
     return PartialDecryption(
         key_id=msg.key_id,
         share_index=msg.share_index,

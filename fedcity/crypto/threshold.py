@@ -376,6 +376,12 @@ def partial_decrypt(
     return _prove(share, vector, partials)
 
 
+def _response_bits(tpk: ThresholdPublicKey) -> int:
+    """Bits of the prover's randomness r; an honest z = r + e·Δ·s_i has at most one more."""
+    nsq_bits = int(tpk.public_key.nsquare.bit_length())
+    return nsq_bits + _CHALLENGE_BITS + _ZK_SLACK_BITS + int(tpk.delta.bit_length())
+
+
 def _prove(
     share: KeyShare, vector: EncryptedVector, partials: tuple[mpz, ...]
 ) -> PartialDecryption:
@@ -384,8 +390,7 @@ def _prove(
     nsq = pk.nsquare
     c4, p2, digest = _folded(tpk, share.index, vector, partials)
     secret = tpk.delta * share._s
-    r_bits = nsq.bit_length() + _CHALLENGE_BITS + _ZK_SLACK_BITS + tpk.delta.bit_length()
-    r = nt.random_bits(r_bits)
+    r = nt.random_bits(_response_bits(tpk))
     a = gmpy2.powmod(c4, r, nsq)
     b = gmpy2.powmod(tpk.verification_base, r, nsq)
     vi = tpk.verification_keys[share.index - 1]
@@ -407,8 +412,9 @@ def verify_partial_decryption(
         or len(partial.partials) != len(vector.ciphertexts)
         or partial.vector_digest != vector.digest()
         or partial.response < 0
+        or partial.response.bit_length() > _response_bits(tpk) + 1
     ):
-        return False
+        return False  # checked before any arithmetic: an oversized proof costs nothing
     for c in partial.partials:
         if not 0 < c < nsq or gmpy2.gcd(c, pk.n) != 1:
             return False
