@@ -640,25 +640,32 @@ class Coordinator:
                 Code.INVALID_ARGUMENT,
                 f"an agent uploads contributions or partial decryptions, not {name}",
             )
-        if header.total_bytes > self.config.max_upload_bytes:
-            raise StatusError(
-                Code.INVALID_ARGUMENT,
-                f"payload of {header.total_bytes} bytes exceeds the limit of "
-                f"{self.config.max_upload_bytes}",
-            )
-        with self._lock:  # refuse stale uploads before reading a possibly large stream
+        with self._lock:  # refuse stale or oversized uploads before reading the stream
             self._check_open()
             self._touch(agency)
             rt = self._running_job(header.job_id)
             self._require_participant(rt, agency)
-            if self._stored(rt, kind, header.round, agency) is None:
-                self._require_open_round(rt, kind, header.round, agency)
-        try:
-            _, payload = messages.assemble(
-                itertools.chain([first], stream), max_bytes=self.config.max_upload_bytes
+            previous = self._stored(rt, kind, header.round, agency)
+            if previous is None:
+                rnd = self._require_open_round(rt, kind, header.round, agency)
+                limit = self.scheme.payload_limit(kind, rnd.task.spec, rnd.task.request.length)
+            else:
+                limit = len(previous)  # only an identical repeat can be accepted
+            limit = min(limit, self.config.max_upload_bytes)
+        if header.total_bytes > limit:
+            raise StatusError(
+                Code.INVALID_ARGUMENT,
+                f"payload of {header.total_bytes} bytes exceeds the {limit} bytes a {kind} for "
+                f"round {header.round} of job {rt.id} can take",
             )
+        try:
+            _, payload = messages.assemble(itertools.chain([first], stream), max_bytes=limit)
         except messages.MessageError as exc:
             raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        verified = False
+        if kind == "partial" and previous is None:
+            self._verify_partial(rt, header.round, agency, payload)  # outside the lock
+            verified = True
         with self._lock:
             self._check_open()
             rt = self._running_job(header.job_id)
@@ -678,7 +685,9 @@ class Coordinator:
                 call = partial(driver.submit_contribution, agency, payload)
                 accepted = partial(holds, rnd.contributions, agency, payload)
             else:
-                call = partial(driver.submit_partial, agency, payload)
+                # verified above against this very round's aggregate (a round's aggregate
+                # never changes once it is decrypting); not again under the lock
+                call = partial(driver.submit_partial, agency, payload, verify=not verified)
                 accepted = partial(holds, rnd.partials, agency, payload)
             try:
                 self._apply(
@@ -691,15 +700,41 @@ class Coordinator:
                     accepted=accepted,
                 )
             except RejectedContribution as exc:
-                asked = rt.asked.get(header.round)
-                if kind == "partial" and asked is not None and agency in asked:
-                    asked[agency] = -math.inf  # ask someone else at once
+                self._reask(rt, kind, header.round, agency)
                 raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
             except ProtocolError as exc:
                 raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
             self.metrics.bytes_received.labels(kind=kind).inc(len(payload))
             self._advance_quietly(rt)  # the upload is stored: acknowledge it whatever follows
             return fpb.UploadResponse(stored=True)
+
+    def _verify_partial(self, rt: JobRuntime, round_: int, agency: str, payload: bytes) -> None:
+        """Check a partial decryption's proof without holding the coordinator's lock.
+
+        The aggregate is read under the lock; the proof (the costly part, bounded in size by
+        the upload limit and the serde checks) is checked outside it, so one agency's upload
+        never stalls heartbeats, health or other jobs.
+        """
+        with self._lock:
+            driver = rt.driver
+            if driver is None or round_ >= len(driver.rounds):
+                raise StatusError(
+                    Code.FAILED_PRECONDITION, f"round {round_} of job {rt.id} is not open"
+                )
+            aggregate = driver.rounds[round_].aggregate
+        try:
+            self.scheme.open_partial(payload, aggregate, verify=True)
+        except RejectedContribution as exc:
+            with self._lock:
+                self._reask(rt, "partial", round_, agency)
+            raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+
+    @staticmethod
+    def _reask(rt: JobRuntime, kind: str, round_: int, agency: str) -> None:
+        """After an invalid partial decryption, ask another share holder at once."""
+        asked = rt.asked.get(round_)
+        if kind == "partial" and asked is not None and agency in asked:
+            asked[agency] = -math.inf
 
     @staticmethod
     def _stored(rt: JobRuntime, kind: str, round_: int, agency: str) -> bytes | None:
@@ -907,6 +942,16 @@ class Coordinator:
             "submitted_by": principal.name,
         }
 
+    @staticmethod
+    def _require_owner(principal: Principal, rt: JobRuntime) -> None:
+        """Only the data scientist who submitted a job may watch, read or cancel it."""
+        if rt.owner != principal.name:
+            raise StatusError(
+                Code.PERMISSION_DENIED,
+                f"job {rt.id} was submitted by another data scientist; only its submitter may "
+                "watch it, read its result or cancel it",
+            )
+
     def _lookup(self, job_id: str) -> JobRuntime:
         """A running or recently finished job, or one loaded from the store; else NOT_FOUND."""
         rt = self._jobs.get(job_id) or self._recent.get(job_id)
@@ -939,6 +984,7 @@ class Coordinator:
         self._require_role(principal, "scientist")
         with self._lock:
             rt = self._lookup(ref.job_id)
+            self._require_owner(principal, rt)
             status = rt.status()
         yield fpb.JobEvent(status=status)
         sent = 0
@@ -966,6 +1012,7 @@ class Coordinator:
         self._require_role(principal, "scientist")
         with self._lock:
             rt = self._lookup(ref.job_id)
+            self._require_owner(principal, rt)
             if rt.state != "succeeded" or rt.result is None:
                 why = f": {rt.failure}" if rt.failure else ""
                 raise StatusError(
@@ -1006,6 +1053,7 @@ class Coordinator:
         with self._lock:
             self._check_open()
             rt = self._lookup(ref.job_id)
+            self._require_owner(principal, rt)
             if rt.state == "cancelled":
                 return rt.status()
             if not rt.running:

@@ -32,6 +32,7 @@ from fedcity.net.coordinator.config import (
     CoordinatorMetrics,
 )
 from fedcity.net.coordinator.core import Coordinator
+from fedcity.net.coordinator.limits import StreamLimiter
 from fedcity.net.coordinator.servicers import DecodeInterceptor, _Servicers
 from fedcity.net.store import Store, StoreError
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
@@ -39,6 +40,9 @@ from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 __all__ = ["CoordinatorServer", "main", "serve"]
 
 log = logging.getLogger("fedcity.net.coordinator")
+
+MAX_STREAMS_PER_CONNECTION = 128
+"""HTTP/2 streams one client connection may hold open at once."""
 
 
 class CoordinatorServer:
@@ -92,9 +96,13 @@ class CoordinatorServer:
                     ("grpc.so_reuseport", 0),
                     ("grpc.keepalive_permit_without_calls", 1),
                     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                    # streams one connection may open at once (health watches included)
+                    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 ],
             )
-            servicers = _Servicers(self.coordinator, self.auth)
+            assert config.max_streams is not None
+            self.limiter = StreamLimiter(config.max_streams, config.max_streams_per_principal)
+            servicers = _Servicers(self.coordinator, self.auth, self.limiter)
             fpb_grpc.add_AgentServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]
             fpb_grpc.add_JobServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
@@ -147,6 +155,7 @@ class CoordinatorServer:
     def _tick_loop(self) -> None:
         while not self._stop_ticker.wait(self.config.tick_interval):
             try:
+                self.limiter.expire()
                 self.coordinator.tick()
             except Exception:
                 log.exception("coordinator tick failed")

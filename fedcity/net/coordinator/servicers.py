@@ -12,6 +12,7 @@ from fedcity.net import messages
 from fedcity.net.auth import Authenticator, Principal
 from fedcity.net.coordinator.config import Code, StatusError
 from fedcity.net.coordinator.core import Coordinator
+from fedcity.net.coordinator.limits import StreamLimiter
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
@@ -20,6 +21,9 @@ __all__ = ["DecodeInterceptor"]
 log = logging.getLogger("fedcity.net.coordinator")
 
 T = TypeVar("T")
+
+_OWN_PREFIX = "/fedcity.v1."
+"""Methods of fedcity's own services; the interceptor leaves all others untouched."""
 
 
 def _unary(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
@@ -53,9 +57,11 @@ def _streaming(context: grpc.ServicerContext, gen: Iterator[T]) -> Iterator[T]:
 class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
     """Both services over one :class:`Coordinator` (each method is a thin wrapper)."""
 
-    def __init__(self, core: Coordinator, auth: Authenticator) -> None:
+    def __init__(self, core: Coordinator, auth: Authenticator, limiter: StreamLimiter) -> None:
         self.core = core
         self.auth = auth
+        self.limiter = limiter
+        self.transfer_timeout = core.config.upload_timeout
 
     def _who(self, context: grpc.ServicerContext) -> Principal:
         principal = self.auth.lookup(context.invocation_metadata())
@@ -71,27 +77,44 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
         return _unary(context, lambda: self.core.heartbeat(self._who(context), request))
 
     def FetchWork(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _unary(
-            context,
-            lambda: self.core.fetch_work(self._who(context), request, context.is_active),
-        )
+        def call() -> Any:
+            principal = self._who(context)
+            if not request.wait_ms:
+                return self.core.fetch_work(principal, request, context.is_active)
+            with self.limiter.hold(principal.name, "work long poll"):
+                return self.core.fetch_work(principal, request, context.is_active)
+
+        return _unary(context, call)
 
     def FetchAggregate(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def gen() -> Iterator[fpb.Chunk]:
             principal = self._who(context)
-            payload = self.core.aggregate(principal, request)
-            yield from messages.chunks(
-                payload,
-                job_id=request.job_id,
-                round=request.round,
-                agency=principal.name,
-                kind=fpb.PAYLOAD_KIND_AGGREGATE,
-            )
+            with self.limiter.hold(
+                principal.name,
+                "aggregate download",
+                deadline=self.transfer_timeout,
+                cancel=context.cancel,
+            ):
+                payload = self.core.aggregate(principal, request)
+                yield from messages.chunks(
+                    payload,
+                    job_id=request.job_id,
+                    round=request.round,
+                    agency=principal.name,
+                    kind=fpb.PAYLOAD_KIND_AGGREGATE,
+                )
 
         return _streaming(context, gen())
 
     def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _unary(context, lambda: self.core.upload(self._who(context), iter(request_iterator)))
+        def call() -> Any:
+            principal = self._who(context)
+            with self.limiter.hold(
+                principal.name, "upload", deadline=self.transfer_timeout, cancel=context.cancel
+            ):
+                return self.core.upload(principal, iter(request_iterator))
+
+        return _unary(context, call)
 
     def Decline(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _unary(context, lambda: self.core.decline(self._who(context), request))
@@ -102,7 +125,9 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
 
     def WatchJob(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def gen() -> Iterator[fpb.JobEvent]:
-            yield from self.core.watch(self._who(context), request, context.is_active)
+            principal = self._who(context)
+            with self.limiter.hold(principal.name, "job watch"):
+                yield from self.core.watch(principal, request, context.is_active)
 
         return _streaming(context, gen())
 
@@ -131,7 +156,13 @@ class DecodeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     ) -> Any:
         """Wrap the handler's deserializer and behaviour."""
         handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
+        if (
+            handler is None
+            or handler.request_deserializer is None
+            or not handler_call_details.method.startswith(_OWN_PREFIX)
+        ):
+            # other services (health) keep their own handlers: re-wrapping the health
+            # servicer's non-blocking Watch would make every watch hold a worker thread
             return handler
         decode = handler.request_deserializer
         method = handler_call_details.method
