@@ -53,7 +53,14 @@ class Algorithm(ABC):
     def update(
         self, request: TaskRequest, released: npt.NDArray[np.float64], record: RoundRecord
     ) -> None:
-        """Consume the released aggregate of ``request``; may set ``record.loss``."""
+        """Consume the released aggregate of ``request``; may set ``record.loss``.
+
+        Raises
+        ------
+        JobFailed
+            The released sums show that the job cannot succeed (e.g. a logistic regression
+            whose labels are all one class); the message becomes the job's failure reason.
+        """
 
     @property
     def max_rounds(self) -> int | None:

@@ -329,7 +329,9 @@ class JobDriver:
             released = np.rint(released)
         if rnd.task.dp:
             self.dp.charge(request)
-        self.algorithm.update(request, released, record)
+        # an algorithm fails the job with JobFailed when the released sums show it cannot go
+        # on (e.g. one-class labels); the reason becomes the job's failure
+        self._guard(lambda: self.algorithm.update(request, released, record))
         self.records.append(record)
         self._next()
 

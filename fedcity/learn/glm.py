@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import expit
 
+from fedcity.core.errors import JobFailed
 from fedcity.core.tasks import TaskRequest, local_step
 from fedcity.learn.algorithm import Algorithm, RoundRecord
 from fedcity.learn.design import Preprocessing, design_matrix
@@ -37,13 +38,54 @@ from fedcity.learn.design import Preprocessing, design_matrix
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset
 
-__all__ = ["FederatedGLM", "GLMFamily"]
+__all__ = ["FederatedGLM", "GLMFamily", "convergence_message"]
 
 GLMFamily = Literal["logistic", "ridge", "poisson"]
 _FAMILIES = ("logistic", "ridge", "poisson")
 _MIN_CLIP = 256.0
 _MAX_STEP = 5.0
 """Largest change of one standardised coefficient per Newton step (a trust region)."""
+
+
+def _inf_norm(step: npt.NDArray[np.float64]) -> float:
+    return float(np.max(np.abs(step))) if step.size else 0.0
+
+
+def convergence_message(
+    family: str,
+    n_iter: int,
+    last_step: float | None,
+    tol: float,
+) -> str:
+    """The text of the ``ConvergenceWarning`` of a GLM fit that hit ``max_iter``.
+
+    Parameters
+    ----------
+    family : str
+    n_iter : int
+        Newton rounds run (equal to ``max_iter``).
+    last_step : float or None
+        Largest change of one standardised coefficient in the last step (None or NaN: unknown).
+    tol : float
+        The job's tolerance.
+
+    Returns
+    -------
+    str
+    """
+    parts = [
+        f"federated {family} regression (Newton) did not converge in {n_iter} iterations "
+        f"(max_iter={n_iter})"
+    ]
+    if last_step is not None and np.isfinite(last_step):
+        parts.append(
+            f"the last step changed a standardised coefficient by up to {last_step:.3g} "
+            f"(stopping tolerance tol={tol:g}, relative to 1 + max|coefficient|)"
+        )
+    hint = "increase max_iter"
+    if family == "logistic":
+        hint += ", or check whether a feature separates the classes perfectly"
+    return "; ".join(parts) + f". To fit further, {hint}."
 
 
 def _triu_len(p: int) -> int:
@@ -117,6 +159,27 @@ class FederatedGLM(Algorithm):
         The released sums carry differential-privacy noise: take exactly ``max_iter`` steps,
         without line search (a noisy objective cannot rank steps), on the noisy Hessian
         projected to be positive definite.
+
+    Attributes
+    ----------
+    beta_ : ndarray
+        Coefficients, intercept first.
+    n_iter_ : int
+        Newton rounds run (backtracking rounds included).
+    converged_ : bool
+        Whether a stopping criterion was met before ``max_iter`` rounds. Always False for a
+        ``noisy`` fit, which takes exactly ``max_iter`` steps by design.
+    last_step_ : float
+        Largest change of one standardised coefficient in the last step taken (NaN before
+        any step).
+    objective_history_ : list of float
+        The objective at every accepted point.
+
+    Raises
+    ------
+    JobFailed
+        From :meth:`update`: a logistic fit whose labels are all 1 or all 0 (detected from
+        the first round's released sums, before any step), or a line search that fails.
     """
 
     def __init__(
@@ -147,6 +210,7 @@ class FederatedGLM(Algorithm):
         self._halvings = 0
         self.n_iter_ = 0
         self.converged_ = False
+        self.last_step_ = float("nan")
         self.objective_history_: list[float] = []
         self._noise = 0.0
         self._accepted_clip = self.clip
@@ -180,6 +244,7 @@ class FederatedGLM(Algorithm):
             return False
         self._halvings += 1
         self._step = 0.5 * self._step
+        self.last_step_ = _inf_norm(self._step)
         self.beta_ = self._accepted[0] + self._step
         self.clip = self._accepted_clip
         return True
@@ -216,6 +281,8 @@ class FederatedGLM(Algorithm):
         if self.noisy:
             self._noisy_step(grad, hess, mask, beta)
             return
+        if self.family == "logistic" and self._accepted is None and not beta.any():
+            self._require_both_classes(float(released[0]), float(released[p]), record)
         if self._accepted is not None and objective > self._accepted[1]:
             if objective - self._accepted[1] <= noise:
                 # at the optimum, within the fixed-point noise of the released sums: keep
@@ -226,8 +293,12 @@ class FederatedGLM(Algorithm):
             assert self._step is not None
             self._halvings += 1
             if self._halvings > 30:
-                raise RuntimeError("Newton line search failed to decrease the objective")
+                raise JobFailed(
+                    f"{self.family} regression: the Newton line search failed to decrease "
+                    "the objective after 30 halvings"
+                )
             self._step = 0.5 * self._step
+            self.last_step_ = _inf_norm(self._step)
             self.beta_ = self._accepted[0] + self._step
             return
         self._halvings = 0
@@ -254,6 +325,7 @@ class FederatedGLM(Algorithm):
         if self.family != "ridge" and largest > _MAX_STEP:
             step = step * (_MAX_STEP / largest)  # damped: far from the optimum, stay on the map
         self._step = step
+        self.last_step_ = _inf_norm(step)
         self.beta_ = beta + step
         small = np.max(np.abs(step)) <= self.tol * (1.0 + np.max(np.abs(beta)))
         if len(self.objective_history_) >= 2:
@@ -262,6 +334,32 @@ class FederatedGLM(Algorithm):
         if self.family == "ridge" or small:
             # ridge: the quadratic objective is minimised by one exact step
             self.converged_ = True
+
+    def _require_both_classes(self, grad0: float, hess00: float, record: RoundRecord) -> None:
+        """Fail the job when the first round's sums show a single label value.
+
+        At β = 0 every predicted probability is ½, so the intercept's released gradient is
+        Σ w·(½ − y) / W and its Hessian entry Σ w / (4W): the weighted label mean is
+        ½ − g / (4h). The ratio cancels W (itself a released, rounded sum) and is exact up to
+        the fixed-point error of this round's sums (K·step/2 each for K contributors). On
+        one-class data Newton would only push the intercept towards ±∞ until the objective
+        stops changing within that error (an intercept of about 26), so refuse, as
+        scikit-learn does.
+        """
+        if not hess00 > 0:
+            return
+        mean_y = 0.5 - grad0 / (4.0 * hess00)
+        resolution = 4.0 * max(len(record.contributors), 1) * record.step + 1e-12
+        if resolution <= mean_y <= 1.0 - resolution:
+            return
+        label = 1 if mean_y > 0.5 else 0
+        n = self.pre.n_samples
+        weighted = abs(self.pre.total_weight - n) > 1e-9 * max(n, 1)
+        where = " (among rows with non-zero sample weight)" if weighted else ""
+        raise JobFailed(
+            f"logistic regression needs both classes: all {n} labels across the agencies "
+            f"are {label}{where}"
+        )
 
     def _noisy_step(
         self,
@@ -278,6 +376,7 @@ class FederatedGLM(Algorithm):
         largest = float(np.max(np.abs(step))) if step.size else 0.0
         if largest > _MAX_STEP:  # noise along flat directions must not throw the model away
             step = step * (_MAX_STEP / largest)
+        self.last_step_ = _inf_norm(step)
         self.beta_ = beta + step
 
     @property

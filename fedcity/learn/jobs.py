@@ -16,7 +16,9 @@ sums, then trains; the returned pipeline applies that preprocessing itself.
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
 from sklearn.pipeline import Pipeline
 
@@ -31,7 +34,7 @@ from fedcity.learn.algorithm import Algorithm, RoundRecord
 from fedcity.learn.design import Preprocessing
 from fedcity.learn.dp import DPPlan
 from fedcity.learn.driver import Chain
-from fedcity.learn.glm import FederatedGLM, GLMFamily
+from fedcity.learn.glm import FederatedGLM, GLMFamily, convergence_message
 from fedcity.learn.stats import FederatedStatistics
 from fedcity.privacy import DPConfig
 
@@ -70,6 +73,14 @@ class FederatedResult:
         Wall time of the whole job in this process.
     privacy_ : tuple of (epsilon, delta) or None
         Differential privacy spent by the job, if it used DP.
+    converged_ : bool or None
+        GLM jobs: whether Newton met its stopping criterion before ``max_iter`` rounds
+        (always False with differential privacy, which takes exactly ``max_iter`` steps).
+        None for FedAvg jobs.
+    n_iter_ : int or None
+        GLM jobs: Newton rounds run, backtracking rounds included. None for FedAvg jobs.
+    last_step_ : float or None
+        GLM jobs: largest change of one standardised coefficient in the last Newton step.
     """
 
     estimator_: Pipeline
@@ -82,6 +93,9 @@ class FederatedResult:
     """Declarative description of the model (what agencies need to score it)."""
     problem_: str = "classification"
     """``"classification"``, ``"regression"`` or ``"poisson"``."""
+    converged_: bool | None = None
+    n_iter_: int | None = None
+    last_step_: float | None = None
 
     @property
     def contributors_(self) -> list[list[str]]:
@@ -160,6 +174,10 @@ class _Job:
     def _model_params(self, algorithm: Algorithm, pre: Preprocessing) -> dict[str, Any]:
         return {}
 
+    def _convergence(self, algorithm: Algorithm) -> dict[str, Any]:
+        """``converged_``, ``n_iter_`` and ``last_step_`` of the result, where they apply."""
+        return {}
+
     problem: str = "classification"
 
     def algorithm(self, spec: FeatureSpec) -> Chain:
@@ -200,6 +218,7 @@ class _Job:
             privacy_=None if dp is None else dp.spent(),
             model_params_=self._model_params(model_algorithm, pre),
             problem_=self.problem,
+            **self._convergence(model_algorithm),
         )
 
     def fit(self, federation: LocalFederation, *, progress: bool = False) -> FederatedResult:
@@ -283,6 +302,38 @@ class _GLMJob(_Job):
         return _glm_estimator(
             self.family, algorithm.beta_, pre.n_features, algorithm.n_iter_, self._hyper()
         )
+
+    def _convergence(self, algorithm: Algorithm) -> dict[str, Any]:
+        assert isinstance(algorithm, FederatedGLM)
+        step = algorithm.last_step_
+        return {
+            "converged_": bool(algorithm.converged_),
+            "n_iter_": int(algorithm.n_iter_),
+            "last_step_": float(step) if math.isfinite(step) else None,
+        }
+
+    def fit(self, federation: LocalFederation, *, progress: bool = False) -> FederatedResult:
+        """Run the job on ``federation`` and return the fitted model and its history.
+
+        Warns
+        -----
+        sklearn.exceptions.ConvergenceWarning
+            Newton reached ``max_iter`` rounds before its stopping criterion (not with
+            differential privacy, which takes exactly ``max_iter`` steps by design).
+
+        Raises
+        ------
+        JobFailed
+            The federation could not finish the job, or the data cannot be fitted (a
+            logistic regression whose labels are all 1 or all 0).
+        """
+        result = super().fit(federation, progress=progress)
+        if result.converged_ is False and self.privacy is None:
+            message = convergence_message(
+                self.family, result.n_iter_ or 0, result.last_step_, float(self.tol)
+            )
+            warnings.warn(message, ConvergenceWarning, stacklevel=2)
+        return result
 
 
 @dataclass
@@ -500,7 +551,8 @@ def result_to_json(
     -------
     str
         ``{"format": "fedcity.result", "version": 1, "job_id", "job", "problem", "model",
-        "preprocessing", "history", "metrics", "privacy", "seconds", "bytes_per_agency"}``;
+        "preprocessing", "history", "metrics", "privacy", "seconds", "bytes_per_agency",
+        "converged", "n_iter", "last_step"}`` (the last three null for FedAvg jobs);
         :func:`estimator_from_result_json` rebuilds the pipeline from it.
     """
     privacy = None
@@ -519,6 +571,9 @@ def result_to_json(
         "privacy": privacy,
         "seconds": result.seconds_,
         "bytes_per_agency": result.bytes_per_agency_,
+        "converged": result.converged_,
+        "n_iter": result.n_iter_,
+        "last_step": result.last_step_,
     }
     return json.dumps(_json_safe(data), sort_keys=True, allow_nan=False)
 
@@ -575,6 +630,12 @@ def estimator_from_result_json(text: str, feature_spec: FeatureSpec) -> Pipeline
     ------
     ValueError
         Not a fedcity result, or a model description that does not fit together.
+
+    Warns
+    -----
+    sklearn.exceptions.ConvergenceWarning
+        The result is a GLM whose Newton iterations stopped at ``max_iter`` without
+        converging (``"converged": false``; not for jobs with differential privacy).
     """
     try:
         data = json.loads(text)
@@ -590,9 +651,22 @@ def estimator_from_result_json(text: str, feature_spec: FeatureSpec) -> Pipeline
         if model.get("type") == "glm":
             job = data.get("job") or {}
             hyper = job.get("params") or {}
-            n_iter = sum(1 for r in data.get("history", []) if r.get("kind") == "glm.newton")
+            n_iter = data.get("n_iter")
+            if isinstance(n_iter, bool) or not isinstance(n_iter, int):  # older results
+                n_iter = sum(1 for r in data.get("history", []) if r.get("kind") == "glm.newton")
             beta = np.asarray(model.get("beta"), dtype=np.float64)
-            est = _glm_estimator(model.get("family", ""), beta, pre.n_features, n_iter, hyper)
+            family = model.get("family", "")
+            est = _glm_estimator(family, beta, pre.n_features, n_iter, hyper)
+            if data.get("converged") is False and not data.get("privacy"):
+                step = data.get("last_step")
+                tol = hyper.get("tol", _GLMJob.tol)
+                message = convergence_message(
+                    str(family),
+                    n_iter,
+                    float(step) if isinstance(step, int | float) else None,
+                    float(tol) if isinstance(tol, int | float) else _GLMJob.tol,
+                )
+                warnings.warn(message, ConvergenceWarning, stacklevel=2)
         elif model.get("type") == "fedavg":
             from fedcity.learn.fedavg import estimator_from_model_params
 
