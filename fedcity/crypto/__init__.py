@@ -12,7 +12,9 @@ calls are:
 - :func:`blind_vector` / :func:`keyholder_decrypt` / :func:`unblind_vector` — single-key-holder
   decryption of blinded aggregates (faster; rests on the key holder and the coordinator not
   colluding);
-- :mod:`fedcity.crypto.serde` — the ``fedcity.v1`` wire format.
+- :mod:`fedcity.crypto.serde` — the ``fedcity.v1`` wire format;
+- :mod:`fedcity.crypto.signing` — Ed25519 signatures binding every upload to its job, round,
+  kind, agency and key.
 
 Low-level integer operations carry a ``raw_`` prefix (``PublicKey.raw_encrypt``,
 ``PrivateKey.raw_decrypt``, ``KeyShare.raw_partial_decrypt``, ``raw_combine``): they skip
