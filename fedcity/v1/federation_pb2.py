@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from fedcity.v1 import crypto_pb2 as fedcity_dot_v1_dot_crypto__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64\x63ity/v1/federation.proto\x12\nfedcity.v1\x1a\x17\x66\x65\x64\x63ity/v1/crypto.proto\"6\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x66\x65\x61ture_spec_json\x18\x02 \x01(\t\"z\n\x0fRegisterRequest\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12)\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x17.fedcity.v1.DatasetInfo\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x12\n\ntask_kinds\x18\x04 \x03(\t\"A\n\x10RegisterResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\x12\x0e\n\x06key_id\x18\x02 \x01(\x0c\"\"\n\x10HeartbeatRequest\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\"2\n\x11HeartbeatResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"3\n\x10\x46\x65tchWorkRequest\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"W\n\x11\x46\x65tchWorkResponse\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x16.fedcity.v1.Assignment\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"\xc7\x02\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\"\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x12.fedcity.v1.Action\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x16\n\x0erequest_length\x18\x06 \x01(\x04\x12\x0c\n\x04\x63lip\x18\x07 \x01(\x01\x12\x16\n\x0eprecision_bits\x18\x08 \x01(\r\x12\x16\n\x0einteger_valued\x18\t \x01(\x08\x12\r\n\x05label\x18\n \x01(\t\x12\x0f\n\x07private\x18\x0b \x01(\x08\x12%\n\x04spec\x18\x0c \x01(\x0b\x32\x17.fedcity.v1.PackingSpec\x12\x0f\n\x07\x64p_json\x18\r \x01(\t\x12\x14\n\x0csummands_min\x18\x0e \x01(\r\x12\x0f\n\x07\x64\x61taset\x18\x0f \x01(\t\"-\n\x0c\x41ggregateRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"\x88\x01\n\x0b\x43hunkHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06\x61gency\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.fedcity.v1.PayloadKind\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\">\n\x05\x43hunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedcity.v1.ChunkHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\" \n\x0eUploadResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\"O\n\x0e\x44\x65\x63lineRequest\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x11\n\x0f\x44\x65\x63lineResponse\"\x99\x01\n\x07JobSpec\x12\x10\n\x08job_type\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x10\n\x08\x61gencies\x18\x04 \x03(\t\x12\x14\n\x0cmin_agencies\x18\x05 \x01(\r\x12\x18\n\x10\x65valuate_dataset\x18\x06 \x01(\t\x12\x14\n\x0cprivacy_json\x18\x07 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x83\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.fedcity.v1.JobState\x12\x13\n\x0brounds_done\x18\x03 \x01(\r\x12\x0f\n\x07\x66\x61ilure\x18\x04 \x01(\t\x12\x1b\n\x13\x63urrent_round_label\x18\x05 \x01(\t\"L\n\x08JobEvent\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.fedcity.v1.JobStatus\x12\x19\n\x11round_record_json\x18\x02 \x01(\t\"G\n\tJobResult\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.fedcity.v1.JobStatus\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\"\x15\n\x13ListAgenciesRequest\"p\n\nAgencyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x16\n\x0elast_seen_unix\x18\x03 \x01(\x01\x12)\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\x17.fedcity.v1.DatasetInfo\"@\n\x14ListAgenciesResponse\x12(\n\x08\x61gencies\x18\x01 \x03(\x0b\x32\x16.fedcity.v1.AgencyInfo*S\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43TION_CONTRIBUTE\x10\x01\x12\x1a\n\x16\x41\x43TION_PARTIAL_DECRYPT\x10\x02*\x80\x01\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19PAYLOAD_KIND_CONTRIBUTION\x10\x01\x12\x18\n\x14PAYLOAD_KIND_PARTIAL\x10\x02\x12\x1a\n\x16PAYLOAD_KIND_AGGREGATE\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xa9\x03\n\x0c\x41gentService\x12\x45\n\x08Register\x12\x1b.fedcity.v1.RegisterRequest\x1a\x1c.fedcity.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.fedcity.v1.HeartbeatRequest\x1a\x1d.fedcity.v1.HeartbeatResponse\x12H\n\tFetchWork\x12\x1c.fedcity.v1.FetchWorkRequest\x1a\x1d.fedcity.v1.FetchWorkResponse\x12?\n\x0e\x46\x65tchAggregate\x12\x18.fedcity.v1.AggregateRef\x1a\x11.fedcity.v1.Chunk0\x01\x12\x39\n\x06Upload\x12\x11.fedcity.v1.Chunk\x1a\x1a.fedcity.v1.UploadResponse(\x01\x12\x42\n\x07\x44\x65\x63line\x12\x1a.fedcity.v1.DeclineRequest\x1a\x1b.fedcity.v1.DeclineResponse2\xc0\x02\n\nJobService\x12\x37\n\tSubmitJob\x12\x13.fedcity.v1.JobSpec\x1a\x15.fedcity.v1.JobStatus\x12\x36\n\x08WatchJob\x12\x12.fedcity.v1.JobRef\x1a\x14.fedcity.v1.JobEvent0\x01\x12\x36\n\tGetResult\x12\x12.fedcity.v1.JobRef\x1a\x15.fedcity.v1.JobResult\x12Q\n\x0cListAgencies\x12\x1f.fedcity.v1.ListAgenciesRequest\x1a .fedcity.v1.ListAgenciesResponse\x12\x36\n\tCancelJob\x12\x12.fedcity.v1.JobRef\x1a\x15.fedcity.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64\x63ity/v1/federation.proto\x12\nfedcity.v1\x1a\x17\x66\x65\x64\x63ity/v1/crypto.proto\"6\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x66\x65\x61ture_spec_json\x18\x02 \x01(\t\"z\n\x0fRegisterRequest\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12)\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x17.fedcity.v1.DatasetInfo\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x12\n\ntask_kinds\x18\x04 \x03(\t\"A\n\x10RegisterResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\x12\x0e\n\x06key_id\x18\x02 \x01(\x0c\"\"\n\x10HeartbeatRequest\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\"2\n\x11HeartbeatResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\"3\n\x10\x46\x65tchWorkRequest\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"W\n\x11\x46\x65tchWorkResponse\x12*\n\nassignment\x18\x01 \x01(\x0b\x32\x16.fedcity.v1.Assignment\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"\xc7\x02\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\"\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x12.fedcity.v1.Action\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x16\n\x0erequest_length\x18\x06 \x01(\x04\x12\x0c\n\x04\x63lip\x18\x07 \x01(\x01\x12\x16\n\x0eprecision_bits\x18\x08 \x01(\r\x12\x16\n\x0einteger_valued\x18\t \x01(\x08\x12\r\n\x05label\x18\n \x01(\t\x12\x0f\n\x07private\x18\x0b \x01(\x08\x12%\n\x04spec\x18\x0c \x01(\x0b\x32\x17.fedcity.v1.PackingSpec\x12\x0f\n\x07\x64p_json\x18\r \x01(\t\x12\x14\n\x0csummands_min\x18\x0e \x01(\r\x12\x0f\n\x07\x64\x61taset\x18\x0f \x01(\t\"-\n\x0c\x41ggregateRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\"\x9b\x01\n\x0b\x43hunkHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0e\n\x06\x61gency\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.fedcity.v1.PayloadKind\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\x0c\">\n\x05\x43hunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedcity.v1.ChunkHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"X\n\x12SignedContribution\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"l\n\x14\x43ontributionEvidence\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x35\n\rcontributions\x18\x03 \x03(\x0b\x32\x1e.fedcity.v1.SignedContribution\" \n\x0eUploadResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x08\"O\n\x0e\x44\x65\x63lineRequest\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x11\n\x0f\x44\x65\x63lineResponse\"\x99\x01\n\x07JobSpec\x12\x10\n\x08job_type\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x10\n\x08\x61gencies\x18\x04 \x03(\t\x12\x14\n\x0cmin_agencies\x18\x05 \x01(\r\x12\x18\n\x10\x65valuate_dataset\x18\x06 \x01(\t\x12\x14\n\x0cprivacy_json\x18\x07 \x01(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x83\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.fedcity.v1.JobState\x12\x13\n\x0brounds_done\x18\x03 \x01(\r\x12\x0f\n\x07\x66\x61ilure\x18\x04 \x01(\t\x12\x1b\n\x13\x63urrent_round_label\x18\x05 \x01(\t\"L\n\x08JobEvent\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.fedcity.v1.JobStatus\x12\x19\n\x11round_record_json\x18\x02 \x01(\t\"G\n\tJobResult\x12%\n\x06status\x18\x01 \x01(\x0b\x32\x15.fedcity.v1.JobStatus\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\"\x15\n\x13ListAgenciesRequest\"p\n\nAgencyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x16\n\x0elast_seen_unix\x18\x03 \x01(\x01\x12)\n\x08\x64\x61tasets\x18\x04 \x03(\x0b\x32\x17.fedcity.v1.DatasetInfo\"@\n\x14ListAgenciesResponse\x12(\n\x08\x61gencies\x18\x01 \x03(\x0b\x32\x16.fedcity.v1.AgencyInfo*S\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x43TION_CONTRIBUTE\x10\x01\x12\x1a\n\x16\x41\x43TION_PARTIAL_DECRYPT\x10\x02*\x9b\x01\n\x0bPayloadKind\x12\x1c\n\x18PAYLOAD_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19PAYLOAD_KIND_CONTRIBUTION\x10\x01\x12\x18\n\x14PAYLOAD_KIND_PARTIAL\x10\x02\x12\x1a\n\x16PAYLOAD_KIND_AGGREGATE\x10\x03\x12\x19\n\x15PAYLOAD_KIND_EVIDENCE\x10\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xee\x03\n\x0c\x41gentService\x12\x45\n\x08Register\x12\x1b.fedcity.v1.RegisterRequest\x1a\x1c.fedcity.v1.RegisterResponse\x12H\n\tHeartbeat\x12\x1c.fedcity.v1.HeartbeatRequest\x1a\x1d.fedcity.v1.HeartbeatResponse\x12H\n\tFetchWork\x12\x1c.fedcity.v1.FetchWorkRequest\x1a\x1d.fedcity.v1.FetchWorkResponse\x12?\n\x0e\x46\x65tchAggregate\x12\x18.fedcity.v1.AggregateRef\x1a\x11.fedcity.v1.Chunk0\x01\x12\x43\n\x12\x46\x65tchContributions\x12\x18.fedcity.v1.AggregateRef\x1a\x11.fedcity.v1.Chunk0\x01\x12\x39\n\x06Upload\x12\x11.fedcity.v1.Chunk\x1a\x1a.fedcity.v1.UploadResponse(\x01\x12\x42\n\x07\x44\x65\x63line\x12\x1a.fedcity.v1.DeclineRequest\x1a\x1b.fedcity.v1.DeclineResponse2\xc0\x02\n\nJobService\x12\x37\n\tSubmitJob\x12\x13.fedcity.v1.JobSpec\x1a\x15.fedcity.v1.JobStatus\x12\x36\n\x08WatchJob\x12\x12.fedcity.v1.JobRef\x1a\x14.fedcity.v1.JobEvent0\x01\x12\x36\n\tGetResult\x12\x12.fedcity.v1.JobRef\x1a\x15.fedcity.v1.JobResult\x12Q\n\x0cListAgencies\x12\x1f.fedcity.v1.ListAgenciesRequest\x1a .fedcity.v1.ListAgenciesResponse\x12\x36\n\tCancelJob\x12\x12.fedcity.v1.JobRef\x1a\x15.fedcity.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedcity.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTION']._serialized_start=1929
-  _globals['_ACTION']._serialized_end=2012
-  _globals['_PAYLOADKIND']._serialized_start=2015
-  _globals['_PAYLOADKIND']._serialized_end=2143
-  _globals['_JOBSTATE']._serialized_start=2146
-  _globals['_JOBSTATE']._serialized_end=2300
+  _globals['_ACTION']._serialized_start=2148
+  _globals['_ACTION']._serialized_end=2231
+  _globals['_PAYLOADKIND']._serialized_start=2234
+  _globals['_PAYLOADKIND']._serialized_end=2389
+  _globals['_JOBSTATE']._serialized_start=2392
+  _globals['_JOBSTATE']._serialized_end=2546
   _globals['_DATASETINFO']._serialized_start=68
   _globals['_DATASETINFO']._serialized_end=122
   _globals['_REGISTERREQUEST']._serialized_start=124
@@ -57,33 +57,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGGREGATEREF']._serialized_start=875
   _globals['_AGGREGATEREF']._serialized_end=920
   _globals['_CHUNKHEADER']._serialized_start=923
-  _globals['_CHUNKHEADER']._serialized_end=1059
-  _globals['_CHUNK']._serialized_start=1061
-  _globals['_CHUNK']._serialized_end=1123
-  _globals['_UPLOADRESPONSE']._serialized_start=1125
-  _globals['_UPLOADRESPONSE']._serialized_end=1157
-  _globals['_DECLINEREQUEST']._serialized_start=1159
-  _globals['_DECLINEREQUEST']._serialized_end=1238
-  _globals['_DECLINERESPONSE']._serialized_start=1240
-  _globals['_DECLINERESPONSE']._serialized_end=1257
-  _globals['_JOBSPEC']._serialized_start=1260
-  _globals['_JOBSPEC']._serialized_end=1413
-  _globals['_JOBREF']._serialized_start=1415
-  _globals['_JOBREF']._serialized_end=1439
-  _globals['_JOBSTATUS']._serialized_start=1442
-  _globals['_JOBSTATUS']._serialized_end=1573
-  _globals['_JOBEVENT']._serialized_start=1575
-  _globals['_JOBEVENT']._serialized_end=1651
-  _globals['_JOBRESULT']._serialized_start=1653
-  _globals['_JOBRESULT']._serialized_end=1724
-  _globals['_LISTAGENCIESREQUEST']._serialized_start=1726
-  _globals['_LISTAGENCIESREQUEST']._serialized_end=1747
-  _globals['_AGENCYINFO']._serialized_start=1749
-  _globals['_AGENCYINFO']._serialized_end=1861
-  _globals['_LISTAGENCIESRESPONSE']._serialized_start=1863
-  _globals['_LISTAGENCIESRESPONSE']._serialized_end=1927
-  _globals['_AGENTSERVICE']._serialized_start=2303
-  _globals['_AGENTSERVICE']._serialized_end=2728
-  _globals['_JOBSERVICE']._serialized_start=2731
-  _globals['_JOBSERVICE']._serialized_end=3051
+  _globals['_CHUNKHEADER']._serialized_end=1078
+  _globals['_CHUNK']._serialized_start=1080
+  _globals['_CHUNK']._serialized_end=1142
+  _globals['_SIGNEDCONTRIBUTION']._serialized_start=1144
+  _globals['_SIGNEDCONTRIBUTION']._serialized_end=1232
+  _globals['_CONTRIBUTIONEVIDENCE']._serialized_start=1234
+  _globals['_CONTRIBUTIONEVIDENCE']._serialized_end=1342
+  _globals['_UPLOADRESPONSE']._serialized_start=1344
+  _globals['_UPLOADRESPONSE']._serialized_end=1376
+  _globals['_DECLINEREQUEST']._serialized_start=1378
+  _globals['_DECLINEREQUEST']._serialized_end=1457
+  _globals['_DECLINERESPONSE']._serialized_start=1459
+  _globals['_DECLINERESPONSE']._serialized_end=1476
+  _globals['_JOBSPEC']._serialized_start=1479
+  _globals['_JOBSPEC']._serialized_end=1632
+  _globals['_JOBREF']._serialized_start=1634
+  _globals['_JOBREF']._serialized_end=1658
+  _globals['_JOBSTATUS']._serialized_start=1661
+  _globals['_JOBSTATUS']._serialized_end=1792
+  _globals['_JOBEVENT']._serialized_start=1794
+  _globals['_JOBEVENT']._serialized_end=1870
+  _globals['_JOBRESULT']._serialized_start=1872
+  _globals['_JOBRESULT']._serialized_end=1943
+  _globals['_LISTAGENCIESREQUEST']._serialized_start=1945
+  _globals['_LISTAGENCIESREQUEST']._serialized_end=1966
+  _globals['_AGENCYINFO']._serialized_start=1968
+  _globals['_AGENCYINFO']._serialized_end=2080
+  _globals['_LISTAGENCIESRESPONSE']._serialized_start=2082
+  _globals['_LISTAGENCIESRESPONSE']._serialized_end=2146
+  _globals['_AGENTSERVICE']._serialized_start=2549
+  _globals['_AGENTSERVICE']._serialized_end=3043
+  _globals['_JOBSERVICE']._serialized_start=3046
+  _globals['_JOBSERVICE']._serialized_end=3366
 # @@protoc_insertion_point(module_scope)

@@ -63,6 +63,8 @@ class _PayloadKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadKi
     """fedcity.v1.PartialDecryption bytes"""
     PAYLOAD_KIND_AGGREGATE: _PayloadKind.ValueType  # 3
     """server to agent"""
+    PAYLOAD_KIND_EVIDENCE: _PayloadKind.ValueType  # 4
+    """server to agent: ContributionEvidence bytes"""
 
 class PayloadKind(_PayloadKind, metaclass=_PayloadKindEnumTypeWrapper): ...
 
@@ -73,6 +75,8 @@ PAYLOAD_KIND_PARTIAL: PayloadKind.ValueType  # 2
 """fedcity.v1.PartialDecryption bytes"""
 PAYLOAD_KIND_AGGREGATE: PayloadKind.ValueType  # 3
 """server to agent"""
+PAYLOAD_KIND_EVIDENCE: PayloadKind.ValueType  # 4
+"""server to agent: ContributionEvidence bytes"""
 Global___PayloadKind: _TypeAlias = PayloadKind  # noqa: Y015
 
 class _JobState:
@@ -366,6 +370,7 @@ class ChunkHeader(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     agency: _builtins.str
@@ -374,6 +379,8 @@ class ChunkHeader(_message.Message):
     """the receiver refuses more, or less"""
     sha256: _builtins.bytes
     """of the whole payload"""
+    signature: _builtins.bytes
+    """uploads: the agency's Ed25519 signature of (job_id, round,"""
     def __init__(
         self,
         *,
@@ -383,10 +390,11 @@ class ChunkHeader(_message.Message):
         kind: Global___PayloadKind.ValueType = ...,
         total_bytes: _builtins.int = ...,
         sha256: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "job_id", b"job_id", "kind", b"kind", "round", b"round", "sha256", b"sha256", "total_bytes", b"total_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "job_id", b"job_id", "kind", b"kind", "round", b"round", "sha256", b"sha256", "signature", b"signature", "total_bytes", b"total_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -417,6 +425,69 @@ class Chunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Chunk: _TypeAlias = Chunk  # noqa: Y015
+
+@_typing.final
+class SignedContribution(_message.Message):
+    """One contribution as its contributor signed it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENCY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    agency: _builtins.str
+    signature: _builtins.bytes
+    """as in the contribution's ChunkHeader"""
+    sha256: _builtins.bytes
+    """of the payload"""
+    payload: _builtins.bytes
+    """fedcity.v1.EncryptedVector bytes; empty where withheld"""
+    def __init__(
+        self,
+        *,
+        agency: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+        sha256: _builtins.bytes = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "payload", b"payload", "sha256", b"sha256", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedContribution: _TypeAlias = SignedContribution  # noqa: Y015
+
+@_typing.final
+class ContributionEvidence(_message.Message):
+    """What a decryptor is shown before it helps decrypt a round's aggregate: every contribution
+    the aggregate was built from, with its signature.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    round: _builtins.int
+    @_builtins.property
+    def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedContribution]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        contributions: _abc.Iterable[Global___SignedContribution] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributions", b"contributions", "job_id", b"job_id", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContributionEvidence: _TypeAlias = ContributionEvidence  # noqa: Y015
 
 @_typing.final
 class UploadResponse(_message.Message):

@@ -57,6 +57,11 @@ class AgentServiceStub:
                 request_serializer=fedcity_dot_v1_dot_federation__pb2.AggregateRef.SerializeToString,
                 response_deserializer=fedcity_dot_v1_dot_federation__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.FetchContributions = channel.unary_stream(
+                '/fedcity.v1.AgentService/FetchContributions',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.AggregateRef.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.Chunk.FromString,
+                _registered_method=True)
         self.Upload = channel.stream_unary(
                 '/fedcity.v1.AgentService/Upload',
                 request_serializer=fedcity_dot_v1_dot_federation__pb2.Chunk.SerializeToString,
@@ -103,6 +108,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchContributions(self, request, context):
+        """Download the signed contributions that aggregate was built from (one
+        ContributionEvidence, chunked), to check it before decrypting. Only for an agency asked
+        to decrypt the round.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Upload(self, request_iterator, context):
         """Upload a contribution or a partial decryption (chunked; header in the first chunk).
         """
@@ -137,6 +151,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
             ),
             'FetchAggregate': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchAggregate,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.AggregateRef.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.Chunk.SerializeToString,
+            ),
+            'FetchContributions': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchContributions,
                     request_deserializer=fedcity_dot_v1_dot_federation__pb2.AggregateRef.FromString,
                     response_serializer=fedcity_dot_v1_dot_federation__pb2.Chunk.SerializeToString,
             ),
@@ -260,6 +279,33 @@ class AgentService:
             request,
             target,
             '/fedcity.v1.AgentService/FetchAggregate',
+            fedcity_dot_v1_dot_federation__pb2.AggregateRef.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchContributions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedcity.v1.AgentService/FetchContributions',
             fedcity_dot_v1_dot_federation__pb2.AggregateRef.SerializeToString,
             fedcity_dot_v1_dot_federation__pb2.Chunk.FromString,
             options,
