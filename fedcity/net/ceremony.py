@@ -3,8 +3,11 @@
 :func:`deal_federation` runs once, on a trusted machine, and writes a directory that the
 operator then hands out piece by piece::
 
-    OUT/federation-public.json          public: threshold key + agency → share index (everyone)
+    OUT/federation-public.json          public: threshold key, agency → share index, and every
+                                        agency's Ed25519 public signing key (everyone)
     OUT/agencies/<agency>/share.json    secret (0600): that agency's key share only
+    OUT/agencies/<agency>/signing-key.json  secret (0600): its Ed25519 signing key (it signs
+                                        every upload; see fedcity.crypto.signing)
 
 In the single-key-holder mode (``key_holder=...``) there are no shares: the key holder gets
 ``agencies/<holder>/private-key.json`` (secret, 0600) and every other agency
@@ -60,6 +63,7 @@ from fedcity.crypto import (
     save_key,
 )
 from fedcity.crypto.keys import read_json_file
+from fedcity.crypto.signing import SigningKey, VerifyKey
 
 __all__ = [
     "FEDERATION_FORMAT",
@@ -317,6 +321,8 @@ class FederationFiles:
     shares, agency_tokens : dict of str to Path
         Per agency. ``shares`` holds each agency's secret decryption key: its threshold
         share, or in the key-holder mode the key holder's private key only.
+    signing_keys : dict of str to Path
+        Per agency: its Ed25519 signing key (secret), next to its key file.
     public_keys : dict of str to Path
         Key-holder mode: the public key file of every other agency.
     scientist_tokens : dict of str to Path
@@ -333,6 +339,7 @@ class FederationFiles:
     agency_tokens: dict[str, Path] = field(default_factory=dict)
     scientist_tokens: dict[str, Path] = field(default_factory=dict)
     public_keys: dict[str, Path] = field(default_factory=dict)
+    signing_keys: dict[str, Path] = field(default_factory=dict)
 
     def key_file(self, agency: str) -> Path:
         """The key file an agency's agent loads (its share, private key or public key)."""
@@ -348,6 +355,7 @@ class FederationFiles:
             self.server_key,
             *self.shares.values(),
             *self.public_keys.values(),
+            *self.signing_keys.values(),
             *self.agency_tokens.values(),
             *self.scientist_tokens.values(),
         ]
@@ -374,6 +382,7 @@ def _layout(
         shares=shares,
         public_keys=public_keys,
         agency_tokens={a: root / "agencies" / a / "token" for a in agencies},
+        signing_keys={a: root / "agencies" / a / "signing-key.json" for a in agencies},
         scientist_tokens={s: root / "scientists" / s / "token" for s in scientists},
     )
 
@@ -476,6 +485,8 @@ def deal_federation(
         public["key_holder"] = key_holder
         public["agencies"] = {a: int(a == key_holder) for a in agencies}
         keys = {a: sk if a == key_holder else pk for a in agencies}
+    signing = {a: SigningKey.generate() for a in agencies}
+    public["signing_keys"] = {a: signing[a].public_key.hex() for a in agencies}
     ca_pem, cert_pem, key_pem = _make_tls(hosts, key_id.hex()[:16])
     tokens = {name: secrets.token_urlsafe(32) for name in principals}
 
@@ -494,6 +505,7 @@ def deal_federation(
                 key.save(files.key_file(a))
             else:
                 save_key(key, files.key_file(a))
+            signing[a].save(files.signing_keys[a], a)
         except CryptoError as exc:
             raise CeremonyError(str(exc)) from exc
         _write_new(files.agency_tokens[a], (tokens[a] + "\n").encode(), secret=True)
@@ -512,7 +524,7 @@ def deal_federation(
     _write_new(files.ca_cert, ca_pem, secret=False)
     _write_new(files.server_cert, cert_pem, secret=False)
     _write_new(files.server_key, key_pem, secret=True)
-    del tokens, keys
+    del tokens, keys, signing
     return files
 
 
@@ -532,12 +544,16 @@ class Federation:
         The threshold key (None in the key-holder mode).
     key_holder : str or None
         The agency holding the private key (key-holder mode only).
+    signing_keys : dict of str to VerifyKey
+        Every agency's Ed25519 public key: uploads and the contributions decryptors are
+        shown must carry a valid signature by it.
     """
 
     public_key: PublicKey
     agencies: dict[str, int]
     threshold_key: ThresholdPublicKey | None = None
     key_holder: str | None = None
+    signing_keys: dict[str, VerifyKey] = field(default_factory=dict)
 
     @property
     def key_id(self) -> bytes:
@@ -617,7 +633,8 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
                 f"{p}: agencies {seen[index]!r} and {name!r} both claim share {index}"
             )
         seen[index] = name
-    return Federation(tpk.public_key, agencies, threshold_key=tpk)
+    signing_keys = _signing_keys(p, data, agencies)
+    return Federation(tpk.public_key, agencies, threshold_key=tpk, signing_keys=signing_keys)
 
 
 def _key_field(
@@ -645,6 +662,40 @@ def _agency_indices(p: Path, data: Mapping[str, Any]) -> dict[str, int]:
     return dict(agencies)
 
 
+def _signing_keys(
+    p: Path, data: Mapping[str, Any], agencies: Mapping[str, int]
+) -> dict[str, VerifyKey]:
+    """Every agency's Ed25519 public key: exactly the agencies, each valid, all distinct."""
+    listed = data.get("signing_keys")
+    if not isinstance(listed, dict):
+        raise CeremonyError(
+            f"{p}: signing_keys must be an object of agency → Ed25519 public key (64 hex "
+            "digits); a federation file without it predates signed contributions: deal a new "
+            "federation"
+        )
+    missing = sorted(set(agencies) - set(listed))
+    extra = sorted(set(listed) - set(agencies))
+    if missing or extra:
+        raise CeremonyError(
+            f"{p}: signing_keys must list exactly the agencies; missing {missing}, "
+            f"not an agency {extra}"
+        )
+    keys: dict[str, VerifyKey] = {}
+    owner: dict[bytes, str] = {}
+    for name in agencies:
+        try:
+            key = VerifyKey.from_hex(listed[name])
+        except CryptoError as exc:
+            raise CeremonyError(f"{p}: signing_keys[{name!r}]: {exc}") from exc
+        if key.raw in owner:
+            raise CeremonyError(
+                f"{p}: agencies {owner[key.raw]!r} and {name!r} list the same signing key"
+            )
+        owner[key.raw] = name
+        keys[name] = key
+    return keys
+
+
 def _load_key_holder_federation(p: Path, data: Mapping[str, Any]) -> Federation:
     pk = _key_field(p, data, "public_key", PublicKey.from_json_dict)
     agencies = _agency_indices(p, data)
@@ -657,4 +708,5 @@ def _load_key_holder_federation(p: Path, data: Mapping[str, Any]) -> Federation:
                 f"{p}: agencies[{name!r}] must be {int(name == holder)} in a key-holder "
                 f"federation (1 for the key holder {holder!r}, 0 otherwise), got {index}"
             )
-    return Federation(pk, agencies, key_holder=holder)
+    signing_keys = _signing_keys(p, data, agencies)
+    return Federation(pk, agencies, key_holder=holder, signing_keys=signing_keys)

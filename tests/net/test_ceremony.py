@@ -47,6 +47,8 @@ def test_layout_and_modes(fed):
         assert _mode(fed.shares[a]) == 0o600
         assert _mode(fed.agency_tokens[a]) == 0o600
         assert _mode(fed.shares[a].parent) == 0o700
+        assert fed.signing_keys[a] == root / "agencies" / a / "signing-key.json"
+        assert _mode(fed.signing_keys[a]) == 0o600
     for s in ("analyst", "auditor"):
         assert _mode(fed.scientist_tokens[s]) == 0o600
     assert _mode(fed.server_key) == 0o600
@@ -71,6 +73,25 @@ def test_public_file_and_shares_agree(fed):
         assert share.threshold_key.key_id == federation.key_id
         assert share.index == federation.agencies[a]
     assert "share" not in data["threshold_public_key"] and "share" not in data
+
+
+def test_signing_keys_are_dealt_per_agency_and_listed_publicly(fed):
+    from fedcity.crypto.signing import SigningKey, Statement
+
+    federation = load_federation(fed.public)
+    assert set(federation.signing_keys) == set(AGENCIES)
+    public_text = fed.public.read_text()
+    for a in AGENCIES:
+        agency, key = SigningKey.load(fed.signing_keys[a])
+        assert agency == a and federation.signing_keys[a] == key.public_key
+        assert json.loads(fed.signing_keys[a].read_text())["seed"] not in public_text
+        statement = Statement.for_payload("job", 0, "contribution", a, federation.key_id, b"x")
+        signature = key.sign(statement)
+        assert federation.signing_keys[a].verify(statement, signature)
+        others = [b for b in AGENCIES if b != a]
+        assert not any(federation.signing_keys[b].verify(statement, signature) for b in others)
+    coordinator_bytes = b"".join(p.read_bytes() for p in fed.credentials.parent.iterdir())
+    assert b"fedcity.ed25519.signing-key" not in coordinator_bytes
 
 
 def test_tokens_and_credentials_hold_only_hashes(fed):
@@ -201,6 +222,20 @@ def _mutated(fed, tmp_path, mutate):
         (lambda d: d["agencies"].update({"district-01": True}), "must be an integer"),
         (lambda d: d["agencies"].update({"district-01": 2}), "both claim share 2"),
         (lambda d: d["agencies"].update({"bad name": 1}), "not a valid agency name"),
+        (lambda d: d.pop("signing_keys"), "signing_keys must be an object.*deal a new"),
+        (lambda d: d["signing_keys"].pop("district-02"), r"missing \['district-02'\]"),
+        (
+            lambda d: d["signing_keys"].update({"district-09": "00" * 32}),
+            r"not an agency \['district-09'\]",
+        ),
+        (
+            lambda d: d["signing_keys"].update({"district-01": "AB" * 32}),
+            r"signing_keys\['district-01'\]: .*64 lowercase hex",
+        ),
+        (
+            lambda d: d["signing_keys"].update({"district-01": d["signing_keys"]["district-03"]}),
+            "'district-01' and 'district-03' list the same signing key",
+        ),
     ],
 )
 def test_load_federation_errors(fed, tmp_path, mutate, match):
@@ -265,6 +300,9 @@ def test_key_holder_layout_and_public_file(kh_fed):
     assert fed.key_id == private.public_key.key_id
     assert fed.share_index_of(AGENCIES) == {"district-02": 1}
     assert isinstance(fed.scheme(blinding_key=bytes(32)), KeyHolderScheme)
+    assert set(fed.signing_keys) == set(AGENCIES)  # every agency signs, key holder or not
+    for a in AGENCIES:
+        assert _mode(kh_fed.signing_keys[a]) == 0o600
 
 
 @pytest.mark.parametrize(
@@ -297,6 +335,7 @@ def test_key_holder_invalid_input(tmp_path, kwargs, match):
             lambda d: d["agencies"].update({"district-02": 0}),
             r"agencies\['district-02'\] must be 1",
         ),
+        (lambda d: d.pop("signing_keys"), "signing_keys must be an object"),
     ],
 )
 def test_load_key_holder_federation_errors(kh_fed, tmp_path, mutate, match):
