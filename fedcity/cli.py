@@ -4,6 +4,8 @@
 
     fedcity keys deal --agencies a,b,c --threshold 2 --out federation/
     fedcity coordinator serve ...            (options: fedcity coordinator serve --help)
+    fedcity coordinator check-store --db coordinator.sqlite
+    fedcity coordinator backup --db coordinator.sqlite --to backup.sqlite
     fedcity agent run --config agency.toml
     fedcity job submit --coordinator HOST:PORT --token-file F --ca-file tls/ca.pem
                        --type logistic_regression --params '{"C": 1.0}' --dataset inspections
@@ -12,7 +14,8 @@
 
 Connection options may also come from ``FEDCITY_COORDINATOR``, ``FEDCITY_TOKEN_FILE`` and
 ``FEDCITY_CA_FILE``. Errors are reported on one line of stderr; the exit code is 2 for a
-command-line mistake and 1 for anything that went wrong while running.
+command-line mistake and 1 for anything that went wrong while running; ``check-store`` and
+``backup`` exit with 2 when they refuse a database (as the coordinator does at start).
 """
 
 from __future__ import annotations
@@ -182,6 +185,23 @@ def build_parser() -> _Parser:
         help="serve agents and data scientists (options: fedcity coordinator serve --help)",
         add_help=False,
     )
+    check_store = coordinator.add_parser(
+        "check-store",
+        help="check the coordinator's database read-only (safe while it runs)",
+        description="Run every check the coordinator runs on its database at start (schema, "
+        "SQLite quick_check, the events' hash chain, a lost -wal file) without writing "
+        "anything, and print a summary. Exit code 0 if all pass, 2 with the reason if not.",
+    )
+    check_store.add_argument("--db", type=Path, required=True, help="the database file")
+    backup = coordinator.add_parser(
+        "backup",
+        help="consistent online backup of the coordinator's database (safe while it runs)",
+        description="Copy the database with SQLite's online backup (the coordinator may keep "
+        "running), then check the copy like check-store. DEST must not exist. Restore: see "
+        "docs/operations.md.",
+    )
+    backup.add_argument("--db", type=Path, required=True, help="the database file")
+    backup.add_argument("--to", type=Path, required=True, metavar="DEST", help="new backup file")
 
     # agent
     agent = commands.add_parser("agent", help="run an agency's agent").add_subparsers(
@@ -306,6 +326,16 @@ def _coordinator_serve(argv: list[str]) -> int:
         raise _Failure(f"the coordinator is not available in this installation: {exc}") from exc
     code = coordinator.main(argv)
     return int(code) if isinstance(code, int) else EXIT_OK
+
+
+def _coordinator_store(args: argparse.Namespace) -> int:
+    from fedcity.net.storecheck import backup_command, check_command
+
+    if args.action == "check-store":
+        return check_command(args.db)
+    if args.action == "backup":
+        return backup_command(args.db, args.to)
+    raise _UsageError(f"unknown coordinator action {args.action!r}")  # pragma: no cover
 
 
 def _agent_run(args: argparse.Namespace) -> int:
@@ -442,6 +472,8 @@ def _agencies(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "keys":
         return _keys_deal(args)
+    if args.command == "coordinator":
+        return _coordinator_store(args)
     if args.command == "agent":
         return _agent_run(args)
     if args.command == "job":
