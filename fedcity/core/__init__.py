@@ -17,6 +17,7 @@ from fedcity.core.errors import (
     ProtocolError,
     RejectedContribution,
 )
+from fedcity.core.integrity import ContributionVerifier, Evidence, SignedContribution
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.rounds import AggregationRound, RoundPhase
 from fedcity.core.tasks import LOCAL_STEPS, Task, TaskRequest, local_step
@@ -27,6 +28,8 @@ __all__ = [
     "AgencyUnavailable",
     "AggregationRound",
     "AggregationScheme",
+    "ContributionVerifier",
+    "Evidence",
     "JobFailed",
     "KeyHolderScheme",
     "PaillierScheme",
@@ -34,6 +37,7 @@ __all__ = [
     "ProtocolError",
     "RejectedContribution",
     "RoundPhase",
+    "SignedContribution",
     "Task",
     "TaskRequest",
     "local_step",

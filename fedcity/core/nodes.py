@@ -3,8 +3,10 @@
 An :class:`AgencyNode` holds one agency's dataset and key share. Given a :class:`Task` it runs
 the vetted local step, bounds the result (clipping with an overflow flag, or L2 clipping and
 integer noise under differential privacy), and seals it with the aggregation scheme. Given an
-encrypted aggregate it checks that the aggregate is large enough to release and returns its
-partial decryption. The agent daemon and the in-process federation both drive this class.
+encrypted aggregate it checks that the aggregate is large enough to release and, given a
+:class:`~fedcity.core.integrity.ContributionVerifier`, that it is the sum of enough agencies'
+signed contributions, then returns its partial decryption. The agent daemon and the
+in-process federation both drive this class.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy.typing as npt
 
 from fedcity.core.aggregation import AggregationScheme, DecryptionKey
 from fedcity.core.errors import RejectedContribution
+from fedcity.core.integrity import ContributionVerifier, Evidence
 from fedcity.core.rounds import overflow_flag
 from fedcity.core.tasks import LOCAL_STEPS, Task
 
@@ -58,6 +61,9 @@ class AgencyNode:
         By default every vetted task kind is allowed.
     rng : numpy.random.Generator, optional
         Source of differential-privacy noise (defaults to an OS-seeded generator).
+    verifier : ContributionVerifier, optional
+        When given, :meth:`decrypt_share` decrypts only aggregates shown with evidence that
+        they are the sum of enough agencies' signed contributions.
     """
 
     def __init__(
@@ -69,6 +75,7 @@ class AgencyNode:
         share: DecryptionKey | None = None,
         policy: TaskPolicy | None = None,
         rng: np.random.Generator | None = None,
+        verifier: ContributionVerifier | None = None,
     ) -> None:
         self.name = name
         self.dataset = dataset
@@ -81,6 +88,9 @@ class AgencyNode:
         self.timings = LocalTimings()
         self.served: list[tuple[str, int, str]] = []
         """(job id, round, kind) of every task this agency answered: its local log."""
+        self.verifier = verifier
+        self.verified: list[tuple[str, int, dict[str, str]]] = []
+        """(job id, round, contributor → SHA-256) of every aggregate checked before decrypting."""
 
     def __repr__(self) -> str:
         return f"<AgencyNode {self.name!r} n={self.dataset.n_samples}>"
@@ -141,12 +151,22 @@ class AgencyNode:
         self.served.append((task.job_id, task.round, task.request.kind))
         return payload
 
-    def decrypt_share(self, task: Task, aggregate_bytes: bytes, *, summands_min: int) -> bytes:
+    def decrypt_share(
+        self,
+        task: Task,
+        aggregate_bytes: bytes,
+        *,
+        summands_min: int,
+        evidence: Evidence | None = None,
+    ) -> bytes:
         """Partially decrypt an aggregate of at least ``summands_min`` contributions.
 
         An agency refuses to help decrypt anything that is not an aggregate of enough
-        agencies, so the coordinator cannot use it to read a single contribution (under the
-        honest-but-curious model; see docs/trust-model.md).
+        agencies, so the coordinator cannot use it to read a single contribution. The
+        ``summands`` label alone only catches an honest coordinator's mistakes; with a
+        :attr:`verifier`, ``evidence`` (the round's signed contributions) is required and
+        checked first, which stops a deviating coordinator from relabelling one contribution
+        as an aggregate (see docs/trust-model.md).
         """
         aggregate = self.scheme.aggregate_from_bytes(aggregate_bytes, task.spec, task.vector_length)
         summands = getattr(aggregate, "summands", summands_min)
@@ -155,6 +175,27 @@ class AgencyNode:
                 f"agency {self.name!r} refuses to decrypt an aggregate of {summands} "
                 f"contribution(s); the job requires at least {summands_min}"
             )
+        if self.verifier is not None:
+            if evidence is None:
+                raise RejectedContribution(
+                    f"agency {self.name!r} decrypts only aggregates shown with their signed "
+                    "contributions; none were given"
+                )
+            start = time.perf_counter()
+            try:
+                digests = self.verifier.check(
+                    self.scheme, task, aggregate, evidence, summands_min=summands_min
+                )
+            except RejectedContribution as exc:
+                raise RejectedContribution(
+                    f"agency {self.name!r} refuses to decrypt: {exc}"
+                ) from exc
+            finally:
+                extra = self.timings.extra
+                extra["aggregate_check"] = extra.get("aggregate_check", 0.0) + (
+                    time.perf_counter() - start
+                )
+            self.verified.append((task.job_id, task.round, digests))
         start = time.perf_counter()
         payload = self.scheme.partial(self.share, aggregate)
         self.timings.partial_decryption += time.perf_counter() - start
