@@ -7,9 +7,11 @@ with a precise message; the gRPC shells map it to ``INVALID_ARGUMENT``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from fedcity.core.tasks import LOCAL_STEPS, Task, TaskRequest
@@ -20,15 +22,36 @@ from fedcity.v1 import federation_pb2 as fpb
 
 __all__ = [
     "CHUNK_BYTES",
+    "MAX_CATEGORY_LEVELS",
+    "MAX_DATASETS",
+    "MAX_FEATURE_COLUMNS",
+    "MAX_FEATURE_SPEC_BYTES",
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
     "MAX_MESSAGE_BYTES",
+    "MAX_NAME_CHARS",
     "MAX_PAYLOAD_BYTES",
+    "MAX_REGISTRATION_BYTES",
+    "MAX_STATUS_CHARS",
+    "MAX_TASK_KINDS",
+    "MAX_VERSION_CHARS",
+    "SHOWN_CHARS",
     "MessageError",
     "assemble",
     "assignment_to_task",
+    "check_job_id",
+    "check_name",
+    "check_text",
     "chunks",
+    "clipped",
     "feature_spec_from_json",
     "feature_spec_to_json",
+    "json_depth",
     "parse_json_object",
+    "parse_registration",
+    "registration_from_json",
+    "shown",
+    "status_message",
     "task_to_assignment",
 ]
 
@@ -40,14 +63,174 @@ MAX_PAYLOAD_BYTES = 1 << 30
 """Largest payload a stream may carry (1 GiB)."""
 
 
+MAX_JSON_BYTES = 64 << 10
+"""Largest JSON text a client may send in one field (job parameters, privacy settings; 64 KiB)."""
+MAX_JSON_DEPTH = 16
+"""Deepest nesting of arrays and objects in any JSON field (real specs need 3 to 6 levels)."""
+MAX_FEATURE_SPEC_BYTES = 32 << 10
+"""Largest feature spec, as sent and in its canonical form (32 KiB)."""
+MAX_FEATURE_COLUMNS = 1000
+"""Most columns (numeric plus categorical) one feature spec declares."""
+MAX_CATEGORY_LEVELS = 1000
+"""Most levels one categorical column declares."""
+MAX_DATASETS = 32
+"""Most datasets one agency registers."""
+MAX_REGISTRATION_BYTES = 128 << 10
+"""Largest registration: dataset names plus canonical feature specs (128 KiB), so that a
+federation of 16 agencies at the limit lists in half of :data:`MAX_MESSAGE_BYTES`."""
+MAX_NAME_CHARS = 64
+"""Longest agency or dataset name (the ceremony's agency names are at most 64 characters)."""
+MAX_VERSION_CHARS = 128
+"""Longest software version an agent reports."""
+MAX_TASK_KINDS = 64
+"""Most task kinds an agent reports (each at most :data:`MAX_NAME_CHARS` characters)."""
+MAX_STATUS_CHARS = 2000
+"""Longest status message a call answers with (gRPC metadata is limited to about 8 KiB)."""
+SHOWN_CHARS = 80
+"""How much of a client-supplied value :func:`shown` keeps for messages and logs."""
+
+_JOB_ID = re.compile(r"[0-9a-f]{12}")
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
 class MessageError(ValueError):
     """A message that is well-formed protobuf but not a valid fedcity message."""
 
 
-def parse_json_object(text: str, what: str) -> dict[str, Any]:
-    """Parse a JSON object field, refusing NaN/Infinity and non-objects."""
+# -- showing client values --------------------------------------------------------------------
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for a message or a log line, cut after about ``limit`` characters.
+
+    A longer value keeps its first ``limit`` characters followed by ``…(N chars)``, N being the
+    length of the string (or of the representation, for other values).
+
+    Examples
+    --------
+    >>> shown("district-01")
+    "'district-01'"
+    >>> shown("x" * 1000, limit=4)
+    "'xxxx'…(1000 chars)"
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}…({len(value)} chars)"
+    text = repr(value)
+    return clipped(text, limit)
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and ``…(N chars)``."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} chars)"
+
+
+def status_message(text: str) -> str:
+    """``text`` cut to fit a call's status (gRPC sends it percent-encoded in metadata).
+
+    At most :data:`MAX_STATUS_CHARS` characters, and fewer if the percent-encoded form of
+    non-ASCII text would exceed three times that.
+    """
+    out = clipped(text, MAX_STATUS_CHARS)
+    if out.isascii() and "%" not in out:
+        return out
+    budget = 3 * MAX_STATUS_CHARS
+    for i, ch in enumerate(out):
+        budget -= 1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode("utf-8", "replace"))
+        if budget < 0:
+            return f"{out[:i]}…({len(text)} chars)"
+    return out
+
+
+def check_job_id(value: str) -> str:
+    """A job id as the coordinator makes them (12 lowercase hexadecimal characters).
+
+    Raises
+    ------
+    MessageError
+        Any other string; the message shows at most a few characters of it.
+    """
+    if not _JOB_ID.fullmatch(value):
+        raise MessageError(f"job_id must be 12 hexadecimal characters, got {shown(value, 16)}")
+    return value
+
+
+def check_text(value: str, what: str, max_chars: int) -> str:
+    """A printable client string (possibly empty) of at most ``max_chars`` characters."""
+    if len(value) > max_chars:
+        raise MessageError(f"{what} holds {len(value)} characters; the limit is {max_chars}")
+    if not value.isprintable():
+        raise MessageError(f"{what} {shown(value)} holds non-printable characters")
+    return value
+
+
+def check_name(value: str, what: str) -> str:
+    """An agency or dataset name: 1 to :data:`MAX_NAME_CHARS` printable characters, unpadded."""
+    if not value:
+        raise MessageError(f"{what} must be non-empty")
+    check_text(value, what, MAX_NAME_CHARS)
+    if value != value.strip():
+        raise MessageError(f"{what} {shown(value)} must not start or end with blanks")
+    return value
+
+
+# -- bounded JSON -----------------------------------------------------------------------------
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in ``text`` (brackets inside strings do not count).
+
+    Exact for valid JSON and never less than what a parser would recurse into for invalid
+    JSON; the scan runs in linear time without recursion.
+
+    Examples
+    --------
+    >>> json_depth('{"a": [1, {"b": "[[["}]}')
+    3
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+def parse_json_object(
+    text: str,
+    what: str,
+    *,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> dict[str, Any]:
+    """Parse a JSON object field within size and depth limits, refusing NaN/Infinity.
+
+    The limits are checked on the text before it is parsed, so no input reaches the parser's
+    recursion limit. An empty text is the empty object.
+
+    Parameters
+    ----------
+    text : str
+    what : str
+        The field's name for messages, e.g. ``"params_json"``.
+    max_bytes : int, default MAX_JSON_BYTES
+        Largest UTF-8 size of ``text``.
+    max_depth : int, default MAX_JSON_DEPTH
+        Deepest nesting of arrays and objects (``{}`` is depth 1).
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    MessageError
+        Too large, too deep, not JSON, or not an object; the message names ``what``, the
+        limit and what was found.
+    """
     if not text:
         return {}
+    size = len(text) if len(text) > max_bytes else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise MessageError(f"{what} holds {size} bytes of JSON; the limit is {max_bytes}")
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise MessageError(f"{what} nests {depth} levels deep; the limit is {max_depth}")
 
     def no_constants(name: str) -> Any:
         raise MessageError(f"{what}: {name} is not allowed in JSON")
@@ -56,6 +239,10 @@ def parse_json_object(text: str, what: str) -> dict[str, Any]:
         value = json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as exc:
         raise MessageError(f"{what} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    except MessageError:
+        raise
+    except (ValueError, RecursionError) as exc:  # e.g. an integer beyond int_max_str_digits
+        raise MessageError(f"{what} is not acceptable JSON: {clipped(str(exc), 200)}") from exc
     if not isinstance(value, dict):
         raise MessageError(f"{what} must be a JSON object")
     return value
@@ -75,20 +262,99 @@ def feature_spec_to_json(spec: FeatureSpec) -> str:
     )
 
 
-def feature_spec_from_json(text: str) -> FeatureSpec:
-    """Inverse of :func:`feature_spec_to_json`, validated by :class:`FeatureSpec`."""
-    data = parse_json_object(text, "feature spec")
+def feature_spec_from_json(text: str, what: str = "feature spec") -> FeatureSpec:
+    """Inverse of :func:`feature_spec_to_json`, validated by :class:`FeatureSpec`.
+
+    The text is bounded by :data:`MAX_FEATURE_SPEC_BYTES`, the columns by
+    :data:`MAX_FEATURE_COLUMNS` and each vocabulary by :data:`MAX_CATEGORY_LEVELS`.
+    """
+    data = parse_json_object(text, what, max_bytes=MAX_FEATURE_SPEC_BYTES)
+    numeric = data.get("numeric")
+    categorical = data.get("categorical", {})
+    if "numeric" not in data or "label" not in data:
+        raise MessageError(f"{what} lacks {'numeric' if 'numeric' not in data else 'label'!r}")
+    if not isinstance(numeric, list):
+        raise MessageError(f"{what}: numeric must be a JSON array of column names")
+    if not isinstance(categorical, dict):
+        raise MessageError(f"{what}: categorical must be a JSON object of column: levels")
+    columns = len(numeric) + len(categorical)
+    if columns > MAX_FEATURE_COLUMNS:
+        raise MessageError(f"{what} declares {columns} columns; the limit is {MAX_FEATURE_COLUMNS}")
+    for column, levels in categorical.items():
+        if isinstance(levels, list) and len(levels) > MAX_CATEGORY_LEVELS:
+            raise MessageError(
+                f"{what}: categorical column {shown(column)} declares {len(levels)} levels; "
+                f"the limit is {MAX_CATEGORY_LEVELS}"
+            )
     try:
         return FeatureSpec(
-            numeric=tuple(data["numeric"]),
-            categorical={str(c): tuple(v) for c, v in dict(data.get("categorical", {})).items()},
+            numeric=tuple(numeric),
+            categorical={str(c): tuple(v) for c, v in categorical.items()},
             label=str(data["label"]),
             weight=data.get("weight"),
         )
-    except KeyError as exc:
-        raise MessageError(f"feature spec lacks {exc}") from exc
     except (TypeError, ValueError) as exc:
-        raise MessageError(f"invalid feature spec: {exc}") from exc
+        raise MessageError(f"invalid {what}: {clipped(str(exc), 300)}") from exc
+
+
+def parse_registration(datasets: Sequence[fpb.DatasetInfo]) -> dict[str, FeatureSpec]:
+    """The datasets an agency registers, checked against every registration limit.
+
+    Parameters
+    ----------
+    datasets : sequence of DatasetInfo
+        As a ``RegisterRequest`` carries them.
+
+    Returns
+    -------
+    dict of str to FeatureSpec
+
+    Raises
+    ------
+    MessageError
+        More than :data:`MAX_DATASETS` datasets, an invalid or repeated name, an invalid or
+        too large feature spec, or more than :data:`MAX_REGISTRATION_BYTES` in all.
+    """
+    if len(datasets) > MAX_DATASETS:
+        raise MessageError(
+            f"the registration declares {len(datasets)} datasets; the limit is {MAX_DATASETS}"
+        )
+    declared: dict[str, FeatureSpec] = {}
+    total = 0
+    for i, ds in enumerate(datasets):
+        name = check_name(ds.name, f"datasets[{i}].name")
+        if name in declared:
+            raise MessageError(f"dataset {shown(name)} declared twice")
+        spec = feature_spec_from_json(ds.feature_spec_json, f"feature spec of {name!r}")
+        size = len(feature_spec_to_json(spec))
+        if size > MAX_FEATURE_SPEC_BYTES:
+            raise MessageError(
+                f"the feature spec of {name!r} takes {size} bytes in canonical form; the limit "
+                f"is {MAX_FEATURE_SPEC_BYTES}"
+            )
+        total += size + len(name.encode())
+        declared[name] = spec
+    if total > MAX_REGISTRATION_BYTES:
+        raise MessageError(
+            f"the registration takes {total} bytes (dataset names and canonical feature specs); "
+            f"the limit is {MAX_REGISTRATION_BYTES}"
+        )
+    return declared
+
+
+def registration_from_json(text: str) -> dict[str, FeatureSpec]:
+    """A stored registration (``{dataset: feature spec JSON}``), under today's limits."""
+    data = parse_json_object(
+        text, "stored registration", max_bytes=2 * MAX_REGISTRATION_BYTES, max_depth=1
+    )
+    if len(data) > MAX_DATASETS:
+        raise MessageError(f"the stored registration declares {len(data)} datasets")
+    for name, spec in data.items():
+        if not isinstance(spec, str):
+            raise MessageError(f"stored registration: dataset {shown(name)} is not a JSON string")
+    return parse_registration(
+        [fpb.DatasetInfo(name=name, feature_spec_json=spec) for name, spec in data.items()]
+    )
 
 
 # -- tasks ------------------------------------------------------------------------------------
@@ -124,7 +390,7 @@ def assignment_to_task(msg: fpb.Assignment) -> Task:
     try:
         request = TaskRequest(
             msg.kind,
-            parse_json_object(msg.params_json, "task parameters"),
+            parse_json_object(msg.params_json, "task parameters", max_bytes=MAX_MESSAGE_BYTES),
             int(msg.request_length),
             clip=msg.clip,
             precision_bits=msg.precision_bits,
@@ -135,7 +401,11 @@ def assignment_to_task(msg: fpb.Assignment) -> Task:
         spec = packing_spec_from_proto(msg.spec)
     except (ValueError, CryptoError) as exc:
         raise MessageError(f"invalid assignment: {exc}") from exc
-    dp = parse_json_object(msg.dp_json, "DP parameters") if msg.dp_json else None
+    dp = (
+        parse_json_object(msg.dp_json, "DP parameters", max_bytes=MAX_MESSAGE_BYTES)
+        if msg.dp_json
+        else None
+    )
     return Task(msg.job_id, msg.round, request, spec, dp=dp)
 
 
