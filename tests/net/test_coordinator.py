@@ -524,7 +524,7 @@ def test_bad_inputs_get_precise_status_and_leave_the_store_unchanged(files, key,
         ),
         (Code.PERMISSION_DENIED, lambda: a1.upload(job_id, r0, kind, valid, agency=a2.name)),
         # stale or wrong references
-        (Code.FAILED_PRECONDITION, lambda: a1.upload("no-such-job", r0, kind, valid)),
+        (Code.FAILED_PRECONDITION, lambda: a1.upload("0123456789ab", r0, kind, valid)),
         (Code.FAILED_PRECONDITION, lambda: a1.upload(job_id, r0 + 1, kind, valid)),
         (Code.FAILED_PRECONDITION, lambda: a1.upload(job_id, r0, fpb.PAYLOAD_KIND_PARTIAL, valid)),
         (
@@ -629,7 +629,7 @@ def test_bad_inputs_get_precise_status_and_leave_the_store_unchanged(files, key,
         (Code.FAILED_PRECONDITION, lambda: submit(port, min_agencies=4)),
         (
             Code.NOT_FOUND,
-            lambda: jobs.GetResult(fpb.JobRef(job_id="nope"), metadata=auth("analyst")),
+            lambda: jobs.GetResult(fpb.JobRef(job_id="0123456789ab"), metadata=auth("analyst")),
         ),
         (
             Code.FAILED_PRECONDITION,
@@ -637,11 +637,11 @@ def test_bad_inputs_get_precise_status_and_leave_the_store_unchanged(files, key,
         ),
         (
             Code.NOT_FOUND,
-            lambda: jobs.CancelJob(fpb.JobRef(job_id="nope"), metadata=auth("analyst")),
+            lambda: jobs.CancelJob(fpb.JobRef(job_id="0123456789ab"), metadata=auth("analyst")),
         ),
         (
             Code.NOT_FOUND,
-            lambda: jobs.WatchJob(fpb.JobRef(job_id="nope"), metadata=auth("analyst")),
+            lambda: jobs.WatchJob(fpb.JobRef(job_id="0123456789ab"), metadata=auth("analyst")),
         ),
     ]
     for code, call in cases:

@@ -61,6 +61,14 @@ def _reason(text: str) -> str:
     return text if len(text) <= _MAX_REASON else text[:_MAX_REASON] + "…"
 
 
+def _checked_job_id(job_id: str) -> str:
+    """A client's job id, or INVALID_ARGUMENT without echoing it whole."""
+    try:
+        return messages.check_job_id(job_id)
+    except messages.MessageError as exc:
+        raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+
+
 class Coordinator:
     """The coordinator's state and rules, independent of gRPC plumbing.
 
@@ -123,14 +131,14 @@ class Coordinator:
         """Load registrations and rebuild every running job by replaying its events."""
         with self._lock:
             for row in self.store.agencies():
-                try:
-                    declared = json.loads(row.datasets)
-                    self._datasets[row.name] = {
-                        name: messages.feature_spec_from_json(spec)
-                        for name, spec in declared.items()
-                    }
+                try:  # today's limits: an older, oversized registration waits for a new one
+                    self._datasets[row.name] = messages.registration_from_json(row.datasets)
                 except (ValueError, AttributeError) as exc:
-                    log.error("ignoring stored registration of %r: %s", row.name, exc)
+                    log.error(
+                        "ignoring stored registration of %s (the agency must register again): %s",
+                        messages.shown(row.name),
+                        exc,
+                    )
                     continue
                 if row.last_seen is not None:
                     self.liveness.last_seen[row.name] = row.last_seen
@@ -454,7 +462,8 @@ class Coordinator:
         if agency != principal.name:
             raise StatusError(
                 Code.PERMISSION_DENIED,
-                f"authenticated as {principal.name!r}, the request names agency {agency!r}; "
+                f"authenticated as {principal.name!r}, the request names agency "
+                f"{messages.shown(agency)}; "
                 "an agency can only act as itself",
             )
 
@@ -467,18 +476,20 @@ class Coordinator:
                 f"agency {req.agency!r} holds no share of this federation's key "
                 "(it is not listed in federation-public.json)",
             )
-        declared: dict[str, FeatureSpec] = {}
-        for i, ds in enumerate(req.datasets):
-            if not ds.name or ds.name != ds.name.strip():
-                raise StatusError(
-                    Code.INVALID_ARGUMENT, f"datasets[{i}]: name must be non-empty, no blanks"
+        try:  # every limit before anything is stored
+            messages.check_text(
+                req.software_version, "software_version", messages.MAX_VERSION_CHARS
+            )
+            if len(req.task_kinds) > messages.MAX_TASK_KINDS:
+                raise messages.MessageError(
+                    f"task_kinds lists {len(req.task_kinds)} kinds; the limit is "
+                    f"{messages.MAX_TASK_KINDS}"
                 )
-            if ds.name in declared:
-                raise StatusError(Code.INVALID_ARGUMENT, f"dataset {ds.name!r} declared twice")
-            try:
-                declared[ds.name] = messages.feature_spec_from_json(ds.feature_spec_json)
-            except messages.MessageError as exc:
-                raise StatusError(Code.INVALID_ARGUMENT, f"dataset {ds.name!r}: {exc}") from exc
+            for i, kind in enumerate(req.task_kinds):
+                messages.check_name(kind, f"task_kinds[{i}]")
+            declared = messages.parse_registration(req.datasets)
+        except messages.MessageError as exc:
+            raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
         text = json.dumps(
             {n: messages.feature_spec_to_json(s) for n, s in declared.items()}, sort_keys=True
         )
@@ -496,7 +507,7 @@ class Coordinator:
             req.agency,
             req.software_version,
             sorted(declared),
-            list(req.task_kinds),
+            messages.shown(list(req.task_kinds), 300),
         )
         return fpb.RegisterResponse(
             heartbeat_interval_ms=self._heartbeat_ms(),
@@ -571,6 +582,7 @@ class Coordinator:
 
     def _running_job(self, job_id: str) -> JobRuntime:
         """The job an agent refers to; stale or unknown references are FAILED_PRECONDITION."""
+        _checked_job_id(job_id)
         rt = self._jobs.get(job_id) or self._recent.get(job_id)
         if rt is None:
             raise StatusError(
@@ -799,7 +811,7 @@ class Coordinator:
                 rt.id,
                 req.round,
                 req.agency,
-                reason,
+                messages.shown(reason, 200),
             )
             self._apply(
                 rt,
@@ -819,7 +831,8 @@ class Coordinator:
         if req.job_type not in JOB_TYPES:
             raise StatusError(
                 Code.INVALID_ARGUMENT,
-                f"unknown job type {req.job_type!r}; known types: {sorted(JOB_TYPES)}",
+                f"unknown job type {messages.shown(req.job_type)}; known types: "
+                f"{sorted(JOB_TYPES)}",
             )
         try:
             params = messages.parse_json_object(req.params_json, "params_json")
@@ -830,9 +843,23 @@ class Coordinator:
             )
             job_from_spec(req.job_type, params, privacy)  # validates before anything else
         except ValueError as exc:
-            raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+            raise StatusError(Code.INVALID_ARGUMENT, _reason(str(exc))) from exc
         if not req.dataset:
             raise StatusError(Code.INVALID_ARGUMENT, "dataset is required")
+        n_members = len(self.federation.agencies)
+        if len(req.agencies) > n_members:
+            raise StatusError(
+                Code.INVALID_ARGUMENT,
+                f"agencies lists {len(req.agencies)} names; the federation has {n_members}",
+            )
+        try:
+            messages.check_name(req.dataset, "dataset")
+            if req.evaluate_dataset:
+                messages.check_name(req.evaluate_dataset, "evaluate_dataset")
+            for i, agency in enumerate(req.agencies):
+                messages.check_name(agency, f"agencies[{i}]")
+        except messages.MessageError as exc:
+            raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
         if len(set(req.agencies)) != len(req.agencies):
             repeated = sorted({a for a in req.agencies if list(req.agencies).count(a) > 1})
             raise StatusError(Code.INVALID_ARGUMENT, f"agencies listed twice: {repeated}")
@@ -954,6 +981,7 @@ class Coordinator:
 
     def _lookup(self, job_id: str) -> JobRuntime:
         """A running or recently finished job, or one loaded from the store; else NOT_FOUND."""
+        _checked_job_id(job_id)
         rt = self._jobs.get(job_id) or self._recent.get(job_id)
         if rt is not None:
             return rt
@@ -1035,16 +1063,30 @@ class Coordinator:
             names = list(self.federation.agencies)
             names += sorted(a for a in self._datasets if a not in self.federation.agencies)
             out = fpb.ListAgenciesResponse()
+            budget = messages.MAX_MESSAGE_BYTES * 3 // 4  # one agency never breaks the listing
             for name in names:
                 info = out.agencies.add(
                     name=name,
                     connected=self.liveness.heard(name) and self._alive(name, now),
                     last_seen_unix=self.liveness.last_seen.get(name, 0.0),
                 )
-                for ds, spec in sorted(self._datasets.get(name, {}).items()):
-                    info.datasets.add(
-                        name=ds, feature_spec_json=messages.feature_spec_to_json(spec)
+                offered = [
+                    fpb.DatasetInfo(name=ds, feature_spec_json=messages.feature_spec_to_json(spec))
+                    for ds, spec in sorted(self._datasets.get(name, {}).items())
+                ]
+                size = sum(d.ByteSize() for d in offered)
+                if size > min(budget, 2 * messages.MAX_REGISTRATION_BYTES):
+                    log.warning(
+                        "listing agency %s without its %d datasets (%d bytes, %d left for the "
+                        "listing); it must register again within the limits",
+                        messages.shown(name),
+                        len(offered),
+                        size,
+                        budget,
                     )
+                    continue
+                budget -= size
+                info.datasets.extend(offered)
             return out
 
     def cancel(self, principal: Principal, ref: fpb.JobRef) -> fpb.JobStatus:

@@ -37,7 +37,7 @@ def _unary(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
     except Exception:
         log.exception("unexpected error in a coordinator call")
         error = StatusError(Code.INTERNAL, "internal coordinator error; see its log")
-    context.abort(error.code, error.message)
+    context.abort(error.code, messages.status_message(error.message))
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -51,7 +51,7 @@ def _streaming(context: grpc.ServicerContext, gen: Iterator[T]) -> Iterator[T]:
     except Exception:
         log.exception("unexpected error in a coordinator stream")
         error = StatusError(Code.INTERNAL, "internal coordinator error; see its log")
-    context.abort(error.code, error.message)
+    context.abort(error.code, messages.status_message(error.message))
 
 
 class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
