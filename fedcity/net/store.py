@@ -106,11 +106,11 @@ GENESIS = bytes(32)
 
 DOCS = "docs/operations.md, section 'The coordinator's database'"
 """Where the operator reads what a refusal means and what to do."""
-_RESTORE = (
-    "Keep this file for inspection and restore the latest backup (stop the coordinator, copy "
-    "the backup into place, delete any stale -wal and -shm files next to it, start); "
-    f"see {DOCS}"
+_RESTORE_STEPS = (
+    "(stop the coordinator, copy the backup into place, delete any stale -wal and -shm files "
+    f"next to it, start); see {DOCS}"
 )
+_RESTORE = f"Keep this file for inspection and restore the latest backup {_RESTORE_STEPS}"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = f"""
@@ -362,8 +362,11 @@ class _FileState:
 def _check_file(path: Path) -> _FileState:
     """Checks that need no normal connection: a SQLite file, and no lost ``-wal``.
 
-    The main file's open/closed marker is read with ``immutable=1``: the main file's own
-    content (the ``-wal`` is ignored), and no ``-wal`` or ``-shm`` file is created.
+    Without a ``-wal`` (or with an empty one) the main file is the whole database: its
+    open/closed marker is read with ``immutable=1``, which creates no ``-wal`` or ``-shm``
+    file (a created empty ``-wal`` would hide the loss from the next start). With a non-empty
+    ``-wal`` the marker is not needed, and the main file may be changing under a running
+    coordinator's checkpoints, so it is not read here.
     """
     if not path.is_file():
         raise StoreError(f"{path} is not a regular file; give the coordinator database file")
@@ -386,6 +389,8 @@ def _check_file(path: Path) -> _FileState:
     wal = _wal_path(path)
     wal_bytes = wal.stat().st_size if wal.exists() else None
     wal_mode = len(header) > 19 and header[18] == 2 and header[19] == 2
+    if wal_bytes:
+        return _FileState(wal_bytes, None, "")
     try:
         with closing(
             sqlite3.connect(_uri(path, "immutable=1"), uri=True, isolation_level=None)
@@ -412,9 +417,10 @@ def _check_file(path: Path) -> _FileState:
             f"yet its write-ahead log {wal} {lost}: the commits since that session opened, "
             "acknowledged uploads among them, exist only in that file, so the main file was "
             "copied or kept without it. Starting would silently roll those events back. "
-            f"Put the matching {wal.name} back next to it, or restore a backup made with "
-            "'fedcity coordinator backup' (a plain copy of a running coordinator's file is "
-            f"not one). {_RESTORE}"
+            f"Put the matching {wal.name} back next to it and start again; without it, keep "
+            "this file for inspection and restore the latest backup made with 'fedcity "
+            "coordinator backup' (a plain copy of a running coordinator's file is not one) "
+            f"{_RESTORE_STEPS}"
         )
     return _FileState(wal_bytes, state_, detail)
 
