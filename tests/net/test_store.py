@@ -447,26 +447,37 @@ def test_backup_while_another_connection_writes_is_consistent_and_restorable(tmp
             appended[0] += 1
             i += 1
 
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while appended[0] < n:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.001)
+
     thread = threading.Thread(target=writer)
     thread.start()
+    # and a third connection is in the middle of a write transaction during the backup
+    other = sqlite3.connect(db, isolation_level=None, timeout=30)
     try:
-        while appended[0] < 20:
-            time.sleep(0.001)
+        wait_for(20)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute(
+            "INSERT INTO jobs (id, spec, state, created, updated) "
+            "VALUES ('pending', '{}', 'queued', 0, 0)"
+        )
         dest = tmp_path / "backups" / "coord-1.sqlite"
         dest.parent.mkdir()
-        during = appended[0]
         assert cli(["coordinator", "backup", "--db", str(db), "--to", str(dest)]) == 0
-        after = appended[0]
-        while appended[0] < after + 20:
-            time.sleep(0.001)
+        other.execute("COMMIT")
+        wait_for(appended[0] + 20)
     finally:
+        other.close()
         stop.set()
         thread.join()
-    assert after > during  # the writer kept going while the backup ran
     out = capsys.readouterr().out
     assert f"written to {dest}" in out and "hash chain verified" in out
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
     assert sorted(p.name for p in dest.parent.iterdir()) == ["coord-1.sqlite"]
+    assert store.job("pending") is not None
     source_events = store.events("job1")
     source_count = store.count_events()
     store.close()
@@ -475,6 +486,7 @@ def test_backup_while_another_connection_writes_is_consistent_and_restorable(tmp
     copy = Store(dest)
     try:
         assert copy.summary.clean_close  # needs no -wal file
+        assert copy.job("pending") is None  # uncommitted then: not in the copy
         copied = copy.events("job1")
         assert len(copied) < len(source_events)
         assert [(e.seq, e.payload) for e in copied] == [
