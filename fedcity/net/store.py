@@ -6,7 +6,8 @@ order::
 
     contribution  an agency's accepted upload for a round (ciphertext bytes)
     drop          an agency left the job (declined, stopped heart-beating); payload: reason
-    close         collection of a round was closed (all arrived, or the deadline passed)
+    close         collection of a round was closed (all arrived, or the deadline passed);
+                  payload: the SHA-256 of every contribution its aggregate adds (JSON)
     partial       an accepted, verified partial decryption of a round's aggregate
     cancel        the data scientist cancelled the job; payload: reason
 
@@ -21,7 +22,8 @@ Tables (schema version 2)::
     meta(key, value)            -- schema_version, state ('open' / 'closed'), state_detail
     jobs(id, spec, state, failure, result, rounds_done, created, updated,
          event_count, event_chain)
-    events(job_id, seq, type, agency, round, payload, at, chain)  -- (job_id, seq) unique
+    events(job_id, seq, type, agency, round, payload, at, chain, signature)
+                                -- (job_id, seq) unique
     agencies(name, datasets, last_seen)
     secrets(name, value)
 
@@ -29,7 +31,10 @@ Each job's events form a hash chain: ``chain = SHA-256(previous || encoding)``, 
 ``previous`` is the chain of the job's event ``seq - 1`` (32 zero bytes for ``seq`` 0) and
 ``encoding`` is :func:`event_encoding` (job, seq, type, agency, round and the payload's
 SHA-256). ``jobs.event_count`` and ``jobs.event_chain`` hold the length and the last link,
-written in the same transaction as the event.
+written in the same transaction as the event. ``events.signature`` holds the uploading
+agency's Ed25519 signature of a contribution or partial decryption (None for other events);
+it is not part of the chain, as it verifies on its own against ``federation-public.json``
+(:mod:`fedcity.crypto.signing`).
 
 A damaged file is refused rather than silently read as less than it held. When
 :class:`Store` opens an existing file it checks, before the coordinator uses it:
@@ -139,6 +144,7 @@ CREATE TABLE events (
     payload BLOB,
     at      REAL NOT NULL,
     chain   BLOB NOT NULL,
+    signature BLOB,
     PRIMARY KEY (job_id, seq)
 );
 CREATE TABLE agencies (
@@ -167,7 +173,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
         "event_count",
         "event_chain",
     ),
-    "events": ("job_id", "seq", "type", "agency", "round", "payload", "at", "chain"),
+    "events": ("job_id", "seq", "type", "agency", "round", "payload", "at", "chain", "signature"),
     "agencies": ("name", "datasets", "last_seen"),
     "secrets": ("name", "value"),
 }
@@ -199,7 +205,7 @@ class JobRow:
 
 @dataclass(frozen=True)
 class Event:
-    """One row of ``events``: something a job's driver accepted."""
+    """One row of ``events``: something a job's driver accepted (``signature``: an upload's)."""
 
     job_id: str
     seq: int
@@ -208,6 +214,7 @@ class Event:
     round: int | None
     payload: bytes | None
     at: float
+    signature: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -945,10 +952,12 @@ class Store:
         round: int | None = None,
         payload: bytes | None = None,
         update: JobUpdate | None = None,
+        signature: bytes | None = None,
     ) -> int:
         """Append one event (and optionally change the job's row) in one durable transaction.
 
-        The event's link of the job's hash chain is computed and stored with it.
+        The event's link of the job's hash chain is computed and stored with it, and so is
+        ``signature`` (an upload's Ed25519 signature), if given.
 
         Returns
         -------
@@ -975,9 +984,9 @@ class Store:
             previous = GENESIS if row[1] is None else bytes(row[1])
             chain = chain_link(previous, job_id, seq, type, agency, round, payload)
             db.execute(
-                "INSERT INTO events (job_id, seq, type, agency, round, payload, at, chain) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, seq, type, agency, round, payload, now, chain),
+                "INSERT INTO events (job_id, seq, type, agency, round, payload, at, chain, "
+                "signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, seq, type, agency, round, payload, now, chain, signature),
             )
             db.execute(
                 "UPDATE jobs SET event_count = ?, event_chain = ?, updated = ? WHERE id = ?",
@@ -991,12 +1000,21 @@ class Store:
         """A job's events in sequence order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT job_id, seq, type, agency, round, payload, at FROM events "
+                "SELECT job_id, seq, type, agency, round, payload, at, signature FROM events "
                 "WHERE job_id = ? ORDER BY seq",
                 (job_id,),
             ).fetchall()
         return [
-            Event(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else bytes(r[5]), r[6])
+            Event(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                None if r[5] is None else bytes(r[5]),
+                r[6],
+                None if r[7] is None else bytes(r[7]),
+            )
             for r in rows
         ]
 
