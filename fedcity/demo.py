@@ -64,6 +64,8 @@ def _write_agency(
         f'coordinator = "127.0.0.1:{port}"',
         'token_file = "token"',
         f'key_file = "{key_file.name}"',
+        'signing_key_file = "signing-key.json"',
+        'federation_file = "../../federation-public.json"',
         'ca_file = "../../tls/ca.pem"',
         f'log_file = "agent-{agency}.log"',
     ]

@@ -9,12 +9,19 @@ long-polls for work:
   sealed vector in chunks. The assignment's ``dataset`` (the job's dataset) is the table the
   step reads as ``"train"``; a step naming another declared dataset in its parameters (an
   evaluation) reads that one. Without a ``dataset`` the first configured table is used;
-- ``ACTION_PARTIAL_DECRYPT``: download the encrypted aggregate, check that it sums at least
-  ``max(summands_min, policy.min_summands)`` contributions and upload this agency's partial
-  decryption (:meth:`AgencyNode.decrypt_share`);
+- ``ACTION_PARTIAL_DECRYPT``: download the encrypted aggregate and the signed contributions
+  it was built from (``FetchContributions``), check that it is the product of at least
+  ``max(summands_min, policy.min_summands)`` distinct agencies' contributions, each signed
+  for this job and round under ``federation-public.json``'s keys
+  (:class:`~fedcity.core.integrity.ContributionVerifier`), and upload this agency's partial
+  decryption (:meth:`AgencyNode.decrypt_share`); a mismatch is declined, naming it;
 - a kind outside the policy (for either action), an unvetted kind, an unknown dataset or a
   failing local step: ``Decline`` with the reason (for unexpected failures only the exception
   type is sent; details stay in the local log, since they may quote data).
+
+Every upload carries the agency's Ed25519 signature of (job, round, kind, agency, federation
+key id, SHA-256 of the payload) (:mod:`fedcity.crypto.signing`); the coordinator refuses an
+upload without it.
 
 When the coordinator is unreachable the agent retries with exponential backoff and jitter,
 registers again, then re-sends what it had not delivered. Every payload is kept (a few
@@ -28,6 +35,8 @@ Configuration (TOML; relative paths are relative to the file)::
     token_file = "agencies/district-01/token"
     key_file = "agencies/district-01/share.json"   # its threshold share; in a key-holder
                                          # federation private-key.json or public-key.json
+    signing_key_file = "agencies/district-01/signing-key.json"   # signs every upload
+    federation_file = "federation-public.json"   # every agency's public signing key
     ca_file = "tls/ca.pem"               # required unless insecure = true
     insecure = false                     # plaintext, only to a loopback coordinator
     log_file = "agent-district-01.log"   # optional: one JSON line per task served
@@ -73,12 +82,14 @@ from fedcity.core.aggregation import (
     PaillierScheme,
 )
 from fedcity.core.errors import RejectedContribution
+from fedcity.core.integrity import ContributionVerifier, Evidence
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.tasks import LOCAL_STEPS, Task
 from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, WorkerPool
 from fedcity.crypto.keys import read_json_file
+from fedcity.crypto.signing import SigningKey
 from fedcity.data.dataset import AgencyDataset, DataError, FeatureSpec
-from fedcity.net.ceremony import CeremonyError, read_token
+from fedcity.net.ceremony import CeremonyError, Federation, load_federation, read_token
 from fedcity.net.channel import (
     RETRYABLE_CODES,
     AddressError,
@@ -87,6 +98,7 @@ from fedcity.net.channel import (
     open_channel,
     parse_address,
 )
+from fedcity.net.integrity import evidence_bound, evidence_from_bytes, sign_upload
 from fedcity.net.messages import (
     MessageError,
     assemble,
@@ -133,6 +145,8 @@ _TOP_KEYS = frozenset(
         "token_file",
         "share_file",
         "key_file",
+        "signing_key_file",
+        "federation_file",
         "ca_file",
         "insecure",
         "log_file",
@@ -211,6 +225,11 @@ class AgentConfig:
         The agency's key file (config key ``key_file``, or ``share_file`` as before): a
         threshold key share, or in a key-holder federation the private key (key holder) or
         the public key (everyone else).
+    signing_key_file : Path
+        The agency's Ed25519 signing key (``signing-key.json`` from the key ceremony).
+    federation_file : Path
+        ``federation-public.json``: every agency's public signing key, against which the
+        contributions of an aggregate are checked before this agency decrypts it.
     ca_file : Path or None
         None only with ``insecure``.
     insecure : bool
@@ -232,6 +251,8 @@ class AgentConfig:
     coordinator: str
     token_file: Path
     share_file: Path
+    signing_key_file: Path
+    federation_file: Path
     ca_file: Path | None
     insecure: bool
     datasets: dict[str, DatasetConfig]
@@ -315,6 +336,14 @@ class AgentConfig:
         if "key_file" in data and "share_file" in data:
             raise ConfigError(f"{where}: give key_file or share_file (its older name), not both")
         share_file = v.existing_file(data, "share_file" if "share_file" in data else "key_file")
+        for key, what in (
+            ("signing_key_file", "the agency's signing-key.json from the key ceremony"),
+            ("federation_file", "federation-public.json from the key ceremony"),
+        ):
+            if key not in data:
+                raise ConfigError(f"{where}: key {key!r} is required ({what})")
+        signing_key_file = v.existing_file(data, "signing_key_file")
+        federation_file = v.existing_file(data, "federation_file")
         ca_file: Path | None = None
         if "ca_file" in data:
             ca_file = v.existing_file(data, "ca_file")
@@ -379,6 +408,8 @@ class AgentConfig:
             coordinator=coordinator,
             token_file=token_file,
             share_file=share_file,
+            signing_key_file=signing_key_file,
+            federation_file=federation_file,
             ca_file=None if insecure else ca_file,
             insecure=insecure,
             datasets=datasets,
@@ -492,6 +523,8 @@ class _Outgoing:
     reason: str = ""
     seconds: float = 0.0
     failures: int = 0
+    signature: bytes = b""
+    verified: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -560,6 +593,8 @@ class Agent:
             self.share, self.key_id = None, key.key_id
             scheme = KeyHolderScheme(key)
         self._scheme = scheme
+        self.federation = self._load_federation(config)
+        self._signing_key = self._load_signing_key(config)
         tables: dict[str, AgencyDataset] = {}
         for name, dc in config.datasets.items():
             try:
@@ -574,6 +609,7 @@ class Agent:
             scheme,
             share=self.share,
             policy=self._allows,
+            verifier=ContributionVerifier(self.federation.signing_keys, self.key_id),
         )
         self.node.datasets = {**tables, "train": first}
         self.served: list[dict[str, Any]] = []
@@ -591,6 +627,44 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"<Agent {self.config.agency!r} → {self.config.coordinator}>"
+
+    def _load_federation(self, config: AgentConfig) -> Federation:
+        """``federation-public.json``, checked against the key file and the agency's name."""
+        try:
+            federation = load_federation(config.federation_file)
+        except CeremonyError as exc:
+            raise AgentError(str(exc)) from exc
+        if federation.key_id != self.key_id:
+            raise AgentError(
+                f"{config.federation_file} describes federation key "
+                f"{federation.key_id.hex()}, but {config.share_file} belongs to key "
+                f"{self.key_id.hex()}: wrong federation file or wrong key file"
+            )
+        if config.agency not in federation.agencies:
+            raise AgentError(
+                f"agency {config.agency!r} is not a member of the federation in "
+                f"{config.federation_file} (members: {sorted(federation.agencies)})"
+            )
+        return federation
+
+    def _load_signing_key(self, config: AgentConfig) -> SigningKey:
+        """The agency's signing key; it must be the one the federation file lists for it."""
+        try:
+            owner, key = SigningKey.load(config.signing_key_file)
+        except CryptoError as exc:
+            raise AgentError(str(exc)) from exc
+        if owner != config.agency:
+            raise AgentError(
+                f"{config.signing_key_file} is the signing key of agency {owner!r}, not of "
+                f"{config.agency!r}"
+            )
+        if self.federation.signing_keys.get(config.agency) != key.public_key:
+            raise AgentError(
+                f"{config.signing_key_file} does not match the public signing key "
+                f"{config.federation_file} lists for {config.agency!r}: wrong key file or "
+                "wrong federation"
+            )
+        return key
 
     def _allows(self, task: Task) -> bool:
         return task.request.kind in self.config.allowed_kinds
@@ -806,12 +880,15 @@ class Agent:
                         f"agency {self.config.agency!r}: policy refuses {a.kind!r}"
                     )
                 aggregate = self._fetch_aggregate(a)
+                evidence = self._fetch_evidence(a, len(aggregate))
                 out.payload = self.node.decrypt_share(
                     task,
                     aggregate,
                     summands_min=max(int(a.summands_min), self.config.min_summands),
+                    evidence=evidence,
                 )
                 out.payload_kind = fpb.PAYLOAD_KIND_PARTIAL
+                out.verified = self.node.verified.pop()[2]
             else:
                 raise MessageError(f"unknown action {int(a.action)}")
         except grpc.RpcError:
@@ -826,6 +903,16 @@ class Agent:
             )
         if not out.payload and not out.reason:
             out.reason = f"agency {self.config.agency!r}: the local step produced no payload"
+        if out.payload:
+            out.signature = sign_upload(
+                self._signing_key,
+                out.payload,
+                job_id=out.job_id,
+                round=out.round,
+                kind=out.payload_kind,
+                agency=self.config.agency,
+                key_id=self.key_id,
+            )
         out.seconds = time.perf_counter() - start
         self._remember(out)
         self._pending = out
@@ -860,6 +947,24 @@ class Agent:
             )
         return payload
 
+    def _fetch_evidence(self, a: fpb.Assignment, aggregate_bytes: int) -> Evidence:
+        """The round's signed contributions, bounded by the federation's size."""
+        members = len(self.federation.agencies)
+        stream = self._stub.FetchContributions(
+            fpb.AggregateRef(job_id=a.job_id, round=a.round),
+            timeout=self.rpc_timeout,
+            metadata=self._metadata,
+        )
+        header, payload = assemble(stream, max_bytes=evidence_bound(aggregate_bytes, members))
+        if header.kind != fpb.PAYLOAD_KIND_EVIDENCE:
+            raise MessageError(f"expected contribution evidence, got payload kind {header.kind}")
+        if header.job_id != a.job_id or header.round != a.round:
+            raise MessageError(
+                f"asked for the contributions of job {a.job_id} round {a.round}, got job "
+                f"{header.job_id} round {header.round}"
+            )
+        return evidence_from_bytes(payload, max_contributions=members)
+
     def _remember(self, out: _Outgoing) -> None:
         self._sent[out.key] = out
         while len(self._sent) > 16:
@@ -889,6 +994,7 @@ class Agent:
                         round=out.round,
                         agency=self.config.agency,
                         kind=out.payload_kind,
+                        signature=out.signature,
                     ),
                     timeout=self.rpc_timeout,
                     metadata=self._metadata,
@@ -930,6 +1036,8 @@ class Agent:
         }
         if out.reason:
             entry["reason"] = out.reason
+        if out.verified:  # the contributions checked before decrypting (by SHA-256)
+            entry["contributions"] = out.verified
         entry.update({k: v for k, v in extra.items() if v})
         self.served.append(entry)
         level = logging.INFO if outcome in ("uploaded", "already_stored") else logging.WARNING

@@ -418,8 +418,13 @@ def chunks(
     agency: str,
     kind: int,
     chunk_bytes: int = CHUNK_BYTES,
+    signature: bytes = b"",
 ) -> Iterator[fpb.Chunk]:
-    """Split ``payload`` into Chunk messages, the header (with size and SHA-256) first."""
+    """Split ``payload`` into Chunk messages, the header (with size and SHA-256) first.
+
+    ``signature`` is the uploading agency's signature of the payload's statement
+    (:mod:`fedcity.crypto.signing`); it travels in the header.
+    """
     header = fpb.ChunkHeader(
         job_id=job_id,
         round=round,
@@ -427,6 +432,7 @@ def chunks(
         kind=kind,  # type: ignore[arg-type]
         total_bytes=len(payload),
         sha256=hashlib.sha256(payload).digest(),
+        signature=signature,
     )
     first = True
     for start in range(0, max(len(payload), 1), chunk_bytes):

@@ -87,6 +87,8 @@ class Setup:
             f'coordinator = "{coordinator}"',
             f"token_file = {json.dumps(str(self.files.agency_tokens[agency]))}",
             f"key_file = {json.dumps(str(self.files.key_file(agency)))}",
+            f"signing_key_file = {json.dumps(str(self.files.signing_keys[agency]))}",
+            f"federation_file = {json.dumps(str(self.files.public))}",
         ]
         if insecure:
             lines.append("insecure = true")

@@ -6,6 +6,7 @@ threshold key from the real key ceremony, and records what the agent sends back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -21,10 +22,13 @@ import pytest
 
 import fedcity.learn  # noqa: F401  (registers the vetted steps)
 from fedcity.core import PaillierScheme, Task, TaskRequest
+from fedcity.core.integrity import Evidence, SignedContribution
 from fedcity.core.tasks import LOCAL_STEPS
 from fedcity.crypto import KeyShare, PackingSpec, combine_partial_decryptions, partial_decrypt
+from fedcity.crypto.signing import SigningKey, Statement
 from fedcity.net.agent import Agent, AgentConfig, AgentError, ConfigError
-from fedcity.net.ceremony import deal_federation, read_token
+from fedcity.net.ceremony import deal_federation, load_federation, read_token
+from fedcity.net.integrity import evidence_to_bytes, sign_upload
 from fedcity.net.messages import (
     MAX_MESSAGE_BYTES,
     assemble,
@@ -71,6 +75,8 @@ def config_text(**overrides):
         "coordinator": '"127.0.0.1:1"',
         "token_file": '"fed/agencies/district-01/token"',
         "share_file": '"fed/agencies/district-01/share.json"',
+        "signing_key_file": '"fed/agencies/district-01/signing-key.json"',
+        "federation_file": '"fed/federation-public.json"',
         "ca_file": '"fed/tls/ca.pem"',
         "log_file": '"logs/agent.jsonl"',
     }
@@ -112,6 +118,7 @@ class FakeCoordinator(fpb_grpc.AgentServiceServicer):
         self.key_id = key_id
         self.work: queue.Queue[fpb.Assignment] = queue.Queue()
         self.aggregates: dict[tuple[str, int], bytes] = {}
+        self.evidence: dict[tuple[str, int], bytes] = {}
         self.stored: dict[tuple, bytes] = {}
         self.attempts: list[tuple[fpb.ChunkHeader, bytes]] = []
         self.answers: list[bool] = []
@@ -157,6 +164,20 @@ class FakeCoordinator(fpb_grpc.AgentServiceServicer):
             agency="",
             kind=fpb.PAYLOAD_KIND_AGGREGATE,
             chunk_bytes=1000,  # several chunks
+        )
+
+    def FetchContributions(self, request, context):  # noqa: N802
+        self._seen("FetchContributions", context)
+        payload = self.evidence.get((request.job_id, request.round))
+        if payload is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such round")
+        yield from chunks(
+            payload,
+            job_id=request.job_id,
+            round=request.round,
+            agency="",
+            kind=fpb.PAYLOAD_KIND_EVIDENCE,
+            chunk_bytes=1000,
         )
 
     def Upload(self, request_iterator, context):  # noqa: N802
@@ -271,6 +292,27 @@ def counts_task(job="job-1", rnd=0, categorical=("inspector",)):
     return Task(job, rnd, request, SPEC)
 
 
+def signed_evidence(federation, job_id, round_, payloads, *, signed_round=None):
+    """``ContributionEvidence`` bytes: each payload signed by its agency's ceremony key."""
+    key_id = federation["shares"]["district-01"].threshold_key.key_id
+    entries = []
+    for agency, payload in payloads.items():
+        _, key = SigningKey.load(federation["files"].signing_keys[agency])
+        signature = sign_upload(
+            key,
+            payload,
+            job_id=job_id,
+            round=round_ if signed_round is None else signed_round,
+            kind=fpb.PAYLOAD_KIND_CONTRIBUTION,
+            agency=agency,
+            key_id=key_id,
+        )
+        entries.append(
+            SignedContribution(agency, signature, hashlib.sha256(payload).digest(), payload)
+        )
+    return evidence_to_bytes(Evidence(job_id, round_, tuple(entries)))
+
+
 def decrypt(federation, vec, who=("district-02", "district-03")):
     shares = federation["shares"]
     tpk = shares[who[0]].threshold_key
@@ -291,6 +333,12 @@ def test_contribution_is_a_valid_encrypted_vector(federation, coordinator):
     assert not errors
     ((key, payload),) = fake.stored.items()
     assert key == ("job-1", 0, "district-01", fpb.PAYLOAD_KIND_CONTRIBUTION)
+    header = fake.attempts[0][0]  # signed for exactly this job, round, kind, agency and key
+    statement = Statement.for_payload(
+        "job-1", 0, "contribution", "district-01", header_key_id(federation), payload
+    )
+    public = load_federation(federation["files"].public).signing_keys["district-01"]
+    assert public.verify(statement, bytes(header.signature))
     scheme = PaillierScheme(federation["shares"]["district-01"].threshold_key)
     vec = scheme.open(payload, SPEC, task.vector_length)  # key id, layout, one summand
     frame = pd.read_csv(federation["root"] / "data" / "inspections.csv")
@@ -358,13 +406,18 @@ def test_partial_decryption_of_an_aggregate(federation, coordinator, workers):
     task = counts_task("job-9", 3)
     x2 = np.array([5.0, 5.0, 2.0, 3.0, 0.0])
     x3 = np.array([7.0, 6.5, 4.0, 3.0, 0.0])
-    contributions = [scheme.open(scheme.seal(x, SPEC), SPEC, 5) for x in (x2, x3)]
+    sealed = {"district-02": scheme.seal(x2, SPEC), "district-03": scheme.seal(x3, SPEC)}
+    contributions = [scheme.open(p, SPEC, 5) for p in sealed.values()]
     aggregate = scheme.add(contributions)
     fake.aggregates[("job-9", 3)] = scheme.aggregate_to_bytes(aggregate)
+    fake.evidence[("job-9", 3)] = signed_evidence(federation, "job-9", 3, sealed)
     fake.work.put(task_to_assignment(task, fpb.ACTION_PARTIAL_DECRYPT, summands_min=2))
     # a lone contribution dressed up as an aggregate: refused by the agency's own floor (2),
     # although the coordinator claims one summand is enough
     fake.aggregates[("job-9", 4)] = scheme.aggregate_to_bytes(contributions[0])
+    fake.evidence[("job-9", 4)] = signed_evidence(
+        federation, "job-9", 4, {"district-02": sealed["district-02"]}
+    )
     fake.work.put(
         task_to_assignment(counts_task("job-9", 4), fpb.ACTION_PARTIAL_DECRYPT, summands_min=1)
     )
@@ -381,7 +434,49 @@ def test_partial_decryption_of_an_aggregate(federation, coordinator, workers):
     released = combine_partial_decryptions(scheme.threshold_key, aggregate, [mine, other])
     np.testing.assert_allclose(released, x2 + x3, atol=2 * STEP)
     assert "refuses to decrypt an aggregate of 1" in fake.declines[0].reason
-    assert "FetchAggregate" in {m for m, _ in fake.auth}
+    assert {"FetchAggregate", "FetchContributions"} <= {m for m, _ in fake.auth}
+    header = fake.attempts[0][0]
+    statement = Statement.for_payload(
+        "job-9", 3, "partial", "district-01", header_key_id(federation), payload
+    )
+    public = load_federation(federation["files"].public).signing_keys["district-01"]
+    assert public.verify(statement, bytes(header.signature))
+
+
+def header_key_id(federation):
+    return federation["shares"]["district-01"].threshold_key.key_id
+
+
+def test_decryptor_declines_an_aggregate_that_is_not_the_signed_sum(federation, coordinator):
+    """A deviating coordinator hands out one agency's contribution relabelled as an aggregate
+    of two, next to two genuine signed contributions: the agent declines, naming the mismatch,
+    and uploads nothing."""
+    fake = coordinator.fake
+    scheme = PaillierScheme(federation["shares"]["district-01"].threshold_key)
+    sealed = {
+        "district-02": scheme.seal(np.array([5.0, 5.0, 2.0, 3.0, 0.0]), SPEC),
+        "district-03": scheme.seal(np.array([7.0, 6.5, 4.0, 3.0, 0.0]), SPEC),
+    }
+    victim = scheme.open(sealed["district-02"], SPEC, 5)
+    relabelled = type(victim)(victim.public_key, SPEC, 5, 2, victim.ciphertexts)
+    fake.aggregates[("job-x", 0)] = scheme.aggregate_to_bytes(relabelled)
+    fake.evidence[("job-x", 0)] = signed_evidence(federation, "job-x", 0, sealed)
+    # and a round whose evidence is signed for another round
+    honest = scheme.add([scheme.open(p, SPEC, 5) for p in sealed.values()])
+    fake.aggregates[("job-x", 1)] = scheme.aggregate_to_bytes(honest)
+    fake.evidence[("job-x", 1)] = signed_evidence(federation, "job-x", 1, sealed, signed_round=0)
+    for r in (0, 1):
+        fake.work.put(
+            task_to_assignment(counts_task("job-x", r), fpb.ACTION_PARTIAL_DECRYPT, summands_min=2)
+        )
+    agent = make_agent(federation, coordinator.port)
+    with running(agent) as errors:
+        wait_for(lambda: len(fake.declines) == 2, what="two refusals")
+    assert not errors and not fake.attempts
+    reasons = {d.round: d.reason for d in fake.declines}
+    assert "is not the product of the 2 signed contributions" in reasons[0]
+    assert "signature of 'district-02' is not valid" in reasons[1]
+    assert [e["outcome"] for e in agent.served] == ["declined", "declined"]
 
 
 def test_declines_unvetted_refused_and_failing_tasks(federation, coordinator):
@@ -510,6 +605,21 @@ def test_agent_reports_bad_share_and_data(federation, tmp_path):
         Agent(AgentConfig(**{**config.__dict__, "datasets": datasets}))
 
 
+def test_agent_refuses_a_signing_key_or_federation_that_does_not_fit(federation, tmp_path):
+    config = write_config(federation["root"])
+    files = federation["files"]
+    other = {**config.__dict__, "signing_key_file": files.signing_keys["district-02"]}
+    with pytest.raises(AgentError, match="signing key of agency 'district-02', not of"):
+        Agent(AgentConfig(**other))
+    foreign = tmp_path / "signing-key.json"
+    SigningKey.generate().save(foreign, "district-01")
+    with pytest.raises(AgentError, match="does not match the public signing key"):
+        Agent(AgentConfig(**{**config.__dict__, "signing_key_file": foreign}))
+    elsewhere = deal_federation(tmp_path / "other", ["district-01", "x"], 1, key_bits=256)
+    with pytest.raises(AgentError, match=r"describes federation key .*wrong federation file"):
+        Agent(AgentConfig(**{**config.__dict__, "federation_file": elsewhere.public}))
+
+
 # -- configuration --------------------------------------------------------------------------
 def test_config_defaults_and_paths(federation):
     root = federation["root"]
@@ -544,6 +654,9 @@ def test_config_defaults_and_paths(federation):
         ({"token_file": None}, "key 'token_file' is required"),
         ({"token_file": '"missing-token"'}, "key 'token_file' names .*does not exist"),
         ({"share_file": '"data"'}, "key 'share_file' names .*is not a regular file"),
+        ({"signing_key_file": None}, "key 'signing_key_file' is required .*signing-key.json"),
+        ({"federation_file": None}, "key 'federation_file' is required .*federation-public"),
+        ({"federation_file": '"nope.json"'}, "key 'federation_file' names .*does not exist"),
         ({"log_file": "3"}, "key 'log_file' must be a non-empty string"),
         ({"crypto_workers": "0"}, r"'crypto_workers' must be an integer in \[1, 64\], got 0"),
         ({"crypto_workers": "65"}, r"'crypto_workers' must be an integer in \[1, 64\]"),

@@ -432,6 +432,8 @@ def _agency_toml(folder, agency, port):
 coordinator = "127.0.0.1:{port}"
 token_file = "token"
 share_file = "share.json"
+signing_key_file = "signing-key.json"
+federation_file = "../../federation-public.json"
 ca_file = "../../tls/ca.pem"
 log_file = "served.jsonl"
 
@@ -533,6 +535,8 @@ def test_end_to_end_with_the_coordinator(tmp_path, capsys):
         ]
         assert {e["action"] for e in served} == {"contribute", "partial_decrypt"}
         assert all(e["job"] == job_id and e["outcome"] == "uploaded" for e in served)
+        checked = [e["contributions"] for e in served if e["action"] == "partial_decrypt"]
+        assert checked and all(sorted(c) == agencies for c in checked)  # verified first
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=20)

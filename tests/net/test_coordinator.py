@@ -27,9 +27,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedcity.core.aggregation import PaillierScheme
+from fedcity.core.integrity import ContributionVerifier
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.rounds import RoundPhase
 from fedcity.crypto import deal_threshold_key
+from fedcity.crypto.signing import SigningKey, Statement
 from fedcity.data.dataset import AgencyDataset, FeatureSpec
 from fedcity.learn import LocalFederation, LogisticRegressionJob
 from fedcity.learn.jobs import estimator_from_result_json
@@ -42,6 +44,7 @@ from fedcity.net.coordinator import (
     main,
     serve,
 )
+from fedcity.net.integrity import evidence_from_bytes, sign_upload
 from fedcity.v1 import crypto_pb2 as cpb
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
@@ -49,6 +52,11 @@ from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 AGENCIES = ("district-01", "district-02", "district-03")
 TOKENS = {name: f"token-of-{name}" for name in (*AGENCIES, "analyst")}
 ROLES = {**dict.fromkeys(AGENCIES, "agency"), "analyst": "scientist"}
+SIGNING = {
+    name: SigningKey(hashlib.sha256(f"test signing key of {name}".encode()).digest())
+    for name in AGENCIES
+}
+"""Each agency's Ed25519 signing key (fixed seeds; listed in the federation file)."""
 DATASET = "inspections"
 Code = grpc.StatusCode
 CHANNEL_OPTIONS = [
@@ -103,6 +111,7 @@ def files(tmp_path, key):
                 "version": 1,
                 "threshold_public_key": tpk.to_json_dict(),
                 "agencies": {name: i + 1 for i, name in enumerate(AGENCIES)},
+                "signing_keys": signing_keys(),
             }
         )
     )
@@ -122,6 +131,11 @@ def files(tmp_path, key):
         )
     )
     return {"federation": federation, "credentials": credentials, "db": tmp_path / "coord.sqlite"}
+
+
+def signing_keys() -> dict[str, str]:
+    """The federation file's ``signing_keys`` object."""
+    return {name: key.public_key.hex() for name, key in SIGNING.items()}
 
 
 def start(files, *, clock=None, **overrides) -> CoordinatorServer:
@@ -159,14 +173,42 @@ class Agent:
 
     def __init__(self, name: str, table: AgencyDataset, key, *, tables=None):
         self.name = name
+        self.signing = SIGNING[name]
+        self.key_id = bytes(16)  # the federation key's id, set with the key
         if key is not None:
             tpk, shares = key
             share = shares[AGENCIES.index(name)]
-            self.node = AgencyNode(name, table, PaillierScheme(tpk), share=share)
+            self.key_id = tpk.key_id
+            self.node = AgencyNode(
+                name, table, PaillierScheme(tpk), share=share, verifier=self.verifier()
+            )
         self.tables = {DATASET: table, **(tables or {})}
         self.uploads: list[tuple[str, int, int, bytes]] = []
         self.errors: list[BaseException] = []
         self.ignore_rounds: set[int] = set()
+
+    def verifier(self) -> ContributionVerifier:
+        return ContributionVerifier({a: k.public_key for a, k in SIGNING.items()}, self.key_id)
+
+    def sign(self, job_id, round_, kind, payload, *, agency=None) -> bytes:
+        return sign_upload(
+            self.signing,
+            payload,
+            job_id=job_id,
+            round=round_,
+            kind=kind,
+            agency=agency or self.name,
+            key_id=self.key_id,
+        )
+
+    def evidence(self, a: fpb.Assignment):
+        """The round's signed contributions, as a decryptor fetches them."""
+        stream = self.stub.FetchContributions(
+            fpb.AggregateRef(job_id=a.job_id, round=a.round), metadata=auth(self.name), timeout=10
+        )
+        header, payload = messages.assemble(stream)
+        assert header.kind == fpb.PAYLOAD_KIND_EVIDENCE
+        return evidence_from_bytes(payload, max_contributions=len(AGENCIES))
 
     def connect(self, port: int) -> Agent:
         self.channel = channel(port)
@@ -207,10 +249,15 @@ class Agent:
         )
         _, aggregate = messages.assemble(stream)
         return fpb.PAYLOAD_KIND_PARTIAL, self.node.decrypt_share(
-            task, aggregate, summands_min=a.summands_min
+            task, aggregate, summands_min=a.summands_min, evidence=self.evidence(a)
         )
 
-    def upload(self, job_id, round_, kind, payload, *, agency=None, chunk_bytes=None):
+    def upload(
+        self, job_id, round_, kind, payload, *, agency=None, chunk_bytes=None, signature=None
+    ):
+        """Upload ``payload``, signed by this agency for exactly these fields by default."""
+        if signature is None and kind in (fpb.PAYLOAD_KIND_CONTRIBUTION, fpb.PAYLOAD_KIND_PARTIAL):
+            signature = self.sign(job_id, round_, kind, payload, agency=agency)
         stream = messages.chunks(
             payload,
             job_id=job_id,
@@ -218,6 +265,7 @@ class Agent:
             agency=agency or self.name,
             kind=kind,
             chunk_bytes=chunk_bytes or messages.CHUNK_BYTES,
+            signature=signature or b"",
         )
         return self.stub.Upload(stream, metadata=auth(self.name), timeout=30)
 
@@ -704,6 +752,7 @@ def test_bad_inputs_get_precise_status_and_leave_the_store_unchanged(files, key,
 
 
 def _header_chunk(agent, job_id, round_, total, sha, data=b""):
+    statement = Statement(job_id, round_, "contribution", agent.name, agent.key_id, sha)
     header = fpb.ChunkHeader(
         job_id=job_id,
         round=round_,
@@ -711,6 +760,7 @@ def _header_chunk(agent, job_id, round_, total, sha, data=b""):
         kind=fpb.PAYLOAD_KIND_CONTRIBUTION,
         total_bytes=total,
         sha256=sha,
+        signature=agent.signing.sign(statement),  # valid for the claimed digest
     )
     return fpb.Chunk(header=header, data=data)
 
@@ -1027,6 +1077,7 @@ def kh_files(files, kh_key):
                 "public_key": pk.to_json_dict(),
                 "key_holder": HOLDER,
                 "agencies": {name: int(name == HOLDER) for name in AGENCIES},
+                "signing_keys": signing_keys(),
             }
         )
     )
@@ -1039,8 +1090,13 @@ class KeyHolderAgent(Agent):
 
         pk, sk = kh_key
         super().__init__(name, table, None)
+        self.key_id = pk.key_id
         self.node = AgencyNode(
-            name, table, KeyHolderScheme(pk), share=sk if name == HOLDER else None
+            name,
+            table,
+            KeyHolderScheme(pk),
+            share=sk if name == HOLDER else None,
+            verifier=self.verifier(),
         )
 
 

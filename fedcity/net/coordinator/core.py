@@ -7,6 +7,7 @@ clock (:mod:`fedcity.net.coordinator.liveness`), so timeouts are tested without 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -20,13 +21,14 @@ from functools import partial
 from typing import Any
 
 from fedcity.core.errors import JobFailed, ProtocolError, RejectedContribution
+from fedcity.core.integrity import Evidence, SignedContribution, withholds_payloads
 from fedcity.core.rounds import AggregationRound, RoundPhase
 from fedcity.crypto import BLINDING_KEY_BYTES
 from fedcity.data.dataset import FeatureSpec
 from fedcity.learn.driver import Chain
 from fedcity.learn.evaluation import FederatedEvaluation
 from fedcity.learn.jobs import JOB_TYPES, job_from_spec, result_to_json
-from fedcity.net import messages
+from fedcity.net import integrity, messages
 from fedcity.net.auth import Principal
 from fedcity.net.ceremony import Federation
 from fedcity.net.coordinator.config import (
@@ -190,6 +192,7 @@ class Coordinator:
         round_: int | None = None,
         payload: bytes | None = None,
         accepted: Callable[[], bool] | None = None,
+        signature: bytes | None = None,
     ) -> Any:
         """Run a driver call; if the driver accepted it, store the event (and the outcome).
 
@@ -232,7 +235,13 @@ class Coordinator:
         )
         try:
             self.store.append_event(
-                rt.id, kind, agency=agency, round=round_, payload=payload, update=update
+                rt.id,
+                kind,
+                agency=agency,
+                round=round_,
+                payload=payload,
+                update=update,
+                signature=signature,
             )
         except Exception as exc:
             log.exception("job %s: storing a %s event failed; reloading the job", rt.id, kind)
@@ -240,6 +249,8 @@ class Coordinator:
             raise StatusError(
                 Code.UNAVAILABLE, f"the coordinator could not store the {kind}; retry later"
             ) from exc
+        if kind == "contribution" and signature and agency is not None and round_ is not None:
+            rt.signatures.setdefault(round_, {})[agency] = signature
         self._after_change(rt, before)
         if state is not None:
             self._terminate(rt, state, failure=failure, result=result)
@@ -359,7 +370,8 @@ class Coordinator:
                             r,
                             rnd.contributors,
                         )
-                    self._apply(rt, "close", driver.close_collection, round_=r)
+                    record = integrity.close_record(rnd.contributions)
+                    self._apply(rt, "close", driver.close_collection, round_=r, payload=record)
                     continue
                 return
             if rnd.phase is RoundPhase.DECRYPTING:
@@ -624,6 +636,52 @@ class Coordinator:
             assert payload is not None
             return payload
 
+    def contributions(self, principal: Principal, ref: fpb.AggregateRef) -> bytes:
+        """The signed contributions a round's aggregate adds (``ContributionEvidence`` bytes).
+
+        Only for an agency asked to decrypt that round, while it is decrypting: a decryptor
+        checks the aggregate against them before it helps decrypt. In the single-key-holder
+        mode the payloads are withheld (the key holder could decrypt each one): digests and
+        signatures only.
+        """
+        self._require_role(principal, "agency")
+        agency = principal.name
+        with self._lock:
+            self._check_open()
+            self._touch(agency)
+            rt = self._running_job(ref.job_id)
+            self._require_participant(rt, agency)
+            assert rt.driver is not None
+            rnd = rt.driver.round
+            if rnd is None or rnd.task.round != ref.round or rnd.phase is not RoundPhase.DECRYPTING:
+                raise StatusError(
+                    Code.FAILED_PRECONDITION,
+                    f"round {ref.round} of job {rt.id} is not being decrypted; its contributions "
+                    "are shown only to its decryptors while it is",
+                )
+            if agency not in rt.asked.get(ref.round, {}):
+                raise StatusError(
+                    Code.FAILED_PRECONDITION,
+                    f"agency {agency!r} was not asked to decrypt round {ref.round} of job "
+                    f"{rt.id}; only its decryptors are shown its contributions",
+                )
+            signatures = rt.signatures.get(ref.round, {})
+            withhold = withholds_payloads(self.scheme)
+            evidence = Evidence(
+                rt.id,
+                ref.round,
+                tuple(
+                    SignedContribution(
+                        a,
+                        signatures.get(a, b""),
+                        hashlib.sha256(rnd.contributions[a]).digest(),
+                        None if withhold else rnd.contributions[a],
+                    )
+                    for a in rnd.contributors
+                ),
+            )
+            return integrity.evidence_to_bytes(evidence)
+
     def upload(self, principal: Principal, stream: Iterator[fpb.Chunk]) -> fpb.UploadResponse:
         """Receive a contribution or partial decryption; store it before acknowledging."""
         try:
@@ -670,6 +728,11 @@ class Coordinator:
                 f"payload of {header.total_bytes} bytes exceeds the {limit} bytes a {kind} for "
                 f"round {header.round} of job {rt.id} can take",
             )
+        try:  # the agency's signature of exactly this job, round, kind, key and digest
+            integrity.check_upload(self.federation, header, agency)
+        except integrity.UploadSignatureError as exc:
+            code = Code.INVALID_ARGUMENT if exc.missing else Code.PERMISSION_DENIED
+            raise StatusError(code, str(exc)) from exc
         try:
             _, payload = messages.assemble(itertools.chain([first], stream), max_bytes=limit)
         except messages.MessageError as exc:
@@ -710,6 +773,7 @@ class Coordinator:
                     round_=header.round,
                     payload=payload,
                     accepted=accepted,
+                    signature=bytes(header.signature),
                 )
             except RejectedContribution as exc:
                 self._reask(rt, kind, header.round, agency)

@@ -21,6 +21,7 @@ from fedcity.learn.evaluation import FederatedEvaluation
 from fedcity.learn.jobs import job_from_spec, record_to_dict
 from fedcity.net import messages
 from fedcity.net.ceremony import Federation
+from fedcity.net.integrity import close_record
 from fedcity.net.store import Event
 from fedcity.v1 import federation_pb2 as fpb
 
@@ -65,6 +66,8 @@ class JobRuntime:
     handed: dict[int, set[str]] = field(default_factory=dict)
     asked: dict[int, dict[str, float]] = field(default_factory=dict)
     decrypt_handed: dict[int, set[str]] = field(default_factory=dict)
+    signatures: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    """Round → agency → the signature of its accepted contribution (shown to decryptors)."""
 
     @property
     def running(self) -> bool:
@@ -176,13 +179,22 @@ def replay(rt: JobRuntime, events: Sequence[Event], now: float) -> None:
                 f"at round {None if task is None else task.round}"
             )
         if ev.type == "contribution":
-            assert ev.agency is not None and ev.payload is not None
+            assert ev.agency is not None and ev.payload is not None and ev.round is not None
             driver.submit_contribution(ev.agency, ev.payload)
+            if ev.signature is not None:
+                rt.signatures.setdefault(ev.round, {})[ev.agency] = ev.signature
         elif ev.type == "partial":
             assert ev.agency is not None and ev.payload is not None
             # verified before it was stored: replay does not pay for the proofs again
             driver.submit_partial(ev.agency, ev.payload, verify=False)
         elif ev.type == "close":
+            rnd = driver.round
+            assert rnd is not None
+            if ev.payload is not None and ev.payload != close_record(rnd.contributions):
+                raise ValueError(
+                    f"event {ev.seq} (close) records other contributions than the replayed "
+                    f"round {ev.round} holds ({rnd.contributors})"
+                )
             driver.close_collection()
         elif ev.type == "drop":
             assert ev.agency is not None

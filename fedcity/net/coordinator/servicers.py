@@ -106,6 +106,26 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
 
         return _streaming(context, gen())
 
+    def FetchContributions(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def gen() -> Iterator[fpb.Chunk]:
+            principal = self._who(context)
+            with self.limiter.hold(
+                principal.name,
+                "contributions download",
+                deadline=self.transfer_timeout,
+                cancel=context.cancel,
+            ):
+                payload = self.core.contributions(principal, request)
+                yield from messages.chunks(
+                    payload,
+                    job_id=request.job_id,
+                    round=request.round,
+                    agency=principal.name,
+                    kind=fpb.PAYLOAD_KIND_EVIDENCE,
+                )
+
+        return _streaming(context, gen())
+
     def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:
             principal = self._who(context)
