@@ -310,7 +310,8 @@ def _keys_deal(args: argparse.Namespace) -> int:
     print(f"  coordinator only:         {files.credentials.parent}/ (token hashes, TLS key)")
     for a in files.agency_tokens:
         key = files.key_file(a)
-        print(f"  agency {a}: {key.parent}/ ({key.name}, token)")
+        signing = files.signing_keys[a].name
+        print(f"  agency {a}: {key.parent}/ ({key.name}, {signing}, token)")
     for s, path in files.scientist_tokens.items():
         print(f"  scientist {s}: {path}")
     print("hand each folder only to its owner; the full key and the CA key were not kept")
