@@ -88,8 +88,9 @@ class CoordinatorConfig:
         at once in total; further ones are refused with ``RESOURCE_EXHAUSTED`` so that
         heartbeats and health checks always find a worker thread (default: half of
         ``max_workers``).
-    max_streams_per_principal : int
-        Long-lived calls one agency or data scientist may hold at once.
+    max_streams_per_principal : int, optional
+        Long-lived calls one agency or data scientist may hold at once (default
+        ``min(8, max_streams)``).
     upload_timeout : float
         An upload (or aggregate download) that has not finished after this many seconds is
         cancelled.
@@ -115,7 +116,7 @@ class CoordinatorConfig:
     max_upload_bytes: int = messages.MAX_PAYLOAD_BYTES
     stall_threshold: float | None = None
     max_streams: int | None = None
-    max_streams_per_principal: int = 8
+    max_streams_per_principal: int | None = None
     upload_timeout: float = 300.0
 
     def __post_init__(self) -> None:
@@ -151,7 +152,9 @@ class CoordinatorConfig:
                 f"max_streams must lie in [1, max_workers - 2 = {self.max_workers - 2}] so that "
                 f"short calls always find a thread, got {self.max_streams}"
             )
-        if not 1 <= self.max_streams_per_principal <= self.max_streams:
+        if self.max_streams_per_principal is None:
+            self.max_streams_per_principal = min(8, self.max_streams)
+        elif not 1 <= self.max_streams_per_principal <= self.max_streams:
             raise ValueError(
                 f"max_streams_per_principal must lie in [1, max_streams = {self.max_streams}], "
                 f"got {self.max_streams_per_principal}"
@@ -199,3 +202,8 @@ class CoordinatorMetrics:
             registry=r,
         )
         self.running_jobs = Gauge("fedcity_running_jobs", "Jobs running", registry=r)
+        self.storage_paused = Gauge(
+            "fedcity_storage_paused",
+            "1 while a failed write keeps every job paused (disk full, I/O error)",
+            registry=r,
+        )

@@ -12,13 +12,14 @@ import itertools
 import json
 import logging
 import math
+import sqlite3
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from fedcity.core.errors import JobFailed, ProtocolError, RejectedContribution
 from fedcity.core.integrity import Evidence, SignedContribution, withholds_payloads
@@ -47,12 +48,17 @@ from fedcity.net.coordinator.runtime import (
     record_json,
     replay,
 )
-from fedcity.net.store import TERMINAL_STATES, JobUpdate, Store
+from fedcity.net.store import TERMINAL_STATES, JobUpdate, Store, StoreError
 from fedcity.v1 import federation_pb2 as fpb
 
 __all__ = ["Coordinator"]
 
 log = logging.getLogger("fedcity.net.coordinator")
+
+T = TypeVar("T")
+
+STORAGE_ERRORS = (sqlite3.Error, OSError, StoreError)
+"""What a failing store raises (disk full, I/O error, read-only file system, ...)."""
 
 _MAX_REASON = 2000
 _RECENT_JOBS = 256
@@ -119,6 +125,7 @@ class Coordinator:
         self.clock: Callable[[], float] = clock or ProgressClock(stall)
         """The progress clock every deadline is judged on (stalls left out)."""
         self.liveness = Liveness(config.liveness, RECONNECT_GRACE, self.clock)
+        self._stalls_seen = getattr(self.clock, "stalls", 0)
         self._storage_fault: str | None = None
         self._fault_since = 0.0
         self._stopping = False
@@ -243,12 +250,10 @@ class Coordinator:
                 update=update,
                 signature=signature,
             )
-        except Exception as exc:
-            log.exception("job %s: storing a %s event failed; reloading the job", rt.id, kind)
+        except STORAGE_ERRORS as exc:
+            log.error("job %s: storing a %s event failed (%s); reloading the job", rt.id, kind, exc)
             self._reload(rt)
-            raise StatusError(
-                Code.UNAVAILABLE, f"the coordinator could not store the {kind}; retry later"
-            ) from exc
+            raise self._pause(f"the {kind}", exc) from exc
         if kind == "contribution" and signature and agency is not None and round_ is not None:
             rt.signatures.setdefault(round_, {})[agency] = signature
         self._after_change(rt, before)
@@ -313,8 +318,9 @@ class Coordinator:
             self.store.update_job(
                 rt.id, JobUpdate("failed", failure=reason, rounds_done=rt.rounds_done)
             )
-        except Exception:
-            log.exception("job %s: storing its failure failed", rt.id)
+        except STORAGE_ERRORS as exc:
+            log.error("job %s: storing its failure failed: %s", rt.id, exc)
+            self._pause("a job's failure", exc)
         self._terminate(rt, "failed", failure=reason)
 
     def _result_json(self, rt: JobRuntime) -> str:
@@ -422,11 +428,83 @@ class Coordinator:
         with self._lock:
             if self._closed:
                 return
+            if self._storage_fault is not None and not self._try_resume(now):
+                return  # paused: nobody is dropped and no deadline passes while storage fails
+            stalls = getattr(self.clock, "stalls", 0)
+            if stalls != self._stalls_seen:
+                # the coordinator itself was stalled: agencies' calls queued meanwhile, so
+                # count every agency as heard from now (the stall was the judge's, not theirs)
+                self._stalls_seen = stalls
+                log.warning(
+                    "the coordinator was stalled (%.1f s left out of its deadlines so far); "
+                    "every agency counts as heard from now",
+                    getattr(self.clock, "skipped", 0.0),
+                )
+                self.liveness.forgive(now)
             for rt in [rt for rt in self._jobs.values() if rt.running]:
                 try:
                     self._tick_job(rt, now)
                 except StatusError as exc:  # storage trouble: the other jobs still move
                     log.warning("job %s: tick failed: %s", rt.id, exc)
+
+    # -- storage faults -------------------------------------------------------------------
+    def _write(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store write; a storage error pauses the coordinator and answers UNAVAILABLE."""
+        try:
+            return fn(*args, **kwargs)
+        except STORAGE_ERRORS as exc:
+            raise self._pause(what, exc) from exc
+
+    def _pause(self, what: str, exc: BaseException) -> StatusError:
+        """Enter (or stay in) the paused state after a failed write; the error to answer."""
+        reason = f"storing {what} failed: {type(exc).__name__}: {exc}"
+        if self._storage_fault is None:
+            self._storage_fault = reason
+            self._fault_since = self.clock()
+            self.metrics.storage_paused.set(1)
+            log.error(
+                "storage failed (%s): every job is paused, no agency is dropped and no deadline "
+                "runs until a write succeeds again; free space or fix %s",
+                reason,
+                self.store.path,
+            )
+        return StatusError(
+            Code.UNAVAILABLE,
+            f"the coordinator could not store {what} (its storage failed: {exc}); jobs are "
+            "paused until it works again; retry later",
+        )
+
+    def _check_storage(self) -> None:
+        if self._storage_fault is not None:
+            raise StatusError(
+                Code.UNAVAILABLE,
+                f"the coordinator's storage is failing ({self._storage_fault}); jobs are paused "
+                "and new ones wait until it works again; retry later",
+            )
+
+    def _try_resume(self, now: float) -> bool:
+        """Probe the store; after a successful write, move every deadline past the pause."""
+        try:
+            self.store.probe()
+        except STORAGE_ERRORS:
+            return False
+        paused = max(now - self._fault_since, 0.0)
+        log.warning(
+            "storage works again after %.1f s (%s); jobs resume, deadlines moved by the pause",
+            paused,
+            self._storage_fault,
+        )
+        self._storage_fault = None
+        self.metrics.storage_paused.set(0)
+        self.liveness.forgive(now)
+        for rt in self._jobs.values():
+            for r in rt.opened:
+                rt.opened[r] += paused
+            for asked in rt.asked.values():
+                for agency in asked:
+                    asked[agency] += paused
+        self._changed.notify_all()
+        return True
 
     def _tick_job(self, rt: JobRuntime, now: float) -> None:
         """One job's timeouts: drop silent agencies, then take every step it can."""
@@ -507,9 +585,11 @@ class Coordinator:
         )
         with self._lock:
             self._check_open()
-            self.store.register_agency(req.agency, text, time.time())
-            self._datasets[req.agency] = declared
             self._touch(req.agency)
+            self._write(
+                "the registration", self.store.register_agency, req.agency, text, time.time()
+            )
+            self._datasets[req.agency] = declared
             for rt in list(self._jobs.values()):  # a restarted agent gets its assignments again
                 for given in (*rt.handed.values(), *rt.decrypt_handed.values()):
                     given.discard(req.agency)
@@ -534,8 +614,12 @@ class Coordinator:
         self._require_self(principal, req.agency)
         with self._lock:
             self._check_open()
-            self._touch(req.agency)
-            self.store.touch_agency(req.agency, self.liveness.last_seen[req.agency])
+            self._touch(req.agency)  # liveness lives in memory: a heartbeat never fails on disk
+            if self._storage_fault is None:
+                try:
+                    self.store.touch_agency(req.agency, self.liveness.last_seen[req.agency])
+                except STORAGE_ERRORS as exc:
+                    self._pause("a heartbeat's time", exc)
         return fpb.HeartbeatResponse(heartbeat_interval_ms=self._heartbeat_ms())
 
     def fetch_work(
@@ -938,7 +1022,10 @@ class Coordinator:
                 raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
             except ValueError as exc:
                 raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
-            row = self.store.create_job(job_id, json.dumps(spec, sort_keys=True))
+            self._check_storage()
+            row = self._write(
+                "the job", self.store.create_job, job_id, json.dumps(spec, sort_keys=True)
+            )
             rt.created = row.created
             self._jobs[job_id] = rt
             self._after_change(rt, 0)
@@ -1167,10 +1254,9 @@ class Coordinator:
                     Code.FAILED_PRECONDITION, f"job {rt.id} already {rt.state}; nothing to cancel"
                 )
             reason = f"cancelled by {principal.name}"
-            self.store.append_event(
-                rt.id,
-                "cancel",
-                payload=reason.encode(),
+            self._write(
+                "the cancellation",
+                partial(self.store.append_event, rt.id, "cancel", payload=reason.encode()),
                 update=JobUpdate("cancelled", failure=reason, rounds_done=rt.rounds_done),
             )
             self._terminate(rt, "cancelled", failure=reason)
