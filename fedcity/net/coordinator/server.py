@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from fedcity.net import messages
@@ -33,7 +33,7 @@ from fedcity.net.coordinator.config import (
 )
 from fedcity.net.coordinator.core import Coordinator
 from fedcity.net.coordinator.limits import StreamLimiter
-from fedcity.net.coordinator.servicers import DecodeInterceptor, _Servicers
+from fedcity.net.coordinator.servicers import DecodeInterceptor, HealthServicer, _Servicers
 from fedcity.net.store import Store, StoreError
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
@@ -80,7 +80,7 @@ class CoordinatorServer:
                 self.federation, self.store, config, self.metrics, clock=clock
             )
             self.coordinator.recover()
-            self.health = health.HealthServicer()
+            self.health = HealthServicer()
             interceptors = [  # authentication first: strangers learn nothing about requests
                 AuthInterceptor(self.auth, {AGENT_SERVICE: "agency", JOB_SERVICE: "scientist"}),
                 DecodeInterceptor(),
@@ -100,7 +100,7 @@ class CoordinatorServer:
                     ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 ],
             )
-            assert config.max_streams is not None
+            assert config.max_streams is not None and config.max_streams_per_principal
             self.limiter = StreamLimiter(config.max_streams, config.max_streams_per_principal)
             servicers = _Servicers(self.coordinator, self.auth, self.limiter)
             fpb_grpc.add_AgentServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]
@@ -225,6 +225,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--collect-timeout", type=float, default=60.0, metavar="S")
     p.add_argument("--decrypt-timeout", type=float, default=60.0, metavar="S")
     p.add_argument("--max-workers", type=int, default=64)
+    p.add_argument(
+        "--max-streams",
+        type=int,
+        default=None,
+        help="long-lived calls served at once (default: half of --max-workers)",
+    )
+    p.add_argument(
+        "--max-streams-per-principal",
+        type=int,
+        default=None,
+        help="long-lived calls one agency or scientist may hold (default: min(8, max-streams))",
+    )
+    p.add_argument("--upload-timeout", type=float, default=300.0, metavar="S")
+    p.add_argument(
+        "--stall-threshold",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a longer gap in the coordinator's own clock is its stall, left out of deadlines",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -263,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             collect_timeout=args.collect_timeout,
             decrypt_timeout=args.decrypt_timeout,
             max_workers=args.max_workers,
+            max_streams=args.max_streams,
+            max_streams_per_principal=args.max_streams_per_principal,
+            upload_timeout=args.upload_timeout,
+            stall_threshold=args.stall_threshold,
         )
         server = serve(config)
     except (AuthError, CeremonyError, StoreError, OSError, ValueError) as exc:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health, health_pb2
 
 from fedcity.net import messages
 from fedcity.net.auth import Authenticator, Principal
@@ -16,7 +18,7 @@ from fedcity.net.coordinator.limits import StreamLimiter
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
-__all__ = ["DecodeInterceptor"]
+__all__ = ["DecodeInterceptor", "HealthServicer"]
 
 log = logging.getLogger("fedcity.net.coordinator")
 
@@ -86,45 +88,49 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
 
         return _unary(context, call)
 
-    def FetchAggregate(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def _download(
+        self,
+        request: Any,
+        context: grpc.ServicerContext,
+        what: str,
+        produce: Callable[[Principal, Any], bytes],
+        kind: int,
+    ) -> Iterator[fpb.Chunk]:
+        """Stream ``produce``'s payload in chunks, counted and bounded like an upload."""
+
         def gen() -> Iterator[fpb.Chunk]:
             principal = self._who(context)
             with self.limiter.hold(
-                principal.name,
-                "aggregate download",
-                deadline=self.transfer_timeout,
-                cancel=context.cancel,
+                principal.name, what, deadline=self.transfer_timeout, cancel=context.cancel
             ):
-                payload = self.core.aggregate(principal, request)
+                payload = produce(principal, request)
                 yield from messages.chunks(
                     payload,
                     job_id=request.job_id,
                     round=request.round,
                     agency=principal.name,
-                    kind=fpb.PAYLOAD_KIND_AGGREGATE,
+                    kind=kind,
                 )
 
         return _streaming(context, gen())
+
+    def FetchAggregate(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._download(
+            request,
+            context,
+            "aggregate download",
+            self.core.aggregate,
+            fpb.PAYLOAD_KIND_AGGREGATE,
+        )
 
     def FetchContributions(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        def gen() -> Iterator[fpb.Chunk]:
-            principal = self._who(context)
-            with self.limiter.hold(
-                principal.name,
-                "contributions download",
-                deadline=self.transfer_timeout,
-                cancel=context.cancel,
-            ):
-                payload = self.core.contributions(principal, request)
-                yield from messages.chunks(
-                    payload,
-                    job_id=request.job_id,
-                    round=request.round,
-                    agency=principal.name,
-                    kind=fpb.PAYLOAD_KIND_EVIDENCE,
-                )
-
-        return _streaming(context, gen())
+        return self._download(
+            request,
+            context,
+            "contributions download",
+            self.core.contributions,
+            fpb.PAYLOAD_KIND_EVIDENCE,
+        )
 
     def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:
@@ -159,6 +165,44 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
 
     def CancelJob(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _unary(context, lambda: self.core.cancel(self._who(context), request))
+
+
+class HealthServicer(health.HealthServicer):  # type: ignore[misc]
+    """The standard health service, safe when a watcher leaves while its status changes.
+
+    grpc_health's servicer sends status changes to its watchers while holding its lock; a
+    send waits for gRPC's serving thread, which may at that moment run the close callback of
+    a watch a client just cancelled, and that callback takes the same lock: the coordinator
+    deadlocked in ``enter_graceful_shutdown``. Here the watchers are copied under the lock
+    and notified outside it (and the lock is re-entrant for a close run inline).
+    """
+
+    _gracefully_shutting_down: bool
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.RLock()
+
+    def set(self, service: str, status: Any) -> None:
+        """Set ``service``'s status and tell its watchers."""
+        with self._lock:
+            if self._gracefully_shutting_down:
+                return
+            self._server_status[service] = status
+            watchers = list(self._send_response_callbacks.get(service, ()))
+        for send in watchers:  # outside the lock: gRPC's thread may be closing one of them
+            send(health_pb2.HealthCheckResponse(status=status))
+
+    def enter_graceful_shutdown(self) -> None:
+        """Set every service NOT_SERVING for good (watchers told outside the lock)."""
+        with self._lock:
+            if self._gracefully_shutting_down:
+                return
+            services = list(self._server_status)
+        for service in services:
+            self.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        with self._lock:
+            self._gracefully_shutting_down = True
 
 
 class _Malformed:
