@@ -50,8 +50,8 @@ from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
 AGENCIES = ("district-01", "district-02", "district-03")
-TOKENS = {name: f"token-of-{name}" for name in (*AGENCIES, "analyst")}
-ROLES = {**dict.fromkeys(AGENCIES, "agency"), "analyst": "scientist"}
+TOKENS = {name: f"token-of-{name}" for name in (*AGENCIES, "analyst", "rival")}
+ROLES = {**dict.fromkeys(AGENCIES, "agency"), "analyst": "scientist", "rival": "scientist"}
 SIGNING = {
     name: SigningKey(hashlib.sha256(f"test signing key of {name}".encode()).digest())
     for name in AGENCIES

@@ -265,6 +265,30 @@ def test_coordinator_restart_with_short_liveness_keeps_its_agencies(
     assert last.state == "succeeded" and not drops, (last.failure, drops)
 
 
+def test_coordinator_paused_past_the_liveness_timeout_drops_nobody(
+    setup: Setup, reference: Any, cluster: Cluster
+) -> None:
+    """SIGSTOP the coordinator for 6 s (liveness 2 s), then SIGCONT: a stall of the judge.
+
+    Regression test: the coordinator judged liveness on the wall clock, so on resuming it
+    found every agency silent for longer than the timeout and dropped them all. Its progress
+    clock now leaves its own stall out; the agencies' queued heartbeats arrive right after.
+    """
+    _, client = start_federation(cluster, liveness=2.0)
+    job_id = client.submit(JOB_TYPE, JOB_PARAMS, setup.dataset)
+    newton = first_newton_round(reference)
+    wait_until(lambda: in_newton(cluster.db, job_id, newton), timeout=60, what="a Newton round")
+    coordinator = next(p for p in cluster.procs if p.name == "coordinator")
+    coordinator.signal(signal.SIGSTOP)
+    time.sleep(6.0)  # three liveness timeouts without the coordinator running at all
+    coordinator.signal(signal.SIGCONT)
+    last = final_event(client, job_id)
+    drops = [e.agency for e in read_events(cluster.db, job_id) if e.type == "drop"]
+    assert last.state == "succeeded" and not drops, (last.failure, drops)
+    result = client.result(job_id)
+    np.testing.assert_allclose(beta(result), reference.model_params_["beta"], rtol=0, atol=1e-9)
+
+
 # -- 2. kill -9 agents mid-round -------------------------------------------------------------------
 def freeze(cluster: Cluster, job_id: str, victims: list[str], newton: int) -> list[Any]:
     """SIGSTOP ``victims`` once the job is in a Newton round; returns their processes."""
