@@ -26,6 +26,7 @@ from fedcity.core.errors import JobFailed, ProtocolError
 from fedcity.core.rounds import AggregationRound, RoundPhase
 from fedcity.core.tasks import Task, TaskRequest
 from fedcity.crypto import PackingSpec
+from fedcity.crypto.errors import SlotRangeError
 from fedcity.learn.algorithm import Algorithm, RoundRecord
 
 __all__ = ["Chain", "JobDriver"]
@@ -296,7 +297,17 @@ class JobDriver:
 
     def _release(self, rnd: AggregationRound) -> None:
         with self._timed("combination"):
-            released = rnd.release()
+            try:
+                released = rnd.release()
+            except SlotRangeError as exc:
+                self.failure = (
+                    f"round {rnd.task.round} ({rnd.task.request.kind}): the aggregate of "
+                    f"{sorted(rnd.contributors)} decrypts out of range ({exc}); at least one of "
+                    "these agencies sent values outside the round's encoding, and which one "
+                    "cannot be told without revealing individual contributions "
+                    "(docs/trust-model.md, 'Malicious agencies')"
+                )
+                raise JobFailed(self.failure) from exc
         request = rnd.task.request
         if not rnd.task.dp and rnd.overflowed:
             if self._clip >= MAX_CLIP:

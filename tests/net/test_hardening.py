@@ -631,3 +631,33 @@ def test_a_damaged_store_is_refused_at_start(files, key, data, servers, damage, 
     )
     assert code == 2
     assert "fedcity coordinator:" in capsys.readouterr().err
+
+
+# -- 16. an out-of-range contribution -------------------------------------------------------------
+def test_an_out_of_range_contribution_fails_the_job_naming_round_and_contributors(
+    files, key, data, servers
+):
+    """What fedcity does today (the culprit is not identified: docs/trust-model.md)."""
+    from fedcity.crypto import serde
+    from fedcity.crypto.vector import EncryptedVector
+
+    server = start(files, heartbeat_interval=60.0)
+    servers.append(server)
+    agents = agents_for(server, key, data)
+    job_id = submit(server.port).job_id
+    bad = agents[1]
+    pk = key[0].public_key
+    assignment = bad.fetch()
+    _, honest = bad.compute(assignment)
+    vec = serde.encrypted_vector_from_bytes(honest, pk)
+    top = pk.raw_encrypt(1 << (vec.spec.slot_bits - 1))  # the first slot's top bit set
+    forged = EncryptedVector(
+        pk, vec.spec, vec.length, 1, [top, *vec.ciphertexts[1:]], validate=True
+    )
+    payload = serde.encrypted_vector_to_bytes(forged)
+    assert bad.upload(job_id, assignment.round, fpb.PAYLOAD_KIND_CONTRIBUTION, payload).stored
+    drive([agents[0], agents[2], bad], lambda: not runtime(server, job_id).running)
+    rt = runtime(server, job_id)
+    assert rt.state == "failed"
+    assert f"round {assignment.round}" in rt.failure
+    assert str(sorted(AGENCIES)) in rt.failure and "out of range" in rt.failure
