@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_coordinator import (  # noqa: F401  (fixtures are used by name)
+from loopback import (
     AGENCIES,
     DATASET,
     Agent,
@@ -31,15 +31,10 @@ from test_coordinator import (  # noqa: F401  (fixtures are used by name)
     auth,
     betas,
     channel,
-    data,
     drive,
-    files,
-    key,
-    local_result,
     refused,
     runtime,
     scientist,
-    servers,
     snapshot,
     start,
     submit,

@@ -20,23 +20,16 @@ from pathlib import Path
 
 import numpy as np
 from harness import Setup, wait_until
-from test_coordinator import (  # noqa: F401  (fixtures are used by name)
+from loopback import (
     AGENCIES,
     DATASET,
     SIGNING,
     Agent,
     Code,
     auth,
-    betas,
-    data,
     drive,
-    files,
-    key,
-    local_result,
     refused,
     runtime,
-    scientist,
-    servers,
     snapshot,
     start,
     submit,

@@ -12,17 +12,13 @@ import logging
 
 import grpc
 import pytest
-from test_coordinator import (
+from loopback import (
     AGENCIES,
     DATASET,
     Agent,
     auth,
-    data,
-    files,
-    key,
     refused,
     scientist,
-    servers,
     snapshot,
     start,
     submit,
@@ -34,8 +30,6 @@ from fedcity.data.dataset import FeatureSpec
 from fedcity.net import messages
 from fedcity.net.store import Store
 from fedcity.v1 import federation_pb2 as fpb
-
-__all__ = ["data", "files", "key", "servers"]  # fixtures shared with test_coordinator
 
 Code = grpc.StatusCode
 DEEP = "[" * 10_000 + "]" * 10_000
