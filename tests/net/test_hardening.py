@@ -387,6 +387,10 @@ def test_disk_full_pauses_the_job_and_it_resumes_with_the_same_model(
             for a in agents:
                 heartbeat(a)  # heartbeats keep answering on a full disk
         assert refusals and set(refusals) == {Code.UNAVAILABLE}
+        # a registration or a new job needs the disk: UNAVAILABLE with the reason, not INTERNAL
+        for call in (agents[0].register, lambda: submit(server.port)):
+            detail = refused(Code.UNAVAILABLE, call)
+            assert "storage" in detail and "retry later" in detail
         rt = runtime(server, job_id)
         assert rt.state == "running" and not rt.driver.dropped
         assert server.coordinator._storage_fault is not None
