@@ -199,6 +199,15 @@ class Agent:
                 self.errors.append(exc)
 
 
+def registered_agents(server: CoordinatorServer, key, data, cls: type[Agent] = Agent) -> list:
+    """One in-test agent per agency of the ``data`` fixture, connected and registered."""
+    _, _, tables = data
+    agents = [cls(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
+    for a in agents:
+        a.register()
+    return agents
+
+
 def scientist(port: int) -> fpb_grpc.JobServiceStub:
     return fpb_grpc.JobServiceStub(channel(port))
 

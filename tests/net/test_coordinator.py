@@ -34,6 +34,7 @@ from loopback import (
     drive,
     job_state,
     refused,
+    registered_agents,
     runtime,
     scientist,
     signing_keys,
@@ -199,12 +200,10 @@ def test_restart_mid_collection_and_mid_decryption_loses_nothing(
 
 
 def test_bad_inputs_get_precise_status_and_leave_the_store_unchanged(files, key, data, servers):
-    _, spec, tables = data
+    _, spec, _ = data
     server = start(files)
     servers.append(server)
-    agents = [Agent(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
-    for a in agents:
-        a.register()
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     a1, a2, a3 = agents
     assignment = a1.fetch()
@@ -485,13 +484,10 @@ def _free_port() -> int:
 
 def test_silent_agency_is_dropped_and_a_slow_one_misses_the_deadline(files, key, data, servers):
     """Deadlines run on an injected clock: the verdicts do not depend on the machine's load."""
-    _, _, tables = data
     clock = ManualClock()
     server = start(files, liveness_timeout=1.5, collect_timeout=0.5, clock=clock)
     servers.append(server)
-    agents = [Agent(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
-    for a in agents:
-        a.register()
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     slow, silent = agents[1], agents[2]
     slow.ignore_rounds = {2}  # never answers round 2: the round closes at its deadline
@@ -520,12 +516,9 @@ def test_silent_agency_is_dropped_and_a_slow_one_misses_the_deadline(files, key,
 
 
 def test_decline_cancel_and_watch(files, key, data, servers):
-    _, _, tables = data
     server = start(files)
     servers.append(server)
-    agents = [Agent(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
-    for a in agents:
-        a.register()
+    agents = registered_agents(server, key, data)
     port = server.port
     job_id = submit(port).job_id
     a = agents[2].fetch()

@@ -33,6 +33,7 @@ from loopback import (
     channel,
     drive,
     refused,
+    registered_agents,
     runtime,
     scientist,
     snapshot,
@@ -72,14 +73,6 @@ class RetryingAgent(Agent):
                 self.pending = (a.job_id, a.round, kind, payload)
             raise
         return int(a.action)
-
-
-def agents_for(server, key, data, cls=Agent) -> list[Agent]:
-    _, _, tables = data
-    agents = [cls(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
-    for a in agents:
-        a.register()
-    return agents
 
 
 def own_channel(port: int) -> grpc.Channel:
@@ -150,7 +143,7 @@ def test_open_health_watches_do_not_starve_the_workers(files, key, data, servers
     try:
         for w in watches:  # every watch is really open: it got its first answer
             assert next(w).status == SERVING
-        agent = agents_for(server, key, data)[0]
+        agent = registered_agents(server, key, data)[0]
         for _ in range(10):
             heartbeat(agent, timeout=2)
             assert health_check(server.port, timeout=2) == SERVING
@@ -170,7 +163,7 @@ def test_long_lived_calls_are_bounded_and_stalled_uploads_cancelled(files, key, 
         heartbeat_interval=60.0,
     )
     servers.append(server)
-    agents = agents_for(server, key, data)
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     ref = fpb.JobRef(job_id=job_id)
     release = threading.Event()
@@ -247,7 +240,7 @@ def test_long_lived_calls_are_bounded_and_stalled_uploads_cancelled(files, key, 
 def test_oversized_proofs_are_refused_and_verification_does_not_block(files, key, data, servers):
     server = start(files, heartbeat_interval=60.0)
     servers.append(server)
-    agents = agents_for(server, key, data)
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     drive(agents, decrypting(server, job_id))
     before = snapshot(files["db"])
@@ -315,7 +308,7 @@ def test_a_coordinator_stall_drops_nobody(files, key, data, local_result, server
     clock = ProgressClock(max_step=1.0, source=raw)
     server = start(files, liveness_timeout=1.5, collect_timeout=5.0, clock=clock)
     servers.append(server)
-    agents = agents_for(server, key, data)
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     drive(agents, lambda: runtime(server, job_id).rounds_done >= 2)
     raw.advance(60.0)  # the coordinator was stopped for a minute
@@ -368,7 +361,7 @@ def test_disk_full_pauses_the_job_and_it_resumes_with_the_same_model(
         clock = ManualClock()
         server = start({**files, "db": db}, liveness_timeout=1.5, collect_timeout=5.0, clock=clock)
         servers.append(server)
-        agents = agents_for(server, key, data, RetryingAgent)
+        agents = registered_agents(server, key, data, RetryingAgent)
         job_id = submit(server.port).job_id
         drive(agents, lambda: runtime(server, job_id).rounds_done >= 2)
         filler = fill(small)
@@ -417,7 +410,7 @@ def test_disk_full_pauses_the_job_and_it_resumes_with_the_same_model(
 def test_uploads_larger_than_the_round_allows_are_refused_before_reading(files, key, data, servers):
     server = start(files, heartbeat_interval=60.0)
     servers.append(server)
-    agents = agents_for(server, key, data)
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     a = agents[0]
     assignment = a.fetch()
@@ -476,7 +469,7 @@ def test_uploads_larger_than_the_round_allows_are_refused_before_reading(files, 
 def test_a_scientist_cannot_watch_read_or_cancel_another_scientists_job(files, key, data, servers):
     server = start(files)
     servers.append(server)
-    agents_for(server, key, data)
+    registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     ref = fpb.JobRef(job_id=job_id)
     rival = scientist(server.port)
@@ -498,7 +491,7 @@ def test_load_streams_and_short_calls_while_a_job_runs(files, key, data, local_r
     answers within 1 s throughout (each check carries a 1 s deadline)."""
     server = start(files)
     servers.append(server)
-    agents = agents_for(server, key, data)
+    agents = registered_agents(server, key, data)
     status = submit(server.port)
     rival_job = scientist(server.port).SubmitJob(  # a second job runs at the same time
         fpb.JobSpec(
@@ -589,7 +582,7 @@ def test_a_damaged_store_is_refused_at_start(files, key, data, servers, damage, 
     from fedcity.net.store import StoreError
 
     server = start(files)
-    agents = agents_for(server, key, data)
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     drive(agents, lambda: runtime(server, job_id).rounds_done >= 2)
     server.stop(grace=0)
@@ -644,7 +637,7 @@ def test_an_out_of_range_contribution_fails_the_job_naming_round_and_contributor
 
     server = start(files, heartbeat_interval=60.0)
     servers.append(server)
-    agents = agents_for(server, key, data)
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     bad = agents[1]
     pk = key[0].public_key

@@ -24,11 +24,11 @@ from loopback import (
     AGENCIES,
     DATASET,
     SIGNING,
-    Agent,
     Code,
     auth,
     drive,
     refused,
+    registered_agents,
     runtime,
     snapshot,
     start,
@@ -74,12 +74,9 @@ def _fresh_round(server, job_id, min_done):
 
 # -- (a) and (b): what the coordinator accepts ------------------------------------------------
 def test_relabelled_previous_aggregate_is_refused_signed_or_not(files, key, data, servers):
-    _, _, tables = data
     server = start(files)
     servers.append(server)
-    agents = [Agent(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
-    for a in agents:
-        a.register()
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     drive(agents, _fresh_round(server, job_id, 2))
     rnd = runtime(server, job_id).driver.round
@@ -132,12 +129,9 @@ def test_relabelled_previous_aggregate_is_refused_signed_or_not(files, key, data
 def test_uploads_signed_for_other_fields_or_by_another_agency_are_refused(
     files, key, data, servers
 ):
-    _, _, tables = data
     server = start(files)
     servers.append(server)
-    agents = [Agent(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
-    for a in agents:
-        a.register()
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     a1 = agents[0]
     assignment = a1.fetch()
@@ -352,12 +346,9 @@ def test_honest_job_with_real_agents_equals_the_local_federation(data, tmp_path)
 
 
 def test_contributions_are_shown_only_to_the_rounds_decryptors(files, key, data, servers):
-    _, _, tables = data
     server = start(files)
     servers.append(server)
-    agents = [Agent(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)]
-    for a in agents:
-        a.register()
+    agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
     ref = fpb.AggregateRef(job_id=job_id, round=0)
     fetch = lambda a: list(  # noqa: E731
