@@ -298,7 +298,10 @@ def test_decryptors_decline_a_single_contribution_served_as_the_aggregate(data, 
     declined = [
         entry for d in daemons for entry in d.served if entry["action"] == "partial_decrypt"
     ]
-    assert declined and all(e["outcome"] == "declined" for e in declined)
+    # every asked decryptor refused; one whose refusal came after the job had already failed
+    # (two refusals leave too few decryptors) is told so ("rejected"), having decrypted nothing
+    assert declined and all(e["outcome"] in ("declined", "rejected") for e in declined)
+    assert any(e["outcome"] == "declined" for e in declined)
     assert all("is not the product" in e["reason"] for e in declined)
 
 
