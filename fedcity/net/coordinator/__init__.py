@@ -7,8 +7,9 @@ jobs (``JobService``). The coordinator only ever holds ciphertexts and released 
 
 Architecture::
 
-    gRPC threads ──► servicers.py (thin: status codes, call limits)
-                        └──► core.Coordinator (state and rules; one lock + condition)
+    gRPC threads ──► servicers.py (thin: status codes, call limits in limits.py)
+                        └──► core.Coordinator = agencies.AgencyCalls + scientists.ScientistCalls
+                             over state.CoordinatorState (one lock + condition)
                                ├─ runtime.JobRuntime + JobDriver per running job
                                ├─ liveness.Liveness on a ProgressClock (own stalls left out)
                                └─ Store (SQLite, WAL, FULL sync, hash-chained event log)

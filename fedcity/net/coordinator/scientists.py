@@ -1,0 +1,326 @@
+"""What a data scientist may ask of the coordinator (``JobService``)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+from fedcity.core.errors import JobFailed
+from fedcity.learn.jobs import JOB_TYPES, job_from_spec
+from fedcity.net import messages
+from fedcity.net.auth import Principal
+from fedcity.net.coordinator.config import (
+    Code,
+    StatusError,
+)
+from fedcity.net.coordinator.runtime import (
+    JobRuntime,
+    build,
+)
+from fedcity.net.coordinator.state import (
+    CoordinatorState,
+    _checked_job_id,
+    _reason,
+    log,
+)
+from fedcity.net.store import TERMINAL_STATES, JobUpdate
+from fedcity.v1 import federation_pb2 as fpb
+
+__all__ = ["ScientistCalls"]
+
+
+class ScientistCalls(CoordinatorState):
+    """Submit, watch, read, list and cancel; a job belongs to whoever submitted it."""
+
+    def submit_job(self, principal: Principal, req: fpb.JobSpec) -> fpb.JobStatus:
+        """Validate a job, store it and open its first round."""
+        self._require_role(principal, "scientist")
+        if req.job_type not in JOB_TYPES:
+            raise StatusError(
+                Code.INVALID_ARGUMENT,
+                f"unknown job type {messages.shown(req.job_type)}; known types: "
+                f"{sorted(JOB_TYPES)}",
+            )
+        try:
+            params = messages.parse_json_object(req.params_json, "params_json")
+            privacy = (
+                messages.parse_json_object(req.privacy_json, "privacy_json")
+                if req.privacy_json
+                else None
+            )
+            job_from_spec(req.job_type, params, privacy)  # validates before anything else
+        except ValueError as exc:
+            raise StatusError(Code.INVALID_ARGUMENT, _reason(str(exc))) from exc
+        if not req.dataset:
+            raise StatusError(Code.INVALID_ARGUMENT, "dataset is required")
+        n_members = len(self.federation.agencies)
+        if len(req.agencies) > n_members:
+            raise StatusError(
+                Code.INVALID_ARGUMENT,
+                f"agencies lists {len(req.agencies)} names; the federation has {n_members}",
+            )
+        try:
+            messages.check_name(req.dataset, "dataset")
+            if req.evaluate_dataset:
+                messages.check_name(req.evaluate_dataset, "evaluate_dataset")
+            for i, agency in enumerate(req.agencies):
+                messages.check_name(agency, f"agencies[{i}]")
+        except messages.MessageError as exc:
+            raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        if len(set(req.agencies)) != len(req.agencies):
+            repeated = sorted({a for a in req.agencies if list(req.agencies).count(a) > 1})
+            raise StatusError(Code.INVALID_ARGUMENT, f"agencies listed twice: {repeated}")
+        with self._lock:
+            self._check_open()
+            spec = self._job_spec(req, params, privacy, principal)
+            job_id = uuid.uuid4().hex[:12]
+            rt = JobRuntime(job_id, spec, "running", time.time())
+            try:
+                build(rt, self.federation, self.scheme)
+            except JobFailed as exc:
+                raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
+            except ValueError as exc:
+                raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+            self._check_storage()
+            row = self._write(
+                "the job", self.store.create_job, job_id, json.dumps(spec, sort_keys=True)
+            )
+            rt.created = row.created
+            self._jobs[job_id] = rt
+            self._after_change(rt, 0)
+            log.info(
+                "job %s submitted by %s: %s on %r with %s (min %d)",
+                job_id,
+                principal.name,
+                req.job_type,
+                req.dataset,
+                spec["agencies"],
+                spec["min_agencies"],
+            )
+            return rt.status()
+
+    def _job_spec(
+        self,
+        req: fpb.JobSpec,
+        params: dict[str, Any],
+        privacy: dict[str, Any] | None,
+        principal: Principal,
+    ) -> dict[str, Any]:
+        """Resolve participants and check they can run the job together (lock held)."""
+        order = list(self.federation.agencies)
+        holders = [a for a in order if req.dataset in self._datasets.get(a, {})]
+        if not holders:
+            raise StatusError(
+                Code.NOT_FOUND, f"no registered agency offers dataset {req.dataset!r}"
+            )
+        unknown = [a for a in req.agencies if a not in self.federation.agencies]
+        if unknown:
+            raise StatusError(
+                Code.NOT_FOUND, f"unknown agencies {unknown}; the federation has {order}"
+            )
+        participants = list(req.agencies) or holders
+        lacking = [a for a in participants if a not in holders]
+        if lacking:
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"agencies {lacking} have not registered dataset {req.dataset!r} "
+                f"(it is offered by {holders})",
+            )
+        t = self.federation.threshold
+        holder = self.federation.key_holder
+        if holder is not None and holder not in participants:
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"agency {holder!r} holds the federation's decryption key and must take part "
+                f"in every job; the job names {participants}",
+            )
+        n = len(participants)
+        min_agencies = int(req.min_agencies) or max(t, min(2, n))
+        need = max(min_agencies, t)
+        if n < need:
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"{n} agencies {participants} take part; the job needs at least {need} "
+                f"(min_agencies={min_agencies}, key threshold t={t})",
+            )
+        spec = self._datasets[participants[0]][req.dataset]
+        differ = [a for a in participants if self._datasets[a][req.dataset] != spec]
+        if differ:
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"agencies {differ} declare other columns for {req.dataset!r} than "
+                f"{participants[0]!r}; every participant must declare the same FeatureSpec",
+            )
+        if req.evaluate_dataset:
+            if not any(req.evaluate_dataset in d for d in self._datasets.values()):
+                raise StatusError(
+                    Code.NOT_FOUND, f"no registered agency offers dataset {req.evaluate_dataset!r}"
+                )
+            missing = [
+                a for a in participants if self._datasets[a].get(req.evaluate_dataset) != spec
+            ]
+            if missing:
+                raise StatusError(
+                    Code.FAILED_PRECONDITION,
+                    f"agencies {missing} do not offer evaluation dataset "
+                    f"{req.evaluate_dataset!r} with the training dataset's columns",
+                )
+        return {
+            "job_type": req.job_type,
+            "params": params,
+            "privacy": privacy,
+            "dataset": req.dataset,
+            "evaluate_dataset": req.evaluate_dataset,
+            "agencies": participants,
+            "min_agencies": min_agencies,
+            "share_index_of": self.federation.share_index_of(participants),
+            "feature_spec": messages.feature_spec_to_json(spec),
+            "key_id": self.federation.key_id.hex(),
+            "submitted_by": principal.name,
+        }
+
+    @staticmethod
+    def _require_owner(principal: Principal, rt: JobRuntime) -> None:
+        """Only the data scientist who submitted a job may watch, read or cancel it."""
+        if rt.owner != principal.name:
+            raise StatusError(
+                Code.PERMISSION_DENIED,
+                f"job {rt.id} was submitted by another data scientist; only its submitter may "
+                "watch it, read its result or cancel it",
+            )
+
+    def _lookup(self, job_id: str) -> JobRuntime:
+        """A running or recently finished job, or one loaded from the store; else NOT_FOUND."""
+        _checked_job_id(job_id)
+        rt = self._jobs.get(job_id) or self._recent.get(job_id)
+        if rt is not None:
+            return rt
+        row = self.store.job(job_id) if job_id else None
+        if row is None:
+            raise StatusError(Code.NOT_FOUND, f"no job {job_id!r}")
+        rt = JobRuntime(
+            row.id,
+            json.loads(row.spec),
+            row.state,
+            row.created,
+            row.failure,
+            row.result,
+            row.rounds_done,
+        )
+        if row.result:
+            history = json.loads(row.result).get("history", [])
+            rt.records = [json.dumps(r, sort_keys=True) for r in history]
+        return rt
+
+    def watch(
+        self,
+        principal: Principal,
+        ref: fpb.JobRef,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[fpb.JobEvent]:
+        """Status, then every finished round, until the job ends."""
+        self._require_role(principal, "scientist")
+        with self._lock:
+            rt = self._lookup(ref.job_id)
+            self._require_owner(principal, rt)
+            status = rt.status()
+        yield fpb.JobEvent(status=status)
+        sent = 0
+        while True:
+            with self._lock:
+                while True:
+                    rt = self._jobs.get(ref.job_id) or self._recent.get(ref.job_id) or rt
+                    new = rt.records[sent:]
+                    done = rt.state in TERMINAL_STATES
+                    if new or done or self._stopping or not is_active():
+                        break
+                    self._changed.wait(timeout=1.0)
+                status = rt.status()
+            for record in new:
+                yield fpb.JobEvent(status=status, round_record_json=record)
+            sent += len(new)
+            if done:
+                yield fpb.JobEvent(status=status)
+                return
+            if self._stopping or not is_active():
+                return
+
+    def result(self, principal: Principal, ref: fpb.JobRef) -> fpb.JobResult:
+        """The result JSON of a succeeded job."""
+        self._require_role(principal, "scientist")
+        with self._lock:
+            rt = self._lookup(ref.job_id)
+            self._require_owner(principal, rt)
+            if rt.state != "succeeded" or rt.result is None:
+                why = f": {rt.failure}" if rt.failure else ""
+                raise StatusError(
+                    Code.FAILED_PRECONDITION,
+                    f"job {rt.id} is {rt.state}{why}; a result exists once it succeeded",
+                )
+            if len(rt.result) > messages.MAX_MESSAGE_BYTES - 4096:
+                raise StatusError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"the result of job {rt.id} holds {len(rt.result)} bytes, more than one "
+                    f"message may carry ({messages.MAX_MESSAGE_BYTES})",
+                )
+            return fpb.JobResult(status=rt.status(), result_json=rt.result)
+
+    def list_agencies(self, principal: Principal) -> fpb.ListAgenciesResponse:
+        """Every federation member and registered agency, with what it offers."""
+        self._require_role(principal, "scientist")
+        with self._lock:
+            now = self.clock()
+            names = list(self.federation.agencies)
+            names += sorted(a for a in self._datasets if a not in self.federation.agencies)
+            out = fpb.ListAgenciesResponse()
+            budget = messages.MAX_MESSAGE_BYTES * 3 // 4  # one agency never breaks the listing
+            for name in names:
+                info = out.agencies.add(
+                    name=name,
+                    connected=self.liveness.heard(name) and self._alive(name, now),
+                    last_seen_unix=self.liveness.last_seen.get(name, 0.0),
+                )
+                offered = [
+                    fpb.DatasetInfo(name=ds, feature_spec_json=messages.feature_spec_to_json(spec))
+                    for ds, spec in sorted(self._datasets.get(name, {}).items())
+                ]
+                size = sum(d.ByteSize() for d in offered)
+                if size > min(budget, 2 * messages.MAX_REGISTRATION_BYTES):
+                    log.warning(
+                        "listing agency %s without its %d datasets (%d bytes, %d left for the "
+                        "listing); it must register again within the limits",
+                        messages.shown(name),
+                        len(offered),
+                        size,
+                        budget,
+                    )
+                    continue
+                budget -= size
+                info.datasets.extend(offered)
+            return out
+
+    def cancel(self, principal: Principal, ref: fpb.JobRef) -> fpb.JobStatus:
+        """Stop a running job for good."""
+        self._require_role(principal, "scientist")
+        with self._lock:
+            self._check_open()
+            rt = self._lookup(ref.job_id)
+            self._require_owner(principal, rt)
+            if rt.state == "cancelled":
+                return rt.status()
+            if not rt.running:
+                raise StatusError(
+                    Code.FAILED_PRECONDITION, f"job {rt.id} already {rt.state}; nothing to cancel"
+                )
+            reason = f"cancelled by {principal.name}"
+            self._write(
+                "the cancellation",
+                partial(self.store.append_event, rt.id, "cancel", payload=reason.encode()),
+                update=JobUpdate("cancelled", failure=reason, rounds_done=rt.rounds_done),
+            )
+            self._terminate(rt, "cancelled", failure=reason)
+            return rt.status()
