@@ -276,15 +276,7 @@ def test_decryptors_decline_a_single_contribution_served_as_the_aggregate(data, 
         return forged
 
     core.aggregate = deviating
-    daemons, threads = _run_daemons(setup, server, tmp_path)
-    try:
-        job_id, last, _ = _run_job(setup, server, 60)
-    finally:
-        for d in daemons:
-            d.stop()
-        for t in threads:
-            t.join(timeout=10)
-        server.stop(grace=0)
+    daemons, (job_id, last, _) = _job_with_daemons(setup, server, tmp_path, 60)
     assert served, "no decryptor was asked"
     assert last.state == "failed"
     events = _events(tmp_path, job_id)
@@ -305,6 +297,19 @@ def test_decryptors_decline_a_single_contribution_served_as_the_aggregate(data, 
     assert all("is not the product" in e["reason"] for e in declined)
 
 
+def _job_with_daemons(setup, server, tmp_path, timeout):
+    """Run one job with the real agent daemons, then stop them and the server."""
+    daemons, threads = _run_daemons(setup, server, tmp_path)
+    try:
+        return daemons, _run_job(setup, server, timeout)
+    finally:
+        for d in daemons:
+            d.stop()
+        for t in threads:
+            t.join(timeout=10)
+        server.stop(grace=0)
+
+
 # -- (d): the honest job with the real daemons --------------------------------------------------
 def test_honest_job_with_real_agents_equals_the_local_federation(data, tmp_path):
     setup = _write_federation(tmp_path, data)
@@ -315,15 +320,7 @@ def test_honest_job_with_real_agents_equals_the_local_federation(data, tmp_path)
     ) as fed:
         reference = LogisticRegressionJob(C=0.5).fit(fed)
     server = _serve(setup, tmp_path)
-    daemons, threads = _run_daemons(setup, server, tmp_path)
-    try:
-        job_id, last, result = _run_job(setup, server, 90)
-    finally:
-        for d in daemons:
-            d.stop()
-        for t in threads:
-            t.join(timeout=10)
-        server.stop(grace=0)
+    daemons, (job_id, last, result) = _job_with_daemons(setup, server, tmp_path, 90)
     assert last.state == "succeeded", last.failure
     np.testing.assert_allclose(
         result["model"]["beta"], reference.model_params_["beta"], rtol=0, atol=1e-8

@@ -17,18 +17,6 @@ __all__ = ["Coordinator"]
 class Coordinator(AgencyCalls, ScientistCalls):
     """The coordinator's state and rules, independent of gRPC plumbing.
 
-    Every public method either returns a response message or raises :class:`StatusError`.
-    All state (drivers, registrations, the store's writes) is guarded by one re-entrant lock;
-    long polls wait on a condition variable bound to it. Proofs of partial decryptions are
-    verified outside it.
-
-    Parameters
-    ----------
-    federation : Federation
-    store : Store
-    config : CoordinatorConfig
-    metrics : CoordinatorMetrics, optional
-    clock : callable, optional
-        The progress clock (default: a :class:`ProgressClock` over :func:`time.monotonic`
-        with ``config.stall_threshold``); tests pass a manual clock.
+    See :class:`~fedcity.net.coordinator.state.CoordinatorState` for the parameters and the
+    locking rules.
     """
