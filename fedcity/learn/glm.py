@@ -321,13 +321,13 @@ class FederatedGLM(Algorithm):
             step = -np.linalg.solve(h, g).astype(np.float64)
         except np.linalg.LinAlgError:
             step = -np.linalg.lstsq(h, g, rcond=None)[0].astype(np.float64)
-        largest = float(np.max(np.abs(step))) if step.size else 0.0
+        largest = _inf_norm(step)
         if self.family != "ridge" and largest > _MAX_STEP:
             step = step * (_MAX_STEP / largest)  # damped: far from the optimum, stay on the map
         self._step = step
         self.last_step_ = _inf_norm(step)
         self.beta_ = beta + step
-        small = np.max(np.abs(step)) <= self.tol * (1.0 + np.max(np.abs(beta)))
+        small = self.last_step_ <= self.tol * (1.0 + np.max(np.abs(beta)))
         if len(self.objective_history_) >= 2:
             prev, cur = self.objective_history_[-2], self.objective_history_[-1]
             small = small or (prev - cur) <= self._noise
@@ -373,7 +373,7 @@ class FederatedGLM(Algorithm):
         floor = max(1e-3 * float(np.abs(vals).max()), 1e-8)
         h = (vecs * np.maximum(vals, floor)) @ vecs.T + self.lam * np.diag(mask)
         step = -np.linalg.solve(h, g).astype(np.float64)
-        largest = float(np.max(np.abs(step))) if step.size else 0.0
+        largest = _inf_norm(step)
         if largest > _MAX_STEP:  # noise along flat directions must not throw the model away
             step = step * (_MAX_STEP / largest)
         self.last_step_ = _inf_norm(step)
