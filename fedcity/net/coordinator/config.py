@@ -173,6 +173,18 @@ class CoordinatorConfig:
         assert self.liveness_timeout is not None
         return float(self.liveness_timeout)
 
+    @property
+    def stall(self) -> float:
+        """The effective stall threshold in seconds."""
+        assert self.stall_threshold is not None
+        return float(self.stall_threshold)
+
+    @property
+    def stream_limits(self) -> tuple[int, int]:
+        """The effective ``(max_streams, max_streams_per_principal)``."""
+        assert self.max_streams is not None and self.max_streams_per_principal is not None
+        return self.max_streams, self.max_streams_per_principal
+
 
 # -- metrics ----------------------------------------------------------------------------------
 class CoordinatorMetrics:

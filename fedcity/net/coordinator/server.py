@@ -100,8 +100,7 @@ class CoordinatorServer:
                     ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 ],
             )
-            assert config.max_streams is not None and config.max_streams_per_principal
-            self.limiter = StreamLimiter(config.max_streams, config.max_streams_per_principal)
+            self.limiter = StreamLimiter(*config.stream_limits)
             servicers = _Servicers(self.coordinator, self.auth, self.limiter)
             fpb_grpc.add_AgentServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]
             fpb_grpc.add_JobServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]

@@ -117,8 +117,7 @@ class CoordinatorState:
         """Running jobs (and, briefly, jobs that just ended; see :meth:`_terminate`)."""
         self._recent: OrderedDict[str, JobRuntime] = OrderedDict()
         self._datasets: dict[str, dict[str, FeatureSpec]] = {}
-        stall = float(config.stall_threshold or 1.0)
-        self.clock: Callable[[], float] = clock or ProgressClock(stall)
+        self.clock: Callable[[], float] = clock or ProgressClock(config.stall)
         """The progress clock every deadline is judged on (stalls left out)."""
         self.liveness = Liveness(config.liveness, RECONNECT_GRACE, self.clock)
         self._stalls_seen = getattr(self.clock, "stalls", 0)
