@@ -70,7 +70,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 __all__ = [
@@ -754,16 +754,7 @@ def backup_file(source: str | os.PathLike[str], dest: str | os.PathLike[str]) ->
         raise StoreError(f"cannot write the backup {dest}: {exc}") from exc
     finally:
         _remove_sqlite_files(tmp)
-    return StoreSummary(
-        path=dest,
-        schema_version=summary.schema_version,
-        quick_check=summary.quick_check,
-        jobs=summary.jobs,
-        clean_close=True,
-        wal_bytes=None,
-        state_detail=summary.state_detail,
-        seconds=summary.seconds,
-    )
+    return replace(summary, path=dest, clean_close=True, wal_bytes=None)
 
 
 class Store:
