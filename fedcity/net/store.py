@@ -417,7 +417,7 @@ def _check_file(path: Path) -> _FileState:
     marker = {str(k): str(v) for k, v in rows}
     state_ = marker.get("state")
     detail = marker.get("state_detail", "")
-    if wal_mode and state_ == "open" and not wal_bytes:
+    if wal_mode and state_ == "open":  # and the -wal is missing or empty (returned above)
         lost = "is missing" if wal_bytes is None else "is empty"
         raise StoreError(
             f"coordinator database {path} was not closed cleanly ({detail or 'last session'}), "
