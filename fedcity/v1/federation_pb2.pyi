@@ -127,6 +127,34 @@ class DatasetInfo(_message.Message):
 Global___DatasetInfo: _TypeAlias = DatasetInfo  # noqa: Y015
 
 @_typing.final
+class TableInfo(_message.Message):
+    """A table an agency offers to federated queries (fedcity.analytics): names and column
+    types only, never data.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """e.g. "inspections" """
+    schema_json: _builtins.str
+    """{"name": ..., "columns": {column: "category"|"integer"|"float"|"date"|"text"}}"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        schema_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "schema_json", b"schema_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TableInfo: _TypeAlias = TableInfo  # noqa: Y015
+
+@_typing.final
 class RegisterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -134,6 +162,7 @@ class RegisterRequest(_message.Message):
     DATASETS_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     TASK_KINDS_FIELD_NUMBER: _builtins.int
+    TABLES_FIELD_NUMBER: _builtins.int
     agency: _builtins.str
     """must equal the authenticated principal"""
     software_version: _builtins.str
@@ -143,6 +172,10 @@ class RegisterRequest(_message.Message):
     def task_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """vetted local steps this agent runs"""
 
+    @_builtins.property
+    def tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___TableInfo]:
+        """tables for federated queries"""
+
     def __init__(
         self,
         *,
@@ -150,10 +183,11 @@ class RegisterRequest(_message.Message):
         datasets: _abc.Iterable[Global___DatasetInfo] | None = ...,
         software_version: _builtins.str = ...,
         task_kinds: _abc.Iterable[_builtins.str] | None = ...,
+        tables: _abc.Iterable[Global___TableInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "datasets", b"datasets", "software_version", b"software_version", "task_kinds", b"task_kinds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "datasets", b"datasets", "software_version", b"software_version", "tables", b"tables", "task_kinds", b"task_kinds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,11 +598,11 @@ class JobSpec(_message.Message):
     EVALUATE_DATASET_FIELD_NUMBER: _builtins.int
     PRIVACY_JSON_FIELD_NUMBER: _builtins.int
     job_type: _builtins.str
-    """"logistic_regression" | "ridge" | "poisson_regression" | "fedavg" """
+    """"logistic_regression" | "ridge" | "poisson_regression" | "fedavg" | "query" """
     params_json: _builtins.str
     """the job class's parameters, e.g. {"C": 1.0}"""
     dataset: _builtins.str
-    """dataset name every participating agency declared"""
+    """dataset (for "query": table) every participating agency declared"""
     min_agencies: _builtins.int
     """0: the coordinator's default"""
     evaluate_dataset: _builtins.str
@@ -719,11 +753,14 @@ class AgencyInfo(_message.Message):
     CONNECTED_FIELD_NUMBER: _builtins.int
     LAST_SEEN_UNIX_FIELD_NUMBER: _builtins.int
     DATASETS_FIELD_NUMBER: _builtins.int
+    TABLES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     connected: _builtins.bool
     last_seen_unix: _builtins.float
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetInfo]: ...
+    @_builtins.property
+    def tables(self) -> _containers.RepeatedCompositeFieldContainer[Global___TableInfo]: ...
     def __init__(
         self,
         *,
@@ -731,10 +768,11 @@ class AgencyInfo(_message.Message):
         connected: _builtins.bool = ...,
         last_seen_unix: _builtins.float = ...,
         datasets: _abc.Iterable[Global___DatasetInfo] | None = ...,
+        tables: _abc.Iterable[Global___TableInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "datasets", b"datasets", "last_seen_unix", b"last_seen_unix", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "datasets", b"datasets", "last_seen_unix", b"last_seen_unix", "name", b"name", "tables", b"tables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
