@@ -28,30 +28,7 @@ registers again, then re-sends what it had not delivered. Every payload is kept 
 rounds back) and re-sent byte for byte if the same assignment comes again, so a retry never
 produces a second, different ciphertext or fresh differential-privacy noise for one round.
 
-Configuration (TOML; relative paths are relative to the file)::
-
-    agency = "district-01"
-    coordinator = "127.0.0.1:50051"
-    token_file = "agencies/district-01/token"
-    key_file = "agencies/district-01/share.json"   # its threshold share; in a key-holder
-                                         # federation private-key.json or public-key.json
-    signing_key_file = "agencies/district-01/signing-key.json"   # signs every upload
-    federation_file = "federation-public.json"   # every agency's public signing key
-    ca_file = "tls/ca.pem"               # required unless insecure = true
-    insecure = false                     # plaintext, only to a loopback coordinator
-    log_file = "agent-district-01.log"   # optional: one JSON line per task served
-    crypto_workers = 1                   # worker processes for encryption and decryption
-
-    [datasets.inspections]
-    path = "data/district-01.csv"        # .csv, .parquet or .pq
-    numeric = ["pastFail", "timeSinceLast"]
-    categorical = { inspector = ["blue", "green"] }
-    label = "critical_found"
-    weight = ""                          # optional; "" means none
-
-    [policy]
-    allowed_kinds = ["stats.counts", "stats.mean", "stats.variance", "glm.newton"]
-    min_summands = 2                     # never decrypt an aggregate of fewer contributions
+The configuration file is described in :mod:`fedcity.net.agentconfig`.
 """
 
 from __future__ import annotations
@@ -59,14 +36,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import random
 import signal
 import threading
 import time
-import tomllib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,19 +59,23 @@ from fedcity.core.aggregation import (
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.integrity import ContributionVerifier, Evidence
 from fedcity.core.nodes import AgencyNode
-from fedcity.core.tasks import LOCAL_STEPS, Task
+from fedcity.core.tasks import Task
 from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, WorkerPool
 from fedcity.crypto.keys import read_json_file
 from fedcity.crypto.signing import SigningKey
-from fedcity.data.dataset import AgencyDataset, DataError, FeatureSpec
+from fedcity.data.dataset import AgencyDataset, DataError
+from fedcity.net.agentconfig import (
+    MAX_CRYPTO_WORKERS,
+    AgentConfig,
+    ConfigError,
+    DatasetConfig,
+    TableConfig,
+)
 from fedcity.net.ceremony import CeremonyError, Federation, load_federation, read_token
 from fedcity.net.channel import (
     RETRYABLE_CODES,
-    AddressError,
     bearer_metadata,
-    is_loopback,
     open_channel,
-    parse_address,
 )
 from fedcity.net.integrity import evidence_bound, evidence_from_bytes, sign_upload
 from fedcity.net.messages import (
@@ -109,7 +88,15 @@ from fedcity.net.messages import (
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
-__all__ = ["Agent", "AgentConfig", "AgentError", "ConfigError", "DatasetConfig"]
+__all__ = [
+    "MAX_CRYPTO_WORKERS",
+    "Agent",
+    "AgentConfig",
+    "AgentError",
+    "ConfigError",
+    "DatasetConfig",
+    "TableConfig",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,35 +121,6 @@ REJECTION_CODES = frozenset(
 """Answers to an upload or refusal that mean the coordinator will not take it: drop it."""
 MAX_DELIVERY_ATTEMPTS = 5
 """Tries for a payload the coordinator keeps failing on with other errors (INTERNAL, ...)."""
-
-MAX_CRYPTO_WORKERS = 64
-"""Most worker processes an agent may start for its cryptography."""
-
-_TOP_KEYS = frozenset(
-    {
-        "agency",
-        "coordinator",
-        "token_file",
-        "share_file",
-        "key_file",
-        "signing_key_file",
-        "federation_file",
-        "ca_file",
-        "insecure",
-        "log_file",
-        "crypto_workers",
-        "datasets",
-        "policy",
-    }
-)
-_DATASET_KEYS = frozenset({"path", "numeric", "categorical", "label", "weight"})
-_POLICY_KEYS = frozenset({"allowed_kinds", "min_summands"})
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-class ConfigError(ValueError):
-    """An invalid agent configuration file; the message names the file and the key."""
-
 
 _AGENCY_KEY_FORMATS: dict[str, Callable[[dict[str, Any]], KeyShare | PrivateKey | PublicKey]] = {
     "fedcity.paillier.key-share": KeyShare.from_json_dict,
@@ -189,324 +147,6 @@ def _load_agency_key(path: Path) -> KeyShare | PrivateKey | PublicKey:
 
 class AgentError(RuntimeError):
     """The agent cannot go on: unreadable key material or data, wrong federation, bad token."""
-
-
-# -- configuration ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DatasetConfig:
-    """One local table the agency offers.
-
-    Attributes
-    ----------
-    name : str
-        The name jobs use (``JobSpec.dataset``).
-    path : Path
-        Absolute path of the CSV or Parquet file.
-    spec : FeatureSpec
-        Its declared columns.
-    """
-
-    name: str
-    path: Path
-    spec: FeatureSpec
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """A validated agent configuration (see the module docstring for the TOML format).
-
-    Attributes
-    ----------
-    agency : str
-    coordinator : str
-        ``host:port``.
-    token_file : Path
-    share_file : Path
-        The agency's key file (config key ``key_file``, or ``share_file`` as before): a
-        threshold key share, or in a key-holder federation the private key (key holder) or
-        the public key (everyone else).
-    signing_key_file : Path
-        The agency's Ed25519 signing key (``signing-key.json`` from the key ceremony).
-    federation_file : Path
-        ``federation-public.json``: every agency's public signing key, against which the
-        contributions of an aggregate are checked before this agency decrypts it.
-    ca_file : Path or None
-        None only with ``insecure``.
-    insecure : bool
-    log_file : Path or None
-    datasets : dict of str to DatasetConfig
-        In file order; the first one serves assignments that name no dataset.
-    allowed_kinds : frozenset of str
-        Vetted task kinds this agency runs (default: every vetted kind).
-    min_summands : int
-        Smallest aggregate this agency helps decrypt, whatever the coordinator asks.
-    crypto_workers : int
-        Worker processes for encryption and (partial) decryption while the agent runs
-        (1: in the agent's own process). Set it to the cores the agency's machine can spare.
-    source : Path or None
-        The TOML file it was read from.
-    """
-
-    agency: str
-    coordinator: str
-    token_file: Path
-    share_file: Path
-    signing_key_file: Path
-    federation_file: Path
-    ca_file: Path | None
-    insecure: bool
-    datasets: dict[str, DatasetConfig]
-    allowed_kinds: frozenset[str]
-    log_file: Path | None = None
-    min_summands: int = 2
-    crypto_workers: int = 1
-    source: Path | None = field(default=None, compare=False)
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike[str]) -> AgentConfig:
-        """Read and validate an agent configuration file.
-
-        Parameters
-        ----------
-        path : str or path-like
-
-        Returns
-        -------
-        AgentConfig
-
-        Raises
-        ------
-        ConfigError
-            Naming the file and the key at fault.
-        """
-        file = Path(path)
-        try:
-            raw = file.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from exc
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{file}: not UTF-8 text") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
-        return cls.from_dict(data, base=file.parent, source=file)
-
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, base: Path, source: Path | None = None
-    ) -> AgentConfig:
-        """Validate an already parsed configuration; relative paths resolve against ``base``.
-
-        Parameters
-        ----------
-        data : mapping
-            The TOML document as a dict.
-        base : Path
-            Directory relative paths are relative to.
-        source : Path, optional
-            Named in error messages.
-
-        Returns
-        -------
-        AgentConfig
-
-        Raises
-        ------
-        ConfigError
-        """
-        where = str(source) if source is not None else "agent config"
-        v = _Validator(where, base)
-        unknown = sorted(set(data) - _TOP_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}")
-        agency = v.name(data, "agency")
-        coordinator = v.string(data, "coordinator")
-        try:
-            host, _ = parse_address(coordinator)
-        except AddressError as exc:
-            raise ConfigError(f"{where}: key 'coordinator': {exc}") from exc
-        insecure = v.boolean(data, "insecure", default=False)
-        if insecure and not is_loopback(host):
-            raise ConfigError(
-                f"{where}: insecure = true is allowed only for a loopback coordinator "
-                f"(127.0.0.1, ::1, localhost), not {host!r}; set ca_file instead"
-            )
-        token_file = v.existing_file(data, "token_file")
-        if "key_file" in data and "share_file" in data:
-            raise ConfigError(f"{where}: give key_file or share_file (its older name), not both")
-        share_file = v.existing_file(data, "share_file" if "share_file" in data else "key_file")
-        for key, what in (
-            ("signing_key_file", "the agency's signing-key.json from the key ceremony"),
-            ("federation_file", "federation-public.json from the key ceremony"),
-        ):
-            if key not in data:
-                raise ConfigError(f"{where}: key {key!r} is required ({what})")
-        signing_key_file = v.existing_file(data, "signing_key_file")
-        federation_file = v.existing_file(data, "federation_file")
-        ca_file: Path | None = None
-        if "ca_file" in data:
-            ca_file = v.existing_file(data, "ca_file")
-        elif not insecure:
-            raise ConfigError(
-                f"{where}: key 'ca_file' is required (the federation's tls/ca.pem) unless "
-                "insecure = true"
-            )
-        log_file = v.path(data, "log_file") if "log_file" in data else None
-        crypto_workers = data.get("crypto_workers", 1)
-        if (
-            isinstance(crypto_workers, bool)
-            or not isinstance(crypto_workers, int)
-            or not 1 <= crypto_workers <= MAX_CRYPTO_WORKERS
-        ):
-            raise ConfigError(
-                f"{where}: key 'crypto_workers' must be an integer in "
-                f"[1, {MAX_CRYPTO_WORKERS}], got {crypto_workers!r}"
-            )
-
-        raw_sets = data.get("datasets")
-        if not isinstance(raw_sets, dict) or not raw_sets:
-            raise ConfigError(
-                f"{where}: at least one [datasets.<name>] table is required "
-                "(path, numeric, categorical, label)"
-            )
-        datasets = {name: v.dataset(name, section) for name, section in raw_sets.items()}
-
-        policy = data.get("policy", {})
-        if not isinstance(policy, dict):
-            raise ConfigError(f"{where}: [policy] must be a table")
-        unknown = sorted(set(policy) - _POLICY_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: [policy] unknown key(s) {unknown}; allowed: {sorted(_POLICY_KEYS)}"
-            )
-        import fedcity.learn  # noqa: F401  (registers the vetted local steps)
-
-        if "allowed_kinds" in policy:
-            kinds = policy["allowed_kinds"]
-            if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
-                raise ConfigError(
-                    f"{where}: [policy] key 'allowed_kinds' must be a list of strings"
-                )
-            unvetted = sorted(set(kinds) - set(LOCAL_STEPS))
-            if unvetted:
-                raise ConfigError(
-                    f"{where}: [policy] key 'allowed_kinds' names unvetted kind(s) {unvetted}; "
-                    f"vetted kinds: {sorted(LOCAL_STEPS)}"
-                )
-            allowed = frozenset(kinds)
-        else:
-            allowed = frozenset(LOCAL_STEPS)
-        min_summands = policy.get("min_summands", 2)
-        if isinstance(min_summands, bool) or not isinstance(min_summands, int) or min_summands < 1:
-            raise ConfigError(
-                f"{where}: [policy] key 'min_summands' must be a positive integer, "
-                f"got {min_summands!r}"
-            )
-        return cls(
-            agency=agency,
-            coordinator=coordinator,
-            token_file=token_file,
-            share_file=share_file,
-            signing_key_file=signing_key_file,
-            federation_file=federation_file,
-            ca_file=None if insecure else ca_file,
-            insecure=insecure,
-            datasets=datasets,
-            allowed_kinds=allowed,
-            log_file=log_file,
-            min_summands=min_summands,
-            crypto_workers=crypto_workers,
-            source=source,
-        )
-
-
-class _Validator:
-    """Typed accessors that name the file and the key in every error."""
-
-    def __init__(self, where: str, base: Path) -> None:
-        self.where = where
-        self.base = base
-
-    def fail(self, key: str, problem: str, section: str = "") -> ConfigError:
-        prefix = f"[{section}] " if section else ""
-        return ConfigError(f"{self.where}: {prefix}key {key!r} {problem}")
-
-    def string(self, data: Mapping[str, Any], key: str, section: str = "") -> str:
-        if key not in data:
-            raise self.fail(key, "is required", section)
-        value = data[key]
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"must be a non-empty string, got {value!r}", section)
-        return value
-
-    def name(self, data: Mapping[str, Any], key: str) -> str:
-        value = self.string(data, key)
-        if not set(value) <= _NAME_CHARS or len(value) > 64:
-            raise self.fail(key, f"must use letters, digits, '.', '_' or '-', got {value!r}")
-        return value
-
-    def boolean(self, data: Mapping[str, Any], key: str, *, default: bool) -> bool:
-        value = data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {value!r}")
-        return value
-
-    def path(self, data: Mapping[str, Any], key: str, section: str = "") -> Path:
-        p = Path(self.string(data, key, section)).expanduser()
-        return p if p.is_absolute() else (self.base / p).resolve()
-
-    def existing_file(self, data: Mapping[str, Any], key: str, section: str = "") -> Path:
-        p = self.path(data, key, section)
-        if not p.is_file():
-            what = "is not a regular file" if p.exists() else "does not exist"
-            raise self.fail(key, f"names {str(p)!r}, which {what}", section)
-        return p
-
-    def dataset(self, name: str, section: Any) -> DatasetConfig:
-        label = f"datasets.{name}"
-        if not set(name) <= _NAME_CHARS or not name:
-            raise ConfigError(
-                f"{self.where}: [{label}] dataset names use letters, digits, '.', '_' or '-'"
-            )
-        if not isinstance(section, dict):
-            raise ConfigError(f"{self.where}: [{label}] must be a table")
-        unknown = sorted(set(section) - _DATASET_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{self.where}: [{label}] unknown key(s) {unknown}; "
-                f"allowed: {sorted(_DATASET_KEYS)}"
-            )
-        path = self.existing_file(section, "path", label)
-        if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
-            raise self.fail(
-                "path", f"must name a .csv, .parquet or .pq file, got {path.name!r}", label
-            )
-        numeric = section.get("numeric", [])
-        if not isinstance(numeric, list) or not all(isinstance(c, str) for c in numeric):
-            raise self.fail("numeric", "must be a list of column names", label)
-        categorical = section.get("categorical", {})
-        if not isinstance(categorical, dict) or not all(
-            isinstance(levels, list) and all(isinstance(lv, str) for lv in levels)
-            for levels in categorical.values()
-        ):
-            raise self.fail(
-                "categorical", "must be a table of column = [level, ...] (strings)", label
-            )
-        label_column = self.string(section, "label", label)
-        weight = section.get("weight", "")
-        if not isinstance(weight, str):
-            raise self.fail("weight", f'must be a column name or "", got {weight!r}', label)
-        try:
-            spec = FeatureSpec(
-                numeric=tuple(numeric),
-                categorical={c: tuple(levels) for c, levels in categorical.items()},
-                label=label_column,
-                weight=weight or None,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"{self.where}: [{label}] invalid columns: {exc}") from exc
-        return DatasetConfig(name, path, spec)
 
 
 # -- the daemon ---------------------------------------------------------------------------------
