@@ -342,19 +342,126 @@ def parse_registration(datasets: Sequence[fpb.DatasetInfo]) -> dict[str, Feature
     return declared
 
 
-def registration_from_json(text: str) -> dict[str, FeatureSpec]:
-    """A stored registration (``{dataset: feature spec JSON}``), under today's limits."""
+TABLE_COLUMN_TYPES = frozenset({"category", "integer", "float", "date", "text"})
+"""Column types a query table declares."""
+
+
+def table_schema_to_json(name: str, columns: Mapping[str, str]) -> str:
+    """A query table's declared column types as canonical JSON (sorted keys)."""
+    return json.dumps({"name": name, "columns": dict(columns)}, sort_keys=True)
+
+
+def table_schema_from_json(text: str, what: str = "table schema") -> tuple[str, dict[str, str]]:
+    """Inverse of :func:`table_schema_to_json`: the table's name and column types, checked.
+
+    Raises
+    ------
+    MessageError
+        Over :data:`MAX_FEATURE_SPEC_BYTES`, more than :data:`MAX_FEATURE_COLUMNS` columns,
+        an invalid name or an unknown column type.
+    """
+    data = parse_json_object(text, what, max_bytes=MAX_FEATURE_SPEC_BYTES, max_depth=2)
+    unknown = sorted(set(data) - {"name", "columns"})
+    if unknown or "columns" not in data:
+        raise MessageError(
+            f'{what} must be {{"name": ..., "columns": {{...}}}}, got keys '
+            f"{shown(sorted(data), 200)}"
+        )
+    raw_name = data.get("name")
+    if not isinstance(raw_name, str):
+        raise MessageError(f"{what}: name must be a JSON string")
+    name = check_name(raw_name, f"{what}: name")
+    columns = data["columns"]
+    if not isinstance(columns, dict) or not columns:
+        raise MessageError(f"{what}: columns must be a non-empty JSON object of column: type")
+    if len(columns) > MAX_FEATURE_COLUMNS:
+        raise MessageError(
+            f"{what} declares {len(columns)} columns; the limit is {MAX_FEATURE_COLUMNS}"
+        )
+    for column, kind in columns.items():
+        check_name(column, f"{what}: column name")
+        if kind not in TABLE_COLUMN_TYPES:
+            raise MessageError(
+                f"{what}: column {shown(column)} has type {shown(kind)}; types: "
+                f"{sorted(TABLE_COLUMN_TYPES)}"
+            )
+    return name, dict(columns)
+
+
+def parse_tables(tables: Sequence[fpb.TableInfo]) -> dict[str, dict[str, str]]:
+    """The query tables an agency registers (name → column types), within the limits.
+
+    Raises
+    ------
+    MessageError
+        More than :data:`MAX_DATASETS` tables, an invalid or repeated name, a schema naming
+        another table, or more than :data:`MAX_REGISTRATION_BYTES` in all.
+    """
+    if len(tables) > MAX_DATASETS:
+        raise MessageError(
+            f"the registration declares {len(tables)} tables; the limit is {MAX_DATASETS}"
+        )
+    declared: dict[str, dict[str, str]] = {}
+    total = 0
+    for i, info in enumerate(tables):
+        name = check_name(info.name, f"tables[{i}].name")
+        if name in declared:
+            raise MessageError(f"table {shown(name)} declared twice")
+        inner, columns = table_schema_from_json(info.schema_json, f"schema of table {name!r}")
+        if inner != name:
+            raise MessageError(f"the schema of table {name!r} names table {shown(inner)}")
+        total += len(table_schema_to_json(name, columns))
+        declared[name] = columns
+    if total > MAX_REGISTRATION_BYTES:
+        raise MessageError(
+            f"the registration's tables take {total} bytes; the limit is {MAX_REGISTRATION_BYTES}"
+        )
+    return declared
+
+
+def registration_to_json(
+    datasets: Mapping[str, FeatureSpec], tables: Mapping[str, Mapping[str, str]]
+) -> str:
+    """A registration as stored: ``{"datasets": {name: spec}, "tables": {name: schema}}``."""
+    return json.dumps(
+        {
+            "datasets": {n: feature_spec_to_json(s) for n, s in datasets.items()},
+            "tables": {n: table_schema_to_json(n, c) for n, c in tables.items()},
+        },
+        sort_keys=True,
+    )
+
+
+def registration_from_json(
+    text: str,
+) -> tuple[dict[str, FeatureSpec], dict[str, dict[str, str]]]:
+    """A stored registration under today's limits: its datasets and query tables.
+
+    Registrations stored before query tables existed (``{dataset: feature spec JSON}``)
+    are read as datasets only.
+    """
     data = parse_json_object(
-        text, "stored registration", max_bytes=2 * MAX_REGISTRATION_BYTES, max_depth=1
+        text, "stored registration", max_bytes=4 * MAX_REGISTRATION_BYTES, max_depth=2
     )
-    if len(data) > MAX_DATASETS:
-        raise MessageError(f"the stored registration declares {len(data)} datasets")
-    for name, spec in data.items():
-        if not isinstance(spec, str):
-            raise MessageError(f"stored registration: dataset {shown(name)} is not a JSON string")
-    return parse_registration(
-        [fpb.DatasetInfo(name=name, feature_spec_json=spec) for name, spec in data.items()]
+    if set(data) == {"datasets", "tables"} and all(isinstance(v, dict) for v in data.values()):
+        sets, tables = data["datasets"], data["tables"]
+    else:
+        sets, tables = data, {}
+    for what, group in (("dataset", sets), ("table", tables)):
+        if len(group) > MAX_DATASETS:
+            raise MessageError(f"the stored registration declares {len(group)} {what}s")
+        for name, spec in group.items():
+            if not isinstance(spec, str):
+                raise MessageError(
+                    f"stored registration: {what} {shown(name)} is not a JSON string"
+                )
+    declared = parse_registration(
+        [fpb.DatasetInfo(name=name, feature_spec_json=spec) for name, spec in sets.items()]
     )
+    offered = parse_tables(
+        [fpb.TableInfo(name=name, schema_json=spec) for name, spec in tables.items()]
+    )
+    return declared, offered
 
 
 # -- tasks ------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -59,11 +58,12 @@ class AgencyCalls(CoordinatorState):
             for i, kind in enumerate(req.task_kinds):
                 messages.check_name(kind, f"task_kinds[{i}]")
             declared = messages.parse_registration(req.datasets)
+            tables = messages.parse_tables(req.tables)
+            if not declared and not tables:
+                raise messages.MessageError("the registration declares no dataset and no table")
         except messages.MessageError as exc:
             raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
-        text = json.dumps(
-            {n: messages.feature_spec_to_json(s) for n, s in declared.items()}, sort_keys=True
-        )
+        text = messages.registration_to_json(declared, tables)
         with self._lock:
             self._check_open()
             self._touch(req.agency)
@@ -71,15 +71,17 @@ class AgencyCalls(CoordinatorState):
                 "the registration", self.store.register_agency, req.agency, text, time.time()
             )
             self._datasets[req.agency] = declared
+            self._tables[req.agency] = tables
             for rt in list(self._jobs.values()):  # a restarted agent gets its assignments again
                 for given in (*rt.handed.values(), *rt.decrypt_handed.values()):
                     given.discard(req.agency)
             self._changed.notify_all()
         log.info(
-            "agency %s registered (software %r, datasets %s, steps %s)",
+            "agency %s registered (software %r, datasets %s, tables %s, steps %s)",
             req.agency,
             req.software_version,
             sorted(declared),
+            sorted(tables),
             messages.shown(list(req.task_kinds), 300),
         )
         return fpb.RegisterResponse(

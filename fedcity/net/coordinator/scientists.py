@@ -288,19 +288,25 @@ class ScientistCalls(CoordinatorState):
                     fpb.DatasetInfo(name=ds, feature_spec_json=messages.feature_spec_to_json(spec))
                     for ds, spec in sorted(self._datasets.get(name, {}).items())
                 ]
-                size = sum(d.ByteSize() for d in offered)
+                tables = [
+                    fpb.TableInfo(name=t, schema_json=messages.table_schema_to_json(t, columns))
+                    for t, columns in sorted(self._tables.get(name, {}).items())
+                ]
+                size = sum(d.ByteSize() for d in offered) + sum(t.ByteSize() for t in tables)
                 if size > min(budget, 2 * messages.MAX_REGISTRATION_BYTES):
                     log.warning(
-                        "listing agency %s without its %d datasets (%d bytes, %d left for the "
-                        "listing); it must register again within the limits",
+                        "listing agency %s without its %d datasets and %d tables (%d bytes, %d "
+                        "left for the listing); it must register again within the limits",
                         messages.shown(name),
                         len(offered),
+                        len(tables),
                         size,
                         budget,
                     )
                     continue
                 budget -= size
                 info.datasets.extend(offered)
+                info.tables.extend(tables)
             return out
 
     def cancel(self, principal: Principal, ref: fpb.JobRef) -> fpb.JobStatus:

@@ -117,6 +117,8 @@ class CoordinatorState:
         """Running jobs (and, briefly, jobs that just ended; see :meth:`_terminate`)."""
         self._recent: OrderedDict[str, JobRuntime] = OrderedDict()
         self._datasets: dict[str, dict[str, FeatureSpec]] = {}
+        self._tables: dict[str, dict[str, dict[str, str]]] = {}
+        """Agency → query table → column types, as registered."""
         self.clock: Callable[[], float] = clock or ProgressClock(config.stall)
         """The progress clock every deadline is judged on (stalls left out)."""
         self.liveness = Liveness(config.liveness, RECONNECT_GRACE, self.clock)
@@ -136,7 +138,8 @@ class CoordinatorState:
         with self._lock:
             for row in self.store.agencies():
                 try:  # today's limits: an older, oversized registration waits for a new one
-                    self._datasets[row.name] = messages.registration_from_json(row.datasets)
+                    declared, tables = messages.registration_from_json(row.datasets)
+                    self._datasets[row.name], self._tables[row.name] = declared, tables
                 except (ValueError, AttributeError) as exc:
                     log.error(
                         "ignoring stored registration of %s (the agency must register again): %s",
