@@ -92,35 +92,48 @@ bound flags such cases.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
     "CLASSIFICATION_FIELDS",
+    "DEFAULT_CALIBRATION_BINS",
+    "DEFAULT_COARSE_BINS",
     "DEFAULT_N_BINS",
     "EPS",
     "LOGIT_SPAN",
     "LOG_LOSS_MAX",
+    "MAX_N_BINS",
     "REGRESSION_FIELDS",
     "REGRESSION_VECTOR_LENGTH",
+    "SUMMARY_FIELDS",
     "UNIFORM_SHARE",
+    "EvaluationCurves",
+    "calibration_curve_from_sums",
     "classification_error_bounds",
     "classification_layout",
     "classification_metrics_from_sum",
     "classification_scale",
     "classification_statistics",
+    "classification_summary",
     "classification_vector_length",
+    "histogram_refinement",
     "quantization_atol",
     "regression_error_bounds",
     "regression_layout",
     "regression_metrics_from_sum",
     "regression_scale",
     "regression_statistics",
+    "roc_curve_from_histogram",
     "score_bin_edges",
     "score_bins",
+    "summary_layout",
+    "summary_vector_length",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -133,6 +146,17 @@ LOG_LOSS_MAX: Final[float] = -math.log(EPS)
 
 DEFAULT_N_BINS: Final[int] = 8192
 """Score bins of the ROC histograms (vector length ``5 + 2·8192 = 16389``)."""
+
+MAX_N_BINS: Final[int] = 1 << 16
+"""Largest number of score bins an agency accepts (bounds every vector it computes)."""
+
+DEFAULT_COARSE_BINS: Final[int] = 128
+"""Score bins of the first evaluation round; mixed bins are then refined to ``n_bins``."""
+
+DEFAULT_CALIBRATION_BINS: Final[int] = 10
+"""Bins uniform in the predicted probability, as :func:`sklearn.calibration.calibration_curve`."""
+
+MAX_CALIBRATION_BINS: Final[int] = 1000
 
 LOGIT_SPAN: Final[float] = 16.0
 """Scores with ``|logit p| > LOGIT_SPAN`` share the first or last bin."""
@@ -148,6 +172,10 @@ CLASSIFICATION_FIELDS: Final[tuple[str, ...]] = (
     "correct",
 )
 """Names of the scalar entries that open a classification vector, in order."""
+
+SUMMARY_FIELDS: Final[tuple[str, ...]] = (*CLASSIFICATION_FIELDS, "fractional_weights")
+"""Scalar entries that open a summary vector (:func:`classification_summary`), in order:
+the classification fields, then the number of rows whose weight is not an integer."""
 
 REGRESSION_FIELDS: Final[tuple[str, ...]] = (
     "weight",
@@ -558,6 +586,365 @@ def _histogram_auc(pos: FloatArray, neg: FloatArray, *, floor: float) -> tuple[f
     tied = float(pos @ neg)
     auc = (float(pos @ below) + 0.5 * tied) / denom
     return auc, 0.5 * tied / denom
+
+
+# -- two-round evaluation: summary, then refinement of mixed bins ---------------------------
+def summary_vector_length(coarse_bins: int, calibration_bins: int) -> int:
+    """Length ``6 + 3·calibration_bins + 2·coarse_bins`` of a summary vector."""
+    c = _check_calibration_bins(calibration_bins)
+    return len(SUMMARY_FIELDS) + 3 * c + 2 * _check_n_bins(coarse_bins)
+
+
+def summary_layout(coarse_bins: int, calibration_bins: int) -> dict[str, slice]:
+    """Where each part of a summary vector (:func:`classification_summary`) lives.
+
+    Returns
+    -------
+    dict of str to slice
+        One entry per name in :data:`SUMMARY_FIELDS`, then ``"calibration_weight"``,
+        ``"calibration_weight_y"``, ``"calibration_weight_p"`` (``calibration_bins`` each)
+        and ``"positives"``, ``"negatives"`` (``coarse_bins`` each).
+
+    Examples
+    --------
+    >>> summary_layout(4, 2)["positives"]
+    slice(12, 16, None)
+    """
+    c = _check_calibration_bins(calibration_bins)
+    n = _check_n_bins(coarse_bins)
+    layout = {name: slice(i, i + 1) for i, name in enumerate(SUMMARY_FIELDS)}
+    at = len(SUMMARY_FIELDS)
+    for name in ("calibration_weight", "calibration_weight_y", "calibration_weight_p"):
+        layout[name] = slice(at, at + c)
+        at += c
+    layout["positives"] = slice(at, at + n)
+    layout["negatives"] = slice(at + n, at + 2 * n)
+    return layout
+
+
+def _check_levels(n_bins: int, coarse_bins: int) -> tuple[int, int]:
+    n = _check_n_bins(n_bins)
+    c = _check_n_bins(coarse_bins)
+    if n > MAX_N_BINS:
+        raise ValueError(f"n_bins must be at most {MAX_N_BINS}, got {n}")
+    if c > n or n % c:
+        raise ValueError(f"coarse_bins={c} must divide n_bins={n}")
+    return n, c
+
+
+def classification_summary(
+    y_true: npt.ArrayLike,
+    y_score: npt.ArrayLike,
+    sample_weight: npt.ArrayLike | None = None,
+    *,
+    threshold: float = 0.5,
+    n_bins: int = DEFAULT_N_BINS,
+    coarse_bins: int = DEFAULT_COARSE_BINS,
+    calibration_bins: int = DEFAULT_CALIBRATION_BINS,
+) -> FloatArray:
+    """One agency's first-round statistics: scalar sums, calibration sums, coarse histograms.
+
+    The coarse histogram bin ``j`` is the union of the score bins
+    ``j·r … (j+1)·r - 1`` of :func:`score_bins` with ``n_bins`` (``r = n_bins /
+    coarse_bins``), so a later :func:`histogram_refinement` splits it exactly.
+
+    Parameters
+    ----------
+    y_true, y_score, sample_weight, threshold
+        As :func:`classification_statistics`.
+    n_bins : int, default DEFAULT_N_BINS
+        The finest score bins (what a full refinement reaches).
+    coarse_bins : int, default DEFAULT_COARSE_BINS
+        Bins of this round's histograms; must divide ``n_bins``.
+    calibration_bins : int, default DEFAULT_CALIBRATION_BINS
+        Bins uniform in the predicted probability for the calibration curve.
+
+    Returns
+    -------
+    ndarray of float64, shape (6 + 3·calibration_bins + 2·coarse_bins,)
+        See :func:`summary_layout`. The calibration entries are the weight, the weight of
+        positives and the weighted sum of scores in each probability bin.
+
+    Raises
+    ------
+    ValueError
+        As :func:`classification_statistics`, or bins that do not fit together.
+    """
+    n, c = _check_levels(n_bins, coarse_bins)
+    k = _check_calibration_bins(calibration_bins)
+    head = classification_statistics(y_true, y_score, sample_weight, threshold=threshold, n_bins=2)
+    y, p, w = _validate_inputs(y_true, y_score, sample_weight, pred_name="y_score")
+    wy = w * y
+    coarse = np.searchsorted(_interior_edges(n), p, side="right") // (n // c)
+    cal = np.searchsorted(np.linspace(0.0, 1.0, k + 1)[1:-1], p, side="right")
+    fractional = float(np.count_nonzero(w != np.floor(w)))
+    return np.concatenate(
+        [
+            head[:_N_HEAD],
+            [fractional],
+            np.bincount(cal, weights=w, minlength=k),
+            np.bincount(cal, weights=wy, minlength=k),
+            np.bincount(cal, weights=w * p, minlength=k),
+            np.bincount(coarse, weights=wy, minlength=c),
+            np.bincount(coarse, weights=w - wy, minlength=c),
+        ]
+    )
+
+
+def histogram_refinement(
+    y_true: npt.ArrayLike,
+    y_score: npt.ArrayLike,
+    sample_weight: npt.ArrayLike | None = None,
+    *,
+    bins: npt.ArrayLike,
+    n_bins: int = DEFAULT_N_BINS,
+    coarse_bins: int = DEFAULT_COARSE_BINS,
+) -> FloatArray:
+    """One agency's score histograms at ``n_bins`` resolution inside chosen coarse bins.
+
+    Parameters
+    ----------
+    y_true, y_score, sample_weight
+        As :func:`classification_statistics` (labels and scores are checked the same way).
+    bins : array_like of int
+        Strictly increasing coarse bin indices in ``[0, coarse_bins)`` to refine.
+    n_bins, coarse_bins : int
+        As in :func:`classification_summary`.
+
+    Returns
+    -------
+    ndarray of float64, shape (2·r·len(bins),)
+        ``positives`` then ``negatives``; each holds, for every listed coarse bin in order,
+        the weights of its ``r = n_bins / coarse_bins`` score bins.
+
+    Raises
+    ------
+    ValueError
+        Invalid inputs, or ``bins`` that are empty, unordered or out of range.
+    """
+    n, c = _check_levels(n_bins, coarse_bins)
+    chosen = _check_bin_list(bins, c)
+    y, p, w = _validate_inputs(y_true, y_score, sample_weight, pred_name="y_score")
+    bad = (y != 0.0) & (y != 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"y_true must hold binary labels 0 or 1; position {i} is {float(y[i])!r}")
+    _check_probabilities(p)
+    r = n // c
+    fine = np.searchsorted(_interior_edges(n), p, side="right")
+    slot = np.full(c, -1, dtype=np.intp)
+    slot[chosen] = np.arange(len(chosen))
+    where = slot[fine // r]
+    keep = where >= 0
+    idx = where[keep] * r + fine[keep] % r
+    wy = (w * y)[keep]
+    size = len(chosen) * r
+    return np.concatenate(
+        [
+            np.bincount(idx, weights=wy, minlength=size),
+            np.bincount(idx, weights=w[keep] - wy, minlength=size),
+        ]
+    )
+
+
+def roc_curve_from_histogram(
+    positives: npt.ArrayLike, negatives: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray]:
+    """The ROC curve of score histograms, thresholds at bin edges.
+
+    Pairs inside one bin are ties, so a bin holding both classes is a diagonal segment (as
+    :func:`sklearn.metrics.roc_curve` draws tied scores); collinear points are dropped.
+
+    Parameters
+    ----------
+    positives, negatives : array_like of shape (n_bins,)
+        Non-negative weights per score bin, lowest scores first.
+
+    Returns
+    -------
+    fpr, tpr : ndarray of float64
+        From ``(0, 0)`` to ``(1, 1)``.
+
+    Raises
+    ------
+    ValueError
+        Histograms of different lengths, negative or non-finite entries, or a class
+        without weight.
+    """
+    pos = _as_float_vector(positives, "positives")
+    neg = _as_float_vector(negatives, "negatives")
+    if len(pos) != len(neg):
+        raise ValueError(f"histograms have different lengths: {len(pos)} and {len(neg)}")
+    if (pos < 0).any() or (neg < 0).any():
+        raise ValueError("histogram weights must be non-negative")
+    p_total, n_total = float(pos.sum()), float(neg.sum())
+    if p_total <= 0.0 or n_total <= 0.0:
+        raise ValueError("an ROC curve needs weight in both classes")
+    dp, dn = pos[::-1] / p_total, neg[::-1] / n_total
+    used = (dp > 0) | (dn > 0)
+    dp, dn = dp[used], dn[used]
+    # merge runs of pure bins of the same class (collinear segments)
+    kind = np.where(dn == 0, 1, np.where(dp == 0, 2, 0))
+    start = np.ones(len(kind), dtype=bool)
+    start[1:] = (kind[1:] != kind[:-1]) | (kind[1:] == 0)
+    group = np.cumsum(start) - 1
+    tpr = np.concatenate([[0.0], np.cumsum(np.bincount(group, weights=dp))])
+    fpr = np.concatenate([[0.0], np.cumsum(np.bincount(group, weights=dn))])
+    tpr[-1] = fpr[-1] = 1.0
+    return np.minimum(fpr, 1.0), np.minimum(tpr, 1.0)
+
+
+def calibration_curve_from_sums(
+    weight: npt.ArrayLike, weight_y: npt.ArrayLike, weight_p: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Calibration curve from per-bin sums, as :func:`sklearn.calibration.calibration_curve`.
+
+    Parameters
+    ----------
+    weight, weight_y, weight_p : array_like of shape (calibration_bins,)
+        Summed weight, weight of positives and weighted scores in each probability bin.
+
+    Returns
+    -------
+    mean_predicted, fraction_positive, bin_weight : ndarray of float64
+        For the bins holding weight (empty bins are left out, as scikit-learn does).
+    """
+    w = _as_float_vector(weight, "weight")
+    wy = _as_float_vector(weight_y, "weight_y")
+    wp = _as_float_vector(weight_p, "weight_p")
+    if not len(w) == len(wy) == len(wp):
+        raise ValueError("calibration sums have different lengths")
+    keep = w > 0
+    return wp[keep] / w[keep], wy[keep] / w[keep], w[keep]
+
+
+def _check_calibration_bins(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not k >= 1:
+        raise ValueError(f"calibration_bins must be a positive integer, got {k!r}")
+    if k > MAX_CALIBRATION_BINS:
+        raise ValueError(f"calibration_bins must be at most {MAX_CALIBRATION_BINS}, got {k}")
+    return int(k)
+
+
+def _check_bin_list(bins: npt.ArrayLike, n: int) -> npt.NDArray[np.intp]:
+    arr = np.asarray(bins)
+    if arr.ndim != 1 or len(arr) == 0:
+        raise ValueError(f"bins must be a non-empty list of bin indices, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"bins must be integers, got dtype {arr.dtype}")
+    if len(arr) > n or int(arr.min()) < 0 or int(arr.max()) >= n:
+        raise ValueError(f"bins must lie in [0, {n}); got {int(arr.min())} … {int(arr.max())}")
+    if (np.diff(arr) <= 0).any():
+        raise ValueError("bins must be strictly increasing")
+    return arr.astype(np.intp)
+
+
+@dataclass(frozen=True)
+class EvaluationCurves:
+    """What a federated evaluation of a classifier releases for pictures.
+
+    Derived from the released sums only (no per-agency figure).
+
+    Attributes
+    ----------
+    roc_fpr, roc_tpr : tuple of float
+        The ROC curve (:func:`roc_curve_from_histogram`), ``(0, 0)`` to ``(1, 1)``.
+    roc_auc : float
+        The area under it (the evaluation's ``roc_auc``).
+    calibration_predicted, calibration_observed, calibration_weight : tuple of float
+        Mean score, share of positives and weight of each non-empty probability bin.
+    calibration_bins : int
+        Bins uniform in ``[0, 1]`` the calibration sums used.
+    """
+
+    roc_fpr: tuple[float, ...]
+    roc_tpr: tuple[float, ...]
+    roc_auc: float
+    calibration_predicted: tuple[float, ...]
+    calibration_observed: tuple[float, ...]
+    calibration_weight: tuple[float, ...]
+    calibration_bins: int
+
+    def __post_init__(self) -> None:
+        if len(self.roc_fpr) != len(self.roc_tpr) or len(self.roc_fpr) < 2:
+            raise ValueError("roc_fpr and roc_tpr must hold the same number (>= 2) of points")
+        if len(self.roc_fpr) > 2 * MAX_N_BINS + 2:
+            raise ValueError(f"an ROC curve holds at most {2 * MAX_N_BINS + 2} points")
+        k = _check_calibration_bins(self.calibration_bins)
+        cal = (self.calibration_predicted, self.calibration_observed, self.calibration_weight)
+        if len({len(c) for c in cal}) != 1 or len(cal[0]) > k:
+            raise ValueError(
+                f"calibration points must have equal lengths of at most calibration_bins={k}"
+            )
+        for name in ("roc_fpr", "roc_tpr", "calibration_predicted", "calibration_observed"):
+            values = np.asarray(getattr(self, name), dtype=np.float64)
+            if values.size and not (np.isfinite(values).all() and (values >= 0).all()):
+                raise ValueError(f"{name} must hold finite values in [0, 1]")
+            if values.size and (values > 1.0 + 1e-9).any():
+                raise ValueError(f"{name} must hold finite values in [0, 1]")
+
+    @classmethod
+    def from_sums(
+        cls,
+        positives: npt.ArrayLike,
+        negatives: npt.ArrayLike,
+        calibration: tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike],
+        *,
+        roc_auc: float,
+        calibration_bins: int | None = None,
+    ) -> EvaluationCurves:
+        """Build the curves from released histograms and calibration sums.
+
+        ``calibration_bins`` defaults to the length of the calibration sums.
+        """
+        fpr, tpr = roc_curve_from_histogram(positives, negatives)
+        pred, obs, wt = calibration_curve_from_sums(*calibration)
+        return cls(
+            roc_fpr=tuple(map(float, fpr)),
+            roc_tpr=tuple(map(float, tpr)),
+            roc_auc=float(roc_auc),
+            calibration_predicted=tuple(map(float, np.clip(pred, 0.0, 1.0))),
+            calibration_observed=tuple(map(float, np.clip(obs, 0.0, 1.0))),
+            calibration_weight=tuple(map(float, wt)),
+            calibration_bins=(
+                len(np.asarray(calibration[0])) if calibration_bins is None else calibration_bins
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (see :meth:`from_dict`)."""
+        return {
+            "roc": {"fpr": list(self.roc_fpr), "tpr": list(self.roc_tpr), "auc": self.roc_auc},
+            "calibration": {
+                "bins": self.calibration_bins,
+                "predicted": list(self.calibration_predicted),
+                "observed": list(self.calibration_observed),
+                "weight": list(self.calibration_weight),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvaluationCurves:
+        """Read :meth:`to_dict`'s form back, checking it.
+
+        Raises
+        ------
+        ValueError
+            Missing parts, wrong types, or values out of range.
+        """
+        try:
+            roc, cal = data["roc"], data["calibration"]
+            return cls(
+                roc_fpr=tuple(float(x) for x in roc["fpr"]),
+                roc_tpr=tuple(float(x) for x in roc["tpr"]),
+                roc_auc=float(roc["auc"]) if roc.get("auc") is not None else math.nan,
+                calibration_predicted=tuple(float(x) for x in cal["predicted"]),
+                calibration_observed=tuple(float(x) for x in cal["observed"]),
+                calibration_weight=tuple(float(x) for x in cal["weight"]),
+                calibration_bins=int(cal["bins"]),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"invalid evaluation curves: {exc!r}") from exc
 
 
 # -- regression -----------------------------------------------------------------------------
