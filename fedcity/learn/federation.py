@@ -318,6 +318,7 @@ class LocalFederation:
         *,
         threshold: float = 0.5,
         n_bins: int | None = None,
+        progress: bool = False,
     ) -> dict[str, float]:
         """Global metrics of a trained model from one secure sum over agencies.
 
@@ -332,14 +333,17 @@ class LocalFederation:
             Decision threshold for accuracy.
         n_bins : int, optional
             Score histogram bins for ROC AUC (default :data:`metrics.DEFAULT_N_BINS`).
+        progress : bool, default False
+            Show a progress bar of the evaluation's rounds.
 
         Returns
         -------
-        dict
-            Global metrics; no per-agency figure is released.
+        EvaluationMetrics
+            Global metrics (a ``dict`` of floats; ``.curves`` holds a classifier's ROC and
+            calibration curves); no per-agency figure is released.
         """
         from fedcity.learn import metrics
-        from fedcity.learn.evaluation import FederatedEvaluation
+        from fedcity.learn.evaluation import FederatedEvaluation, evaluation_progress
 
         which = "train"
         if datasets is not None:
@@ -366,7 +370,8 @@ class LocalFederation:
         if datasets is not None:
             holders = {d.agency for d in datasets}
             self.jobs[job_id].dropped |= set(self.agencies) - holders
-        self.run(evaluation, job_id=job_id)
+        with evaluation_progress(progress, evaluation.max_rounds) as callback:
+            self.run(evaluation, job_id=job_id, progress=callback)
         assert evaluation.metrics_ is not None
         return evaluation.metrics_
 
