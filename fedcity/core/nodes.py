@@ -12,7 +12,7 @@ in-process federation both drive this class.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +51,8 @@ class AgencyNode:
     Parameters
     ----------
     name : str
-    dataset : AgencyDataset
+    dataset : AgencyDataset or None
+        Its learning dataset (None for an agency that only answers queries).
     scheme : AggregationScheme
     share : KeyShare or PrivateKey, optional
         This agency's share of the threshold key, or the full private key if it is the
@@ -64,23 +65,28 @@ class AgencyNode:
     verifier : ContributionVerifier, optional
         When given, :meth:`decrypt_share` decrypts only aggregates shown with evidence that
         they are the sum of enough agencies' signed contributions.
+    tables : mapping of str to LocalTable, optional
+        Analytics tables by name; steps named ``query.*`` read ``tables[params["table"]]``.
     """
 
     def __init__(
         self,
         name: str,
-        dataset: AgencyDataset,
+        dataset: AgencyDataset | None,
         scheme: AggregationScheme,
         *,
         share: DecryptionKey | None = None,
         policy: TaskPolicy | None = None,
         rng: np.random.Generator | None = None,
         verifier: ContributionVerifier | None = None,
+        tables: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.dataset = dataset
-        self.datasets: dict[str, AgencyDataset] = {"train": dataset}
+        self.datasets: dict[str, AgencyDataset] = {} if dataset is None else {"train": dataset}
         """Named local tables a task may ask for (``"train"`` and e.g. ``"test"``)."""
+        self.tables: dict[str, Any] = dict(tables or {})
+        """Analytics tables by name (:class:`fedcity.analytics.LocalTable`) for ``query.*``."""
         self.scheme = scheme
         self.share = share
         self.policy = policy
@@ -93,7 +99,8 @@ class AgencyNode:
         """(job id, round, contributor → SHA-256) of every aggregate checked before decrypting."""
 
     def __repr__(self) -> str:
-        return f"<AgencyNode {self.name!r} n={self.dataset.n_samples}>"
+        n = "-" if self.dataset is None else self.dataset.n_samples
+        return f"<AgencyNode {self.name!r} n={n} tables={sorted(self.tables)}>"
 
     def local_vector(self, task: Task) -> npt.NDArray[np.float64]:
         """Run the task's vetted local step on this agency's data (plaintext, stays here)."""
@@ -103,10 +110,17 @@ class AgencyNode:
             raise RejectedContribution(f"agency {self.name!r}: task kind {kind!r} is not vetted")
         if self.policy is not None and not self.policy(task):
             raise RejectedContribution(f"agency {self.name!r}: policy refuses {kind!r}")
-        which = str(task.request.params.get("dataset", "train"))
-        data = self.datasets.get(which)
-        if data is None:
-            raise RejectedContribution(f"agency {self.name!r} holds no {which!r} dataset")
+        data: Any
+        if kind.startswith("query."):  # analytics steps read a named table, not a dataset
+            which = str(task.request.params.get("table", ""))
+            data = self.tables.get(which)
+            if data is None:
+                raise RejectedContribution(f"agency {self.name!r} holds no table {which!r}")
+        else:
+            which = str(task.request.params.get("dataset", "train"))
+            data = self.datasets.get(which)
+            if data is None:
+                raise RejectedContribution(f"agency {self.name!r} holds no {which!r} dataset")
         start = time.perf_counter()
         v = np.asarray(step(task.request.params, data), dtype=np.float64)
         self.timings.local_training += time.perf_counter() - start

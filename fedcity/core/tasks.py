@@ -13,20 +13,20 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fedcity.crypto import PackingSpec
 
-if TYPE_CHECKING:
-    from fedcity.data.dataset import AgencyDataset
-
 __all__ = ["LOCAL_STEPS", "LocalStep", "Task", "TaskRequest", "local_step"]
 
-LocalStep = Callable[[Mapping[str, Any], "AgencyDataset"], npt.NDArray[np.float64]]
-"""A vetted local computation: public task parameters and local data to a float vector."""
+LocalStep = Callable[[Mapping[str, Any], Any], npt.NDArray[np.float64]]
+"""A vetted local computation: public task parameters and local data to a float vector.
+
+The data is an :class:`~fedcity.data.dataset.AgencyDataset` for learning steps and a
+:class:`fedcity.analytics.LocalTable` for ``query.*`` steps."""
 
 LOCAL_STEPS: dict[str, LocalStep] = {}
 """Registry of vetted local steps by kind (e.g. ``"glm.newton"``)."""
