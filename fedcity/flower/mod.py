@@ -1,0 +1,254 @@
+"""The client mod: encrypt the trained update, answer partial-decryption requests.
+
+Add it to any Message-API ClientApp whose train function returns one ArrayRecord (the
+trained model) and one MetricRecord with the sample count::
+
+    app = ClientApp(mods=[fedcity_mod])
+
+On a ``train`` message from :class:`~fedcity.flower.SecureFedAvg` the mod lets the app
+train, then replaces its reply by the packed, quantized, encrypted sample-weighted update:
+the reply holds ciphertexts and the node's share index, nothing else (the app's train
+metrics stay on the node). On a ``decrypt`` message a committee member returns its partial
+decryption of the aggregate with an equality-of-discrete-log proof. A ``train`` message
+without fedcity's settings is refused, so a misconfigured server never receives a plaintext
+update. Evaluate and query messages pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedcity.core.aggregation import PaillierScheme
+from fedcity.core.errors import RejectedContribution
+from fedcity.crypto import KeyShare
+from fedcity.flower.keys import NodeKey, load_node_key, node_name, shared_public_key
+from fedcity.flower.protocol import (
+    CONFIG_KEY,
+    PAYLOAD_KEY,
+    STAGE_DECRYPT,
+    STAGE_DISCOVER,
+    STAGE_TRAIN,
+    RoundSpec,
+    array_to_bytes,
+    bytes_to_array,
+    encode_update,
+    flat_length,
+)
+
+__all__ = ["KEY_CONFIG", "KEY_DIR_CONFIG", "SecureAggregationMod", "fedcity_mod"]
+
+log = logging.getLogger(__name__)
+
+KEY_CONFIG = "fedcity-key"
+"""Node-config entry naming the node's key file (share or public key)."""
+KEY_DIR_CONFIG = "fedcity-key-dir"
+"""Run- or node-config entry naming a directory of ``node-<partition-id>/key.json`` files."""
+_STATE_KEY = "fedcity.state"
+
+
+class FedcityRequestError(ValueError):
+    """A fedcity request this node refuses (named reason); Flower returns it as an error."""
+
+
+class SecureAggregationMod:
+    """Flower client mod running fedcity's packed threshold Paillier aggregation.
+
+    Parameters
+    ----------
+    key_file : str or path-like, optional
+        This node's key file. Default: the node-config entry ``fedcity-key``.
+    key_dir : str or path-like, optional
+        A directory written by :func:`~fedcity.flower.deal_flower_keys`; the node loads
+        ``<key_dir>/nodes/node-<partition-id>/key.json`` (simulation engine). Also read from
+        the node or run config entry ``fedcity-key-dir``.
+    min_summands : int, default 2
+        This node's policy: it partially decrypts only aggregates of at least this many
+        contributions, so a single node's update is never released.
+    weight_key : str, default "num-examples"
+        Metric of the app's reply holding the sample count.
+
+    Notes
+    -----
+    A committee member partially decrypts at most one aggregate per server round.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_file: str | os.PathLike[str] | None = None,
+        key_dir: str | os.PathLike[str] | None = None,
+        min_summands: int = 2,
+        weight_key: str = "num-examples",
+    ) -> None:
+        if isinstance(min_summands, bool) or not isinstance(min_summands, int):
+            raise ValueError(f"min_summands must be an integer, got {min_summands!r}")
+        if min_summands < 1:
+            raise ValueError(f"min_summands must be >= 1, got {min_summands}")
+        if not isinstance(weight_key, str) or not weight_key:
+            raise ValueError("weight_key must be a non-empty string")
+        self.key_file = None if key_file is None else Path(key_file)
+        self.key_dir = None if key_dir is None else Path(key_dir)
+        self.min_summands = min_summands
+        self.weight_key = weight_key
+
+    def __repr__(self) -> str:
+        return (
+            f"SecureAggregationMod(key_file={self.key_file}, key_dir={self.key_dir}, "
+            f"min_summands={self.min_summands})"
+        )
+
+    # -- key material ------------------------------------------------------------------------
+    def key_path(self, context: Context) -> Path:
+        """Where this node's key file is: node config, then arguments, then run config."""
+        explicit = context.node_config.get(KEY_CONFIG)
+        if isinstance(explicit, str) and explicit:
+            return Path(explicit)
+        if self.key_file is not None:
+            return self.key_file
+        directory: object = self.key_dir
+        if directory is None:
+            directory = context.node_config.get(KEY_DIR_CONFIG) or context.run_config.get(
+                KEY_DIR_CONFIG
+            )
+        pid = context.node_config.get("partition-id")
+        if isinstance(directory, str | Path) and isinstance(pid, int):
+            return Path(directory) / "nodes" / node_name(pid) / "key.json"
+        raise FedcityRequestError(
+            f"no fedcity key configured for this node: set the node-config entry {KEY_CONFIG!r} "
+            f"(or {KEY_DIR_CONFIG!r} in the simulation engine)"
+        )
+
+    def node_key(self, context: Context) -> NodeKey:
+        """The key of this node (cached per process)."""
+        return load_node_key(self.key_path(context))
+
+    # -- the mod -----------------------------------------------------------------------------
+    def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        """Handle one message (the Flower mod signature)."""
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, ctxt)
+        if CONFIG_KEY not in msg.content.config_records:
+            raise FedcityRequestError(
+                "train request without fedcity settings: this node sends only encrypted "
+                "updates (use fedcity.flower.SecureFedAvg on the server)"
+            )
+        config = msg.content.config_records[CONFIG_KEY]
+        stage = config.get("stage")
+        key = self.node_key(ctxt)
+        tpk = shared_public_key(key)
+        if stage == STAGE_DISCOVER:
+            return self._reply(msg, key, RecordDict())
+        spec = RoundSpec.from_config(config)
+        if spec.key_id != tpk.key_id:
+            raise FedcityRequestError(
+                f"request is for key {spec.key_id.hex()[:8]}, this node holds "
+                f"{tpk.key_id.hex()[:8]}"
+            )
+        if spec.n_length != tpk.public_key.n_length:
+            raise FedcityRequestError("request's n-length differs from the key's")
+        if stage == STAGE_TRAIN:
+            return self._train(msg, ctxt, call_next, key, tpk_scheme(key), spec)
+        if stage == STAGE_DECRYPT:
+            return self._decrypt(msg, ctxt, key, spec)
+        raise FedcityRequestError(f"unknown fedcity stage {stage!r}")
+
+    def _reply(self, msg: Message, key: NodeKey, content: RecordDict) -> Message:
+        tpk = shared_public_key(key)
+        content[CONFIG_KEY] = ConfigRecord(
+            {
+                "key-id": tpk.key_id,
+                "share-index": key.index if isinstance(key, KeyShare) else 0,
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    def _train(
+        self,
+        msg: Message,
+        ctxt: Context,
+        call_next: ClientAppCallable,
+        key: NodeKey,
+        scheme: PaillierScheme,
+        spec: RoundSpec,
+    ) -> Message:
+        arrays = [k for k in msg.content.array_records if k != PAYLOAD_KEY]
+        if len(arrays) != 1:
+            raise FedcityRequestError(
+                f"a fedcity train request carries one global model, got records {arrays}"
+            )
+        global_record = msg.content.array_records[arrays[0]]
+        reply = call_next(msg, ctxt)
+        if reply.has_error():
+            return reply
+        out = reply.content
+        if len(out.array_records) != 1 or len(out.metric_records) != 1:
+            raise FedcityRequestError(
+                "the ClientApp's train reply must hold one ArrayRecord and one MetricRecord, "
+                f"got {len(out.array_records)} and {len(out.metric_records)}"
+            )
+        local_record = next(iter(out.array_records.values()))
+        metrics = next(iter(out.metric_records.values()))
+        if self.weight_key not in metrics:
+            raise FedcityRequestError(
+                f"the ClientApp's train metrics lack the sample weight {self.weight_key!r}"
+            )
+        weight = metrics[self.weight_key]
+        if not isinstance(weight, int | float):
+            raise FedcityRequestError(f"metric {self.weight_key!r} must be a single number")
+        vector = encode_update(global_record, local_record, float(weight), spec)
+        if vector.size != flat_length(global_record) + 1:
+            raise FedcityRequestError("update length does not match the global model")
+        payload = scheme.seal(vector, spec.packing)
+        content = RecordDict({PAYLOAD_KEY: bytes_to_array(payload)})
+        return self._reply(msg, key, content)
+
+    def _decrypt(self, msg: Message, ctxt: Context, key: NodeKey, spec: RoundSpec) -> Message:
+        if not isinstance(key, KeyShare):
+            raise FedcityRequestError("this node is not on the decryption committee")
+        if PAYLOAD_KEY not in msg.content.array_records:
+            raise FedcityRequestError("decrypt request without an aggregate")
+        length = msg.content.config_records[CONFIG_KEY].get("length")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise FedcityRequestError(f"decrypt request has an invalid length {length!r}")
+        scheme = tpk_scheme(key)
+        try:
+            aggregate = scheme.aggregate_from_bytes(
+                array_to_bytes(msg.content.array_records[PAYLOAD_KEY]), spec.packing, length
+            )
+        except (RejectedContribution, ValueError) as exc:
+            raise FedcityRequestError(f"decrypt request: {exc}") from exc
+        if aggregate.summands < self.min_summands:
+            raise FedcityRequestError(
+                f"refusing to decrypt an aggregate of {aggregate.summands} contribution(s); "
+                f"this node's policy needs at least {self.min_summands}"
+            )
+        state = ctxt.state.config_records.get(_STATE_KEY)
+        digest = aggregate.digest()
+        if (
+            state is not None
+            and state.get("round") == spec.server_round
+            and state.get("digest") != digest
+        ):
+            raise FedcityRequestError(
+                f"already decrypted another aggregate in round {spec.server_round}; a node "
+                "decrypts one aggregate per round"
+            )
+        ctxt.state.config_records[_STATE_KEY] = ConfigRecord(
+            {"round": spec.server_round, "digest": digest}
+        )
+        payload = scheme.partial(key, aggregate)
+        return self._reply(msg, key, RecordDict({PAYLOAD_KEY: bytes_to_array(payload)}))
+
+
+def tpk_scheme(key: NodeKey) -> PaillierScheme:
+    """The aggregation scheme of a node's key (shared public key object per process)."""
+    return PaillierScheme(shared_public_key(key))
+
+
+fedcity_mod = SecureAggregationMod()
+"""The mod with default settings: the key file comes from the node config."""

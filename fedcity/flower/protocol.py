@@ -1,0 +1,277 @@
+"""The sans-IO part of fedcity's Flower integration: record layout, round settings, encoding.
+
+Nothing here sends a message: the client mod and the strategy call these functions to build
+and read Flower records, so both sides agree on one layout:
+
+- every fedcity message carries a :class:`~flwr.app.ConfigRecord` under :data:`CONFIG_KEY`
+  with its ``stage`` (``"train"``, ``"decrypt"`` or ``"discover"``) and the key id;
+- ciphertexts travel in an :class:`~flwr.app.ArrayRecord` under :data:`PAYLOAD_KEY` as one
+  ``uint8`` array holding a ``fedcity.v1`` protobuf message (fixed-width big-endian
+  ciphertexts), never as pickled Python objects.
+
+The encrypted vector of one node is ``[ŵ·Δ, clip·ŵ]`` with ``Δ`` the flattened model update
+(local minus global, every array in the record's order) and ``ŵ = min(w, W)/W`` its sample
+weight ``w`` scaled by the round's public ``max_weight`` ``W``. The decrypted sum gives
+``Σŵ·Δ / Σŵ``, the sample-weighted FedAvg update, without the server seeing any ``w``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, ConfigRecord
+
+from fedcity.crypto import PackingSpec
+
+__all__ = [
+    "CONFIG_KEY",
+    "PAYLOAD_KEY",
+    "STAGE_DECRYPT",
+    "STAGE_DISCOVER",
+    "STAGE_TRAIN",
+    "RoundSpec",
+    "apply_average",
+    "array_to_bytes",
+    "average_error_bound",
+    "bytes_to_array",
+    "encode_update",
+    "flat_length",
+]
+
+CONFIG_KEY = "fedcity"
+"""Key of the ConfigRecord that carries fedcity's protocol fields in both directions."""
+PAYLOAD_KEY = "fedcity.payload"
+"""Key of the ArrayRecord that carries ciphertexts (one ``uint8`` array)."""
+PAYLOAD_ARRAY = "bytes"
+"""Name of the single array inside the payload record."""
+STAGE_TRAIN = "train"
+STAGE_DECRYPT = "decrypt"
+STAGE_DISCOVER = "discover"
+STAGES = (STAGE_TRAIN, STAGE_DECRYPT, STAGE_DISCOVER)
+
+MAX_VALUES = 50_000_000
+"""Largest model (number of float values) a round may carry."""
+MAX_PAYLOAD_BYTES = 1 << 31
+"""Largest ciphertext payload accepted in one record."""
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """Public settings of one secure round, sent by the server with every request.
+
+    Parameters
+    ----------
+    key_id : bytes
+        Id of the federation's threshold key (16 bytes); nodes refuse another.
+    clip : float
+        Each coordinate of a model update is clipped to ``[-clip, clip]``.
+    precision_bits : int
+        Quantization bits per value (see :class:`~fedcity.crypto.PackingSpec`).
+    max_summands : int
+        Contributions the round may add (the sampled nodes).
+    max_weight : float
+        Sample weights are capped at this public value ``W`` and encrypted as ``w/W``.
+    n_length : int
+        Bits of the key's modulus.
+    server_round : int
+    """
+
+    key_id: bytes
+    clip: float
+    precision_bits: int
+    max_summands: int
+    max_weight: float
+    n_length: int
+    server_round: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key_id, bytes) or len(self.key_id) != 16:
+            raise ValueError("key_id must be 16 bytes")
+        if not (isinstance(self.max_weight, int | float) and math.isfinite(self.max_weight)):
+            raise ValueError(f"max_weight must be a finite number, got {self.max_weight!r}")
+        if self.max_weight <= 0:
+            raise ValueError(f"max_weight must be positive, got {self.max_weight!r}")
+        if isinstance(self.server_round, bool) or not isinstance(self.server_round, int):
+            raise ValueError(f"server_round must be an integer, got {self.server_round!r}")
+        self.packing  # validates clip, precision and summands  # noqa: B018
+
+    @property
+    def packing(self) -> PackingSpec:
+        """The packing layout of the round's vectors."""
+        return PackingSpec(
+            clip=self.clip,
+            precision_bits=self.precision_bits,
+            max_summands=self.max_summands,
+            n_length=self.n_length,
+        )
+
+    def to_config(self, stage: str, **extra: int | str | bytes) -> ConfigRecord:
+        """The ConfigRecord sent with a request of ``stage``."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        return ConfigRecord(
+            {
+                "stage": stage,
+                "key-id": self.key_id,
+                "clip": float(self.clip),
+                "precision-bits": self.precision_bits,
+                "max-summands": self.max_summands,
+                "max-weight": float(self.max_weight),
+                "n-length": self.n_length,
+                "server-round": self.server_round,
+                **extra,
+            }
+        )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> RoundSpec:
+        """Read and validate the fields written by :meth:`to_config`.
+
+        Raises
+        ------
+        ValueError
+            A field is missing or has the wrong type or range (named).
+        """
+
+        def need(name: str, kind: type | tuple[type, ...]) -> object:
+            if name not in config:
+                raise ValueError(f"fedcity request lacks the field {name!r}")
+            value = config[name]
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"fedcity field {name!r} has the wrong type: {value!r}")
+            return value
+
+        return cls(
+            key_id=need("key-id", bytes),  # type: ignore[arg-type]
+            clip=float(need("clip", (int, float))),  # type: ignore[arg-type]
+            precision_bits=need("precision-bits", int),  # type: ignore[arg-type]
+            max_summands=need("max-summands", int),  # type: ignore[arg-type]
+            max_weight=float(need("max-weight", (int, float))),  # type: ignore[arg-type]
+            n_length=need("n-length", int),  # type: ignore[arg-type]
+            server_round=need("server-round", int),  # type: ignore[arg-type]
+        )
+
+
+def array_to_bytes(record: ArrayRecord) -> bytes:
+    """The payload bytes carried by a payload ArrayRecord.
+
+    Raises
+    ------
+    ValueError
+        The record is not one 1-D ``uint8`` array of bounded size.
+    """
+    if list(record.keys()) != [PAYLOAD_ARRAY]:
+        raise ValueError(f"a fedcity payload holds one array named {PAYLOAD_ARRAY!r}")
+    arr = record[PAYLOAD_ARRAY]
+    if arr.dtype != "uint8" or len(arr.shape) != 1 or arr.shape[0] > MAX_PAYLOAD_BYTES:
+        raise ValueError(
+            f"a fedcity payload is a 1-D uint8 array of at most {MAX_PAYLOAD_BYTES} bytes, "
+            f"got dtype {arr.dtype} and shape {arr.shape}"
+        )
+    data: bytes = arr.numpy().tobytes()
+    return data
+
+
+def bytes_to_array(payload: bytes) -> ArrayRecord:
+    """Wrap payload bytes into the ArrayRecord that carries them (one ``uint8`` array)."""
+    return ArrayRecord({PAYLOAD_ARRAY: Array(np.frombuffer(payload, dtype=np.uint8).copy())})
+
+
+def _arrays(record: ArrayRecord) -> list[tuple[str, npt.NDArray[np.float64], str]]:
+    out = []
+    for name in record:
+        a = record[name].numpy()
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"array {name!r} has dtype {a.dtype}; only float models encrypt")
+        out.append((name, a, str(a.dtype)))
+    return out
+
+
+def flat_length(record: ArrayRecord) -> int:
+    """Number of float values in a model record."""
+    n = sum(int(np.prod(record[name].shape)) for name in record)
+    if n > MAX_VALUES:
+        raise ValueError(f"model has {n} values; a secure round carries at most {MAX_VALUES}")
+    return n
+
+
+def encode_update(
+    global_record: ArrayRecord,
+    local_record: ArrayRecord,
+    weight: float,
+    spec: RoundSpec,
+) -> npt.NDArray[np.float64]:
+    """The vector a node encrypts: ``[ŵ·(local - global), clip·ŵ]`` with ``ŵ = min(w, W)/W``.
+
+    Raises
+    ------
+    ValueError
+        The records differ in names or shapes, hold non-float arrays or non-finite values,
+        or the weight is negative or not finite.
+    """
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise ValueError(f"the sample weight must be a number, got {weight!r}")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"the sample weight must be finite and >= 0, got {weight!r}")
+    g, loc = _arrays(global_record), _arrays(local_record)
+    if [n for n, _, _ in g] != [n for n, _, _ in loc]:
+        raise ValueError(
+            f"the trained model's arrays {[n for n, _, _ in loc]} differ from the global "
+            f"model's {[n for n, _, _ in g]}"
+        )
+    parts = []
+    for (name, ga, _), (_, la, _) in zip(g, loc, strict=True):
+        if ga.shape != la.shape:
+            raise ValueError(f"array {name!r}: trained shape {la.shape}, global {ga.shape}")
+        parts.append((la.astype(np.float64) - ga.astype(np.float64)).ravel())
+    scaled = min(float(weight), spec.max_weight) / spec.max_weight
+    delta = np.concatenate(parts) if parts else np.zeros(0)
+    if not np.isfinite(delta).all():
+        raise ValueError("the trained model holds NaN or infinite values")
+    return np.concatenate([scaled * delta, [spec.clip * scaled]])
+
+
+def apply_average(
+    global_record: ArrayRecord, total: npt.NDArray[np.float64], spec: RoundSpec
+) -> ArrayRecord:
+    """The next global model from the decrypted sum ``[Σŵ·Δ, clip·Σŵ]``.
+
+    Raises
+    ------
+    ValueError
+        The sum has the wrong length or a total weight of zero.
+    """
+    g = _arrays(global_record)
+    n = sum(a.size for _, a, _ in g)
+    if total.shape != (n + 1,):
+        raise ValueError(f"decrypted sum has {total.shape[0]} values, expected {n + 1}")
+    weight_sum = float(total[-1]) / spec.clip
+    if weight_sum <= 0:
+        raise ValueError("the contributions' total weight is zero; no average exists")
+    avg = total[:-1] / weight_sum
+    out: dict[str, Array] = {}
+    pos = 0
+    for name, a, dtype in g:
+        step = avg[pos : pos + a.size].reshape(a.shape)
+        out[name] = Array((a.astype(np.float64) + step).astype(dtype))
+        pos += a.size
+    return ArrayRecord(out)
+
+
+def average_error_bound(spec: RoundSpec, contributions: int, weight_sum: float) -> float:
+    """Bound on each coordinate's quantization error of the released average update.
+
+    Each summand is off by at most half a quantization step per slot; the average divides
+    a sum off by ``K·step/2`` by a total weight off by the same relative amount::
+
+        |err| <= (K·step/2) / Σŵ · (1 + |avg|/clip)  <=  K·step / Σŵ   (for |avg| <= clip)
+
+    with ``Σŵ`` the total scaled weight (``Σ min(w, W)/W``).
+    """
+    if weight_sum <= 0:
+        raise ValueError("weight_sum must be positive")
+    return contributions * spec.packing.step / weight_sum

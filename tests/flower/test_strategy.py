@@ -1,0 +1,269 @@
+"""SecureFedAvg with the client mod, driven through an in-process grid (no Ray)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import NODES, THRESHOLD
+from flower_apps import (
+    SHAPES,
+    LocalGrid,
+    fail_on_decrypt,
+    initial_arrays,
+    make_client_app,
+    node_id_of,
+    plain_fedavg,
+    weight_of,
+)
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.serde import message_to_proto
+from flwr.serverapp.strategy import FedAvg
+
+from fedcity.crypto import KeyFileError
+from fedcity.flower import (
+    FlowerKeyFiles,
+    SecureAggregationMod,
+    SecureFedAvg,
+    average_error_bound,
+    load_node_key,
+    load_public_key,
+)
+from fedcity.flower.protocol import CONFIG_KEY, STAGE_DECRYPT
+
+
+def run(grid: LocalGrid, strategy: FedAvg, rounds: int = 2) -> dict[str, np.ndarray]:
+    result = strategy.start(
+        grid=grid, initial_arrays=initial_arrays(), num_rounds=rounds, timeout=30
+    )
+    final = result.arrays if len(result.arrays) else initial_arrays()  # empty: nothing released
+    return {n: final[n].numpy().astype(np.float64) for n in SHAPES}
+
+
+def secure(keys: FlowerKeyFiles, **kw: object) -> SecureFedAvg:
+    kw.setdefault("max_weight", 100.0)
+    return SecureFedAvg(
+        keys.public,
+        fraction_evaluate=0.0,
+        min_train_nodes=NODES,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def bound(strategy: SecureFedAvg) -> float:
+    total_weight = sum(weight_of(p) for p in range(NODES)) / strategy.max_weight
+    spec = strategy._spec(1, NODES)
+    # float32 storage of "w" adds its own rounding of values of size <= 1
+    return average_error_bound(spec, NODES, total_weight) + 2e-7
+
+
+def test_secure_round_equals_plaintext_fedavg_within_quantization(keys: FlowerKeyFiles) -> None:
+    strategy = secure(keys)
+    mod = SecureAggregationMod(key_dir=keys.root)
+    got = run(LocalGrid(make_client_app([mod]), NODES), strategy, rounds=2)
+    want = plain_fedavg(NODES, 2)
+    # two rounds: the first round's error carries into the second's starting point
+    for n in SHAPES:
+        assert np.max(np.abs(got[n] - want[n])) <= 2 * bound(strategy)
+        assert not np.allclose(got[n], initial_arrays()[n].numpy(), atol=1e-3)
+    assert [r.released for r in strategy.rounds_] == [True, True]
+    assert all(len(r.decryptors) == THRESHOLD for r in strategy.rounds_)
+    # Flower's own FedAvg on the same grid gives the same model within the bound
+    plain = run(
+        LocalGrid(make_client_app(), NODES), FedAvg(fraction_evaluate=0.0, min_train_nodes=NODES)
+    )
+    for n in SHAPES:
+        assert np.max(np.abs(got[n] - plain[n])) <= 2 * bound(strategy) + 1e-6
+
+
+def _float_windows(a: np.ndarray) -> list[bytes]:
+    """Every run of 3 consecutive values in float32 and float64 encodings (LE and BE)."""
+    flat = np.asarray(a, dtype=np.float64).ravel()
+    out = []
+    for i in range(len(flat) - 2):
+        for dt in ("<f4", ">f4", "<f8", ">f8"):
+            out.append(flat[i : i + 3].astype(dt).tobytes())
+    return out
+
+
+def test_server_receives_ciphertexts_only(keys: FlowerKeyFiles) -> None:
+    def received(mods: list[object], strategy: FedAvg) -> bytes:
+        grid = LocalGrid(make_client_app(mods), NODES)
+        run(grid, strategy, rounds=1)
+        return b"".join(message_to_proto(m).SerializeToString() for m in grid.received)
+
+    rec = initial_arrays()
+    secrets = []
+    for p in range(NODES):
+        loc = local_step_arrays(rec, p)
+        for n in SHAPES:
+            secrets += _float_windows(loc[n])
+            secrets += _float_windows(loc[n] - rec[n].numpy().astype(np.float64))
+    plain = received([], FedAvg(fraction_evaluate=0.0, min_train_nodes=NODES))
+    assert any(s in plain for s in secrets)  # the check finds a plaintext update
+    blob = received([SecureAggregationMod(key_dir=keys.root)], secure(keys))
+    assert not any(s in blob for s in secrets)
+    # nor the sample counts or the app's train metrics
+    assert b"num-examples" not in blob and b"train-loss" not in blob
+
+
+def local_step_arrays(rec: object, pid: int) -> dict[str, np.ndarray]:
+    from flower_apps import local_step
+
+    loc = local_step(rec, pid, 1)  # type: ignore[arg-type]
+    return {n: loc[n].numpy().astype(np.float64) for n in SHAPES}
+
+
+@pytest.mark.parametrize("how", ["error", "silent"])
+def test_decryptor_dropping_after_training_is_replaced(keys: FlowerKeyFiles, how: str) -> None:
+    strategy = secure(keys, decrypt_timeout=1.0)
+    mods: list[object] = [SecureAggregationMod(key_dir=keys.root)]
+    if how == "error":
+        mods.insert(0, fail_on_decrypt({0}))
+    grid = LocalGrid(make_client_app(mods), NODES)
+    if how == "silent":
+        grid.silent_on_decrypt.add(node_id_of(0))
+    got = run(grid, strategy, rounds=1)
+    want = plain_fedavg(NODES, 1)
+    for n in SHAPES:
+        assert np.max(np.abs(got[n] - want[n])) <= bound(strategy)
+    rec = strategy.rounds_[0]
+    assert rec.released and rec.waves == 2
+    assert node_id_of(0) in rec.failed_decryptors  # share 1 was asked first, then replaced
+    assert node_id_of(0) in rec.contributors  # it did train
+    assert sorted(rec.decryptors) == [node_id_of(1), node_id_of(2)]
+
+
+def test_round_fails_cleanly_below_threshold(keys: FlowerKeyFiles) -> None:
+    strategy = secure(keys, decrypt_timeout=1.0)
+    app = make_client_app([fail_on_decrypt({0, 1}), SecureAggregationMod(key_dir=keys.root)])
+    got = run(LocalGrid(app, NODES), strategy, rounds=1)
+    for n in SHAPES:  # no release: the model stays the initial one
+        np.testing.assert_array_equal(got[n], initial_arrays()[n].numpy())
+    assert not strategy.rounds_[0].released
+    assert len(strategy.rounds_[0].failed_decryptors) == 2
+
+
+def test_spare_decryptor_avoids_a_second_wave(keys: FlowerKeyFiles) -> None:
+    strategy = secure(keys, spare_decryptors=1)
+    app = make_client_app([fail_on_decrypt({0}), SecureAggregationMod(key_dir=keys.root)])
+    run(LocalGrid(app, NODES), strategy, rounds=1)
+    assert strategy.rounds_[0].released and strategy.rounds_[0].waves == 1
+
+
+def test_committee_outside_the_training_sample_is_discovered(keys: FlowerKeyFiles) -> None:
+    class TrainOnTwo(SecureFedAvg):
+        """Samples node-2 (a share holder) and node-3 (none) for training only."""
+
+        def configure_train(self, *args: Any) -> Iterable[Message]:
+            msgs = super().configure_train(*args)
+            return [m for m in msgs if m.metadata.dst_node_id in trainers]
+
+    trainers = {node_id_of(2), node_id_of(3)}
+    strategy = TrainOnTwo(
+        keys.public, fraction_evaluate=0.0, min_train_nodes=NODES, max_weight=100.0
+    )
+    grid = LocalGrid(make_client_app([SecureAggregationMod(key_dir=keys.root)]), NODES)
+    run(grid, strategy, rounds=1)
+    rec = strategy.rounds_[0]
+    assert rec.released and set(rec.contributors) == trainers
+    # share 2 (node-2) is asked first as a known, live holder; discovery finds node-0/node-1
+    assert set(strategy.holders_) == {node_id_of(0), node_id_of(1), node_id_of(2)}
+    assert node_id_of(2) in rec.decryptors and rec.waves == 2
+
+
+def _train_request(keys: FlowerKeyFiles, strategy: SecureFedAvg) -> tuple[LocalGrid, Message]:
+    app = make_client_app([SecureAggregationMod(key_dir=keys.root)])
+    grid = LocalGrid(app, NODES)
+    [msg, *_] = list(strategy.configure_train(1, initial_arrays(), ConfigRecord(), grid))
+    return grid, msg
+
+
+def test_mod_refuses_a_train_request_without_fedcity_settings(keys: FlowerKeyFiles) -> None:
+    grid, msg = _train_request(keys, secure(keys))
+    del msg.content[CONFIG_KEY]
+    [reply] = grid.send_and_receive([msg])
+    assert reply.has_error() and "only encrypted updates" in reply.error.reason
+
+
+def test_mod_refuses_another_key(keys: FlowerKeyFiles, tmp_path: object) -> None:
+    from fedcity.flower import deal_flower_keys
+
+    other = deal_flower_keys(tmp_path, 2, threshold=1, key_bits=512)  # type: ignore[arg-type]
+    grid, msg = _train_request(keys, secure(other))  # server under another key
+    [reply] = grid.send_and_receive([msg])
+    assert reply.has_error() and "this node holds" in reply.error.reason
+
+
+def test_decryptor_policy_single_contribution_and_one_aggregate_per_round(
+    keys: FlowerKeyFiles,
+) -> None:
+    strategy = secure(keys, min_contributions=1)
+    app = make_client_app([SecureAggregationMod(key_dir=keys.root)])
+    grid = LocalGrid(app, NODES)
+    msgs = list(strategy.configure_train(1, initial_arrays(), ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(msgs))
+    scheme = strategy._scheme
+    spec = strategy._round_spec
+    assert spec is not None
+    length = sum(int(np.prod(s)) for s, _ in SHAPES.values()) + 1
+    from fedcity.flower.protocol import PAYLOAD_KEY, array_to_bytes, bytes_to_array
+
+    vecs = [
+        scheme.open(array_to_bytes(r.content[PAYLOAD_KEY]), spec.packing, length) for r in replies
+    ]
+
+    def ask(vector: object) -> Message:
+        content = RecordDict(
+            {
+                PAYLOAD_KEY: bytes_to_array(scheme.aggregate_to_bytes(vector)),
+                CONFIG_KEY: spec.to_config(STAGE_DECRYPT, length=length),
+            }
+        )
+        req = Message(content, dst_node_id=node_id_of(0), message_type=MessageType.TRAIN)
+        [reply] = grid.send_and_receive([req])
+        return reply
+
+    single = ask(vecs[0])  # one node's update alone: refused by the node's policy
+    assert single.has_error() and "at least 2" in single.error.reason
+    assert not ask(scheme.add(vecs)).has_error()
+    again = ask(scheme.add(vecs[:2]))  # a second, different subset in the same round
+    assert again.has_error() and "one aggregate per round" in again.error.reason
+
+
+def test_non_member_cannot_decrypt(keys: FlowerKeyFiles) -> None:
+    assert load_node_key(keys.nodes["node-3"]).__class__.__name__ == "ThresholdPublicKey"
+    assert set(keys.committee) == {"node-0", "node-1", "node-2"}
+
+
+def test_server_refuses_a_share_file(keys: FlowerKeyFiles) -> None:
+    with pytest.raises(KeyFileError, match="public key only"):
+        load_public_key(keys.nodes["node-0"])
+    with pytest.raises(KeyFileError, match="public key only"):
+        SecureFedAvg(keys.nodes["node-1"])
+
+
+def test_dealer_validates_and_never_overwrites(keys: FlowerKeyFiles, tmp_path: object) -> None:
+    from fedcity.flower import deal_flower_keys
+
+    with pytest.raises(ValueError, match="overwrite"):
+        deal_flower_keys(keys.root, 4, threshold=2, committee=3, key_bits=512)
+    with pytest.raises(ValueError, match="threshold must lie in"):
+        deal_flower_keys(tmp_path, 5, threshold=3, committee=2, key_bits=512)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not in the federation"):
+        deal_flower_keys(tmp_path, ["a", "b"], threshold=1, committee=["c"], key_bits=512)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="distinct"):
+        deal_flower_keys(tmp_path, ["a", "a"], threshold=1, key_bits=512)  # type: ignore[arg-type]
+
+
+def test_strategy_validates_its_settings(keys: FlowerKeyFiles) -> None:
+    with pytest.raises(ValueError, match="clip"):
+        SecureFedAvg(keys.public, clip=0.0)
+    with pytest.raises(ValueError, match="max_weight"):
+        SecureFedAvg(keys.public, max_weight=-1.0)
+    with pytest.raises(ValueError, match="spare_decryptors"):
+        SecureFedAvg(keys.public, spare_decryptors=-1)
+    with pytest.raises(ValueError, match="min_summands"):
+        SecureAggregationMod(min_summands=0)
