@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -106,6 +107,34 @@ class FederatedResult:
     def bytes_per_agency_(self) -> float:
         """Bytes each agency uploaded over the job, on average."""
         return float(sum(r.bytes_per_agency for r in self.history_))
+
+    def plot(
+        self,
+        directory: str | Path,
+        metrics: Mapping[str, float] | None = None,
+        *,
+        formats: Sequence[str] = ("png", "svg"),
+    ) -> list[Path]:
+        """Save the job's charts (see :func:`fedcity.plots.save_result_plots`).
+
+        Parameters
+        ----------
+        directory : str or Path
+            Created if missing.
+        metrics : mapping, optional
+            What :meth:`LocalFederation.evaluate` returned: adds ROC and calibration charts
+            for a classifier.
+        formats : sequence of {"png", "svg"}, default both
+
+        Returns
+        -------
+        list of Path
+            The files written: training curves, participation, coefficients (GLMs), ROC and
+            calibration (with a classifier's evaluation).
+        """
+        from fedcity.plots import save_result_plots
+
+        return save_result_plots(self, directory, metrics=metrics, formats=formats)
 
 
 def make_preprocessor(pre: Preprocessing, spec: FeatureSpec) -> BaseEstimator:
@@ -552,7 +581,9 @@ def result_to_json(
     str
         ``{"format": "fedcity.result", "version": 1, "job_id", "job", "problem", "model",
         "preprocessing", "history", "metrics", "privacy", "seconds", "bytes_per_agency",
-        "converged", "n_iter", "last_step"}`` (the last three null for FedAvg jobs);
+        "converged", "n_iter", "last_step"}`` (the last three null for FedAvg jobs), plus
+        ``"curves"`` (ROC and calibration) when ``metrics`` is a classifier's
+        :class:`~fedcity.learn.evaluation.EvaluationMetrics`;
         :func:`estimator_from_result_json` rebuilds the pipeline from it.
     """
     privacy = None
@@ -575,6 +606,9 @@ def result_to_json(
         "n_iter": result.n_iter_,
         "last_step": result.last_step_,
     }
+    curves = getattr(metrics, "curves", None)
+    if curves is not None:  # ROC and calibration curves of a classifier's evaluation
+        data["curves"] = curves.to_dict()
     return json.dumps(_json_safe(data), sort_keys=True, allow_nan=False)
 
 
