@@ -116,7 +116,7 @@ class SecureAggregationMod:
                 KEY_DIR_CONFIG
             )
         pid = context.node_config.get("partition-id")
-        if isinstance(directory, str | Path) and isinstance(pid, int):
+        if isinstance(directory, str | Path) and str(directory) and isinstance(pid, int):
             return Path(directory) / "nodes" / node_name(pid) / "key.json"
         raise FedcityRequestError(
             f"no fedcity key configured for this node: set the node-config entry {KEY_CONFIG!r} "

@@ -1,0 +1,1 @@
+"""fedcity + Flower example app."""
