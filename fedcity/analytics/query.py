@@ -1,0 +1,623 @@
+"""The rounds of a secure group-by query (an :class:`~fedcity.learn.algorithm.Algorithm`).
+
+1. ``query.presence`` — per cell, 1 if the agency has a matching row. The decrypted sum is the
+   number of agencies per cell; it is public and decides which cells are *eligible*
+   (at least ``min_agencies`` agencies).
+2. ``query.cells`` — for eligible cells only: row counts, non-missing counts, offset
+   fixed-point sums and sums of squares, histogram bin counts, each split into base-2^30 limbs,
+   plus the total of out-of-domain rows. Cells that are not eligible are neither computed nor
+   encrypted nor decrypted. Disclosure control then decides which cells are released.
+3. ``query.quantile`` (only for quantile aggregates) — per released cell, bin counts of the
+   column within the brackets that hold the ranks pandas interpolates between; repeated until
+   every bracket is narrower than the requested tolerance.
+
+Exactness. Every vector entry is an integer in ``[0, 2^30)``, the packing clip is ``2^30`` and
+the request asks for 52-bit precision: a sum of ``s`` entries decodes with an error of at most
+``s · 2^30 / 2^(p) `` (``p >= 49`` for up to :data:`MAX_AGENCIES` agencies), far below 1/2, so
+the driver's rounding recovers the exact integer sum of every limb; the limbs recombine exactly
+in Python integers. Means, variances (``ddof=1``, as pandas), standard deviations and ratios are
+computed from these exact integers with rational arithmetic and rounded once to float.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcity.analytics.local import (
+    LIMB_BITS,
+    ROW_BITS,
+    Quantity,
+    cell_quantities,
+    from_limbs,
+    ranges_from_cells,
+)
+from fedcity.analytics.spec import QueryError, QuerySpec, TableSchema
+from fedcity.core.errors import JobFailed
+from fedcity.core.tasks import TaskRequest
+from fedcity.learn.algorithm import Algorithm, RoundRecord
+
+if TYPE_CHECKING:
+    from fedcity.analytics.result import QueryResult
+
+__all__ = [
+    "MAX_AGENCIES",
+    "QueryAlgorithm",
+    "QueryJob",
+    "basic_suppression",
+    "query_job_from_spec",
+]
+
+LIMB_CLIP = float(2**LIMB_BITS)
+"""Packing clip of every query round: entries are integers in ``[0, 2^30)``."""
+MAX_AGENCIES = 4096
+"""Most agencies whose limb sums stay exact (see the module notes)."""
+MAX_VECTOR = 4_000_000
+"""Longest vector of one round (entries)."""
+DEFAULT_BINS = 32
+"""Bins per bracket and quantile round."""
+MAX_QUANTILE_ROUNDS = 48
+_OOD_LIMBS = -(-ROW_BITS // LIMB_BITS)
+
+SuppressionRule = Callable[..., tuple[npt.NDArray[np.bool_], npt.NDArray[np.object_]]]
+
+
+def basic_suppression(
+    counts: npt.NDArray[np.float64],
+    agencies: npt.NDArray[np.int64],
+    *,
+    min_count: int,
+    min_agencies: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.object_]]:
+    """Primary and agency-count suppression only (no complementary suppression).
+
+    The fallback when :mod:`fedcity.analytics.disclosure` is unavailable (e.g. zero group-by
+    dimensions). ``counts`` is NaN for cells that were not computed.
+
+    Returns
+    -------
+    (mask, reasons)
+        ``True`` where withheld; the reason text (``""`` where released).
+    """
+    mask = np.zeros(counts.shape, dtype=bool)
+    reasons = np.full(counts.shape, "", dtype=object)
+    for idx in np.ndindex(counts.shape):
+        v, a = counts[idx], int(agencies[idx])
+        parts = []
+        computed = not math.isnan(v)
+        if computed and 0 < v < min_count:
+            parts.append(f"primary: count < {min_count}")
+        if (not computed or v > 0) and a < min_agencies:
+            parts.append(
+                f"agencies: {a} < {min_agencies}" + ("" if computed else " (not computed)")
+            )
+        if parts:
+            mask[idx] = True
+            reasons[idx] = "; ".join(parts)
+    return mask, reasons
+
+
+def _suppress(
+    spec: QuerySpec,
+    counts: npt.NDArray[np.float64],
+    agencies: npt.NDArray[np.int64],
+    min_agencies: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.object_]]:
+    """Disclosure control: the full module (complementary suppression) when it applies."""
+    min_count = spec.disclosure.min_count
+    if counts.ndim >= 1:
+        try:
+            from fedcity.analytics import disclosure
+        except ImportError:  # pragma: no cover - the module ships with fedcity
+            disclosure = None  # type: ignore[assignment]
+        if disclosure is not None and hasattr(disclosure, "suppress"):
+            out = disclosure.suppress(
+                counts,
+                agencies,
+                min_count=min_count,
+                min_agencies=min_agencies,
+                names=spec.group_names(),
+                levels=[list(spec.levels_of(g)) for g in spec.group_by],
+            )
+            return np.asarray(out.mask, dtype=bool), np.asarray(out.reasons, dtype=object)
+    return basic_suppression(counts, agencies, min_count=min_count, min_agencies=min_agencies)
+
+
+@dataclass
+class _Rank:
+    """Refinement state of one order statistic (0-based rank) of one cell's column."""
+
+    rank: int
+    lo: int  # bracket in offset fixed-point units, inclusive
+    hi: int
+    below: int = 0  # values < lo
+
+
+@dataclass
+class _QuantileState:
+    aggregate: str
+    column: str
+    cell: int
+    n: int
+    h: float
+    ranks: list[_Rank] = field(default_factory=list)
+
+
+@dataclass
+class CellTotals:
+    """Released exact totals of the eligible cells (what the coordinator learns)."""
+
+    quantities: list[Quantity]
+    values: dict[int, tuple[int, ...]]
+    out_of_domain: int
+
+
+class QueryAlgorithm(Algorithm):
+    """Presence, eligible cells, then quantile refinement, as secure sums.
+
+    Parameters
+    ----------
+    spec : QuerySpec
+        A parsed spec (validated against the table's schema when the schema is known).
+    min_agencies : int, default 2
+        The job's minimum contributors; a cell needs ``max(min_agencies,
+        spec.disclosure.min_agencies)`` agencies to be computed.
+    bins : int, default 32
+        Bins per bracket per quantile round.
+    suppression : callable, optional
+        ``suppression(spec, counts, agencies, min_agencies) -> (mask, reasons)``; default:
+        :mod:`fedcity.analytics.disclosure` (complementary suppression included).
+    noise : object, optional
+        Differential-privacy hook (``fedcity.analytics.privacy``); not applied by this class.
+
+    Attributes
+    ----------
+    agencies_ : numpy.ndarray of int
+        Agencies per cell (shape ``spec.dims``), after the presence round.
+    eligible_ : list of int
+        Cells computed in the cells round.
+    totals_ : CellTotals
+        Exact released totals of the eligible cells.
+    mask_, reasons_ : numpy.ndarray
+        Disclosure control's decision per cell.
+    quantiles_ : dict
+        ``(aggregate, cell) -> (estimate, low, high)``.
+    n_contributors_ : int
+        Agencies that took part in the presence round.
+    """
+
+    def __init__(
+        self,
+        spec: QuerySpec,
+        *,
+        min_agencies: int = 2,
+        bins: int = DEFAULT_BINS,
+        suppression: Callable[..., tuple[Any, Any]] | None = None,
+        noise: Any = None,
+    ) -> None:
+        if not isinstance(spec, QuerySpec):
+            raise TypeError(f"spec must be a QuerySpec, got {type(spec).__name__}")
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= 1024:
+            raise QueryError(f"bins must be an integer in [2, 1024], got {bins!r}")
+        if isinstance(min_agencies, bool) or not isinstance(min_agencies, int) or min_agencies < 1:
+            raise QueryError(f"min_agencies must be a positive integer, got {min_agencies!r}")
+        self.spec = spec.resolved()
+        self.params_spec = self.spec.to_dict()
+        self.quantities = cell_quantities(self.spec)
+        self.per_cell = sum(q.limbs for q in self.quantities)
+        self.min_agencies = max(min_agencies, spec.disclosure.min_agencies or 1)
+        self.bins = bins
+        self.suppression = suppression or _suppress
+        self.noise = noise
+        if self.spec.n_cells * self.per_cell + _OOD_LIMBS > MAX_VECTOR:
+            raise QueryError(
+                f"the query needs {self.spec.n_cells} cells × {self.per_cell} entries per cell; "
+                f"the limit is {MAX_VECTOR} entries per round (fewer levels or aggregates)"
+            )
+        self._stage = "presence"
+        self.n_contributors_: int | None = None
+        self.agencies_: npt.NDArray[np.int64] | None = None
+        self.eligible_: list[int] = []
+        self.totals_: CellTotals | None = None
+        self.mask_: npt.NDArray[np.bool_] | None = None
+        self.reasons_: npt.NDArray[np.object_] | None = None
+        self.quantiles_: dict[tuple[str, int], tuple[float, float, float]] = {}
+        self._qstates: list[_QuantileState] = []
+        self._targets: list[tuple[str, int, int, int, int, int]] = []
+        self.quantile_rounds_ = 0
+
+    # -- rounds ---------------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """All rounds done."""
+        return self._stage == "done"
+
+    def _request(self, kind: str, extra: Mapping[str, Any], length: int, label: str) -> TaskRequest:
+        params = {"table": self.spec.table, "spec": self.params_spec, **extra}
+        return TaskRequest(
+            kind,
+            params,
+            length,
+            clip=LIMB_CLIP,
+            precision_bits=52,
+            integer_valued=True,
+            label=label,
+        )
+
+    def next_request(self) -> TaskRequest | None:
+        """Presence, then cells, then quantile rounds until every bracket is narrow enough."""
+        if self._stage == "presence":
+            return self._request(
+                "query.presence", {}, self.spec.n_cells, "query: agencies per cell"
+            )
+        if self._stage == "cells":
+            length = len(self.eligible_) * self.per_cell + _OOD_LIMBS
+            if length > MAX_VECTOR:
+                raise JobFailed(f"the cells round would need {length} entries (> {MAX_VECTOR})")
+            return self._request(
+                "query.cells",
+                {"cells": ranges_from_cells(self.eligible_)},
+                length,
+                f"query: {len(self.eligible_)} eligible cells",
+            )
+        if self._stage == "quantile":
+            if self.quantile_rounds_ >= MAX_QUANTILE_ROUNDS:
+                raise JobFailed(
+                    f"quantile refinement did not finish in {MAX_QUANTILE_ROUNDS} rounds"
+                )
+            self._targets = self._quantile_targets()
+            if not self._targets:
+                self._finish_quantiles()
+                self._stage = "done"
+                return None
+            length = sum(t[4] * t[5] for t in self._targets)
+            if length > MAX_VECTOR:
+                raise JobFailed(f"a quantile round would need {length} entries (> {MAX_VECTOR})")
+            return self._request(
+                "query.quantile",
+                {"targets": [list(t) for t in self._targets]},
+                length,
+                f"query: quantile refinement {self.quantile_rounds_ + 1}",
+            )
+        return None
+
+    @property
+    def max_rounds(self) -> int | None:
+        """Two rounds, plus quantile refinement rounds when asked."""
+        if not any(a.func == "quantile" for a in self.spec.aggregates):
+            return 2
+        worst = 0
+        for a in self.spec.aggregates:
+            if a.func == "quantile" and a.column:
+                _, lo, hi = self.spec.columns[a.column].units(a.column)
+                worst = max(
+                    worst, math.ceil(max(1, (hi - lo + 1).bit_length()) / math.log2(self.bins))
+                )
+        return 2 + worst
+
+    def update(
+        self, request: TaskRequest, released: npt.NDArray[np.float64], record: RoundRecord
+    ) -> None:
+        """Decode the released limb sums of a round (exact integers)."""
+        n = len(record.contributors)
+        if n > MAX_AGENCIES:
+            raise JobFailed(f"{n} agencies exceed the {MAX_AGENCIES} a query can sum exactly")
+        ints = [int(v) for v in np.rint(released)]
+        top = n * ((1 << LIMB_BITS) - 1)
+        bad = [i for i, v in enumerate(ints) if not 0 <= v <= top]
+        if bad:
+            raise JobFailed(
+                f"{request.kind}: released entry {bad[0]} = {ints[bad[0]]} is outside "
+                f"[0, {top}] for {n} agencies; an agency sent values outside the encoding"
+            )
+        if request.kind == "query.presence":
+            self._on_presence(ints, n)
+        elif request.kind == "query.cells":
+            self._on_cells(ints)
+        elif request.kind == "query.quantile":
+            self._on_quantile(ints)
+            self.quantile_rounds_ += 1
+        else:  # pragma: no cover - the algorithm only issues its own kinds
+            raise JobFailed(f"unexpected round {request.kind!r}")
+
+    def _on_presence(self, ints: list[int], n: int) -> None:
+        self.n_contributors_ = n
+        self.agencies_ = np.asarray(ints, dtype=np.int64).reshape(self.spec.dims or ())
+        self.eligible_ = [i for i, a in enumerate(ints) if a >= self.min_agencies]
+        self._stage = "cells"
+
+    def _on_cells(self, ints: list[int]) -> None:
+        values: dict[int, tuple[int, ...]] = {}
+        pos = 0
+        for cell in self.eligible_:
+            cell_vals: list[int] = []
+            for q in self.quantities:
+                cell_vals.append(from_limbs(ints[pos : pos + q.limbs]))
+                pos += q.limbs
+            values[cell] = tuple(cell_vals)
+        ood = from_limbs(ints[pos : pos + _OOD_LIMBS])
+        self.totals_ = CellTotals(self.quantities, values, ood)
+        assert self.agencies_ is not None
+        flat_agencies = self.agencies_.reshape(-1)
+        counts = np.full(self.spec.n_cells, np.nan)
+        counts[flat_agencies == 0] = 0.0  # no agency has a row: the count is known to be 0
+        for cell, vals in values.items():
+            counts[cell] = float(vals[0])
+        shape = self.spec.dims or ()
+        mask, reasons = self.suppression(
+            self.spec, counts.reshape(shape), self.agencies_, self.min_agencies
+        )
+        self.mask_ = np.asarray(mask, dtype=bool).reshape(shape)
+        self.reasons_ = np.asarray(reasons, dtype=object).reshape(shape)
+        self._init_quantiles()
+        self._stage = "quantile" if self._qstates else "done"
+
+    # -- quantiles ------------------------------------------------------------------------------
+    def _init_quantiles(self) -> None:
+        assert self.totals_ is not None and self.mask_ is not None
+        flat_mask = self.mask_.reshape(-1)
+        keys = [q.key for q in self.quantities]
+        for a in self.spec.aggregates:
+            if a.func != "quantile":
+                continue
+            assert a.column is not None and a.q is not None
+            _, lo, hi = self.spec.columns[a.column].units(a.column)
+            nn_index = keys.index(f"nn:{a.column}")
+            for cell in self.eligible_:
+                if flat_mask[cell]:
+                    continue  # withheld cells are not refined
+                n = self.totals_.values[cell][nn_index]
+                if n == 0:
+                    continue
+                h = (n - 1) * a.q
+                ranks = sorted({math.floor(h), math.ceil(h)})
+                state = _QuantileState(a.name, a.column, cell, n, h)
+                state.ranks = [_Rank(r, 0, hi - lo) for r in ranks]
+                self._qstates.append(state)
+
+    def _tolerance_units(self, aggregate: str) -> float:
+        a = next(x for x in self.spec.aggregates if x.name == aggregate)
+        assert a.column is not None and a.tolerance is not None
+        d = self.spec.columns[a.column].resolved_decimals(a.column)
+        return float(a.tolerance) * float(10**d)
+
+    def _quantile_targets(self) -> list[tuple[str, int, int, int, int, int]]:
+        assert self.totals_ is not None
+        targets: dict[tuple[str, int, int, int], tuple[str, int, int, int, int, int]] = {}
+        n_index = 0  # row count bounds every per-agency bin count of the cell
+        for st in self._qstates:
+            tol = self._tolerance_units(st.aggregate)
+            total = self.totals_.values[st.cell][n_index]
+            limbs = max(1, -(-max(1, total.bit_length()) // LIMB_BITS))
+            for r in st.ranks:
+                if r.hi - r.lo <= tol:
+                    continue
+                key = (st.column, st.cell, r.lo, r.hi)
+                k = min(self.bins, r.hi - r.lo + 1)
+                targets.setdefault(key, (st.column, st.cell, r.lo, r.hi, k, limbs))
+        return list(targets.values())
+
+    def _on_quantile(self, ints: list[int]) -> None:
+        counts: dict[tuple[str, int, int, int], list[int]] = {}
+        pos = 0
+        for column, cell, lo, hi, k, limbs in self._targets:
+            bins = []
+            for _ in range(k):
+                bins.append(from_limbs(ints[pos : pos + limbs]))
+                pos += limbs
+            counts[(column, cell, lo, hi)] = bins
+        for st in self._qstates:
+            for r in st.ranks:
+                got = counts.get((st.column, st.cell, r.lo, r.hi))
+                if got is None:
+                    continue
+                k = len(got)
+                width = r.hi - r.lo + 1
+                below = r.below
+                for j, c in enumerate(got):
+                    if below + c > r.rank:
+                        start = r.lo + -(-j * width // k)
+                        stop = r.lo + -(-(j + 1) * width // k) - 1
+                        r.lo, r.hi, r.below = start, stop, below
+                        break
+                    below += c
+                else:
+                    raise JobFailed(
+                        f"quantile {st.aggregate!r}: rank {r.rank} of cell {st.cell} is not in "
+                        f"its bracket (the agencies' data changed during the query?)"
+                    )
+
+    def _finish_quantiles(self) -> None:
+        for st in self._qstates:
+            d, lo_u, _ = self.spec.columns[st.column].units(st.column)
+            scale = 10**d
+            r1 = st.ranks[0]
+            r2 = st.ranks[-1]
+            frac = st.h - math.floor(st.h)
+            mid1 = (lo_u + (r1.lo + r1.hi) / 2) / scale
+            mid2 = (lo_u + (r2.lo + r2.hi) / 2) / scale
+            low = ((lo_u + r1.lo) + frac * (r2.lo - r1.lo)) / scale
+            high = ((lo_u + r1.hi) + frac * (r2.hi - r1.hi)) / scale
+            self.quantiles_[(st.aggregate, st.cell)] = (mid1 + frac * (mid2 - mid1), low, high)
+
+    # -- results --------------------------------------------------------------------------------
+    def cell_values(self) -> dict[str, list[Any]]:
+        """Aggregate columns of the result, one value per cell (None where withheld)."""
+        assert self.totals_ is not None and self.mask_ is not None
+        spec = self.spec
+        keys = {q.key: i for i, q in enumerate(self.quantities)}
+        flat_mask = self.mask_.reshape(-1)
+        out: dict[str, list[Any]] = {}
+        for a in spec.aggregates:
+            names = _output_columns(spec, a.name)
+            cols: dict[str, list[Any]] = {n: [] for n in names}
+            for cell in range(spec.n_cells):
+                vals = self.totals_.values.get(cell)
+                if vals is None or flat_mask[cell]:
+                    for n in names:
+                        cols[n].append(None)
+                    continue
+                for n, v in zip(
+                    names, _aggregate_value(spec, a, vals, keys, self, cell), strict=True
+                ):
+                    cols[n].append(v)
+            out.update(cols)
+        return out
+
+
+def _output_columns(spec: QuerySpec, name: str) -> list[str]:
+    a = next(x for x in spec.aggregates if x.name == name)
+    if a.func == "histogram":
+        assert a.bins is not None
+        edges = a.bins
+        last = len(edges) - 2
+        return [
+            f"{a.name}[{edges[j]:g},{edges[j + 1]:g}{']' if j == last else ')'}"
+            for j in range(len(edges) - 1)
+        ]
+    if a.func == "quantile":
+        return [a.name, f"{a.name}_low", f"{a.name}_high"]
+    return [a.name]
+
+
+def _column_total(
+    spec: QuerySpec, col: str, vals: Sequence[int], keys: Mapping[str, int]
+) -> Fraction:
+    """Exact sum of the fixed-point values of ``col`` (in the column's units)."""
+    d, lo, _ = spec.columns[col].units(col)
+    s = vals[keys[f"s:{col}"]] + vals[keys[f"nn:{col}"]] * lo
+    return Fraction(s, 10**d)
+
+
+def _exact_or_float(x: Fraction) -> int | float:
+    return int(x) if x.denominator == 1 else float(x)
+
+
+def _aggregate_value(
+    spec: QuerySpec,
+    a: Any,
+    vals: Sequence[int],
+    keys: Mapping[str, int],
+    algo: QueryAlgorithm,
+    cell: int,
+) -> list[Any]:
+    nan = float("nan")
+    if a.func == "count":
+        return [vals[keys[f"nn:{a.column}"]] if a.column else vals[keys["n"]]]
+    if a.func == "histogram":
+        assert a.bins is not None
+        return [vals[keys[f"h:{a.name}:{j}"]] for j in range(len(a.bins) - 1)]
+    if a.func == "quantile":
+        got = algo.quantiles_.get((a.name, cell))
+        return list(got) if got is not None else [nan, nan, nan]
+    if a.func == "ratio":
+        num = _column_total(spec, a.numerator, vals, keys)
+        if a.denominator:
+            den = _column_total(spec, a.denominator, vals, keys)
+        else:
+            den = Fraction(vals[keys["n"]])
+        return [float(num / den * Fraction(a.scale)) if den != 0 else nan]
+    col = a.column
+    n = vals[keys[f"nn:{col}"]]
+    total = _column_total(spec, col, vals, keys)
+    if a.func == "sum":
+        kind = spec.columns[col].type
+        d = spec.columns[col].resolved_decimals(col)
+        return [
+            int(total) if (kind == "integer" or d == 0) and total.denominator == 1 else float(total)
+        ]
+    if a.func == "mean":
+        return [float(total / n) if n else nan]
+    # var / std from the offset values (shift-invariant), ddof=1 like pandas
+    d = spec.columns[col].resolved_decimals(col)
+    if n < 2:
+        return [nan]
+    s = vals[keys[f"s:{col}"]]
+    ss = vals[keys[f"ss:{col}"]]
+    var = Fraction(n * ss - s * s, n * (n - 1)) / 10 ** (2 * d)
+    return [float(var) if a.func == "var" else math.sqrt(var)]
+
+
+# -- the job ------------------------------------------------------------------------------------
+@dataclass
+class QueryJob:
+    """A query as a job: spec (+ schema, privacy) -> algorithm -> result.
+
+    Parameters
+    ----------
+    spec : QuerySpec
+    privacy : mapping, optional
+        Differential-privacy settings (``fedcity.analytics.privacy``).
+    schema : TableSchema, optional
+        The table's declared schema; when given, the spec is validated against it.
+    bins : int, default 32
+        Bins per quantile refinement round.
+    """
+
+    spec: QuerySpec
+    privacy: Mapping[str, Any] | None = None
+    schema: TableSchema | None = None
+    bins: int = DEFAULT_BINS
+
+    def __post_init__(self) -> None:
+        if self.schema is not None:
+            self.spec = self.spec.validate_against(self.schema)
+        privacy = self.privacy or self.spec.privacy
+        if privacy:
+            raise QueryError(
+                "differential privacy for queries is not available yet "
+                "(fedcity.analytics.privacy); remove [privacy]"
+            )
+
+    def algorithm(self, min_agencies: int = 2) -> QueryAlgorithm:
+        """The algorithm a coordinator (or :func:`run_query`) drives."""
+        return QueryAlgorithm(self.spec, min_agencies=min_agencies, bins=self.bins)
+
+    def result(
+        self,
+        algorithm: QueryAlgorithm,
+        *,
+        history: Sequence[RoundRecord] = (),
+        job_id: str = "",
+        seconds: float = 0.0,
+    ) -> QueryResult:
+        """The :class:`QueryResult` of a finished :meth:`algorithm`."""
+        from fedcity.analytics.result import QueryResult
+
+        return QueryResult.from_algorithm(
+            algorithm, history=list(history), job_id=job_id, seconds=seconds
+        )
+
+
+def query_job_from_spec(
+    params: Mapping[str, Any],
+    privacy: Mapping[str, Any] | None = None,
+    *,
+    schema: TableSchema | None = None,
+) -> QueryJob:
+    """Build a :class:`QueryJob` from a spec's plain data (the job's JSON parameters).
+
+    Parameters
+    ----------
+    params : mapping
+        The spec as :meth:`QuerySpec.from_dict` reads it (e.g. ``json.loads(spec.to_json())``).
+    privacy : mapping, optional
+        Differential-privacy settings; None or empty: none.
+    schema : TableSchema, optional
+        The registered schema of the table (validates the spec against it).
+
+    Raises
+    ------
+    QueryError
+        Any invalid spec (the message names the problem).
+    """
+    if not isinstance(params, Mapping):
+        raise QueryError("query parameters must be a JSON object (the query spec)")
+    spec = QuerySpec.from_dict(params)
+    return QueryJob(spec, privacy=dict(privacy) if privacy else None, schema=schema)
