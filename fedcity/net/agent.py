@@ -84,6 +84,7 @@ from fedcity.net.messages import (
     assignment_to_task,
     chunks,
     feature_spec_to_json,
+    table_schema_to_json,
 )
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
@@ -149,6 +150,23 @@ class AgentError(RuntimeError):
     """The agent cannot go on: unreadable key material or data, wrong federation, bad token."""
 
 
+def _query_tables(config: AgentConfig) -> dict[str, Any]:
+    """The agency's query tables (:class:`~fedcity.analytics.LocalTable`), validated on load."""
+    if not config.tables:
+        return {}
+    from fedcity.analytics.local import DataError as TableError
+    from fedcity.analytics.local import LocalTable
+    from fedcity.analytics.spec import QueryError, TableSchema
+
+    out: dict[str, Any] = {}
+    for name, tc in config.tables.items():
+        try:
+            out[name] = LocalTable(tc.path, TableSchema(name, tc.columns), agency=config.agency)
+        except (TableError, QueryError) as exc:
+            raise AgentError(f"table {name!r}: {exc}") from exc
+    return out
+
+
 # -- the daemon ---------------------------------------------------------------------------------
 @dataclass
 class _Outgoing:
@@ -209,7 +227,8 @@ class Agent:
         backoff_cap: float = 5.0,
         rpc_timeout: float = 120.0,
     ) -> None:
-        import fedcity.learn  # noqa: F401  (registers the vetted local steps)
+        import fedcity.analytics.local
+        import fedcity.learn  # noqa: F401  (registers the vetted learning steps)
 
         self.config = config
         self.fetch_wait_ms = fetch_wait_ms
@@ -242,7 +261,7 @@ class Agent:
             except DataError as exc:
                 raise AgentError(f"dataset {name!r}: {exc}") from exc
         self._tables = tables
-        first = next(iter(tables.values()))
+        first = next(iter(tables.values()), None)
         self.node = AgencyNode(
             config.agency,
             first,
@@ -250,8 +269,10 @@ class Agent:
             share=self.share,
             policy=self._allows,
             verifier=ContributionVerifier(self.federation.signing_keys, self.key_id),
+            tables=_query_tables(config),
         )
-        self.node.datasets = {**tables, "train": first}
+        if first is not None:
+            self.node.datasets = {**tables, "train": first}
         self.served: list[dict[str, Any]] = []
         """Every record written to the task log (also kept when no log file is set)."""
         self.registrations = 0
@@ -307,7 +328,21 @@ class Agent:
         return key
 
     def _allows(self, task: Task) -> bool:
-        return task.request.kind in self.config.allowed_kinds
+        """The agency's policy; a refusal with a specific reason raises it."""
+        kind = task.request.kind
+        if kind not in self.config.allowed_kinds:
+            return False
+        if kind.startswith("query."):
+            spec = task.request.params.get("spec")
+            disclosure = spec.get("disclosure") if isinstance(spec, dict) else None
+            asked = disclosure.get("min_count") if isinstance(disclosure, dict) else None
+            floor = self.config.min_cell_count
+            if not isinstance(asked, int) or asked < floor:
+                raise RejectedContribution(
+                    f"agency {self.config.agency!r}: policy requires released cells of at "
+                    f"least {floor} rows (min_cell_count); the query allows {asked!r}"
+                )
+        return True
 
     # -- lifecycle ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -429,6 +464,10 @@ class Agent:
                 fpb.DatasetInfo(name=name, feature_spec_json=feature_spec_to_json(dc.spec))
                 for name, dc in self.config.datasets.items()
             ],
+            tables=[
+                fpb.TableInfo(name=name, schema_json=table_schema_to_json(name, tc.columns))
+                for name, tc in self.config.tables.items()
+            ],
             software_version=fedcity.__version__,
             task_kinds=sorted(self.config.allowed_kinds),
         )
@@ -447,11 +486,12 @@ class Agent:
         self._wake_heartbeat.set()  # restart the heartbeat clock with the coordinator's interval
         self.registrations += 1
         log.info(
-            "agency %s registered with %s (key %s, %d dataset(s))",
+            "agency %s registered with %s (key %s, %d dataset(s), %d table(s))",
             self.config.agency,
             self.config.coordinator,
             ours.hex()[:16],
             len(self.config.datasets),
+            len(self.config.tables),
         )
 
     def _heartbeats(self) -> None:
@@ -510,7 +550,8 @@ class Agent:
         try:
             if a.action == fpb.ACTION_CONTRIBUTE:
                 task = assignment_to_task(a)
-                self._select_dataset(a.dataset)
+                if not task.request.kind.startswith("query."):  # queries name their table
+                    self._select_dataset(a.dataset)
                 out.payload = self.node.contribute(task)
                 out.payload_kind = fpb.PAYLOAD_KIND_CONTRIBUTION
             elif a.action == fpb.ACTION_PARTIAL_DECRYPT:
@@ -560,7 +601,7 @@ class Agent:
 
     def _select_dataset(self, name: str) -> None:
         """Make the job's dataset the node's ``"train"`` table (default: the first one)."""
-        if not name:
+        if not name and self._tables:
             name = next(iter(self._tables))
         table = self._tables.get(name)
         if table is None:

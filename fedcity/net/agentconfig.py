@@ -304,7 +304,8 @@ class AgentConfig:
             raise ConfigError(
                 f"{where}: [policy] unknown key(s) {unknown}; allowed: {sorted(_POLICY_KEYS)}"
             )
-        import fedcity.learn  # noqa: F401  (registers the vetted local steps)
+        import fedcity.analytics.local
+        import fedcity.learn  # noqa: F401  (registers the vetted learning steps)
 
         if "allowed_kinds" in policy:
             kinds = policy["allowed_kinds"]

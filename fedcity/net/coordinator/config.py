@@ -94,6 +94,9 @@ class CoordinatorConfig:
     upload_timeout : float
         An upload (or aggregate download) that has not finished after this many seconds is
         cancelled.
+    min_cell_count : int
+        The federation's floor for query cells: a query whose ``min_count`` is lower is
+        refused at submission (each agency's policy may raise it further, never lower it).
     """
 
     listen: str = "127.0.0.1:50051"
@@ -118,6 +121,7 @@ class CoordinatorConfig:
     max_streams: int | None = None
     max_streams_per_principal: int | None = None
     upload_timeout: float = 300.0
+    min_cell_count: int = 10
 
     def __post_init__(self) -> None:
         for name in (
@@ -136,6 +140,12 @@ class CoordinatorConfig:
             raise ValueError(f"liveness_timeout must be positive, got {self.liveness_timeout}")
         if not self.max_wait >= 0:
             raise ValueError(f"max_wait must be >= 0, got {self.max_wait}")
+        if isinstance(self.min_cell_count, bool) or not (
+            isinstance(self.min_cell_count, int) and self.min_cell_count >= 1
+        ):
+            raise ValueError(
+                f"min_cell_count must be a positive integer, got {self.min_cell_count!r}"
+            )
         if self.max_workers < 4:
             raise ValueError(f"max_workers must be at least 4, got {self.max_workers}")
         if self.stall_threshold is None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedcity.analytics.query import query_job_from_spec
 from fedcity.core.aggregation import AggregationScheme
 from fedcity.data.dataset import FeatureSpec
 from fedcity.learn.algorithm import Algorithm
@@ -25,9 +26,11 @@ from fedcity.net.integrity import close_record
 from fedcity.net.store import Event
 from fedcity.v1 import federation_pb2 as fpb
 
-__all__ = ["EVAL_KIND", "JobRuntime", "build", "record_json", "replay"]
+__all__ = ["EVAL_KIND", "QUERY_JOB_TYPE", "JobRuntime", "build", "record_json", "replay"]
 
 EVAL_KIND = "eval.model"
+QUERY_JOB_TYPE = "query"
+"""The job type of federated queries (:mod:`fedcity.analytics`)."""
 
 _STATE_PROTO = {
     "queued": fpb.JOB_STATE_QUEUED,
@@ -120,16 +123,23 @@ def build(rt: JobRuntime, federation: Federation, scheme: AggregationScheme) -> 
             f"the job was submitted under key {spec['key_id']}, the coordinator "
             f"now serves key {key_id}"
         )
-    job = job_from_spec(spec["job_type"], spec["params"], spec["privacy"])
-    feature_spec = messages.feature_spec_from_json(spec["feature_spec"])
-    training = job.algorithm(feature_spec)
-    algorithm: Algorithm = training
-    if spec["evaluate_dataset"]:
-        algorithm = Chain(training, _evaluation_stage(rt, job, training, feature_spec))
-    privacy = getattr(job, "privacy", None)
+    feature_spec: FeatureSpec | None = None
+    training: Chain | None = None
     dp = None
-    if privacy is not None:
-        dp = DPPlan(privacy, n_contributors_min=int(spec["min_agencies"]))
+    algorithm: Algorithm
+    if spec["job_type"] == QUERY_JOB_TYPE:
+        job: Any = query_job_from_spec(spec["params"], spec["privacy"])
+        algorithm = job.algorithm(min_agencies=int(spec["min_agencies"]))
+    else:
+        job = job_from_spec(spec["job_type"], spec["params"], spec["privacy"])
+        feature_spec = messages.feature_spec_from_json(spec["feature_spec"])
+        training = job.algorithm(feature_spec)
+        algorithm = training
+        if spec["evaluate_dataset"]:
+            algorithm = Chain(training, _evaluation_stage(rt, job, training, feature_spec))
+        privacy = getattr(job, "privacy", None)
+        if privacy is not None:
+            dp = DPPlan(privacy, n_contributors_min=int(spec["min_agencies"]))
     driver = JobDriver(
         rt.id,
         algorithm,

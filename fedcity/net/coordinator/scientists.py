@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
+from fedcity.analytics.query import QueryJob, query_job_from_spec
+from fedcity.analytics.spec import QueryError, QuerySpec, TableSchema
 from fedcity.core.errors import JobFailed
 from fedcity.learn.jobs import JOB_TYPES, job_from_spec
 from fedcity.net import messages
@@ -18,6 +20,7 @@ from fedcity.net.coordinator.config import (
     StatusError,
 )
 from fedcity.net.coordinator.runtime import (
+    QUERY_JOB_TYPE,
     JobRuntime,
     build,
 )
@@ -39,12 +42,13 @@ class ScientistCalls(CoordinatorState):
     def submit_job(self, principal: Principal, req: fpb.JobSpec) -> fpb.JobStatus:
         """Validate a job, store it and open its first round."""
         self._require_role(principal, "scientist")
-        if req.job_type not in JOB_TYPES:
+        known = sorted([*JOB_TYPES, QUERY_JOB_TYPE])
+        if req.job_type not in known:
             raise StatusError(
                 Code.INVALID_ARGUMENT,
-                f"unknown job type {messages.shown(req.job_type)}; known types: "
-                f"{sorted(JOB_TYPES)}",
+                f"unknown job type {messages.shown(req.job_type)}; known types: {known}",
             )
+        query = req.job_type == QUERY_JOB_TYPE
         try:
             params = messages.parse_json_object(req.params_json, "params_json")
             privacy = (
@@ -52,7 +56,10 @@ class ScientistCalls(CoordinatorState):
                 if req.privacy_json
                 else None
             )
-            job_from_spec(req.job_type, params, privacy)  # validates before anything else
+            if query:  # validates before anything else
+                self._check_query(req, query_job_from_spec(params, privacy))
+            else:
+                job_from_spec(req.job_type, params, privacy)
         except ValueError as exc:
             raise StatusError(Code.INVALID_ARGUMENT, _reason(str(exc))) from exc
         if not req.dataset:
@@ -103,20 +110,53 @@ class ScientistCalls(CoordinatorState):
             )
             return rt.status()
 
-    def _job_spec(
-        self,
-        req: fpb.JobSpec,
-        params: dict[str, Any],
-        privacy: dict[str, Any] | None,
-        principal: Principal,
-    ) -> dict[str, Any]:
-        """Resolve participants and check they can run the job together (lock held)."""
-        order = list(self.federation.agencies)
-        holders = [a for a in order if req.dataset in self._datasets.get(a, {})]
-        if not holders:
-            raise StatusError(
-                Code.NOT_FOUND, f"no registered agency offers dataset {req.dataset!r}"
+    def _check_query(self, req: fpb.JobSpec, job: QueryJob) -> None:
+        """A query's table and disclosure floor (its columns are checked per participant)."""
+        if req.dataset and req.dataset != job.spec.table:
+            raise ValueError(
+                f"the job names dataset {messages.shown(req.dataset)}, its query reads table "
+                f"{job.spec.table!r}; leave dataset empty or make them agree"
             )
+        if req.evaluate_dataset:
+            raise ValueError("a query has no model to evaluate; leave evaluate_dataset empty")
+        req.dataset = job.spec.table
+        floor = self.config.min_cell_count
+        if job.spec.disclosure.min_count < floor:
+            raise ValueError(
+                f"the query releases cells of {job.spec.disclosure.min_count} rows or more; "
+                f"this federation's minimum is {floor} (disclosure.min_count)"
+            )
+
+    def _query_participants(self, req: fpb.JobSpec, params: dict[str, Any]) -> dict[str, Any]:
+        """Holders of the query's table, each schema checked against the query (lock held)."""
+        order = list(self.federation.agencies)
+        holders = [a for a in order if req.dataset in self._tables.get(a, {})]
+        if not holders:
+            offered = sorted({t for tables in self._tables.values() for t in tables})
+            raise StatusError(
+                Code.NOT_FOUND,
+                f"unknown table {req.dataset!r}: no registered agency offers it "
+                f"(tables offered: {offered[:20]})",
+            )
+        participants = self._participants(req, holders, f"table {req.dataset!r}")
+        spec = QuerySpec.from_dict(params)
+        for agency in participants:
+            schema = TableSchema(req.dataset, self._tables[agency][req.dataset])
+            try:
+                spec.validate_against(schema)
+            except QueryError as exc:
+                raise StatusError(
+                    Code.INVALID_ARGUMENT, _reason(f"agency {agency!r}: {exc}")
+                ) from exc
+        first = self._tables[participants[0]][req.dataset]
+        return {
+            "agencies": participants,
+            "table_schema": messages.table_schema_to_json(req.dataset, first),
+        }
+
+    def _participants(self, req: fpb.JobSpec, holders: list[str], what: str) -> list[str]:
+        """The job's agencies: those it names (each must hold ``what``) or every holder."""
+        order = list(self.federation.agencies)
         unknown = [a for a in req.agencies if a not in self.federation.agencies]
         if unknown:
             raise StatusError(
@@ -127,9 +167,30 @@ class ScientistCalls(CoordinatorState):
         if lacking:
             raise StatusError(
                 Code.FAILED_PRECONDITION,
-                f"agencies {lacking} have not registered dataset {req.dataset!r} "
-                f"(it is offered by {holders})",
+                f"agencies {lacking} have not registered {what} (it is offered by {holders})",
             )
+        return participants
+
+    def _job_spec(
+        self,
+        req: fpb.JobSpec,
+        params: dict[str, Any],
+        privacy: dict[str, Any] | None,
+        principal: Principal,
+    ) -> dict[str, Any]:
+        """Resolve participants and check they can run the job together (lock held)."""
+        order = list(self.federation.agencies)
+        query: dict[str, Any] = {}
+        if req.job_type == QUERY_JOB_TYPE:
+            query = self._query_participants(req, params)
+            participants = query["agencies"]
+        else:
+            holders = [a for a in order if req.dataset in self._datasets.get(a, {})]
+            if not holders:
+                raise StatusError(
+                    Code.NOT_FOUND, f"no registered agency offers dataset {req.dataset!r}"
+                )
+            participants = self._participants(req, holders, f"dataset {req.dataset!r}")
         t = self.federation.threshold
         holder = self.federation.key_holder
         if holder is not None and holder not in participants:
@@ -147,6 +208,8 @@ class ScientistCalls(CoordinatorState):
                 f"{n} agencies {participants} take part; the job needs at least {need} "
                 f"(min_agencies={min_agencies}, key threshold t={t})",
             )
+        if query:
+            return self._spec_record(req, params, privacy, principal, participants, min_agencies)
         spec = self._datasets[participants[0]][req.dataset]
         differ = [a for a in participants if self._datasets[a][req.dataset] != spec]
         if differ:
@@ -169,6 +232,28 @@ class ScientistCalls(CoordinatorState):
                     f"agencies {missing} do not offer evaluation dataset "
                     f"{req.evaluate_dataset!r} with the training dataset's columns",
                 )
+        return self._spec_record(
+            req,
+            params,
+            privacy,
+            principal,
+            participants,
+            min_agencies,
+            feature_spec=messages.feature_spec_to_json(spec),
+        )
+
+    def _spec_record(
+        self,
+        req: fpb.JobSpec,
+        params: dict[str, Any],
+        privacy: dict[str, Any] | None,
+        principal: Principal,
+        participants: list[str],
+        min_agencies: int,
+        *,
+        feature_spec: str | None = None,
+    ) -> dict[str, Any]:
+        """The job as stored: everything needed to rebuild it after a restart."""
         return {
             "job_type": req.job_type,
             "params": params,
@@ -178,7 +263,7 @@ class ScientistCalls(CoordinatorState):
             "agencies": participants,
             "min_agencies": min_agencies,
             "share_index_of": self.federation.share_index_of(participants),
-            "feature_spec": messages.feature_spec_to_json(spec),
+            "feature_spec": feature_spec,
             "key_id": self.federation.key_id.hex(),
             "submitted_by": principal.name,
         }

@@ -244,6 +244,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="a longer gap in the coordinator's own clock is its stall, left out of deadlines",
     )
+    p.add_argument(
+        "--min-cell-count",
+        type=int,
+        default=10,
+        metavar="N",
+        help="smallest cell (rows) a federated query may release (default: 10)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -286,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_streams_per_principal=args.max_streams_per_principal,
             upload_timeout=args.upload_timeout,
             stall_threshold=args.stall_threshold,
+            min_cell_count=args.min_cell_count,
         )
         server = serve(config)
     except (AuthError, CeremonyError, StoreError, OSError, ValueError) as exc:

@@ -40,6 +40,7 @@ from fedcity.net.coordinator.config import (
 from fedcity.net.coordinator.liveness import Liveness, ProgressClock
 from fedcity.net.coordinator.runtime import (
     EVAL_KIND,
+    QUERY_JOB_TYPE,
     JobRuntime,
     build,
     record_json,
@@ -323,7 +324,12 @@ class CoordinatorState:
 
     def _result_json(self, rt: JobRuntime) -> str:
         driver, job = rt.driver, rt.job
-        assert driver is not None and rt.training is not None and rt.feature_spec is not None
+        assert driver is not None
+        seconds = max(time.time() - rt.created, 0.0)
+        if rt.spec["job_type"] == QUERY_JOB_TYPE:
+            result = job.result(rt.algorithm, history=driver.records, job_id=rt.id, seconds=seconds)
+            return str(result.to_json())
+        assert rt.training is not None and rt.feature_spec is not None
         metrics = None
         if isinstance(rt.algorithm, Chain) and rt.algorithm is not rt.training:
             evaluation = rt.algorithm.second
@@ -335,7 +341,7 @@ class CoordinatorState:
             rt.feature_spec,
             history=history,
             job_id=rt.id,
-            seconds=max(time.time() - rt.created, 0.0),
+            seconds=seconds,
             dp=rt.dp,
         )
         spec = rt.spec
