@@ -10,6 +10,8 @@
     fedcity job submit --coordinator HOST:PORT --token-file F --ca-file tls/ca.pem
                        --type logistic_regression --params '{"C": 1.0}' --dataset inspections
     fedcity job watch JOB | job result JOB [--out result.json] | job cancel JOB
+    fedcity query run spec.toml [--out cells.csv] [--plot chart.png]   (connection as for job)
+    fedcity query check spec.toml | query result JOB [--out F] [--plot F]
     fedcity agencies list
 
 Connection options may also come from ``FEDCITY_COORDINATOR``, ``FEDCITY_TOKEN_FILE`` and
@@ -266,6 +268,41 @@ def build_parser() -> _Parser:
     cancel = job.add_parser("cancel", parents=[connection], help="cancel a job")
     cancel.add_argument("job_id", metavar="JOB")
 
+    query = commands.add_parser("query", help="federated queries").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    check = query.add_parser("check", help="validate a query spec (TOML) without sending it")
+    check.add_argument("spec", type=Path, metavar="SPEC.toml")
+    outputs = _Parser(add_help=False)
+    outputs.add_argument(
+        "--out", type=Path, default=None, help="also write the table (.csv, .parquet or .json)"
+    )
+    outputs.add_argument(
+        "--plot", type=Path, default=None, metavar="FILE", help="draw a chart (.png or .svg)"
+    )
+    outputs.add_argument("--force", action="store_true", help="overwrite --out/--plot files")
+    qrun = query.add_parser(
+        "run", parents=[connection, outputs], help="run a query and print its table"
+    )
+    qrun.add_argument("spec", type=Path, metavar="SPEC.toml")
+    qrun.add_argument(
+        "--agencies", type=_names, default=[], metavar="A,B", help="participants (default: all)"
+    )
+    qrun.add_argument(
+        "--min-agencies",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="fewest contributors per round (default: the coordinator's)",
+    )
+    qrun.add_argument(
+        "--timeout", type=_positive_float, default=None, metavar="SECONDS", help="give up after"
+    )
+    qresult = query.add_parser(
+        "result", parents=[connection, outputs], help="print a finished query's table"
+    )
+    qresult.add_argument("job_id", metavar="JOB")
+
     agencies = commands.add_parser("agencies", help="agencies the coordinator knows")
     agencies_actions = agencies.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = agencies_actions.add_parser("list", parents=[connection], help="list agencies")
@@ -433,6 +470,49 @@ def _job(args: argparse.Namespace) -> int:
     raise _UsageError(f"unknown job action {args.action!r}")  # pragma: no cover
 
 
+def _query(args: argparse.Namespace) -> int:
+    from fedcity.analytics.spec import QuerySpec
+
+    if args.action == "check":
+        spec = QuerySpec.from_toml(args.spec)
+        print(
+            f"{args.spec}: valid query on table {spec.table!r}: {spec.n_cells} cells, "
+            f"{len(spec.aggregates)} aggregates, cells under {spec.disclosure.min_count} rows "
+            "suppressed"
+        )
+        return EXIT_OK
+    for path in (args.out, args.plot):
+        if path is not None and path.exists() and not args.force:
+            raise _UsageError(f"{path} exists; use --force to overwrite it")
+    with _client(args) as client:
+        if args.action == "run":
+            spec = QuerySpec.from_toml(args.spec)  # a bad spec fails here, before any call
+            job_id = client.submit_query(
+                spec, agencies=args.agencies, min_agencies=args.min_agencies
+            )
+            print(f"query {job_id} submitted", file=sys.stderr, flush=True)
+            if _watch(client, job_id, args.timeout) != EXIT_OK:
+                return EXIT_FAILURE
+        else:
+            job_id = args.job_id
+        result = client.query_result(job_id)
+    print(result)
+    if args.out is not None:
+        suffix = args.out.suffix.lower()
+        if suffix == ".csv":
+            result.to_csv(args.out)
+        elif suffix in (".parquet", ".pq"):
+            result.to_parquet(args.out)
+        elif suffix == ".json":
+            args.out.write_text(result.to_json(), encoding="utf-8")
+        else:
+            raise _UsageError(f"--out {args.out}: use a .csv, .parquet or .json file")
+        print(f"table written to {args.out}", file=sys.stderr)
+    if args.plot is not None:
+        print(f"chart written to {result.plot(args.plot)}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _agencies(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -447,6 +527,7 @@ def _agencies(args: argparse.Namespace) -> int:
                 "connected": i.connected,
                 "last_seen_unix": i.last_seen_unix,
                 "datasets": {n: json.loads(feature_spec_to_json(s)) for n, s in i.datasets.items()},
+                "tables": i.tables,
             }
             for i in infos
         ]
@@ -455,7 +536,7 @@ def _agencies(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("agency", "connected", "last seen (UTC)", "datasets")
+    table = Table("agency", "connected", "last seen (UTC)", "datasets", "query tables")
     for i in infos:
         seen = (
             dt.datetime.fromtimestamp(i.last_seen_unix, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -465,7 +546,8 @@ def _agencies(args: argparse.Namespace) -> int:
         sets = ", ".join(
             f"{n} ({len(s.features)} features, label {s.label})" for n, s in i.datasets.items()
         )
-        table.add_row(i.name, "yes" if i.connected else "no", seen, sets or "-")
+        tables = ", ".join(f"{n} ({len(c)} columns)" for n, c in i.tables.items())
+        table.add_row(i.name, "yes" if i.connected else "no", seen, sets or "-", tables or "-")
     Console().print(table)
     return EXIT_OK
 
@@ -479,6 +561,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _agent_run(args)
     if args.command == "job":
         return _job(args)
+    if args.command == "query":
+        return _query(args)
     if args.command == "agencies":
         return _agencies(args)
     raise _UsageError(f"unknown command {args.command!r}")  # pragma: no cover
@@ -492,6 +576,7 @@ _KNOWN_ERRORS = (
     ("fedcity.net.client", "ClientError"),
     ("fedcity.crypto.errors", "CryptoError"),
     ("fedcity.data.dataset", "DataError"),
+    ("fedcity.analytics.spec", "QueryError"),
 )
 
 

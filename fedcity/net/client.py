@@ -22,7 +22,8 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -130,12 +131,15 @@ class AgencyInfo:
     last_seen_unix : float
     datasets : dict of str to FeatureSpec
         The datasets it offers, with their declared columns.
+    tables : dict of str to dict
+        The tables it offers to queries: column name → type.
     """
 
     name: str
     connected: bool
     last_seen_unix: float
     datasets: dict[str, FeatureSpec]
+    tables: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class Client:
@@ -394,6 +398,63 @@ class Client:
             )
         return str(reply.result_json)
 
+    def submit_query(
+        self,
+        spec: Any,
+        *,
+        agencies: Sequence[str] = (),
+        min_agencies: int = 0,
+    ) -> str:
+        """Submit a federated query (:mod:`fedcity.analytics`); returns its job id.
+
+        Parameters
+        ----------
+        spec : QuerySpec, mapping or path
+            The query: a :class:`~fedcity.analytics.QuerySpec`, its dict form, or a TOML file.
+            It is validated here first, so a bad spec fails before anything is sent.
+        agencies : sequence of str, optional
+            Participants (default: every registered agency offering the query's table).
+        min_agencies : int, default 0
+            Fewest contributors per round (0: the coordinator's default).
+
+        Raises
+        ------
+        QueryError
+            An invalid spec (the message names the problem).
+        ClientError
+            The coordinator refused it (e.g. a column an agency's table lacks).
+        """
+        from fedcity.analytics.spec import QuerySpec
+
+        if isinstance(spec, str | os.PathLike):
+            spec = QuerySpec.from_toml(Path(spec))
+        elif not isinstance(spec, QuerySpec):
+            spec = QuerySpec.from_dict(spec)
+        return self.submit(
+            "query",
+            json.loads(spec.to_json()),
+            spec.table,
+            agencies=agencies,
+            min_agencies=min_agencies,
+        )
+
+    def query_result(self, job_id: str) -> Any:
+        """The :class:`~fedcity.analytics.QueryResult` of a finished query.
+
+        Raises
+        ------
+        ClientError
+            The job has not succeeded, or it is not a query.
+        """
+        from fedcity.analytics.result import QueryResult
+        from fedcity.analytics.spec import QueryError
+
+        text = self.result_text(job_id)
+        try:
+            return QueryResult.from_json(text)
+        except QueryError as exc:
+            raise ClientError(f"job {job_id} did not return a query result: {exc}") from exc
+
     def result(self, job_id: str) -> dict[str, Any]:
         """The parsed result of a finished job: history, model, preprocessing, metrics, privacy.
 
@@ -445,7 +506,7 @@ class Client:
         ------
         ClientError
         """
-        from fedcity.net.messages import MessageError, feature_spec_from_json
+        from fedcity.net.messages import MessageError, feature_spec_from_json, parse_tables
 
         reply = self._unary("ListAgencies", fpb.ListAgenciesRequest())
         out = []
@@ -456,7 +517,11 @@ class Client:
                     datasets[d.name] = feature_spec_from_json(d.feature_spec_json)
                 except MessageError as exc:
                     raise ClientError(f"agency {info.name!r} dataset {d.name!r}: {exc}") from exc
-            out.append(AgencyInfo(info.name, info.connected, info.last_seen_unix, datasets))
+            try:
+                tables = parse_tables(info.tables)
+            except MessageError as exc:
+                raise ClientError(f"agency {info.name!r}: {exc}") from exc
+            out.append(AgencyInfo(info.name, info.connected, info.last_seen_unix, datasets, tables))
         return out
 
     def cancel(self, job_id: str) -> JobEvent:
