@@ -71,6 +71,15 @@ class JobRuntime:
     decrypt_handed: dict[int, set[str]] = field(default_factory=dict)
     signatures: dict[int, dict[str, bytes]] = field(default_factory=dict)
     """Round → agency → the signature of its accepted contribution (shown to decryptors)."""
+    left: dict[str, str] = field(default_factory=dict)
+    """Agency → why it left the job (its decline reason, or the coordinator's drop reason)."""
+
+    def with_reasons(self, failure: str) -> str:
+        """A failure message followed by why each agency that left did so."""
+        if not self.left or "why agencies left" in failure:
+            return failure
+        why = "; ".join(f"{a}: {r}" for a, r in self.left.items())
+        return messages.clipped(f"{failure} — why agencies left: {why}", 1500)
 
     @property
     def running(self) -> bool:
@@ -208,6 +217,8 @@ def replay(rt: JobRuntime, events: Sequence[Event], now: float) -> None:
             driver.close_collection()
         elif ev.type == "drop":
             assert ev.agency is not None
+            if ev.payload is not None:
+                rt.left[ev.agency] = ev.payload.decode(errors="replace")
             driver.drop(ev.agency)
         elif ev.type == "cancel":
             raise ValueError(f"event {ev.seq} cancelled the job, yet it is stored as running")

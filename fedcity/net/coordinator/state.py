@@ -212,6 +212,8 @@ class CoordinatorState:
         before = len(driver.records)
         failure: str | None = None
         out: Any = None
+        if kind == "drop" and agency is not None and payload is not None:
+            rt.left[agency] = payload.decode(errors="replace")
         try:
             out = call()
         except ProtocolError:
@@ -232,6 +234,8 @@ class CoordinatorState:
             except Exception as exc:
                 log.exception("job %s: building the result failed", rt.id)
                 failure = f"building the result failed: {type(exc).__name__}: {exc}"
+        if failure is not None:
+            failure = rt.with_reasons(failure)
         state = "failed" if failure is not None else "succeeded" if result is not None else None
         update = JobUpdate(
             state=state or "running",
@@ -313,6 +317,7 @@ class CoordinatorState:
 
     def _fail(self, rt: JobRuntime, reason: str) -> None:
         """Mark a job failed outside an event (e.g. decryption timed out)."""
+        reason = rt.with_reasons(reason)
         try:
             self.store.update_job(
                 rt.id, JobUpdate("failed", failure=reason, rounds_done=rt.rounds_done)
