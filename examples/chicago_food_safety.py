@@ -10,6 +10,7 @@ Data: City of Chicago, github.com/Chicago/food-inspections-evaluation (MIT licen
 as described in ../shared/data/README.md. Pass its folder with --data, or set FEDCITY_DATA.
 
     .venv/bin/python examples/chicago_food_safety.py [--data ../shared/data] [--key-bits 2048]
+        [--plot charts/chicago]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=int, default=5, help="districts needed to decrypt")
     parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength, as sklearn")
     parser.add_argument("--workers", type=int, default=2, help="crypto worker processes")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help="save charts (PNG and SVG: training, participation, coefficients, ROC and "
+        "calibration from the federated evaluation) in DIR",
+    )
     args = parser.parse_args(argv)
     console = Console()
     try:
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ) as federation:
         console.print(f"dealt a {args.key_bits}-bit {args.threshold}-of-{len(data.agencies)} key")
         result = LogisticRegressionJob(C=args.C).fit(federation, progress=True)
-        metrics = federation.evaluate(result, test_agencies)
+        metrics = federation.evaluate(result, test_agencies, progress=True)
     seconds = time.perf_counter() - start
 
     pooled = make_pipeline(
@@ -98,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(result.history_)} rounds ({newton} Newton), "
         f"{result.bytes_per_agency_ / 1024:.1f} KiB uploaded per district, {seconds:.1f} s"
     )
+    if args.plot is not None:
+        paths = result.plot(args.plot, metrics)
+        charts = ", ".join(sorted({p.stem for p in paths}))
+        console.print(f"charts ({charts}) saved in {args.plot.resolve()}")
     gap = abs(metrics["roc_auc"] - pooled_auc)
     ok = gap <= 0.003 and metrics["roc_auc"] >= 0.679
     console.print(("[green]" if ok else "[red]") + f"|federated - pooled| AUC = {gap:.4f}[/]")

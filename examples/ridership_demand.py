@@ -7,7 +7,7 @@ that each year's records sit with a different agency. A ridge demand model is tr
 by one encrypted federated round, evaluated by a secure sum on the held-out days, and compared
 with the same model fitted on the pooled data.
 
-    .venv/bin/python examples/ridership_demand.py [--key-bits 2048] [--alpha 1.0]
+    .venv/bin/python examples/ridership_demand.py [--key-bits 2048] [--alpha 1.0] [--plot DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=int, default=3)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="DIR",
+        help="save charts (PNG and SVG: training, participation, coefficients) in DIR",
+    )
     args = parser.parse_args(argv)
     console = Console()
     data = load_chicago_ridership()
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         list(data.agencies), threshold=args.threshold, key_bits=args.key_bits, workers=args.workers
     ) as federation:
         result = RidgeJob(alpha=args.alpha).fit(federation, progress=True)
-        metrics = federation.evaluate(result, test_agencies)
+        metrics = federation.evaluate(result, test_agencies, progress=True)
     seconds = time.perf_counter() - start
 
     pooled = make_pipeline(
@@ -85,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(result.history_)} rounds, {result.bytes_per_agency_ / 1024:.1f} KiB uploaded per "
         f"agency, {seconds:.1f} s"
     )
+    if args.plot is not None:
+        paths = result.plot(args.plot, metrics)
+        charts = ", ".join(sorted({p.stem for p in paths}))
+        console.print(f"charts ({charts}) saved in {args.plot.resolve()}")
     gap = abs(metrics["rmse"] - root_mean_squared_error(y, pred)) / root_mean_squared_error(y, pred)
     return 0 if gap < 1e-3 else 1
 
