@@ -56,7 +56,12 @@ def _toml_list(values: Any) -> str:
 
 
 def _write_agency(
-    out: Path, agency: str, cities: dict[str, SyntheticCity], port: int, key_file: Path
+    out: Path,
+    agency: str,
+    cities: dict[str, SyntheticCity],
+    port: int,
+    key_file: Path,
+    holdout: bool = False,
 ) -> Path:
     folder = out / "agencies" / agency
     lines = [
@@ -76,14 +81,20 @@ def _write_agency(
         data.to_frame().to_csv(path, index=False)
         spec = city.spec
         cats = ", ".join(f"{c} = {_toml_list(v)}" for c, v in spec.categorical.items())
-        lines += [
-            "",
-            f"[datasets.{name}]",
-            f'path = "data/{name}.csv"',
-            f"numeric = {_toml_list(spec.numeric)}",
-            f"categorical = {{ {cats} }}",
-            f'label = "{spec.label}"',
-        ]
+        tables = [name]
+        if holdout:  # this district's held-out rows, for a federated evaluation
+            rows = city.test[city.test["district"] == agency].drop(columns="district")
+            rows.to_csv(folder / "data" / f"{name}_holdout.csv", index=False)
+            tables.append(f"{name}_holdout")
+        for table in tables:
+            lines += [
+                "",
+                f"[datasets.{table}]",
+                f'path = "data/{table}.csv"',
+                f"numeric = {_toml_list(spec.numeric)}",
+                f"categorical = {{ {cats} }}",
+                f'label = "{spec.label}"',
+            ]
     config = folder / "agency.toml"
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return config
@@ -171,6 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="run folder (default runs/demo-<time>)"
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per job at most")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also evaluate each model federatedly on the districts' held-out rows and save "
+        "its charts (PNG and SVG: training, participation, coefficients, ROC, calibration) "
+        "in DIR (default: no charts)",
+    )
     args = parser.parse_args(argv)
     if not 2 <= args.agencies <= 50:
         parser.error("--agencies must lie between 2 and 50")
@@ -205,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, (task, _, _) in MODELS.items()
     }
     port = _free_port()
-    configs = [_write_agency(out, a, cities, port, files.key_file(a)) for a in agencies]
+    configs = [
+        _write_agency(out, a, cities, port, files.key_file(a), holdout=args.plot is not None)
+        for a in agencies
+    ]
     sizes = ", ".join(f"{a.agency}: {a.n_samples:,}" for a in cities["flood_risk"].agencies)
     console.print(f"[bold]2. data[/]: each agency's rows stay in its own folder ({sizes})")
 
@@ -263,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         for name, (_, job_type, params) in MODELS.items():
             console.print(f"[bold]4. job[/]: {job_type} on {name!r}")
-            job_id = client.submit(job_type, params, name)
+            evaluate = f"{name}_holdout" if args.plot is not None else ""
+            job_id = client.submit(job_type, params, name, evaluate_dataset=evaluate)
             t0 = time.perf_counter()
             for event in client.watch(job_id, console=console, timeout=args.timeout):
                 del event
@@ -296,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, item in results.items():
         rounds = len(item["result"].get("history", []))
         console.print(f"{name}: job {item['job_id']}, {rounds} rounds, {item['seconds']:.1f} s")
+    if args.plot is not None:
+        from fedcity.plots import save_job_plots
+
+        for name, item in results.items():
+            paths = save_job_plots(item["result"], args.plot / name)
+            charts = ", ".join(sorted({p.stem for p in paths}))
+            console.print(f"charts of {name} ({charts}) saved in {(args.plot / name).resolve()}")
     console.print(
         f"models and histories saved in {out / 'results'}; logs in {out}; all processes stopped "
         f"({time.perf_counter() - started:.0f} s in all)"
