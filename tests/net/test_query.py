@@ -153,7 +153,14 @@ def federation(tmp_path_factory):
     while sum(a.connected for a in client.agencies()) < len(AGENCIES):
         assert time.monotonic() < deadline, "agents did not connect"
         time.sleep(0.1)
-    connect = ["--coordinator", address, "--ca-file", str(files.ca_cert), "--token-file", str(token)]
+    connect = [
+        "--coordinator",
+        address,
+        "--ca-file",
+        str(files.ca_cert),
+        "--token-file",
+        str(token),
+    ]
     try:
         yield {
             "root": root,
@@ -180,9 +187,7 @@ def _run(federation, capsys, spec_text: str, *extra: str) -> tuple[int, str, str
     return code, out.out, out.err
 
 
-def test_query_over_the_network_equals_pandas_and_suppresses_the_solo_ward(
-    federation, capsys
-):
+def test_query_over_the_network_equals_pandas_and_suppresses_the_solo_ward(federation, capsys):
     spec = SPEC.replace("min_count = 10", "min_count = 12")
     out_csv = federation["root"] / "cells.csv"
     chart = federation["root"] / "chart.png"
