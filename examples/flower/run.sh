@@ -12,7 +12,9 @@
 # by default in Flower 1.41); the apps run in this virtualenv, which has fedcity installed.
 #
 # Environment: PYTHON_BIN (default .venv/bin of the repository), KEY_BITS (default 2048),
-# ROUNDS (default 3), WORK (default a new temporary directory), PORT (default 39191).
+# ROUNDS (default 3), WORK (default a new temporary directory), PORT (default 39191),
+# EVALUATE (fraction of nodes evaluating, default 1.0), RECORD_DIR (where the ServerApp writes
+# the train replies it received; default none).
 set -euo pipefail
 
 MODE="${1:-simulation}"
@@ -23,6 +25,8 @@ BIN="${PYTHON_BIN:-$REPO/.venv/bin}"
 KEY_BITS="${KEY_BITS:-2048}"
 ROUNDS="${ROUNDS:-3}"
 PORT="${PORT:-39191}"
+EVALUATE="${EVALUATE:-1.0}"
+RECORD_DIR="${RECORD_DIR:-}"
 WORK="${WORK:-$(mktemp -d -t fedcity-flower-XXXXXX)}"
 export FLWR_HOME="$WORK/flwr-home"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
@@ -84,7 +88,7 @@ done
 echo "== flwr run ($MODE, $ROUNDS rounds)"
 START=$(date +%s)
 "$BIN/flwr" run "$HERE" "$MODE" --stream \
-  --run-config "num-server-rounds=$ROUNDS fedcity-public-key=\"$WORK/keys/public.json\" fedcity-key-dir=\"$WORK/keys\"" \
+  --run-config "num-server-rounds=$ROUNDS fedcity-public-key=\"$WORK/keys/public.json\" fedcity-key-dir=\"$WORK/keys\" fraction-evaluate=$EVALUATE fedcity-record-dir=\"$RECORD_DIR\"" \
   2>&1 | tee "$WORK/logs/run.log"
 echo "== finished in $(( $(date +%s) - START )) s; logs in $WORK/logs"
 grep -q "FEDCITY-SUMMARY" "$WORK/logs/run.log"

@@ -29,7 +29,12 @@ def train_fn(msg: Message, context: Context) -> Message:
         lr=float(context.run_config["learning-rate"]),
     )
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(y)})
-    return Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in new.items()}), "metrics": metrics}), reply_to=msg)
+    return Message(
+        RecordDict(
+            {"arrays": ArrayRecord({k: Array(v) for k, v in new.items()}), "metrics": metrics}
+        ),
+        reply_to=msg,
+    )
 
 
 @app.evaluate()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
-from flwr.app import Array, ArrayRecord, Context
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid, ServerApp
 
 from fedcity.flower import SecureFedAvg
@@ -13,14 +17,36 @@ from fedcity_flower_example.task import initial_model
 app = ServerApp()
 
 
+class RecordingSecureFedAvg(SecureFedAvg):
+    """SecureFedAvg that also writes every train reply it receives, serialized, to a folder.
+
+    With ``fedcity-record-dir`` set, the files show exactly what reached the ServerApp through
+    the SuperLink: ciphertexts, key ids and share indices (tests/flower scans them).
+    """
+
+    def __init__(self, record_dir: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.record_dir = Path(record_dir) if record_dir else None
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+        replies = list(replies)
+        if self.record_dir is not None:
+            self.record_dir.mkdir(parents=True, exist_ok=True)
+            for i, msg in enumerate(replies):
+                path = self.record_dir / f"round{server_round}-reply{i}.bin"
+                path.write_bytes(message_to_proto(msg).SerializeToString())
+        return super().aggregate_train(server_round, replies)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
-    strategy = SecureFedAvg(  # a plain Flower app has FedAvg( here
+    strategy = RecordingSecureFedAvg(  # a plain Flower app has FedAvg( here
+        str(cfg["fedcity-record-dir"]),
         str(cfg["fedcity-public-key"]),
         max_weight=float(cfg["fedcity-max-weight"]),
         clip=1.0,
-        fraction_evaluate=1.0,
+        fraction_evaluate=float(cfg["fraction-evaluate"]),
         min_train_nodes=3,
         min_evaluate_nodes=3,
         min_available_nodes=3,
@@ -42,8 +68,7 @@ def main(grid: Grid, context: Context) -> None:
             }
             for r in strategy.rounds_
         ],
-        "evaluate": {
-            str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()
-        },
+        "model": {k: result.arrays[k].numpy().tolist() for k in result.arrays},
+        "evaluate": {str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()},
     }
     print("FEDCITY-SUMMARY " + json.dumps(summary), flush=True)
