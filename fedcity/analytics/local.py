@@ -253,10 +253,7 @@ class LocalTable:
                 f"{where}: declared column(s) {missing} are not in the data (it has {columns[:30]})"
             )
         self._validate_types(where)
-        select = ", ".join(
-            f"TRY_CAST({quote_ident(c)} AS {_SQL_TYPES[t]}) AS {quote_ident(c)}"
-            for c, t in schema.columns.items()
-        )
+        select = ", ".join(_load_expr(c, t) for c, t in schema.columns.items())
         if materialize is None:
             materialize = kind == "csv"
         what = "TABLE" if materialize else "VIEW"
@@ -334,9 +331,11 @@ class LocalTable:
         """Offset fixed-point integer ``round(clip(x) · 10^d) - LO`` in ``[0, HI - LO]``."""
         d, lo_units, _ = spec.columns[col].units(col)
         lo, hi = spec.columns[col].clip or (0.0, 0.0)
-        params.extend([lo, hi, float(10**d), lo_units])
+        params.extend([lo, lo, hi, hi, float(10**d), lo_units])
+        x = f"CAST({quote_ident(col)} AS DOUBLE)"
+        # CASE keeps NULL as NULL (least/greatest would ignore it and return a bound)
         return (
-            f"(CAST(round(least(greatest(CAST({quote_ident(col)} AS DOUBLE), ?), ?) * ?) "
+            f"(CAST(round(CASE WHEN {x} < ? THEN ? WHEN {x} > ? THEN ? ELSE {x} END * ?) "
             "AS BIGINT) - ?)"
         )
 
@@ -525,6 +524,15 @@ class LocalTable:
                 for name in registered:
                     self._con.unregister(name)
         return {(int(t), int(b)): int(c) for t, b, c in rows}
+
+
+def _load_expr(column: str, kind: str) -> str:
+    """The typed column of the loaded table (a float NaN counts as missing, like pandas)."""
+    q = quote_ident(column)
+    cast = f"TRY_CAST({q} AS {_SQL_TYPES[kind]})"
+    if kind == "float":
+        cast = f"CASE WHEN isnan({cast}) THEN NULL ELSE {cast} END"
+    return f"{cast} AS {q}"
 
 
 # -- the vetted local steps --------------------------------------------------------------------

@@ -453,12 +453,17 @@ class QueryAlgorithm(Algorithm):
         spec = self.spec
         keys = {q.key: i for i, q in enumerate(self.quantities)}
         flat_mask = self.mask_.reshape(-1)
+        assert self.agencies_ is not None
+        flat_agencies = self.agencies_.reshape(-1)
+        zero = (0,) * len(self.quantities)
         out: dict[str, list[Any]] = {}
         for a in spec.aggregates:
             names = _output_columns(spec, a.name)
             cols: dict[str, list[Any]] = {n: [] for n in names}
             for cell in range(spec.n_cells):
                 vals = self.totals_.values.get(cell)
+                if vals is None and flat_agencies[cell] == 0:
+                    vals = zero  # no agency has a matching row: every total is 0
                 if vals is None or flat_mask[cell]:
                     for n in names:
                         cols[n].append(None)
