@@ -408,6 +408,8 @@ def _restore(series: pd.Series, dtype: str) -> pd.Series:
         return series.astype(np.int64)
     if dtype.startswith("float"):
         return series.astype(float)
+    if dtype in ("str", "string"):
+        return series.astype(dtype)
     return series.astype(object)
 
 
