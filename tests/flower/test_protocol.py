@@ -1,0 +1,138 @@
+"""The sans-IO record layout and update encoding of fedcity.flower."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedcity.crypto import KeyFileError
+from fedcity.flower import FlowerKeyFiles, RoundSpec, load_node_key
+from fedcity.flower.__main__ import main as cli
+from fedcity.flower.keys import shared_public_key
+from fedcity.flower.protocol import (
+    STAGE_TRAIN,
+    apply_average,
+    array_to_bytes,
+    bytes_to_array,
+    encode_update,
+)
+
+SPEC = RoundSpec(b"k" * 16, 1.0, 20, 10, 50.0, 512, 1)
+
+
+def record(**arrays: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=80), min_size=1, max_size=6),
+    st.integers(min_value=0, max_value=2**31),
+)
+def test_encoded_updates_sum_to_the_sample_weighted_average(weights: list[int], seed: int) -> None:
+    if sum(min(w, SPEC.max_weight) for w in weights) == 0:
+        weights = [*weights[:-1], 1]
+    rng = np.random.default_rng(seed)
+    g = record(a=rng.normal(size=(3, 2)).astype(np.float32), b=rng.normal(size=4))
+    locals_ = [
+        record(
+            a=(g["a"].numpy() + rng.uniform(-1, 1, (3, 2))).astype(np.float32),
+            b=g["b"].numpy() + rng.uniform(-1, 1, 4),
+        )
+        for _ in weights
+    ]
+    total = sum(encode_update(g, loc, w, SPEC) for loc, w in zip(locals_, weights, strict=True))
+    new = apply_average(g, np.asarray(total), SPEC)
+    capped = [min(w, SPEC.max_weight) for w in weights]
+    for name in ("a", "b"):
+        want = (
+            sum(
+                c * (loc[name].numpy().astype(np.float64) - g[name].numpy().astype(np.float64))
+                for c, loc in zip(capped, locals_, strict=True)
+            )
+            / sum(capped)
+            + g[name].numpy()
+        )
+        assert new[name].numpy().dtype == g[name].numpy().dtype
+        np.testing.assert_allclose(new[name].numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_encode_update_validates_its_inputs() -> None:
+    g = record(a=np.zeros(3))
+    with pytest.raises(ValueError, match="differ from the global"):
+        encode_update(g, record(b=np.zeros(3)), 1.0, SPEC)
+    with pytest.raises(ValueError, match="trained shape"):
+        encode_update(g, record(a=np.zeros(4)), 1.0, SPEC)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        encode_update(g, record(a=np.array([0.0, np.nan, 0.0])), 1.0, SPEC)
+    with pytest.raises(ValueError, match="sample weight"):
+        encode_update(g, record(a=np.zeros(3)), -1.0, SPEC)
+    with pytest.raises(ValueError, match="only float models"):
+        encode_update(record(a=np.zeros(3, dtype=np.int64)), record(a=np.zeros(3)), 1.0, SPEC)
+    with pytest.raises(ValueError, match="total weight is zero"):
+        apply_average(g, np.zeros(4), SPEC)
+
+
+def test_round_spec_round_trips_and_names_a_bad_field() -> None:
+    cfg = SPEC.to_config(STAGE_TRAIN)
+    assert RoundSpec.from_config(cfg) == SPEC
+    del cfg["max-weight"]
+    with pytest.raises(ValueError, match="'max-weight'"):
+        RoundSpec.from_config(cfg)
+    bad = SPEC.to_config(STAGE_TRAIN)
+    bad["precision-bits"] = "20"
+    with pytest.raises(ValueError, match="'precision-bits' has the wrong type"):
+        RoundSpec.from_config(bad)
+    with pytest.raises(ValueError, match="stage"):
+        SPEC.to_config("unmask")
+    with pytest.raises(ValueError, match="key_id"):
+        RoundSpec(b"short", 1.0, 20, 10, 50.0, 512, 1)
+
+
+def test_payload_records_carry_bytes_only() -> None:
+    blob = bytes(range(256)) * 3
+    assert array_to_bytes(bytes_to_array(blob)) == blob
+    with pytest.raises(ValueError, match="uint8"):
+        array_to_bytes(ArrayRecord({"bytes": Array(np.zeros(4))}))
+    with pytest.raises(ValueError, match="one array"):
+        array_to_bytes(ArrayRecord({"x": Array(np.zeros(4, dtype=np.uint8))}))
+    assert isinstance(ConfigRecord({"x": blob})["x"], bytes)
+
+
+def test_node_keys_share_one_public_key_object(keys: FlowerKeyFiles) -> None:
+    a, b = load_node_key(keys.nodes["node-3"]), load_node_key(keys.nodes["node-0"])
+    assert shared_public_key(a) is shared_public_key(b)  # one encryption table per process
+
+
+def test_key_file_errors_are_named(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="cannot read"):
+        load_node_key(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text('{"format": "something-else"}')
+    with pytest.raises(KeyFileError, match="neither a key share"):
+        load_node_key(tmp_path / "other.json")
+
+
+def test_deal_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "deal",
+        str(tmp_path / "k"),
+        "--nodes",
+        "3",
+        "--committee",
+        "2",
+        "--threshold",
+        "2",
+        "--key-bits",
+        "512",
+    ]
+    assert cli(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["public", "node-0", "node-1", "node-2"]
+    assert [ln.split()[2] for ln in lines] == ["0", "1", "2", "0"]
+    assert cli(args) == 2  # never overwrites
+    assert "refusing to overwrite" in capsys.readouterr().err
