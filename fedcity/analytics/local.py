@@ -12,9 +12,9 @@ bins, brackets) is bound as a parameter or passed as a registered relation, and 
 aggregates in place, so no row ever enters Python.
 
 Exactness: every quantity is an exact non-negative integer (row counts, fixed-point sums offset
-by the clip's lower bound, sums of squares, bin counts), split into base-``2^LIMB_BITS`` limbs
-so that each vector entry stays far below the packing's exact range (see
-:mod:`fedcity.analytics.query`).
+by the clip's lower bound, sums of squares, bin counts), split into base-``2^b`` limbs so that
+each vector entry stays far below the packing's exact range; ``b`` is chosen from the number of
+agencies by :func:`limb_bits_for` (see :mod:`fedcity.analytics.query`).
 """
 
 from __future__ import annotations
@@ -40,20 +40,25 @@ from fedcity.core.tasks import local_step
 
 __all__ = [
     "LIMB_BITS",
+    "MAX_LIMB_BITS",
     "ROW_BITS",
     "DataError",
     "LocalTable",
     "Quantity",
     "cell_quantities",
     "from_limbs",
+    "limb_bits_for",
     "quote_ident",
     "to_limbs",
 ]
 
 LIMB_BITS = 30
-"""Bits per limb: every vector entry lies in ``[0, 2^30)``."""
-ROW_BITS = 40
-"""Most rows one agency may hold in one cell (2^40 ≈ 1.1 · 10^12)."""
+"""Default bits per limb (the layout's worst case is sized with it)."""
+MIN_LIMB_BITS = 24
+MAX_LIMB_BITS = 40
+"""Largest limb: entries stay within the driver's largest packing clip (2^40)."""
+ROW_BITS = 36
+"""Most rows one agency may hold in one cell (2^36 ≈ 6.9 · 10^10)."""
 
 _SQL_TYPES = {
     "category": "VARCHAR",
@@ -95,8 +100,12 @@ class Quantity:
 
     @property
     def limbs(self) -> int:
-        """Limbs of this quantity in the vector."""
-        return -(-self.bits // LIMB_BITS)
+        """Limbs of this quantity at the default limb size."""
+        return self.n_limbs(LIMB_BITS)
+
+    def n_limbs(self, limb_bits: int) -> int:
+        """Limbs of this quantity with ``limb_bits``-bit limbs."""
+        return -(-self.bits // limb_bits)
 
 
 def cell_quantities(spec: QuerySpec) -> list[Quantity]:
@@ -127,23 +136,51 @@ def cell_quantities(spec: QuerySpec) -> list[Quantity]:
     return list(out.values())
 
 
-def to_limbs(value: int, n_limbs: int) -> list[int]:
-    """Split a non-negative integer into ``n_limbs`` base-``2^LIMB_BITS`` limbs, lowest first.
+def limb_bits_for(agencies: int) -> int:
+    """Largest limb size whose sums over ``agencies`` contributions decode exactly.
+
+    The driver packs with ``p = min(52, 61 - h)`` bits of precision, ``h = ceil(log2 s)``
+    headroom bits for ``s`` summands, and clip ``C = 2^b``: the sum's quantization error is at
+    most ``s·C/(2^p - 1)`` and the float decoding's ``s·2C·2^-53`` (plus the conversion of the
+    slot sum), so ``b = min(40, p - 3 - h', 48 - h')`` with ``h' = ceil(log2 s)`` keeps the total
+    error below 1/4 and the rounding exact.
+    """
+    if isinstance(agencies, bool) or not isinstance(agencies, int) or agencies < 1:
+        raise ValueError(f"agencies must be a positive integer, got {agencies!r}")
+    h = (agencies - 1).bit_length()
+    p = min(52, 61 - h)
+    bits = min(MAX_LIMB_BITS, p - 3 - h, 48 - h)
+    if bits < MIN_LIMB_BITS:
+        raise ValueError(f"{agencies} agencies are too many to sum limbs exactly")
+    return bits
+
+
+def to_limbs(value: int, n_limbs: int, bits: int = LIMB_BITS) -> list[int]:
+    """Split a non-negative integer into ``n_limbs`` base-``2^bits`` limbs, lowest first.
 
     Raises
     ------
     ValueError
         ``value`` is negative or needs more limbs.
     """
-    if value < 0 or value.bit_length() > n_limbs * LIMB_BITS:
-        raise ValueError(f"{value} does not fit in {n_limbs} limbs of {LIMB_BITS} bits")
-    mask = (1 << LIMB_BITS) - 1
-    return [(value >> (LIMB_BITS * i)) & mask for i in range(n_limbs)]
+    if value < 0 or value.bit_length() > n_limbs * bits:
+        raise ValueError(f"{value} does not fit in {n_limbs} limbs of {bits} bits")
+    mask = (1 << bits) - 1
+    return [(value >> (bits * i)) & mask for i in range(n_limbs)]
 
 
-def from_limbs(limbs: Sequence[int]) -> int:
+def from_limbs(limbs: Sequence[int], bits: int = LIMB_BITS) -> int:
     """Recombine (summed) limbs, lowest first; sums of limbs may exceed one limb's range."""
-    return sum(int(v) << (LIMB_BITS * i) for i, v in enumerate(limbs))
+    return sum(int(v) << (bits * i) for i, v in enumerate(limbs))
+
+
+def _limb_bits(params: Mapping[str, Any]) -> int:
+    bits = params.get("limb_bits", LIMB_BITS)
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise QueryError(f"limb_bits must be an integer, got {bits!r}")
+    if not MIN_LIMB_BITS <= bits <= MAX_LIMB_BITS:
+        raise QueryError(f"limb_bits must lie in [{MIN_LIMB_BITS}, {MAX_LIMB_BITS}], got {bits}")
+    return bits
 
 
 def eligible_from_ranges(ranges: Sequence[Sequence[int]], n_cells: int) -> list[int]:
@@ -567,6 +604,7 @@ def presence_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float
 def cells_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]:
     """For the eligible cells only: every quantity's limbs, then the out-of-domain rows."""
     spec = _spec_of(params)
+    bits = _limb_bits(params)
     cells = eligible_from_ranges(params["cells"], spec.n_cells)
     agg = _as_table(table).aggregate(spec)
     quantities = agg.quantities
@@ -575,8 +613,8 @@ def cells_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]
     for cell in cells:
         vals = agg.values.get(cell, zero)
         for q, v in zip(quantities, vals, strict=True):
-            out.extend(to_limbs(v, q.limbs))
-    out.extend(to_limbs(agg.out_of_domain, -(-ROW_BITS // LIMB_BITS)))
+            out.extend(to_limbs(v, q.n_limbs(bits), bits))
+    out.extend(to_limbs(agg.out_of_domain, -(-ROW_BITS // bits), bits))
     return np.asarray(out, dtype=np.float64)
 
 
@@ -584,6 +622,7 @@ def cells_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]
 def quantile_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]:
     """Bin counts of each target bracket (``params["targets"]``), ``limbs`` limbs per bin."""
     spec = _spec_of(params)
+    bits = _limb_bits(params)
     tab = _as_table(table)
     targets = params["targets"]  # [column, cell, lo, hi, bins, limbs]
     by_column: dict[str, list[list[int]]] = {}
@@ -603,5 +642,5 @@ def quantile_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float
     for tid, t in enumerate(targets):
         k, limbs = int(t[4]), int(t[5])
         for j in range(k):
-            out.extend(to_limbs(counts.get((tid, j), 0), limbs))
+            out.extend(to_limbs(counts.get((tid, j), 0), limbs, bits))
     return np.asarray(out, dtype=np.float64)

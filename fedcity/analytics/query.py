@@ -11,12 +11,14 @@
    column within the brackets that hold the ranks pandas interpolates between; repeated until
    every bracket is narrower than the requested tolerance.
 
-Exactness. Every vector entry is an integer in ``[0, 2^30)``, the packing clip is ``2^30`` and
-the request asks for 52-bit precision: a sum of ``s`` entries decodes with an error of at most
-``s · 2^30 / 2^(p) `` (``p >= 49`` for up to :data:`MAX_AGENCIES` agencies), far below 1/2, so
-the driver's rounding recovers the exact integer sum of every limb; the limbs recombine exactly
-in Python integers. Means, variances (``ddof=1``, as pandas), standard deviations and ratios are
-computed from these exact integers with rational arithmetic and rounded once to float.
+Exactness. Every vector entry is an integer in ``[0, 2^b)`` and the packing clip is ``2^b``,
+with ``b`` chosen after the presence round from the number ``s`` of contributing agencies
+(:func:`~fedcity.analytics.local.limb_bits_for`: 40 bits up to 32 agencies, 34 bits at
+:data:`MAX_AGENCIES`); the request asks for 52-bit precision, so a sum of ``s`` entries decodes
+with an error below 1/4 and the driver's rounding recovers the exact integer sum of every limb;
+the limbs recombine exactly in Python integers. Means, variances (``ddof=1``, as pandas),
+standard deviations and ratios are computed from these exact integers with rational arithmetic
+and rounded once to float.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fedcity.analytics.local import (
     Quantity,
     cell_quantities,
     from_limbs,
+    limb_bits_for,
     ranges_from_cells,
 )
 from fedcity.analytics.spec import QueryError, QuerySpec, TableSchema
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 LIMB_CLIP = float(2**LIMB_BITS)
-"""Packing clip of every query round: entries are integers in ``[0, 2^30)``."""
+"""Packing clip of the presence round (its entries are 0 or 1)."""
 MAX_AGENCIES = 4096
 """Most agencies whose limb sums stay exact (see the module notes)."""
 MAX_VECTOR = 4_000_000
@@ -63,7 +66,6 @@ MAX_VECTOR = 4_000_000
 DEFAULT_BINS = 32
 """Bins per bracket and quantile round."""
 MAX_QUANTILE_ROUNDS = 48
-_OOD_LIMBS = -(-ROW_BITS // LIMB_BITS)
 
 SuppressionRule = Callable[..., tuple[npt.NDArray[np.bool_], npt.NDArray[np.object_]]]
 
@@ -210,12 +212,13 @@ class QueryAlgorithm(Algorithm):
         self.spec = spec.resolved()
         self.params_spec = self.spec.to_dict()
         self.quantities = cell_quantities(self.spec)
-        self.per_cell = sum(q.limbs for q in self.quantities)
+        self.limb_bits_ = LIMB_BITS
+        self.per_cell = sum(q.n_limbs(self.limb_bits_) for q in self.quantities)
         self.min_agencies = max(min_agencies, spec.disclosure.min_agencies or 1)
         self.bins = bins
         self.suppression = suppression or _suppress
         self.noise = noise
-        if self.spec.n_cells * self.per_cell + _OOD_LIMBS > MAX_VECTOR:
+        if self.spec.n_cells * self.per_cell + self._ood_limbs > MAX_VECTOR:
             raise QueryError(
                 f"the query needs {self.spec.n_cells} cells × {self.per_cell} entries per cell; "
                 f"the limit is {MAX_VECTOR} entries per round (fewer levels or aggregates)"
@@ -238,13 +241,19 @@ class QueryAlgorithm(Algorithm):
         """All rounds done."""
         return self._stage == "done"
 
+    @property
+    def _ood_limbs(self) -> int:
+        return -(-ROW_BITS // self.limb_bits_)
+
     def _request(self, kind: str, extra: Mapping[str, Any], length: int, label: str) -> TaskRequest:
         params = {"table": self.spec.table, "spec": self.params_spec, **extra}
+        if kind != "query.presence":
+            params["limb_bits"] = self.limb_bits_
         return TaskRequest(
             kind,
             params,
             length,
-            clip=LIMB_CLIP,
+            clip=LIMB_CLIP if kind == "query.presence" else float(2**self.limb_bits_),
             precision_bits=52,
             integer_valued=True,
             label=label,
@@ -257,7 +266,7 @@ class QueryAlgorithm(Algorithm):
                 "query.presence", {}, self.spec.n_cells, "query: agencies per cell"
             )
         if self._stage == "cells":
-            length = len(self.eligible_) * self.per_cell + _OOD_LIMBS
+            length = len(self.eligible_) * self.per_cell + self._ood_limbs
             if length > MAX_VECTOR:
                 raise JobFailed(f"the cells round would need {length} entries (> {MAX_VECTOR})")
             return self._request(
@@ -309,7 +318,8 @@ class QueryAlgorithm(Algorithm):
         if n > MAX_AGENCIES:
             raise JobFailed(f"{n} agencies exceed the {MAX_AGENCIES} a query can sum exactly")
         ints = [int(v) for v in np.rint(released)]
-        top = n * ((1 << LIMB_BITS) - 1)
+        bits = 1 if request.kind == "query.presence" else int(request.params["limb_bits"])
+        top = n * ((1 << bits) - 1)
         bad = [i for i, v in enumerate(ints) if not 0 <= v <= top]
         if bad:
             raise JobFailed(
@@ -328,6 +338,9 @@ class QueryAlgorithm(Algorithm):
 
     def _on_presence(self, ints: list[int], n: int) -> None:
         self.n_contributors_ = n
+        # later rounds have at most these contributors: the largest exact limb for them
+        self.limb_bits_ = limb_bits_for(max(n, 1))
+        self.per_cell = sum(q.n_limbs(self.limb_bits_) for q in self.quantities)
         self.agencies_ = np.asarray(ints, dtype=np.int64).reshape(self.spec.dims or ())
         self.eligible_ = [i for i, a in enumerate(ints) if a >= self.min_agencies]
         self._stage = "cells"
@@ -338,10 +351,11 @@ class QueryAlgorithm(Algorithm):
         for cell in self.eligible_:
             cell_vals: list[int] = []
             for q in self.quantities:
-                cell_vals.append(from_limbs(ints[pos : pos + q.limbs]))
-                pos += q.limbs
+                k = q.n_limbs(self.limb_bits_)
+                cell_vals.append(from_limbs(ints[pos : pos + k], self.limb_bits_))
+                pos += k
             values[cell] = tuple(cell_vals)
-        ood = from_limbs(ints[pos : pos + _OOD_LIMBS])
+        ood = from_limbs(ints[pos : pos + self._ood_limbs], self.limb_bits_)
         self.totals_ = CellTotals(self.quantities, values, ood)
         assert self.agencies_ is not None
         flat_agencies = self.agencies_.reshape(-1)
@@ -394,7 +408,7 @@ class QueryAlgorithm(Algorithm):
         for st in self._qstates:
             tol = self._tolerance_units(st.aggregate)
             total = self.totals_.values[st.cell][n_index]
-            limbs = max(1, -(-max(1, total.bit_length()) // LIMB_BITS))
+            limbs = max(1, -(-max(1, total.bit_length()) // self.limb_bits_))
             for r in st.ranks:
                 if r.hi - r.lo <= tol:
                     continue
@@ -409,7 +423,7 @@ class QueryAlgorithm(Algorithm):
         for column, cell, lo, hi, k, limbs in self._targets:
             bins = []
             for _ in range(k):
-                bins.append(from_limbs(ints[pos : pos + limbs]))
+                bins.append(from_limbs(ints[pos : pos + limbs], self.limb_bits_))
                 pos += limbs
             counts[(column, cell, lo, hi)] = bins
         for st in self._qstates:

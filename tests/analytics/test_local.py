@@ -12,16 +12,18 @@ from hypothesis import strategies as st
 from fedcity.analytics import DataError, LocalTable, QueryError, QuerySpec, TableSchema
 from fedcity.analytics.local import (
     LIMB_BITS,
+    ROW_BITS,
     cell_quantities,
     cells_step,
     eligible_from_ranges,
     from_limbs,
+    limb_bits_for,
     presence_step,
     quote_ident,
     ranges_from_cells,
     to_limbs,
 )
-from fedcity.analytics.query import LIMB_CLIP, MAX_AGENCIES
+from fedcity.analytics.query import MAX_AGENCIES
 from fedcity.crypto import PackingSpec
 
 SPEC = {
@@ -181,16 +183,20 @@ def test_presence_and_cells_steps_layout(permit_tables):
     agg = table.aggregate(spec)
     assert presence.tolist() == [1.0 if c in agg.values else 0.0 for c in range(15)]
     cells = [1, 2, 7]
-    vec = cells_step({**params, "cells": ranges_from_cells(cells)}, table)
-    per_cell = sum(q.limbs for q in agg.quantities)
-    assert len(vec) == len(cells) * per_cell + 2
-    assert vec.max() < 2**LIMB_BITS and vec.min() >= 0
-    pos = 0
-    for c in cells:
-        for q, v in zip(agg.quantities, agg.values.get(c, (0,) * 6), strict=True):
-            assert from_limbs([int(x) for x in vec[pos : pos + q.limbs]]) == v
-            pos += q.limbs
-    assert from_limbs([int(x) for x in vec[pos:]]) == agg.out_of_domain
+    for bits in (LIMB_BITS, 40):
+        vec = cells_step({**params, "cells": ranges_from_cells(cells), "limb_bits": bits}, table)
+        per_cell = sum(q.n_limbs(bits) for q in agg.quantities)
+        assert len(vec) == len(cells) * per_cell + -(-ROW_BITS // bits)
+        assert vec.max() < 2**bits and vec.min() >= 0
+        pos = 0
+        for c in cells:
+            for q, v in zip(agg.quantities, agg.values.get(c, (0,) * 6), strict=True):
+                k = q.n_limbs(bits)
+                assert from_limbs([int(x) for x in vec[pos : pos + k]], bits) == v
+                pos += k
+        assert from_limbs([int(x) for x in vec[pos:]], bits) == agg.out_of_domain
+    with pytest.raises(QueryError, match=r"limb_bits must lie in \[24, 40\], got 41"):
+        cells_step({**params, "cells": [[0, 1]], "limb_bits": 41}, table)
     with pytest.raises(QueryError, match="cell ranges must be increasing"):
         cells_step({**params, "cells": [[3, 5], [1, 2]]}, table)
     with pytest.raises(QueryError, match="task table 'x' differs"):
@@ -205,13 +211,25 @@ def test_cell_ranges_round_trip():
         eligible_from_ranges([[0, 30]], 21)
 
 
-@given(st.integers(min_value=0, max_value=2**200), st.integers(min_value=1, max_value=8))
-def test_limbs_round_trip(value, extra):
-    n = max(1, -(-value.bit_length() // LIMB_BITS)) + extra - 1
-    limbs = to_limbs(value, n)
-    assert all(0 <= x < 2**LIMB_BITS for x in limbs) and from_limbs(limbs) == value
+@given(
+    st.integers(min_value=0, max_value=2**200),
+    st.integers(min_value=1, max_value=8),
+    st.integers(min_value=24, max_value=40),
+)
+def test_limbs_round_trip(value, extra, bits):
+    n = max(1, -(-value.bit_length() // bits)) + extra - 1
+    limbs = to_limbs(value, n, bits)
+    assert all(0 <= x < 2**bits for x in limbs) and from_limbs(limbs, bits) == value
     with pytest.raises(ValueError):
-        to_limbs(2 ** (LIMB_BITS * n), n)
+        to_limbs(2 ** (bits * n), n, bits)
+
+
+def test_limb_bits_shrink_with_agencies():
+    assert limb_bits_for(1) == limb_bits_for(32) == 40
+    assert limb_bits_for(1000) == 38
+    assert limb_bits_for(MAX_AGENCIES) == 34
+    with pytest.raises(ValueError):
+        limb_bits_for(0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -223,27 +241,28 @@ def test_limbs_round_trip(value, extra):
 def test_limb_sums_decode_exactly_through_the_packing(values, agencies, rnd):
     """Limbs of many agencies, quantized as the driver packs them, sum back exactly."""
     headroom = (agencies - 1).bit_length()
+    bits = limb_bits_for(agencies)
     spec = PackingSpec(
-        clip=LIMB_CLIP,
+        clip=float(2**bits),
         precision_bits=min(52, 62 - headroom - 1),
         max_summands=agencies,
         n_length=2048,
     )
-    n_limbs = 3
-    # each agency's per-quantity value; the extremes (all limbs at 2^30 - 1) are the hard case
+    n_limbs = -(-91 // bits)
+    # each agency's per-quantity value; the extremes (all limbs at 2^b - 1) are the hard case
     per_agency = [[min(v + rnd.randrange(2**20), 2**90 - 1) for v in values] for _ in range(3)]
     per_agency.append([2**90 - 1] * len(values))
     total_q = np.zeros(len(values) * n_limbs, dtype=np.uint64)
     for row in per_agency:
-        vec = [x for v in row for x in to_limbs(v, n_limbs)]
+        vec = [x for v in row for x in to_limbs(v, n_limbs, bits)]
         total_q += spec.quantize(np.asarray(vec, dtype=np.float64))
     # the remaining agencies send all-maximal limbs: the worst case for rounding error
-    top = np.full(len(values) * n_limbs, 2**LIMB_BITS - 1, dtype=np.float64)
+    top = np.full(len(values) * n_limbs, 2**bits - 1, dtype=np.float64)
     rest = max(0, agencies - len(per_agency))
     total_q += spec.quantize(top) * np.uint64(rest)
     summands = len(per_agency) + rest
     decoded = np.rint(spec.dequantize(total_q, summands))
     expected_rows = [sum(col) for col in zip(*per_agency, strict=True)]
     for i, exp in enumerate(expected_rows):
-        got = from_limbs([int(x) for x in decoded[i * n_limbs : (i + 1) * n_limbs]])
-        assert got == exp + rest * (2 ** (LIMB_BITS * n_limbs) - 1)
+        got = from_limbs([int(x) for x in decoded[i * n_limbs : (i + 1) * n_limbs]], bits)
+        assert got == exp + rest * (2 ** (bits * n_limbs) - 1)

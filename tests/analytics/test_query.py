@@ -162,8 +162,10 @@ def test_coordinator_sees_ciphertext_and_never_ineligible_cells(permits, permit_
     eligible = [c for r in cells.task.request.params["cells"] for c in range(r[0], r[1])]
     assert not set(d6) & set(eligible)
     typed = QuerySpec.from_dict(spec).validate_against(SCHEMA)
-    per_cell = sum(q.limbs for q in cell_quantities(typed))
-    assert cells.task.request.length == len(eligible) * per_cell + 2
+    bits = cells.task.request.params["limb_bits"]
+    assert bits == 40  # five agencies
+    per_cell = sum(q.n_limbs(bits) for q in cell_quantities(typed))
+    assert cells.task.request.length == len(eligible) * per_cell + 1
     own = fed.agencies["agency-0"].tables["permits"].aggregate(typed)
     assert any(c in own.values for c in d6)  # agency-0 does hold rows there
     d6_rows = result.frame[result.frame["district"] == "D6"]
