@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Literal
 
 import numpy as np
@@ -35,7 +36,15 @@ import pandas as pd
 
 from fedcity.data.dataset import AgencyDataset, FeatureSpec, FederatedData
 
-__all__ = ["TASKS", "SyntheticCity", "make_city"]
+__all__ = [
+    "AGE_BANDS",
+    "TASKS",
+    "ElderlyCity",
+    "SyntheticCity",
+    "age_band",
+    "make_city",
+    "make_elderly_city",
+]
 
 CityTask = Literal["flood", "fire", "service_demand", "elder_risk"]
 FeatureKind = Literal["normal", "lognormal", "share", "count", "flag"]
@@ -456,5 +465,214 @@ def make_city(
         test=test,
         intercept=intercept,
         coefficients=coefficients,
+        seed=seed,
+    )
+
+
+# -- the elderly-living-alone scenario ---------------------------------------------------------
+ELDERLY_AGE = 65
+"""Residents of this age or older count as elderly."""
+AGE_BANDS = ("65-74", "75-84", "85+")
+"""Age bands of elderly residents (:func:`age_band`)."""
+_ALONE_BY_BAND = {"under 65": 0.15, "65-74": 0.28, "75-84": 0.4, "85+": 0.52}
+
+
+def age_band(age: npt.ArrayLike) -> npt.NDArray[np.object_]:
+    """``"under 65"``, ``"65-74"``, ``"75-84"`` or ``"85+"`` for each age."""
+    a = np.asarray(age, dtype=np.int64)
+    bands = np.full(a.shape, "under 65", dtype=object)
+    bands[(a >= 65) & (a < 75)] = "65-74"
+    bands[(a >= 75) & (a < 85)] = "75-84"
+    bands[a >= 85] = "85+"
+    return bands
+
+
+@dataclass(frozen=True, eq=False)
+class ElderlyCity:
+    """Synthetic residents and daily electricity use per district (:func:`make_elderly_city`).
+
+    Attributes
+    ----------
+    residents : pandas.DataFrame
+        What a civil-affairs office holds: ``district``, ``resident_id``, ``age`` and
+        ``lives_alone`` (0/1), one row per resident.
+    electricity : pandas.DataFrame
+        What the utility holds: ``district``, ``resident_id``, ``day`` (a date) and ``kwh``
+        (daily use of the resident's household meter, 2 decimals), one row per resident and day.
+    spells : pandas.DataFrame
+        The ground truth: ``resident_id``, ``start`` (a date) and ``days`` of every planted spell
+        of near-zero use (at most 0.3 kWh a day); residents appear at most once.
+    districts : tuple of str
+        District names, ``"district-1"``, ... from the largest to the smallest.
+    start : datetime.date
+        The first day of the readings.
+    n_days : int
+    seed : int
+    """
+
+    residents: pd.DataFrame
+    electricity: pd.DataFrame
+    spells: pd.DataFrame
+    districts: tuple[str, ...]
+    start: date
+    n_days: int
+    seed: int
+
+    def district(self, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``(residents, electricity)`` of one district (fresh indexes).
+
+        Raises
+        ------
+        KeyError
+            ``name`` is not a district of this city.
+        """
+        if name not in self.districts:
+            raise KeyError(f"no district {name!r}; districts: {list(self.districts)}")
+        res = self.residents[self.residents["district"] == name].reset_index(drop=True)
+        use = self.electricity[self.electricity["district"] == name].reset_index(drop=True)
+        return res, use
+
+
+def make_elderly_city(
+    n_districts: int = 6,
+    *,
+    residents: int = 6000,
+    days: int = 14,
+    skew: float = 1.0,
+    spell_rate: float = 0.05,
+    start: str = "2026-01-05",
+    seed: int = 0,
+) -> ElderlyCity:
+    """Draw residents (age, living alone) and their daily electricity use, per district.
+
+    Each district has its own share of elderly residents (about 20-45 %); the share living
+    alone grows with age (15 % under 65, 28 / 40 / 52 % in the bands 65-74 / 75-84 / 85+).
+    Every resident's household uses a typical ``exp(N(log 6, 0.35))`` kWh a day (60 % of that
+    when living alone, 80 % when elderly), varied day to day by ``exp(N(0, 0.2))`` and 10 %
+    less at weekends; a normal day falls below 0.5 kWh with probability about 1e-6 (below
+    1 kWh: about 1e-3), so a threshold of 0.5 kWh separates spells from ordinary days. A share
+    of residents, ``spell_rate`` (doubled for elderly residents living alone), has one *spell*
+    of 1 to 4 consecutive days of near-zero use (uniform in [0, 0.3) kWh, rounded to 0.01) — a
+    stay in hospital, a fall, or a trip: the planted events a welfare check looks for, in
+    :attr:`ElderlyCity.spells`.
+
+    Parameters
+    ----------
+    n_districts : int, default 6
+        Districts, named ``"district-1"``, ... (sizes ``∝ 1 / i^skew``, at least 30 residents).
+    residents : int, default 6000
+        Residents over all districts.
+    days : int, default 14
+        Days of readings (at least 2).
+    skew : float, default 1.0
+        Zipf exponent of the district sizes.
+    spell_rate : float, default 0.05
+        Share of residents with a near-zero spell (in [0, 0.5]).
+    start : str, default "2026-01-05"
+        First day, ``YYYY-MM-DD``.
+    seed : int, default 0
+        Everything is a deterministic function of the arguments.
+
+    Returns
+    -------
+    ElderlyCity
+
+    Raises
+    ------
+    ValueError
+        On out-of-range arguments.
+
+    Examples
+    --------
+    >>> city = make_elderly_city(3, residents=300, days=7, seed=1)
+    >>> city.districts
+    ('district-1', 'district-2', 'district-3')
+    >>> len(city.electricity) == 300 * 7
+    True
+    """
+    if isinstance(n_districts, bool) or not isinstance(n_districts, int) or n_districts < 1:
+        raise ValueError(f"n_districts must be a positive integer, got {n_districts!r}")
+    if isinstance(residents, bool) or not isinstance(residents, int):
+        raise ValueError(f"residents must be an integer, got {residents!r}")
+    if residents < MIN_AGENCY_ROWS * n_districts or residents > 10_000_000:
+        raise ValueError(
+            f"residents={residents} must lie in [{MIN_AGENCY_ROWS} × n_districts, 10,000,000] "
+            f"for {n_districts} districts"
+        )
+    if isinstance(days, bool) or not isinstance(days, int) or not 2 <= days <= 3660:
+        raise ValueError(f"days must be an integer in [2, 3660], got {days!r}")
+    if residents * days > 50_000_000:
+        raise ValueError(f"residents × days = {residents * days:,} exceeds 50,000,000 readings")
+    if not (math.isfinite(skew) and skew >= 0):
+        raise ValueError(f"skew must be finite and non-negative, got {skew!r}")
+    if not (math.isfinite(spell_rate) and 0 <= spell_rate <= 0.5):
+        raise ValueError(f"spell_rate must lie in [0, 0.5], got {spell_rate!r}")
+    try:
+        first = date.fromisoformat(start)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"start must be a date YYYY-MM-DD, got {start!r}") from exc
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, n_districts, residents, days]))
+    sizes = _district_sizes(residents, n_districts, skew)
+    names = tuple(f"district-{i + 1}" for i in range(n_districts))
+    district = np.repeat(np.arange(n_districts), sizes)
+    elderly_share = rng.uniform(0.2, 0.45, n_districts)[district]
+    elderly = rng.random(residents) < elderly_share
+    # elderly ages 65..100, younger residents 18..64
+    old_age = np.minimum(ELDERLY_AGE + np.floor(rng.gamma(1.6, 8.0, residents)), 100)
+    young_age = rng.integers(18, ELDERLY_AGE, residents)
+    age = np.where(elderly, old_age, young_age).astype(np.int64)
+    bands = age_band(age)
+    p_alone = np.asarray([_ALONE_BY_BAND[b] for b in bands])
+    alone = (rng.random(residents) < p_alone).astype(np.int64)
+    ids = np.asarray([f"r{i:07d}" for i in range(residents)], dtype=object)
+
+    base = np.exp(rng.normal(math.log(6.0), 0.35, residents))
+    base *= np.where(alone == 1, 0.6, 1.0) * np.where(elderly, 0.8, 1.0)
+    day_dates = pd.date_range(first, periods=days, freq="D")
+    weekend = np.where(day_dates.day_of_week >= 5, 0.9, 1.0)
+    kwh = base[:, None] * weekend[None, :] * np.exp(rng.normal(0.0, 0.2, (residents, days)))
+
+    rate = np.where(elderly & (alone == 1), min(1.0, 2 * spell_rate), spell_rate)
+    has_spell = rng.random(residents) < rate
+    length = rng.integers(1, 5, residents)
+    length = np.minimum(length, days)
+    begin = rng.integers(0, days - length + 1)
+    spell_rows = np.flatnonzero(has_spell)
+    for r in spell_rows:
+        span = slice(int(begin[r]), int(begin[r] + length[r]))
+        kwh[r, span] = rng.uniform(0.0, 0.3, int(length[r]))
+    kwh = np.round(kwh, 2)
+
+    residents_frame = pd.DataFrame(
+        {
+            "district": np.asarray(names, dtype=object)[district],
+            "resident_id": ids,
+            "age": age,
+            "lives_alone": alone,
+        }
+    )
+    electricity = pd.DataFrame(
+        {
+            "district": np.repeat(np.asarray(names, dtype=object)[district], days),
+            "resident_id": np.repeat(ids, days),
+            "day": np.tile(day_dates.date, residents),
+            "kwh": kwh.reshape(-1),
+        }
+    )
+    spells = pd.DataFrame(
+        {
+            "resident_id": ids[spell_rows],
+            "start": day_dates.date[begin[spell_rows]],
+            "days": length[spell_rows].astype(np.int64),
+        }
+    )
+    return ElderlyCity(
+        residents=residents_frame,
+        electricity=electricity,
+        spells=spells,
+        districts=names,
+        start=first,
+        n_days=days,
         seed=seed,
     )
