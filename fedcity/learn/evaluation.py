@@ -7,27 +7,33 @@ sum is decrypted, so the federation learns global log loss, Brier score, accurac
 (from summed score histograms) or RMSE, MAE, R² and Poisson deviance — and nothing per agency.
 An agency that wants its own figures computes them locally with the returned estimator.
 
-A classifier is evaluated in two rounds of the one vetted step ``"eval.model"``:
+A classifier is evaluated in a few rounds of the one vetted step ``"eval.model"``:
 
 1. **summary**: the scalar sums, calibration sums over 10 probability bins and score
-   histograms over ``coarse_bins`` (128) bins, at 52-bit precision;
-2. **refinement**: for the coarse bins that hold both classes (only there does the order
-   of pairs inside a bin matter for ROC AUC), the histograms at full ``n_bins`` (8,192)
-   resolution. Bins holding one class only are not refined: where their weight sits inside
-   the bin changes neither the AUC nor the ROC curve. When every weight is an integer (the
-   summary counts rows with fractional weights), the counts are packed at the bits they
-   need — from the released total weight and the number of agencies, so that the sum is
-   exact — instead of 52 bits.
+   histograms over 64 bins, at 52-bit precision;
+2. **refinements** (default 64 → 1,024 → 8,192 bins): each round asks only for the bins of
+   the previous round that hold both classes — only there does the order of pairs inside a
+   bin matter for ROC AUC — split into their sub-bins. Bins holding one class only are not
+   split: where their weight sits inside the bin changes neither the AUC, nor its tie bound,
+   nor the ROC curve. When every weight is an integer (the summary counts rows with
+   fractional weights), the counts are exact integers below ``base = total weight + 1``
+   (released by the summary) and are packed several to a value, ``Σ_j c_j·base^j``, at the
+   bits that keep the decrypted sum exact, instead of one count per 52-bit value.
 
-The metrics equal those of the one-round 8,192-bin histogram that earlier versions sent
-(``coarse_bins=None`` still does), at a fraction of the ciphertexts. What is released is
-less: the fine histogram only inside mixed coarse bins, plus the calibration sums.
+The metrics equal those of the one-round 8,192-bin histograms that earlier versions sent
+(``coarse_bins=None`` still does); on the Chicago test window the rounds hold 26 ciphertexts
+per agency instead of 469 at 2048 bits. What is released is less: the fine histograms only
+inside mixed bins, plus the calibration sums. If an agency leaves between rounds, the
+refinement is not combined with the earlier sums; the metrics then come from the last
+consistent level (``EvaluationMetrics.notes`` says so, ``roc_auc_tie_bound`` shows the
+larger bound).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +54,7 @@ __all__ = [
     "EvaluationMetrics",
     "FederatedEvaluation",
     "evaluation_progress",
+    "evaluation_statistics",
     "model_predictor",
 ]
 
@@ -92,39 +99,66 @@ def _evaluate(params: Mapping[str, Any], data: AgencyDataset) -> npt.NDArray[np.
     predictor = MODEL_PREDICTORS.get(model.get("type", ""))
     if predictor is None:
         raise ValueError(f"model type {model.get('type')!r} is not vetted for evaluation")
-    pred = predictor(model, data)
+    return evaluation_statistics(params, data.y(), predictor(model, data), data.sample_weight())
+
+
+def evaluation_statistics(
+    params: Mapping[str, Any],
+    y_true: npt.ArrayLike,
+    y_pred: npt.ArrayLike,
+    sample_weight: npt.ArrayLike | None = None,
+) -> npt.NDArray[np.float64]:
+    """One agency's vector for an ``"eval.model"`` task, from its labels and predictions.
+
+    Parameters
+    ----------
+    params : mapping
+        The task's parameters (:meth:`FederatedEvaluation.next_request`).
+    y_true, y_pred, sample_weight : array_like
+        The agency's labels, scores (probabilities of class 1) or predictions, weights.
+
+    Raises
+    ------
+    ValueError
+        Invalid data or parameters (unknown stage, bins out of range, counts above the
+        announced bound, ...).
+    """
     if params["problem"] != "classification":
         return metrics.regression_statistics(
-            data.y(), pred, data.sample_weight(), poisson=params["problem"] == "poisson"
+            y_true, y_pred, sample_weight, poisson=params["problem"] == "poisson"
         )
     stage = params.get("stage")
     if stage is None:  # one round, full histograms (earlier versions, coarse_bins=None)
         return metrics.classification_statistics(
-            data.y(),
-            pred,
-            data.sample_weight(),
+            y_true,
+            y_pred,
+            sample_weight,
             threshold=params["threshold"],
             n_bins=params["n_bins"],
         )
     if stage == "summary":
         return metrics.classification_summary(
-            data.y(),
-            pred,
-            data.sample_weight(),
+            y_true,
+            y_pred,
+            sample_weight,
             threshold=params["threshold"],
             n_bins=params["n_bins"],
             coarse_bins=params["coarse_bins"],
             calibration_bins=params["calibration_bins"],
         )
     if stage == "refine":
-        return metrics.histogram_refinement(
-            data.y(),
-            pred,
-            data.sample_weight(),
+        counts = metrics.histogram_refinement(
+            y_true,
+            y_pred,
+            sample_weight,
             bins=np.asarray(params["bins"]),
             n_bins=params["n_bins"],
             coarse_bins=params["coarse_bins"],
+            fine_bins=params.get("fine_bins"),
         )
+        if "base" not in params:
+            return counts
+        return metrics.pack_counts(counts, base=params["base"], digits=params["digits"])
     raise ValueError(f"unknown evaluation stage {stage!r}")
 
 
@@ -152,7 +186,12 @@ class EvaluationMetrics(dict[str, float]):
 
 
 class FederatedEvaluation(Algorithm):
-    """Global metrics from secure sums: one round for regression, two for a classifier.
+    """Global metrics from secure sums: one round for regression, a few for a classifier.
+
+    A classifier's first round (the summary) sends the scalar sums, calibration sums and
+    score histograms over ``levels[0]`` bins; each further round splits only the bins of the
+    previous level that hold both classes, until ``n_bins``. The metrics are those of the
+    ``n_bins`` histograms (module docstring).
 
     Parameters
     ----------
@@ -165,9 +204,10 @@ class FederatedEvaluation(Algorithm):
         Decision threshold for accuracy.
     n_bins : int, default metrics.DEFAULT_N_BINS
         Score histogram bins for ROC AUC (at most :data:`metrics.MAX_N_BINS`).
-    coarse_bins : int or None, default metrics.DEFAULT_COARSE_BINS
-        Histogram bins of the summary round; must divide ``n_bins``. ``None`` sends the
-        full ``n_bins`` histograms in one round at 52 bits, as earlier versions did.
+    coarse_bins : int, sequence of int, or None, default metrics.DEFAULT_LEVELS
+        Histogram bins of the summary round, or of every round before the last (each level
+        dividing the next and ``n_bins``). ``None`` sends the full ``n_bins`` histograms in
+        one round at 52 bits, as earlier versions did.
     calibration_bins : int, default metrics.DEFAULT_CALIBRATION_BINS
         Probability bins of the calibration curve.
 
@@ -175,10 +215,12 @@ class FederatedEvaluation(Algorithm):
     ----------
     metrics_ : EvaluationMetrics or None
         The global metrics once finished.
-    refined_bins_ : list of int
-        The coarse bins the refinement round asked for.
+    levels_ : tuple of int
+        Bins of each round's histograms, ending with ``n_bins``.
+    refined_bins_ : list of list of int
+        The bins each refinement round asked for, at the previous round's level.
     integer_counts_ : bool
-        Whether the refinement packed exact integer counts (every weight an integer).
+        Whether refinements packed exact integer counts (every weight an integer).
     """
 
     def __init__(
@@ -189,7 +231,7 @@ class FederatedEvaluation(Algorithm):
         dataset: str = "test",
         threshold: float = 0.5,
         n_bins: int = metrics.DEFAULT_N_BINS,
-        coarse_bins: int | None = metrics.DEFAULT_COARSE_BINS,
+        coarse_bins: int | Sequence[int] | None = metrics.DEFAULT_LEVELS,
         calibration_bins: int = metrics.DEFAULT_CALIBRATION_BINS,
     ) -> None:
         if problem not in ("classification", "regression", "poisson"):
@@ -200,9 +242,19 @@ class FederatedEvaluation(Algorithm):
             metrics.classification_vector_length(n_bins)  # validates n_bins
             if n_bins > metrics.MAX_N_BINS:
                 raise ValueError(f"n_bins must be at most {metrics.MAX_N_BINS}, got {n_bins}")
+            self.levels_: tuple[int, ...] = (n_bins,)
         else:
-            metrics.summary_vector_length(coarse_bins, calibration_bins)  # validates both
-            metrics._check_levels(n_bins, coarse_bins)
+            coarse = (coarse_bins,) if isinstance(coarse_bins, int) else tuple(coarse_bins)
+            if not coarse or len(coarse) > 8:
+                raise ValueError(f"coarse_bins must name 1 to 8 levels, got {coarse_bins!r}")
+            metrics.summary_vector_length(coarse[0], calibration_bins)  # validates both
+            levels = (*coarse, n_bins) if coarse[-1] != n_bins else coarse
+            for a, b in itertools.pairwise(levels):
+                metrics._check_levels(b, a)
+                if a == b:
+                    raise ValueError(f"coarse_bins must increase, got {coarse_bins!r}")
+            metrics._check_levels(n_bins, levels[0])
+            self.levels_ = levels
         self.model = dict(model)
         self.problem = problem
         self.dataset = dataset
@@ -211,18 +263,26 @@ class FederatedEvaluation(Algorithm):
         self.coarse_bins = coarse_bins
         self.calibration_bins = calibration_bins
         self.metrics_: EvaluationMetrics | None = None
-        self.refined_bins_: list[int] = []
+        self.refined_bins_: list[list[int]] = []
         self.integer_counts_ = False
         self._summary: npt.NDArray[np.float64] | None = None
-        self._summary_contributors: list[str] = []
-        self._refine_clip = _EVAL_CLIP
-        self._refine_bits = _FLOAT_BITS
+        self._contributors: list[str] = []
+        self._level = 0  # index into levels_ of the newest histograms
+        self._pos = np.zeros(0)  # n_bins histograms, each known bin's weight at its first slot
+        self._neg = np.zeros(0)
+        self._open: list[int] = []  # bins at levels_[_level] to refine next
+        self._tol = 0.0  # weight below which a bin counts as empty
+        self._clip = _EVAL_CLIP
+        self._bits = _FLOAT_BITS
+        self._base = 0  # > 0: counts packed `_digits` to a value below _base**_digits
+        self._digits = 1
 
     @property
     def max_rounds(self) -> int:
-        """Two rounds for a classifier with refinement, otherwise one."""
-        two = self.problem == "classification" and self.coarse_bins not in (None, self.n_bins)
-        return 2 if two else 1
+        """Rounds at most: one, or one per histogram level for a refined classifier."""
+        if self.problem != "classification" or self.coarse_bins is None:
+            return 1
+        return len(self.levels_)
 
     def _params(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -235,7 +295,7 @@ class FederatedEvaluation(Algorithm):
         }
 
     def next_request(self) -> TaskRequest | None:
-        """The summary round, then (if some coarse bin holds both classes) the refinement."""
+        """The summary round, then one refinement per level while some bin holds both classes."""
         if self.metrics_ is not None:
             return None
         label = f"evaluation on {self.dataset!r}"
@@ -254,35 +314,44 @@ class FederatedEvaluation(Algorithm):
                 label=label,
             )
         if self._summary is None:
+            coarse = self.levels_[0]
             return TaskRequest(
                 "eval.model",
                 self._params(
                     stage="summary",
-                    coarse_bins=self.coarse_bins,
+                    coarse_bins=coarse,
                     calibration_bins=self.calibration_bins,
                 ),
-                metrics.summary_vector_length(self.coarse_bins, self.calibration_bins),
+                metrics.summary_vector_length(coarse, self.calibration_bins),
                 clip=_EVAL_CLIP,
                 precision_bits=_FLOAT_BITS,
-                label=f"{label}: summary, {self.coarse_bins} score bins",
+                label=f"{label}: summary, {coarse} score bins",
             )
-        r = self.n_bins // self.coarse_bins
+        level, finer = self.levels_[self._level], self.levels_[self._level + 1]
+        counts = 2 * (finer // level) * len(self._open)
+        packed = {"base": self._base, "digits": self._digits} if self._base else {}
         return TaskRequest(
             "eval.model",
-            self._params(stage="refine", coarse_bins=self.coarse_bins, bins=self.refined_bins_),
-            2 * r * len(self.refined_bins_),
-            clip=self._refine_clip,
-            precision_bits=self._refine_bits,
+            self._params(
+                stage="refine",
+                coarse_bins=level,
+                fine_bins=finer,
+                bins=list(self._open),
+                **packed,
+            ),
+            -(-counts // self._digits),
+            clip=self._clip,
+            precision_bits=self._bits,
             label=(
-                f"{label}: refining {len(self.refined_bins_)} of {self.coarse_bins} score bins"
-                + (f" ({self._refine_bits}-bit counts)" if self.integer_counts_ else "")
+                f"{label}: {len(self._open)} of {level} score bins to {finer}"
+                + (f", {self._digits} counts per {self._bits}-bit value" if self._base else "")
             ),
         )
 
     def update(
         self, request: TaskRequest, released: npt.NDArray[np.float64], record: RoundRecord
     ) -> None:
-        """Turn the released sums into global metrics (or into the refinement request)."""
+        """Turn the released sums into global metrics (or into the next refinement)."""
         if self.problem != "classification":
             values = metrics.regression_metrics_from_sum(
                 released, poisson=self.problem == "poisson"
@@ -295,7 +364,7 @@ class FederatedEvaluation(Algorithm):
         elif stage == "summary":
             self._after_summary(released, record)
         else:
-            self._after_refinement(released, record)
+            self._after_refinement(request, released, record)
 
     # -- internals ----------------------------------------------------------------------------
     def _finish_legacy(self, released: npt.NDArray[np.float64]) -> None:
@@ -308,9 +377,9 @@ class FederatedEvaluation(Algorithm):
         )
 
     def _after_summary(self, released: npt.NDArray[np.float64], record: RoundRecord) -> None:
-        assert self.coarse_bins is not None
+        coarse = self.levels_[0]
         summary = np.array(released, dtype=np.float64)
-        layout = metrics.summary_layout(self.coarse_bins, self.calibration_bins)
+        layout = metrics.summary_layout(coarse, self.calibration_bins)
         k = max(len(record.contributors), 1)
         error = k * record.step / 2.0  # bound on each entry's quantization error
         fractional = float(summary[layout["fractional_weights"]][0])
@@ -320,96 +389,109 @@ class FederatedEvaluation(Algorithm):
             summary[hist] = np.rint(summary[hist])
         summary[hist] = np.maximum(summary[hist], 0.0)
         self._summary = summary
-        self._summary_contributors = list(record.contributors)
-        pos, neg = summary[layout["positives"]], summary[layout["negatives"]]
-        tol = 0.5 if self.integer_counts_ else 2.0 * error
-        mixed = np.flatnonzero((pos > tol) & (neg > tol))
-        if self.coarse_bins == self.n_bins or len(mixed) == 0:
+        self._contributors = list(record.contributors)
+        step = self.n_bins // coarse
+        self._pos, self._neg = np.zeros(self.n_bins), np.zeros(self.n_bins)
+        self._pos[::step] = summary[layout["positives"]]
+        self._neg[::step] = summary[layout["negatives"]]
+        self._tol = 0.5 if self.integer_counts_ else 2.0 * error
+        self._open = self._mixed(np.arange(coarse), coarse)
+        if len(self.levels_) == 1 or not self._open:
             self.integer_counts_ = False
-            self._finish(self._expand(pos, neg))
+            self._finish()
             return
-        self.refined_bins_ = [int(b) for b in mixed]
         total = float(summary[layout["weight"]][0])
         if self.integer_counts_:
-            bound = round(total) + 1  # no agency holds more in one bin
-            bits = (4 * k * bound).bit_length()  # sum error <= k·bound/(2^bits - 1) < 1/4
-            if bits <= _FLOAT_BITS:
-                self._refine_clip, self._refine_bits = float(bound), bits
+            base = round(total) + 1  # every count, summed or not, lies below it
+            digits = metrics.count_digits(base, k)
+            if digits >= 1:
+                self._base, self._digits = base, digits
+                self._clip = float(base**digits)
+                self._bits = (4 * k * base**digits).bit_length()  # sum error <= 1/4
                 return
             self.integer_counts_ = False
-        self._refine_clip = max(_EVAL_CLIP, 2.0 ** math.ceil(math.log2(max(total, 1.0) * 1.01)))
-        self._refine_bits = _FLOAT_BITS
+        self._clip = max(_EVAL_CLIP, 2.0 ** math.ceil(math.log2(max(total, 1.0) * 1.01)))
+        self._bits = _FLOAT_BITS
 
-    def _after_refinement(self, released: npt.NDArray[np.float64], record: RoundRecord) -> None:
-        assert self._summary is not None and self.coarse_bins is not None
-        layout = metrics.summary_layout(self.coarse_bins, self.calibration_bins)
-        pos_c, neg_c = self._summary[layout["positives"]], self._summary[layout["negatives"]]
-        fine_pos, fine_neg = self._expand(pos_c, neg_c)
-        r = self.n_bins // self.coarse_bins
-        half = len(released) // 2
-        sub_pos = np.array(released[:half]).reshape(-1, r)
-        sub_neg = np.array(released[half:]).reshape(-1, r)
+    def _mixed(self, bins: npt.NDArray[np.intp], level: int) -> list[int]:
+        """Which of ``bins`` (at ``level``) hold weight of both classes."""
+        at = bins * (self.n_bins // level)
+        keep = (self._pos[at] > self._tol) & (self._neg[at] > self._tol)
+        return [int(b) for b in bins[keep]]
+
+    def _after_refinement(
+        self, request: TaskRequest, released: npt.NDArray[np.float64], record: RoundRecord
+    ) -> None:
+        level, finer = self.levels_[self._level], self.levels_[self._level + 1]
+        r = finer // level
+        counts = 2 * r * len(self._open)
         error = max(len(record.contributors), 1) * record.step / 2.0
-        if self.integer_counts_:
-            if error >= 0.5:  # cannot happen unless the packing was widened
-                self.integer_counts_ = False
-            else:
-                sub_pos, sub_neg = np.rint(sub_pos), np.rint(sub_neg)
-        sub_pos, sub_neg = np.maximum(sub_pos, 0.0), np.maximum(sub_neg, 0.0)
-        bins = np.asarray(self.refined_bins_)
+        values = np.array(released, dtype=np.float64)
         notes: list[str] = []
-        left = sorted(set(self._summary_contributors) - set(record.contributors))
-        tol = 0.5 if self.integer_counts_ else 4.0 * r * error + 1e-9 * float(pos_c.sum())
-        if left or set(record.contributors) - set(self._summary_contributors):
+        if self._base:
+            if error >= 0.25:  # the packing was widened: the digits cannot be trusted
+                notes.append("the refinement's packing was widened; its counts were not used")
+                self._finish(notes)
+                return
+            values = metrics.unpack_counts(
+                values, base=self._base, digits=self._digits, length=counts
+            )
+        elif self.integer_counts_ and error < 0.5:
+            values = np.rint(values)
+        values = np.maximum(values, 0.0)
+        half = counts // 2
+        sub_pos, sub_neg = values[:half].reshape(-1, r), values[half : 2 * half].reshape(-1, r)
+        bins = np.asarray(self._open)
+        at = bins * (self.n_bins // level)
+        left = sorted(set(self._contributors) - set(record.contributors))
+        tol = 0.5 if self.integer_counts_ else 4.0 * r * error + 1e-9 * float(self._pos.sum())
+        if left or set(record.contributors) - set(self._contributors):
             notes.append(
                 f"agencies {left} left between the evaluation's rounds; ROC AUC and its curve "
-                f"come from {self.coarse_bins} coarse score bins (see roc_auc_tie_bound)"
+                f"come from {level} score bins (see roc_auc_tie_bound)"
             )
         elif (
-            np.abs(sub_pos.sum(axis=1) - pos_c[bins]).max() > tol
-            or np.abs(sub_neg.sum(axis=1) - neg_c[bins]).max() > tol
+            np.abs(sub_pos.sum(axis=1) - self._pos[at]).max() > tol
+            or np.abs(sub_neg.sum(axis=1) - self._neg[at]).max() > tol
         ):
             notes.append(
-                "the refined score histograms do not add up to the summary's (an agency's "
-                f"data changed between the rounds); ROC AUC comes from {self.coarse_bins} "
-                "coarse score bins"
+                "the refined score histograms do not add up to the previous round's (an "
+                f"agency's data changed between the rounds); ROC AUC comes from {level} "
+                "score bins"
             )
-        else:
-            fine_pos.reshape(-1, r)[bins] = sub_pos
-            fine_neg.reshape(-1, r)[bins] = sub_neg
-        self._finish((fine_pos, fine_neg), notes)
+        if notes:
+            self._finish(notes)
+            return
+        self.refined_bins_.append(list(self._open))
+        fine_step = self.n_bins // finer
+        where = (bins[:, None] * r + np.arange(r)[None, :]) * fine_step
+        self._pos[at], self._neg[at] = 0.0, 0.0
+        self._pos[where], self._neg[where] = sub_pos, sub_neg
+        self._level += 1
+        self._open = self._mixed(where.reshape(-1) // fine_step, finer)
+        if self._level == len(self.levels_) - 1 or not self._open:
+            self._finish()
 
-    def _expand(
-        self, pos: npt.NDArray[np.float64], neg: npt.NDArray[np.float64]
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Coarse histograms as ``n_bins`` histograms, each bin's weight in its first sub-bin.
+    def _finish(self, notes: Iterable[str] = ()) -> None:
+        """Metrics and curves of the histograms known so far.
 
-        Pairs across coarse bins keep their order and pairs inside one count as ties, so
-        ROC AUC, its tie bound and the ROC curve are those of the coarse histograms.
+        A bin not split further keeps its weight in its first slot: pairs across bins keep
+        their order and pairs inside one count as ties, so ROC AUC, its tie bound and the
+        ROC curve are those of the histograms at the bins' own resolution.
         """
-        assert self.coarse_bins is not None
-        r = self.n_bins // self.coarse_bins
-        fine_pos = np.zeros(self.n_bins)
-        fine_neg = np.zeros(self.n_bins)
-        fine_pos[::r], fine_neg[::r] = pos, neg
-        return fine_pos, fine_neg
-
-    def _finish(
-        self,
-        fine: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]],
-        notes: Iterable[str] = (),
-    ) -> None:
-        assert self._summary is not None and self.coarse_bins is not None
-        layout = metrics.summary_layout(self.coarse_bins, self.calibration_bins)
+        assert self._summary is not None
+        layout = metrics.summary_layout(self.levels_[0], self.calibration_bins)
         head = self._summary[: len(metrics.CLASSIFICATION_FIELDS)]
-        vector = np.concatenate([head, fine[0], fine[1]])
+        vector = np.concatenate([head, self._pos, self._neg])
         values = metrics.classification_metrics_from_sum(vector, n_bins=self.n_bins)
         calibration = (
             self._summary[layout["calibration_weight"]],
             self._summary[layout["calibration_weight_y"]],
             self._summary[layout["calibration_weight_p"]],
         )
-        curves = _curves(*fine, calibration, values["roc_auc"], self.calibration_bins)
+        curves = _curves(
+            self._pos, self._neg, calibration, values["roc_auc"], self.calibration_bins
+        )
         self.metrics_ = EvaluationMetrics(values, curves, notes)
 
 

@@ -104,6 +104,7 @@ __all__ = [
     "CLASSIFICATION_FIELDS",
     "DEFAULT_CALIBRATION_BINS",
     "DEFAULT_COARSE_BINS",
+    "DEFAULT_LEVELS",
     "DEFAULT_N_BINS",
     "EPS",
     "LOGIT_SPAN",
@@ -122,7 +123,9 @@ __all__ = [
     "classification_statistics",
     "classification_summary",
     "classification_vector_length",
+    "count_digits",
     "histogram_refinement",
+    "pack_counts",
     "quantization_atol",
     "regression_error_bounds",
     "regression_layout",
@@ -134,6 +137,7 @@ __all__ = [
     "score_bins",
     "summary_layout",
     "summary_vector_length",
+    "unpack_counts",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -150,8 +154,12 @@ DEFAULT_N_BINS: Final[int] = 8192
 MAX_N_BINS: Final[int] = 1 << 16
 """Largest number of score bins an agency accepts (bounds every vector it computes)."""
 
-DEFAULT_COARSE_BINS: Final[int] = 128
-"""Score bins of the first evaluation round; mixed bins are then refined to ``n_bins``."""
+DEFAULT_COARSE_BINS: Final[int] = 64
+"""Score bins of the first evaluation round (:func:`classification_summary`)."""
+
+DEFAULT_LEVELS: Final[tuple[int, ...]] = (64, 1024)
+"""Histogram bins of the evaluation rounds before the last, which reaches ``n_bins``: bins
+holding both classes are split 16-fold, then 8-fold (64 → 1,024 → 8,192)."""
 
 DEFAULT_CALIBRATION_BINS: Final[int] = 10
 """Bins uniform in the predicted probability, as :func:`sklearn.calibration.calibration_curve`."""
@@ -699,30 +707,40 @@ def histogram_refinement(
     bins: npt.ArrayLike,
     n_bins: int = DEFAULT_N_BINS,
     coarse_bins: int = DEFAULT_COARSE_BINS,
+    fine_bins: int | None = None,
 ) -> FloatArray:
-    """One agency's score histograms at ``n_bins`` resolution inside chosen coarse bins.
+    """One agency's score histograms at ``fine_bins`` resolution inside chosen coarse bins.
+
+    Bin ``j`` of ``k`` bins is the union of the score bins ``j·n/k … (j+1)·n/k - 1`` of
+    :func:`score_bins` with ``n = n_bins``, so every level splits the previous one exactly.
 
     Parameters
     ----------
     y_true, y_score, sample_weight
         As :func:`classification_statistics` (labels and scores are checked the same way).
     bins : array_like of int
-        Strictly increasing coarse bin indices in ``[0, coarse_bins)`` to refine.
-    n_bins, coarse_bins : int
-        As in :func:`classification_summary`.
+        Strictly increasing bin indices in ``[0, coarse_bins)`` to refine.
+    n_bins : int, default DEFAULT_N_BINS
+        The finest score bins.
+    coarse_bins : int, default DEFAULT_COARSE_BINS
+        The level ``bins`` refer to; must divide ``fine_bins``.
+    fine_bins : int, optional
+        The level to refine to (default ``n_bins``); must divide ``n_bins``.
 
     Returns
     -------
     ndarray of float64, shape (2·r·len(bins),)
-        ``positives`` then ``negatives``; each holds, for every listed coarse bin in order,
-        the weights of its ``r = n_bins / coarse_bins`` score bins.
+        ``positives`` then ``negatives``; each holds, for every listed bin in order, the
+        weights of its ``r = fine_bins / coarse_bins`` sub-bins.
 
     Raises
     ------
     ValueError
-        Invalid inputs, or ``bins`` that are empty, unordered or out of range.
+        Invalid inputs, levels that do not divide each other, or ``bins`` that are empty,
+        unordered or out of range.
     """
-    n, c = _check_levels(n_bins, coarse_bins)
+    n, f = _check_levels(n_bins, n_bins if fine_bins is None else fine_bins)
+    _, c = _check_levels(f, coarse_bins)
     chosen = _check_bin_list(bins, c)
     y, p, w = _validate_inputs(y_true, y_score, sample_weight, pred_name="y_score")
     bad = (y != 0.0) & (y != 1.0)
@@ -730,13 +748,13 @@ def histogram_refinement(
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"y_true must hold binary labels 0 or 1; position {i} is {float(y[i])!r}")
     _check_probabilities(p)
-    r = n // c
-    fine = np.searchsorted(_interior_edges(n), p, side="right")
+    r = f // c
+    sub = np.searchsorted(_interior_edges(n), p, side="right") // (n // f)
     slot = np.full(c, -1, dtype=np.intp)
     slot[chosen] = np.arange(len(chosen))
-    where = slot[fine // r]
+    where = slot[sub // r]
     keep = where >= 0
-    idx = where[keep] * r + fine[keep] % r
+    idx = where[keep] * r + sub[keep] % r
     wy = (w * y)[keep]
     size = len(chosen) * r
     return np.concatenate(
@@ -745,6 +763,85 @@ def histogram_refinement(
             np.bincount(idx, weights=w[keep] - wy, minlength=size),
         ]
     )
+
+
+MAX_PACKED: Final[int] = 1 << 52
+"""Largest value (exclusive) of one entry of :func:`pack_counts`."""
+
+
+def count_digits(base: int, agencies: int) -> int:
+    """How many counts below ``base`` one value of :func:`pack_counts` can carry.
+
+    The packed value of one agency stays below ``C = base**digits``; quantized with at least
+    ``4·agencies·C`` levels, the sum of ``agencies`` values is off by at most 1/4, and
+    ``16·agencies²·C <= 2**52`` keeps float64 decoding within a further 1/16, so rounding
+    the decoded sum gives it exactly.
+    """
+    if isinstance(base, bool) or not isinstance(base, int) or base < 2:
+        raise ValueError(f"base must be an integer >= 2, got {base!r}")
+    if isinstance(agencies, bool) or not isinstance(agencies, int) or agencies < 1:
+        raise ValueError(f"agencies must be a positive integer, got {agencies!r}")
+    room = MAX_PACKED // (16 * agencies * agencies)
+    digits = 0
+    value = 1
+    while value * base <= room:
+        value *= base
+        digits += 1
+    return digits
+
+
+def pack_counts(counts: npt.ArrayLike, *, base: int, digits: int) -> FloatArray:
+    """Integer counts below ``base``, ``digits`` to a value: ``Σ_j counts[i·d + j]·base^j``.
+
+    Sums of packed vectors unpack to the sums of the counts as long as every summed count
+    stays below ``base`` (no carry from one digit into the next).
+
+    Raises
+    ------
+    ValueError
+        A count that is negative, not an integer, or not below ``base``; or a packing whose
+        values could reach ``2**52``.
+    """
+    c = _as_float_vector(counts, "counts")
+    d = _check_digits(base, digits)
+    bad = (c < 0) | (c >= base) | (c != np.floor(c))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"count {float(c[i])!r} at position {i} is not an integer in [0, {base}); "
+            "the announced bound does not cover this agency's rows"
+        )
+    padded = np.zeros(-(-len(c) // d) * d)
+    padded[: len(c)] = c
+    powers = float(base) ** np.arange(d)
+    packed: FloatArray = padded.reshape(-1, d) @ powers
+    return packed
+
+
+def unpack_counts(values: npt.ArrayLike, *, base: int, digits: int, length: int) -> FloatArray:
+    """Inverse of :func:`pack_counts` for (summed, exactly rounded) packed values."""
+    v = _as_float_vector(values, "values")
+    d = _check_digits(base, digits)
+    if len(v) != -(-length // d):
+        raise ValueError(f"{len(v)} packed values cannot hold {length} counts of {d} digits")
+    q = np.rint(v).astype(np.int64)
+    if (q < 0).any() or (q >= MAX_PACKED).any():
+        raise ValueError("packed values out of range")
+    out = np.empty((len(q), d), dtype=np.int64)
+    for j in range(d):
+        out[:, j] = q % base
+        q //= base
+    return out.reshape(-1)[:length].astype(np.float64)
+
+
+def _check_digits(base: int, digits: int) -> int:
+    if isinstance(base, bool) or not isinstance(base, int | np.integer) or base < 2:
+        raise ValueError(f"base must be an integer >= 2, got {base!r}")
+    if isinstance(digits, bool) or not isinstance(digits, int | np.integer) or digits < 1:
+        raise ValueError(f"digits must be a positive integer, got {digits!r}")
+    if int(base) ** int(digits) > MAX_PACKED:
+        raise ValueError(f"base**digits = {base}**{digits} exceeds 2**52")
+    return int(digits)
 
 
 def roc_curve_from_histogram(
