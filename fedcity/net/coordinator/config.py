@@ -97,6 +97,12 @@ class CoordinatorConfig:
     min_cell_count : int
         The federation's floor for query cells: a query whose ``min_count`` is lower is
         refused at submission (each agency's policy may raise it further, never lower it).
+    dashboard_port : int, optional
+        Serve the read-only web dashboard (:mod:`fedcity.dashboard`) on
+        ``dashboard_host:dashboard_port`` (HTTPS with the coordinator's certificate, or plain
+        HTTP with ``insecure`` on loopback only); 0 picks a free port; None (default): off.
+    dashboard_host : str
+        The dashboard's bind address.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -122,6 +128,8 @@ class CoordinatorConfig:
     max_streams_per_principal: int | None = None
     upload_timeout: float = 300.0
     min_cell_count: int = 10
+    dashboard_port: int | None = None
+    dashboard_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         for name in (
@@ -171,6 +179,12 @@ class CoordinatorConfig:
             )
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must lie in [0, 65535], got {self.metrics_port}")
+        if self.dashboard_port is not None and (
+            isinstance(self.dashboard_port, bool)
+            or not isinstance(self.dashboard_port, int)
+            or not 0 <= self.dashboard_port <= 65535
+        ):
+            raise ValueError(f"dashboard_port must lie in [0, 65535], got {self.dashboard_port!r}")
         if not 0 < self.max_upload_bytes <= messages.MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"max_upload_bytes must lie in [1, {messages.MAX_PAYLOAD_BYTES}], "

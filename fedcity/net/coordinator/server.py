@@ -49,8 +49,8 @@ class CoordinatorServer:
     """A running coordinator: gRPC server, ticker thread, metrics endpoint, store.
 
     Build it with :func:`serve`. Attributes: ``port`` (the bound port), ``metrics_port``
-    (the bound metrics port, 0 if off), ``coordinator`` (the :class:`Coordinator`),
-    ``store`` and ``metrics``.
+    (the bound metrics port, 0 if off), ``dashboard_port`` (the bound dashboard port, 0 if
+    off), ``coordinator`` (the :class:`Coordinator`), ``store`` and ``metrics``.
     """
 
     def __init__(
@@ -121,6 +121,8 @@ class CoordinatorServer:
         self.port: int = bound
         self.metrics_port = 0
         self._httpd: Any = None
+        self.dashboard_port = 0
+        self._dashboard: Any = None
         self._ticker = threading.Thread(target=self._tick_loop, name="fedcity-ticker", daemon=True)
         self._stop_ticker = threading.Event()
         self._stopped = False
@@ -135,6 +137,19 @@ class CoordinatorServer:
                     registry=self.metrics.registry,
                 )
                 self.metrics_port = int(self._httpd.server_port)
+            if self.config.dashboard_port is not None:
+                from fedcity.dashboard import DashboardServer  # the web stack only when asked
+
+                self._dashboard = DashboardServer(
+                    self.coordinator,
+                    self.auth,
+                    host=self.config.dashboard_host,
+                    port=self.config.dashboard_port,
+                    tls=None
+                    if self.config.insecure
+                    else (self.config.tls_cert, self.config.tls_key),
+                ).start()
+                self.dashboard_port = self._dashboard.port
             self._server.start()
             self._ticker.start()
         except BaseException:
@@ -173,6 +188,8 @@ class CoordinatorServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
+        if self._dashboard is not None:
+            self._dashboard.stop()
         self.coordinator.close()
         log.info("coordinator stopped")
 
@@ -219,6 +236,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="plaintext; only on a loopback address")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address")
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve the read-only web dashboard on this port (default: off; HTTPS with "
+        "--tls-cert/--tls-key, plain HTTP only with --insecure on loopback)",
+    )
+    p.add_argument(
+        "--dashboard-host", default="127.0.0.1", help="dashboard bind address (default %(default)s)"
+    )
     p.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="S")
     p.add_argument("--liveness-timeout", type=float, default=None, metavar="S")
     p.add_argument("--collect-timeout", type=float, default=60.0, metavar="S")
@@ -294,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             upload_timeout=args.upload_timeout,
             stall_threshold=args.stall_threshold,
             min_cell_count=args.min_cell_count,
+            dashboard_port=args.dashboard_port,
+            dashboard_host=args.dashboard_host,
         )
         server = serve(config)
     except (AuthError, CeremonyError, StoreError, OSError, ValueError) as exc:
