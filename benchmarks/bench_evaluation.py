@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Benchmark of federated evaluation: the one-round 8,192-bin histogram against the two-round
-refinement, next to training, in the same run.
+"""Benchmark of federated evaluation: the one-round 8,192-bin histogram against the refined
+histograms, next to training, in the same run.
 
 1. **Chicago.** The Chicago example's job (logistic regression over 24 police-district
    agencies, 5-of-24 key): training wall time, then the federated evaluation on the City's
    1,637-inspection test window, each district scoring its own rows, once the way earlier
    versions did (``FederatedEvaluation(coarse_bins=None)``: one round, 16,389 values at 52
-   bits) and with the default two rounds (128-bin summary, then only the coarse bins holding
-   both classes refined to 8,192 bins, counts packed at the bits they need). Metrics of both
-   and the AUC computed centrally from the same model. Target: evaluation <= 1/4 of training.
+   bits) and with the default refinement (64-bin summary, then only the bins holding both
+   classes split, 64 → 1,024 → 8,192, exact counts packed several to a value). Metrics of
+   both and the AUC computed centrally from the same model. Target: evaluation <= 1/4 of
+   training.
 2. **Against a training round.** 10 agencies × 2,000 rows, 3-of-10 key: one FedAvg round of
    an ``MLPClassifier`` with 9,997 parameters, then the evaluation of that model on every
    agency's rows, both ways. Target: evaluation <= one training round.
@@ -56,6 +57,7 @@ from fedcity.data import AgencyDataset, DataUnavailable, load_chicago_inspection
 from fedcity.learn import FedAvgJob, FederatedResult, LogisticRegressionJob
 from fedcity.learn.algorithm import RoundRecord
 from fedcity.learn.evaluation import FederatedEvaluation
+from fedcity.learn.metrics import DEFAULT_LEVELS
 
 CHICAGO_THRESHOLD = 5
 METRICS = ("n", "prevalence", "log_loss", "brier", "accuracy", "roc_auc", "roc_auc_tie_bound")
@@ -81,7 +83,7 @@ def evaluate(
     result: FederatedResult,
     datasets: Sequence[AgencyDataset] | None,
     *,
-    coarse_bins: int | None,
+    coarse_bins: int | tuple[int, ...] | None,
 ) -> EvalRun:
     """What ``LocalFederation.evaluate`` does, with a choice of ``coarse_bins``."""
     which = "train"
@@ -116,7 +118,7 @@ def eval_rows(legacy: EvalRun, new: EvalRun, base: float) -> list[list[str]]:
     rows = []
     for name, run in (
         ("one round, 8,192 bins, 52 bits (before)", legacy),
-        ("two rounds (now)", new),
+        ("refined, 64 → 1,024 → 8,192 bins (now)", new),
     ):
         labels = "; ".join(r.label.split(": ")[-1] for r in run.rounds)
         rows.append(
@@ -196,7 +198,9 @@ def run_chicago(report: Report, args: argparse.Namespace) -> None:
             train_wall = result.seconds_
             train_stages = sum(sum(r.seconds.values()) for r in result.history_)
             legacy = evaluate(fed, result, test_agencies, coarse_bins=None)
-            news = [evaluate(fed, result, test_agencies, coarse_bins=128) for _ in range(3)]
+            news = [
+                evaluate(fed, result, test_agencies, coarse_bins=DEFAULT_LEVELS) for _ in range(3)
+            ]
     new = median_run(news)
     y = test[spec.label].to_numpy()
     p = result.estimator_.predict_proba(test)[:, 1]
@@ -207,7 +211,7 @@ def run_chicago(report: Report, args: argparse.Namespace) -> None:
         f"Training (LogisticRegressionJob(C=1), {len(result.history_)} rounds): "
         f"{fmt_seconds(train_wall)} in process, {fmt_seconds(train_stages)} as the sum of "
         f"stages. Evaluation on {len(y):,} test inspections held by {len(test_agencies)} "
-        f"districts; the two-round figure is the median of {len(news)} runs "
+        f"districts; the refined figure is the median of {len(news)} runs "
         f"({', '.join(fmt_seconds(r.wall) for r in news)}).\n"
     )
     headers = [h.replace("{base}", "training") for h in EVAL_HEADERS]
@@ -247,7 +251,7 @@ def run_round(report: Report, args: argparse.Namespace) -> None:
             round_wall = fed.wall(last)
             round_stages = sum(last.seconds.values())
             legacy = evaluate(fed, result, None, coarse_bins=None)
-            news = [evaluate(fed, result, None, coarse_bins=128) for _ in range(3)]
+            news = [evaluate(fed, result, None, coarse_bins=DEFAULT_LEVELS) for _ in range(3)]
     new = median_run(news)
     pooled = pd.concat(wide_frames(COST_AGENCIES, rows, COST_FEATURES), ignore_index=True)
     y = pooled["y"].to_numpy()
