@@ -45,6 +45,7 @@ __all__ = [
     "DataError",
     "LocalTable",
     "Quantity",
+    "block_of",
     "cell_quantities",
     "from_limbs",
     "limb_bits_for",
@@ -588,16 +589,56 @@ def _as_table(table: Any) -> LocalTable:
     return table
 
 
+def block_of(q: Quantity) -> str:
+    """The differential-privacy noise block of a quantity (:mod:`fedcity.analytics.privacy`)."""
+    return f"h:{q.aggregate}" if q.kind == "h" else q.key
+
+
+def _noised(
+    params: Mapping[str, Any], values: Sequence[int], blocks: Sequence[str], agency: str
+) -> list[int]:
+    """``values`` plus this agency's noise share per block, each entry within ``2^limb_bits``."""
+    from fedcity.analytics.privacy import sample_share
+
+    dp = params["dp"]
+    if not isinstance(dp, Mapping) or dp.get("noise") not in ("gaussian", "skellam"):
+        raise QueryError(f"invalid differential-privacy parameters {dp!r}")
+    bits = _limb_bits(params)
+    out = list(values)
+    for block in sorted(set(blocks)):
+        idx = [i for i, b in enumerate(blocks) if b == block]
+        try:
+            share = float(dp["share"][block])
+            bound = int(dp["noise_bound"][block])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise QueryError(f"no noise parameters for block {block!r}") from exc
+        noise = sample_share(dp["noise"], share, len(idx), bound=bound)
+        for i, eta in zip(idx, noise.tolist(), strict=True):
+            out[i] += int(eta)
+    limit = (1 << bits) - 1
+    big = [i for i, v in enumerate(out) if abs(v) > limit]
+    if big:
+        raise DataError(
+            f"agency {agency!r}: a noised {blocks[big[0]]} value exceeds the encoding range "
+            f"2^{bits} of a query with differential privacy (no limbs under DP); narrow the "
+            "clip range or lower the decimals"
+        )
+    return out
+
+
 @local_step("query.presence")
 def presence_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]:
-    """Per cell: 1 if this agency has at least one matching row, else 0."""
+    """Per cell: 1 if this agency has at least one matching row, else 0 (plus noise under DP)."""
     spec = _spec_of(params)
-    agg = _as_table(table).aggregate(spec)
-    out = np.zeros(spec.n_cells, dtype=np.float64)
+    tab = _as_table(table)
+    agg = tab.aggregate(spec)
+    out = [0] * spec.n_cells
     for cell, vals in agg.values.items():
         if vals[0] > 0:
-            out[cell] = 1.0
-    return out
+            out[cell] = 1
+    if params.get("dp"):
+        out = _noised(params, out, ["presence"] * len(out), tab.agency)
+    return np.asarray(out, dtype=np.float64)
 
 
 @local_step("query.cells")
@@ -606,10 +647,19 @@ def cells_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]
     spec = _spec_of(params)
     bits = _limb_bits(params)
     cells = eligible_from_ranges(params["cells"], spec.n_cells)
-    agg = _as_table(table).aggregate(spec)
+    tab = _as_table(table)
+    agg = tab.aggregate(spec)
     quantities = agg.quantities
     zero = (0,) * len(quantities)
     out: list[int] = []
+    if params.get("dp"):  # one noised entry per quantity: no limbs (module notes of privacy)
+        blocks: list[str] = []
+        for cell in cells:
+            out.extend(agg.values.get(cell, zero))
+            blocks.extend(block_of(q) for q in quantities)
+        out.append(agg.out_of_domain)
+        blocks.append("n")
+        return np.asarray(_noised(params, out, blocks, tab.agency), dtype=np.float64)
     for cell in cells:
         vals = agg.values.get(cell, zero)
         for q, v in zip(quantities, vals, strict=True):

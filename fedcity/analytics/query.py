@@ -131,6 +131,67 @@ def _suppress(
     return basic_suppression(counts, agencies, min_count=min_count, min_agencies=min_agencies)
 
 
+def _noisy_suppression(
+    spec: QuerySpec,
+    counts: npt.NDArray[np.float64],
+    agencies: npt.NDArray[np.int64],
+    min_agencies: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.object_]]:
+    """Under differential privacy: primary suppression on the noisy counts.
+
+    Agencies per cell are not released under DP (every cell is computed and noised), so the
+    agency-count rule does not apply; the noise protects cells of one agency.
+    """
+    return basic_suppression(
+        np.where(np.isnan(counts), np.nan, np.maximum(counts, 0.0)),
+        np.zeros(counts.shape, dtype=np.int64),
+        min_count=spec.disclosure.min_count,
+        min_agencies=0,
+    )
+
+
+_PRIVACY_KEYS = ("epsilon", "delta", "noise", "colluding", "queries")
+
+
+def plan_noise(spec: QuerySpec, privacy: Mapping[str, Any], min_agencies: int) -> Any:
+    """The calibrated noise plan of a query (:func:`fedcity.analytics.privacy.plan_query_noise`).
+
+    Raises
+    ------
+    QueryError
+        Unknown or invalid privacy parameters, or an aggregate DP cannot serve.
+    """
+    from fedcity.analytics.privacy import plan_query_noise, query_blocks
+
+    unknown = sorted(set(privacy) - set(_PRIVACY_KEYS))
+    if unknown:
+        raise QueryError(f"privacy: unknown key(s) {unknown}; allowed: {list(_PRIVACY_KEYS)}")
+    if "epsilon" not in privacy or "delta" not in privacy:
+        raise QueryError("privacy: epsilon and delta are required")
+    ranges: dict[str, tuple[int, float]] = {}
+    for name, col in spec.columns.items():
+        if col.clip is not None:
+            d, lo, hi = col.units(name)
+            ranges[name] = (hi - lo, 10.0**-d)
+    try:
+        blocks = query_blocks(
+            [a.to_dict() for a in spec.aggregates], ranges, cells=spec.n_cells, presence=False
+        )
+        return plan_query_noise(
+            blocks,
+            epsilon=privacy["epsilon"],
+            delta=privacy["delta"],
+            noise=privacy.get("noise", "gaussian"),
+            n_agencies_min=min_agencies,
+            colluding=privacy.get("colluding", 0),
+            queries=privacy.get("queries", 1),
+        )
+    except ValueError as exc:
+        if isinstance(exc, QueryError):
+            raise
+        raise QueryError(f"privacy: {exc}") from exc
+
+
 @dataclass
 class _Rank:
     """Refinement state of one order statistic (0-based rank) of one cell's column."""
@@ -175,8 +236,15 @@ class QueryAlgorithm(Algorithm):
     suppression : callable, optional
         ``suppression(spec, counts, agencies, min_agencies) -> (mask, reasons)``; default:
         :mod:`fedcity.analytics.disclosure` (complementary suppression included).
-    noise : object, optional
-        Differential-privacy hook (``fedcity.analytics.privacy``); not applied by this class.
+    privacy : mapping, optional
+        Differential privacy: ``{"epsilon", "delta", "noise": "gaussian"|"skellam",
+        "colluding": 0, "queries": 1}`` (see :mod:`fedcity.analytics.privacy`). Every agency adds
+        a calibrated noise share to every entry of the presence and cells rounds, each quantity
+        travels as one entry (no limbs), and disclosure control works on the noisy counts
+        (primary and agency-count rules; complementary suppression is not needed under DP).
+        ``var``, ``std`` and ``quantile`` are refused.
+    accountant : PrivacyAccountant, optional
+        Charged once per query (default: a fresh one from the noise plan).
 
     Attributes
     ----------
@@ -201,7 +269,8 @@ class QueryAlgorithm(Algorithm):
         min_agencies: int = 2,
         bins: int = DEFAULT_BINS,
         suppression: Callable[..., tuple[Any, Any]] | None = None,
-        noise: Any = None,
+        privacy: Mapping[str, Any] | None = None,
+        accountant: Any = None,
     ) -> None:
         if not isinstance(spec, QuerySpec):
             raise TypeError(f"spec must be a QuerySpec, got {type(spec).__name__}")
@@ -212,12 +281,17 @@ class QueryAlgorithm(Algorithm):
         self.spec = spec.resolved()
         self.params_spec = self.spec.to_dict()
         self.quantities = cell_quantities(self.spec)
-        self.limb_bits_ = LIMB_BITS
-        self.per_cell = sum(q.n_limbs(self.limb_bits_) for q in self.quantities)
         self.min_agencies = max(min_agencies, spec.disclosure.min_agencies or 1)
         self.bins = bins
         self.suppression = suppression or _suppress
-        self.noise = noise
+        self.plan_ = None if not privacy else plan_noise(self.spec, privacy, self.min_agencies)
+        self.limb_bits_ = LIMB_BITS
+        self.per_cell = self._per_cell()
+        self.accountant = accountant
+        if self.plan_ is not None and accountant is None:
+            self.accountant = self.plan_.accountant()
+        if self.plan_ is not None and suppression is None:
+            self.suppression = _noisy_suppression
         if self.spec.n_cells * self.per_cell + self._ood_limbs > MAX_VECTOR:
             raise QueryError(
                 f"the query needs {self.spec.n_cells} cells × {self.per_cell} entries per cell; "
@@ -227,6 +301,13 @@ class QueryAlgorithm(Algorithm):
         self.n_contributors_: int | None = None
         self.agencies_: npt.NDArray[np.int64] | None = None
         self.eligible_: list[int] = []
+        if self.plan_ is not None:
+            # under DP every cell is computed: its noise protects a one-agency cell, and no
+            # exact presence round is released (agencies per cell stay unknown: -1)
+            self._stage = "cells"
+            self.eligible_ = list(range(self.spec.n_cells))
+            self.agencies_ = np.full(self.spec.dims or (), -1, dtype=np.int64)
+            self.limb_bits_ = limb_bits_for(MAX_AGENCIES)
         self.totals_: CellTotals | None = None
         self.mask_: npt.NDArray[np.bool_] | None = None
         self.reasons_: npt.NDArray[np.object_] | None = None
@@ -241,14 +322,21 @@ class QueryAlgorithm(Algorithm):
         """All rounds done."""
         return self._stage == "done"
 
+    def _per_cell(self) -> int:
+        if self.plan_ is not None:
+            return len(self.quantities)  # one noised entry per quantity
+        return sum(q.n_limbs(self.limb_bits_) for q in self.quantities)
+
     @property
     def _ood_limbs(self) -> int:
-        return -(-ROW_BITS // self.limb_bits_)
+        return 1 if self.plan_ is not None else -(-ROW_BITS // self.limb_bits_)
 
     def _request(self, kind: str, extra: Mapping[str, Any], length: int, label: str) -> TaskRequest:
         params = {"table": self.spec.table, "spec": self.params_spec, **extra}
-        if kind != "query.presence":
+        if kind != "query.presence" or self.plan_ is not None:
             params["limb_bits"] = self.limb_bits_
+        if self.plan_ is not None:
+            params["dp"] = self.plan_.task_params()
         return TaskRequest(
             kind,
             params,
@@ -266,6 +354,13 @@ class QueryAlgorithm(Algorithm):
                 "query.presence", {}, self.spec.n_cells, "query: agencies per cell"
             )
         if self._stage == "cells":
+            if self.plan_ is not None:
+                from fedcity.privacy import BudgetExceededError
+
+                try:
+                    self.accountant.check()
+                except BudgetExceededError as exc:
+                    raise JobFailed(f"privacy budget exhausted: {exc}") from exc
             length = len(self.eligible_) * self.per_cell + self._ood_limbs
             if length > MAX_VECTOR:
                 raise JobFailed(f"the cells round would need {length} entries (> {MAX_VECTOR})")
@@ -298,9 +393,9 @@ class QueryAlgorithm(Algorithm):
 
     @property
     def max_rounds(self) -> int | None:
-        """Two rounds, plus quantile refinement rounds when asked."""
+        """Two rounds (one under DP), plus quantile refinement rounds when asked."""
         if not any(a.func == "quantile" for a in self.spec.aggregates):
-            return 2
+            return 1 if self.plan_ is not None else 2
         worst = 0
         for a in self.spec.aggregates:
             if a.func == "quantile" and a.column:
@@ -318,9 +413,10 @@ class QueryAlgorithm(Algorithm):
         if n > MAX_AGENCIES:
             raise JobFailed(f"{n} agencies exceed the {MAX_AGENCIES} a query can sum exactly")
         ints = [int(v) for v in np.rint(released)]
-        bits = 1 if request.kind == "query.presence" else int(request.params["limb_bits"])
+        bits = int(request.params.get("limb_bits", 1))
         top = n * ((1 << bits) - 1)
-        bad = [i for i, v in enumerate(ints) if not 0 <= v <= top]
+        low = -top if self.plan_ is not None else 0
+        bad = [i for i, v in enumerate(ints) if not low <= v <= top]
         if bad:
             raise JobFailed(
                 f"{request.kind}: released entry {bad[0]} = {ints[bad[0]]} is outside "
@@ -329,6 +425,9 @@ class QueryAlgorithm(Algorithm):
         if request.kind == "query.presence":
             self._on_presence(ints, n)
         elif request.kind == "query.cells":
+            if self.plan_ is not None:
+                self.accountant.charge()  # the query's one noisy release
+                self.n_contributors_ = n
             self._on_cells(ints)
         elif request.kind == "query.quantile":
             self._on_quantile(ints)
@@ -340,7 +439,7 @@ class QueryAlgorithm(Algorithm):
         self.n_contributors_ = n
         # later rounds have at most these contributors: the largest exact limb for them
         self.limb_bits_ = limb_bits_for(max(n, 1))
-        self.per_cell = sum(q.n_limbs(self.limb_bits_) for q in self.quantities)
+        self.per_cell = self._per_cell()
         self.agencies_ = np.asarray(ints, dtype=np.int64).reshape(self.spec.dims or ())
         self.eligible_ = [i for i, a in enumerate(ints) if a >= self.min_agencies]
         self._stage = "cells"
@@ -351,7 +450,7 @@ class QueryAlgorithm(Algorithm):
         for cell in self.eligible_:
             cell_vals: list[int] = []
             for q in self.quantities:
-                k = q.n_limbs(self.limb_bits_)
+                k = 1 if self.plan_ is not None else q.n_limbs(self.limb_bits_)
                 cell_vals.append(from_limbs(ints[pos : pos + k], self.limb_bits_))
                 pos += k
             values[cell] = tuple(cell_vals)
@@ -360,7 +459,8 @@ class QueryAlgorithm(Algorithm):
         assert self.agencies_ is not None
         flat_agencies = self.agencies_.reshape(-1)
         counts = np.full(self.spec.n_cells, np.nan)
-        counts[flat_agencies == 0] = 0.0  # no agency has a row: the count is known to be 0
+        if self.plan_ is None:
+            counts[flat_agencies == 0] = 0.0  # no agency has a row: the count is known to be 0
         for cell, vals in values.items():
             counts[cell] = float(vals[0])
         shape = self.spec.dims or ()
@@ -476,7 +576,7 @@ class QueryAlgorithm(Algorithm):
             cols: dict[str, list[Any]] = {n: [] for n in names}
             for cell in range(spec.n_cells):
                 vals = self.totals_.values.get(cell)
-                if vals is None and flat_agencies[cell] == 0:
+                if vals is None and flat_agencies[cell] == 0 and self.plan_ is None:
                     vals = zero  # no agency has a matching row: every total is 0
                 if vals is None or flat_mask[cell]:
                     for n in names:
@@ -541,7 +641,7 @@ def _aggregate_value(
             den = _column_total(spec, a.denominator, vals, keys)
         else:
             den = Fraction(vals[keys["n"]])
-        return [float(num / den * Fraction(a.scale)) if den != 0 else nan]
+        return [float(num / den * Fraction(a.scale)) if den > 0 else nan]
     col = a.column
     n = vals[keys[f"nn:{col}"]]
     total = _column_total(spec, col, vals, keys)
@@ -552,7 +652,7 @@ def _aggregate_value(
             int(total) if (kind == "integer" or d == 0) and total.denominator == 1 else float(total)
         ]
     if a.func == "mean":
-        return [float(total / n) if n else nan]
+        return [float(total / n) if n > 0 else nan]
     # var / std from the offset values (shift-invariant), ddof=1 like pandas
     d = spec.columns[col].resolved_decimals(col)
     if n < 2:
@@ -587,16 +687,32 @@ class QueryJob:
     def __post_init__(self) -> None:
         if self.schema is not None:
             self.spec = self.spec.validate_against(self.schema)
-        privacy = self.privacy or self.spec.privacy
-        if privacy:
+        if self.privacy and self.spec.privacy and dict(self.privacy) != dict(self.spec.privacy):
             raise QueryError(
-                "differential privacy for queries is not available yet "
-                "(fedcity.analytics.privacy); remove [privacy]"
+                f"privacy is given twice and differs: {dict(self.privacy)} for the job, "
+                f"{dict(self.spec.privacy)} in the spec"
             )
+        self.privacy = dict(self.privacy or self.spec.privacy or {}) or None
+        if self.privacy:
+            plan_noise(self.spec, self.privacy, 2)  # refuses bad parameters up front
 
-    def algorithm(self, min_agencies: int = 2) -> QueryAlgorithm:
-        """The algorithm a coordinator (or :func:`run_query`) drives."""
-        return QueryAlgorithm(self.spec, min_agencies=min_agencies, bins=self.bins)
+    def algorithm(self, min_agencies: int = 2, *, accountant: Any = None) -> QueryAlgorithm:
+        """The algorithm a coordinator (or :func:`run_query`) drives.
+
+        Parameters
+        ----------
+        min_agencies : int, default 2
+            The job's fewest contributors (also the fewest agencies of a computed cell).
+        accountant : PrivacyAccountant, optional
+            With differential privacy: the budget to charge (default: one per query).
+        """
+        return QueryAlgorithm(
+            self.spec,
+            min_agencies=min_agencies,
+            bins=self.bins,
+            privacy=self.privacy,
+            accountant=accountant,
+        )
 
     def result(
         self,

@@ -4,8 +4,10 @@ Columns of :attr:`QueryResult.frame`: the group-by columns (their declared level
 per aggregate (histograms: one per bin, ``name[lo,hi)``; quantiles: ``name``, ``name_low``,
 ``name_high``, the bracket that holds the true value), ``n_agencies`` (public: the number of
 agencies with a matching row), ``status`` (``"released"`` or ``"suppressed"``) and ``reason``
-(why a cell is withheld). With differential privacy, ``noise_scale`` gives the standard
-deviation of the noise in each cell's counts.
+(why a cell is withheld). With differential privacy every figure is noisy (counts may even be
+negative), ``noise_scale`` gives the standard deviation of the noise of each cell's row count,
+and :attr:`QueryResult.privacy` states ε, δ, the noise kind, the neighbouring relation and the
+noise standard deviation of every aggregate.
 """
 
 from __future__ import annotations
@@ -108,6 +110,15 @@ class QueryResult:
         mask = algorithm.mask_.reshape(-1)
         data["status"] = np.where(mask, "suppressed", "released").astype(object)
         data["reason"] = algorithm.reasons_.reshape(-1).astype(object)
+        privacy = None
+        plan = algorithm.plan_
+        if plan is not None:
+            data["n_agencies"] = pd.array([None] * spec.n_cells, dtype="Int64")  # not released
+            data["noise_scale"] = np.full(spec.n_cells, float(plan.stddev_per_block["n"]))
+            privacy = {
+                **plan.to_dict(),
+                "stddev_per_aggregate": plan.stddev_for([a.to_dict() for a in spec.aggregates]),
+            }
         frame = _typed_frame(pd.DataFrame(data), spec)
         return cls(
             spec=spec,
@@ -117,6 +128,7 @@ class QueryResult:
             job_id=job_id,
             seconds=seconds,
             n_agencies=algorithm.n_contributors_ or 0,
+            privacy=privacy,
         )
 
     # -- accessors ----------------------------------------------------------------------------
