@@ -256,9 +256,15 @@ class LocalTable:
 
         if not isinstance(schema, TableSchema):
             raise TypeError(f"schema must be a TableSchema, got {type(schema).__name__}")
+        if not isinstance(agency, str) or not agency or len(agency) > 128:
+            raise ValueError(
+                f"agency must be a non-empty name of at most 128 characters, got {agency!r}"
+            )
+        if not isinstance(source, str | Path | pd.DataFrame):
+            raise TypeError(f"source must be a path or a DataFrame, got {type(source).__name__}")
         self.schema = schema
         self.agency = agency
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # one DuckDB statement (and its relations) at a time
         self._cache: OrderedDict[str, CellAggregates] = OrderedDict()
         self._con = duckdb.connect(":memory:")
         where = f"agency {agency!r}, table {schema.name!r}"
@@ -441,7 +447,7 @@ class LocalTable:
         QueryError
             The spec does not fit this table's schema.
         DataError
-            A quantity exceeds its declared bound (e.g. more than 2^40 rows in a cell).
+            A quantity exceeds its declared bound (e.g. more than 2^36 rows in a cell).
         """
         key = spec.to_json()
         with self._lock:
@@ -466,7 +472,6 @@ class LocalTable:
                 alias = f"__h{len(hist_cols)}"
                 extra.append(f"{self._bin_expr(a, params)} AS {alias}")
                 hist_cols[a.name] = alias
-        source, registered = self._cell_source(spec, extra, params)
         selects = []
         for q in quantities:
             if q.kind == "n":
@@ -483,8 +488,9 @@ class LocalTable:
                 selects.append(
                     f"count(*) FILTER (WHERE {hist_cols[q.aggregate]} = {int(q.bin or 0)})"
                 )
-        sql = f"SELECT __cell, {', '.join(selects)} FROM ({source}) GROUP BY __cell"
         with self._lock:
+            source, registered = self._cell_source(spec, extra, params)
+            sql = f"SELECT __cell, {', '.join(selects)} FROM ({source}) GROUP BY __cell"
             try:
                 rows = self._con.execute(sql, params).fetchall()
             finally:
@@ -547,15 +553,15 @@ class LocalTable:
         )
         params: list[Any] = []
         y = self._value_expr(spec, column, params)
-        source, registered = self._cell_source(spec, [f"{y} AS __y"], params)
-        self._con.register("__targets", frame)
-        registered.append("__targets")
-        sql = (
-            "SELECT t.tid, (d.__y - t.lo) * t.k // (t.hi - t.lo + 1) AS bin, count(*) "
-            f"FROM ({source}) AS d JOIN __targets AS t "
-            "ON d.__cell = t.cell AND d.__y BETWEEN t.lo AND t.hi GROUP BY 1, 2"
-        )
         with self._lock:
+            source, registered = self._cell_source(spec, [f"{y} AS __y"], params)
+            self._con.register("__targets", frame)
+            registered.append("__targets")
+            sql = (
+                "SELECT t.tid, (d.__y - t.lo) * t.k // (t.hi - t.lo + 1) AS bin, count(*) "
+                f"FROM ({source}) AS d JOIN __targets AS t "
+                "ON d.__cell = t.cell AND d.__y BETWEEN t.lo AND t.hi GROUP BY 1, 2"
+            )
             try:
                 rows = self._con.execute(sql, params).fetchall()
             finally:

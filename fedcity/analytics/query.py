@@ -65,7 +65,11 @@ MAX_VECTOR = 4_000_000
 """Longest vector of one round (entries)."""
 DEFAULT_BINS = 32
 """Bins per bracket and quantile round."""
-MAX_QUANTILE_ROUNDS = 48
+MAX_QUANTILE_ROUNDS = 256
+QUANTILE_ROUND_ENTRIES = 500_000
+"""Entries of one quantile round; more brackets wait for the next round."""
+MAX_TARGETS = 20_000
+"""Brackets refined in one quantile round (bounds the task's parameters)."""
 
 SuppressionRule = Callable[..., tuple[npt.NDArray[np.bool_], npt.NDArray[np.object_]]]
 
@@ -505,7 +509,10 @@ class QueryAlgorithm(Algorithm):
         assert self.totals_ is not None
         targets: dict[tuple[str, int, int, int], tuple[str, int, int, int, int, int]] = {}
         n_index = 0  # row count bounds every per-agency bin count of the cell
+        entries = 0
         for st in self._qstates:
+            if entries >= QUANTILE_ROUND_ENTRIES or len(targets) >= MAX_TARGETS:
+                break  # the remaining brackets are refined in the next round
             tol = self._tolerance_units(st.aggregate)
             total = self.totals_.values[st.cell][n_index]
             limbs = max(1, -(-max(1, total.bit_length()) // self.limb_bits_))
@@ -514,7 +521,9 @@ class QueryAlgorithm(Algorithm):
                     continue
                 key = (st.column, st.cell, r.lo, r.hi)
                 k = min(self.bins, r.hi - r.lo + 1)
-                targets.setdefault(key, (st.column, st.cell, r.lo, r.hi, k, limbs))
+                if key not in targets:
+                    targets[key] = (st.column, st.cell, r.lo, r.hi, k, limbs)
+                    entries += k * limbs
         return list(targets.values())
 
     def _on_quantile(self, ints: list[int]) -> None:

@@ -318,3 +318,39 @@ def test_counts_and_sums_match_pandas_for_any_tables(key_2_of_3, rows_per_agency
             assert row.status == "suppressed" and pd.isna(row.n)
         else:
             assert row.n == 0
+
+
+def test_quantile_brackets_beyond_one_round_wait_for_the_next(
+    permits, permit_tables, key_3_of_5, monkeypatch
+):
+    import fedcity.analytics.query as query_module
+
+    monkeypatch.setattr(query_module, "MAX_TARGETS", 2)
+    spec = {
+        **FULL,
+        "aggregate": [
+            {"name": "n", "func": "count"},
+            {"name": "med", "func": "quantile", "column": "units", "q": 0.5, "tolerance": 0.5},
+        ],
+    }
+    result = run_query(spec, permit_tables, key=key_3_of_5, threshold=3)
+    rounds = [r for r in result.history if r.kind == "query.quantile"]
+    assert len(rounds) > 10
+    inside = _pooled(permits)
+    for (d, k), part in inside.groupby(["district", "kind"]):
+        row = result.frame[(result.frame["district"] == d) & (result.frame["kind"] == k)]
+        if len(row) and row["status"].iloc[0] == "released":
+            assert abs(row["med"].iloc[0] - part["units"].astype(float).median()) <= 0.5
+
+
+def test_concurrent_local_queries_on_one_table(permit_tables):
+    from concurrent.futures import ThreadPoolExecutor
+
+    table = permit_tables[0]
+    specs = [
+        QuerySpec.from_dict({**FULL, "disclosure": {"min_count": c}}).validate_against(SCHEMA)
+        for c in range(1, 9)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(table.aggregate, specs))
+    assert all(r.values == results[0].values for r in results)
