@@ -246,7 +246,12 @@ class GroupBy:
 
 @dataclass(frozen=True)
 class Filter:
-    """``column op value``; ``value`` is a list for ``in`` and ``not in``."""
+    """``column op value``; ``value`` is a list for ``in`` and ``not in``.
+
+    SQL semantics: a row whose ``column`` is missing never matches (not even ``!=`` or
+    ``not in``), unlike a pandas mask on NaN. Numbers compare the raw value (before clipping);
+    dates compare with ``"YYYY-MM-DD"``.
+    """
 
     column: str
     op: str
