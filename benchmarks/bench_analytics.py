@@ -366,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{fmt_s(secure_s - seq_local - seq_enc - seq_part - coord)}"
     )
     say()
-    fmt_load = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+
+    def fmt_load(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
     summary = [
         [
             "secure query, sequential in one process (wall)",

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from fedcity.analytics import LocalTable, QueryFederation, QueryResult, QuerySpec, TableSchema
-from fedcity.crypto import deal_threshold_key
+from fedcity.crypto import KeyShare, ThresholdPublicKey, deal_threshold_key
 from fedcity.data.synthetic import ElderlyCity, age_band, make_elderly_city
 
 QUERIES = Path(__file__).resolve().parent / "queries"
@@ -155,11 +155,16 @@ def compare(result: QueryResult, pooled: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def run(tables: Sequence[LocalTable], spec: QuerySpec, key: object, threshold: int) -> QueryResult:
+def run(
+    tables: Sequence[LocalTable],
+    spec: QuerySpec,
+    key: tuple[ThresholdPublicKey, Sequence[KeyShare]],
+    threshold: int,
+) -> QueryResult:
     """One query over the district agencies (agency-count rule from the spec)."""
     federation = QueryFederation(
         tables,
-        key=key,  # type: ignore[arg-type]
+        key=key,
         threshold=threshold,
         min_agencies=spec.disclosure.min_agencies,
     )
