@@ -634,17 +634,19 @@ def _noised(
 
 @local_step("query.presence")
 def presence_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]:
-    """Per cell: 1 if this agency has at least one matching row, else 0 (plus noise under DP)."""
+    """Per cell: 1 if this agency has at least one matching row, else 0.
+
+    Not used under differential privacy (every cell is then computed in one noisy round).
+    """
     spec = _spec_of(params)
-    tab = _as_table(table)
-    agg = tab.aggregate(spec)
-    out = [0] * spec.n_cells
+    if params.get("dp"):
+        raise QueryError("a query with differential privacy has no presence round")
+    agg = _as_table(table).aggregate(spec)
+    out = np.zeros(spec.n_cells, dtype=np.float64)
     for cell, vals in agg.values.items():
         if vals[0] > 0:
-            out[cell] = 1
-    if params.get("dp"):
-        out = _noised(params, out, ["presence"] * len(out), tab.agency)
-    return np.asarray(out, dtype=np.float64)
+            out[cell] = 1.0
+    return out
 
 
 @local_step("query.cells")

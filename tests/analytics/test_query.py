@@ -354,3 +354,19 @@ def test_concurrent_local_queries_on_one_table(permit_tables):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(table.aggregate, specs))
     assert all(r.values == results[0].values for r in results)
+
+
+def test_run_query_reads_a_toml_file(tmp_path, permits, permit_tables):
+    path = tmp_path / "q.toml"
+    path.write_text(
+        'table = "permits"\n'
+        'group_by = ["kind"]\n'
+        "[columns.kind]\n"
+        'levels = ["new", "repair", "demo"]\n'
+        "[[aggregate]]\n"
+        'name = "n"\n'
+        'func = "count"\n'
+    )
+    result = run_query(path, permit_tables, encrypted=False, threshold=3)
+    sizes = permits.groupby("kind").size()
+    assert result.frame.set_index("kind")["n"].to_dict() == sizes.to_dict()
