@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -329,16 +329,14 @@ class QueryResult:
             assert agg.bins is not None
             cols = [c for c in frame.columns if c.startswith(f"{agg.name}[")]
             edges = np.asarray(agg.bins)
-            widths = np.diff(edges)
             rows = list(zip(labels, frame[cols].to_numpy(dtype=float), strict=True))
             rows = rows[:_MAX_PLOTTED_GROUPS]
-            for label, counts in rows:
-                ax.stairs(counts, edges, label=label)
+            for label, counts in rows:  # bars for one group, outlines to compare several
+                ax.stairs(counts, edges, label=label, fill=len(rows) == 1)
             ax.set_xlabel(agg.column or "")
             ax.set_ylabel("rows")
             if len(rows) <= 12 and groups:
                 ax.legend(fontsize="small")
-            _ = widths
         elif agg.func == "quantile":
             y = frame[agg.name].to_numpy(dtype=float)[:_MAX_PLOTTED_GROUPS]
             lo = frame[f"{agg.name}_low"].to_numpy(dtype=float)[:_MAX_PLOTTED_GROUPS]
@@ -435,6 +433,3 @@ def _record_from_dict(data: Mapping[str, Any]) -> RoundRecord:
     allowed = set(RoundRecord.__dataclass_fields__)
     kwargs = {k: v for k, v in data.items() if k in allowed}
     return RoundRecord(**kwargs)
-
-
-_ = asdict
