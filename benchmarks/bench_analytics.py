@@ -216,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="keep the Parquet files here (default: a temp dir)")
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each measurement, wait up to this long for other processes to go quiet",
+    )
     args = parser.parse_args(argv)
     if not 2 <= args.agencies <= 200 or not 100 <= args.rows <= 50_000_000:
         parser.error("--agencies must lie in [2, 200] and --rows in [100, 50,000,000]")
@@ -261,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         clock = StageClock(federation.agencies)
         spec = QuerySpec.from_dict(SPEC)
 
+        monitor.wait_idle(args.wait_idle)
         # -- secure query ---------------------------------------------------------------------
         snap = monitor.snapshot()
         t0 = time.perf_counter()
@@ -269,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         secure_load = monitor.since(snap)
         rounds = federation.rounds(result.job_id)
 
+        monitor.wait_idle(args.wait_idle)
         # -- pandas on the pooled data --------------------------------------------------------
         snap = monitor.snapshot()
         t0 = time.perf_counter()
@@ -278,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         pandas_load = monitor.since(snap)
         pooled = pd.DataFrame()  # free the memory before DuckDB runs
 
+        monitor.wait_idle(args.wait_idle)
         # -- DuckDB on the pooled files -------------------------------------------------------
         snap = monitor.snapshot()
         con = duckdb.connect(":memory:")
