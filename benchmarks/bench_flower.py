@@ -14,7 +14,8 @@ Every agency trains one local epoch of gradient descent on 64 synthetic samples.
 wall time per round (median of the warm rounds 2..R; round 1 also pays Ray's start, key
 loading and the fixed-base tables), peak resident memory of the whole process tree (server,
 Ray and its workers, sampled every 0.2 s), and bytes per agency (serialized Flower messages
-through the Grid, both directions, divided by the agency count).
+through the Grid, both directions, divided by the agency count). The machine's 1-minute load
+average during each run is printed too: on a shared machine, compare variants of one run.
 
     .venv/bin/python benchmarks/bench_flower.py                      # 10 and 100 agencies
     .venv/bin/python benchmarks/bench_flower.py --agencies 10 100 1000
@@ -176,7 +177,8 @@ def run_one(variant: str, model: str, agencies: int, rounds: int, key_dir: str) 
                 starts.append(time.perf_counter())
                 return super().configure_fit(*a, **k)
 
-        shares = max(3, math.ceil(2 * math.log2(agencies)))
+        # SecAgg+ lays nodes on a ring with (shares - 1) / 2 neighbours on each side: odd
+        shares = max(3, math.ceil(2 * math.log2(agencies))) | 1
         shares = min(shares, agencies)
 
         @server.main()  # type: ignore[misc]
@@ -199,6 +201,10 @@ def run_one(variant: str, model: str, agencies: int, rounds: int, key_dir: str) 
             workflow(_grid_proxy(grid, counter), ctx)
             starts.append(time.perf_counter())
             out["shares"] = shares
+            from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+            final = ctx.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+            out["final"] = {k: a.tolist() for k, a in zip(names, final, strict=True)}
 
     else:
         from flwr.serverapp.strategy import FedAvg
@@ -355,16 +361,29 @@ def main() -> None:
             deal_flower_keys(
                 key_dir, n, threshold=THRESHOLD, committee=min(COMMITTEE, n), key_bits=args.key_bits
             )
-            print(f"# dealt a {args.key_bits}-bit {THRESHOLD}-of-{min(COMMITTEE, n)} key to {n} "
-                  f"nodes in {time.perf_counter() - t0:.1f} s", flush=True)
+            print(
+                f"# dealt a {args.key_bits}-bit {THRESHOLD}-of-{min(COMMITTEE, n)} key to {n} "
+                f"nodes in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
             for model in args.models:
                 for variant in args.variants:
                     cmd = [
-                        sys.executable, __file__, "--one", variant, model, str(n),
-                        "--rounds", str(args.rounds), "--key-dir", str(key_dir),
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        variant,
+                        model,
+                        str(n),
+                        "--rounds",
+                        str(args.rounds),
+                        "--key-dir",
+                        str(key_dir),
                     ]
+                    load0 = os.getloadavg()[0]
                     res, peak = measure(cmd)
                     res["peak_rss"] = peak
+                    res["load"] = (load0 + os.getloadavg()[0]) / 2
                     warm = res["round_s"][1:] or res["round_s"]
                     res["warm_round_s"] = float(np.median(warm))
                     rows.append(res)
@@ -373,17 +392,24 @@ def main() -> None:
                         f"round {res['warm_round_s']:8.2f} s (first {res['round_s'][0]:7.2f} s)  "
                         f"peak {peak / 2**20:7.0f} MiB  "
                         f"{(res['bytes_up'] + res['bytes_down']) / n / 1024:9.1f} KiB/agency "
-                        f"(up {res['bytes_up'] / n / 1024:8.1f})",
+                        f"(up {res['bytes_up'] / n / 1024:8.1f})  load {res['load']:.1f}",
                         flush=True,
                     )
     print()
-    print("| model | agencies | variant | s/round (warm) | first round s | peak RSS MiB | "
-          "KiB/agency (up+down) | KiB/agency up | × plain time |")
+    print(
+        "| model | agencies | variant | s/round (warm) | first round s | peak RSS MiB | "
+        "KiB/agency (up+down) | KiB/agency up | × plain time |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         plain = next(
-            (p for p in rows if p["variant"] == "plain" and p["model"] == r["model"]
-             and p["agencies"] == r["agencies"]),
+            (
+                p
+                for p in rows
+                if p["variant"] == "plain"
+                and p["model"] == r["model"]
+                and p["agencies"] == r["agencies"]
+            ),
             None,
         )
         ratio = f"{r['warm_round_s'] / plain['warm_round_s']:.1f}" if plain else "–"
@@ -391,14 +417,20 @@ def main() -> None:
             f"| {r['model']} ({r['params']}) | {r['agencies']} | {r['variant']} | "
             f"{r['warm_round_s']:.2f} | {r['round_s'][0]:.2f} | {r['peak_rss'] / 2**20:.0f} | "
             f"{(r['bytes_up'] + r['bytes_down']) / r['agencies'] / 1024:.1f} | "
-            f"{r['bytes_up'] / r['agencies'] / 1024:.1f} | {ratio} |"
+            f"{r['bytes_up'] / r['agencies'] / 1024:.1f} | {ratio} | {r['load']:.1f} |"
         )
-    for r in rows:  # fedcity's model against plain FedAvg's (same data, same rounds)
-        if r["variant"] != "fedcity" or not r.get("final"):
+    for r in rows:  # each secure variant's model against plain FedAvg's (same data, rounds)
+        if r["variant"] == "plain" or not r.get("final"):
             continue
         plain = next(
-            (p for p in rows if p["variant"] == "plain" and p["model"] == r["model"]
-             and p["agencies"] == r["agencies"] and p.get("final")),
+            (
+                p
+                for p in rows
+                if p["variant"] == "plain"
+                and p["model"] == r["model"]
+                and p["agencies"] == r["agencies"]
+                and p.get("final")
+            ),
             None,
         )
         if plain:
@@ -406,7 +438,9 @@ def main() -> None:
                 float(np.max(np.abs(np.asarray(r["final"][k]) - np.asarray(plain["final"][k]))))
                 for k in r["final"]
             )
-            print(f"# {r['model']} n={r['agencies']}: max |fedcity - plain FedAvg| = {err:.2e}")
+            print(
+                f"# {r['model']} n={r['agencies']}: max |{r['variant']} - plain FedAvg| = {err:.2e}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
