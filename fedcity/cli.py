@@ -9,7 +9,8 @@
     fedcity agent run --config agency.toml
     fedcity job submit --coordinator HOST:PORT --token-file F --ca-file tls/ca.pem
                        --type logistic_regression --params '{"C": 1.0}' --dataset inspections
-    fedcity job watch JOB | job result JOB [--out result.json] | job cancel JOB
+    fedcity job watch JOB | job status JOB | job logs JOB | job list | job cancel JOB
+    fedcity job result JOB [--out result.json] [--model model.pkl] [--plot DIR]
     fedcity query run spec.toml [--out cells.csv] [--plot chart.png]   (connection as for job)
     fedcity query check spec.toml | query result JOB [--out F] [--plot F]
     fedcity agencies list
@@ -264,9 +265,27 @@ def build_parser() -> _Parser:
     result = job.add_parser("result", parents=[connection], help="print or save a job's result")
     result.add_argument("job_id", metavar="JOB")
     result.add_argument("--out", type=Path, default=None, help="write the JSON to this file")
-    result.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    result.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="FILE.pkl",
+        help="write the trained scikit-learn pipeline (pickle; load with pickle.load)",
+    )
+    result.add_argument(
+        "--plot", type=Path, default=None, metavar="DIR", help="save charts (PNG) in this folder"
+    )
+    result.add_argument("--force", action="store_true", help="overwrite --out/--model files")
     cancel = job.add_parser("cancel", parents=[connection], help="cancel a job")
     cancel.add_argument("job_id", metavar="JOB")
+    status = job.add_parser("status", parents=[connection], help="one job's state and progress")
+    status.add_argument("job_id", metavar="JOB")
+    listing_jobs = job.add_parser("list", parents=[connection], help="your jobs, newest first")
+    listing_jobs.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N jobs (default 50, max 500)"
+    )
+    logs = job.add_parser("logs", parents=[connection], help="a job's history in words")
+    logs.add_argument("job_id", metavar="JOB")
 
     query = commands.add_parser("query", help="federated queries").add_subparsers(
         dest="action", metavar="ACTION", required=True
@@ -433,8 +452,49 @@ def _watch(client: Any, job_id: str, timeout: float | None) -> int:
         last = event
     if last is None:
         raise _Failure(f"job {job_id}: the coordinator sent no status")
-    print(f"job {job_id} {last.state} after {last.rounds_done} rounds")
+    print(last.summary)
+    if last.state == "succeeded" and last.job_type != "query":
+        _print_metrics(client.result(job_id))
     return EXIT_OK if last.state == "succeeded" else EXIT_FAILURE
+
+
+def _number(value: Any) -> str:
+    """Counts as integers, other figures with 6 significant digits."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _print_metrics(result: dict[str, Any]) -> None:
+    """The federated evaluation's metrics (if the job was evaluated), one per line."""
+    metrics = result.get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        return
+    print("evaluation:")
+    for name, value in metrics.items():
+        if isinstance(value, int | float):
+            print(f"  {name:<24} {_number(value)}")
+
+
+def _print_jobs(events: list[Any]) -> None:
+    import datetime as dt
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("job", "type", "dataset", "state", "rounds", "agencies", "submitted (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for e in events:
+        when = dt.datetime.fromtimestamp(e.submitted_unix, dt.UTC).strftime("%Y-%m-%d %H:%M")
+        kept = e.participants - len(e.departures)
+        agencies = f"{kept}/{e.participants}" if e.departures else str(e.participants)
+        table.add_row(e.job_id, e.job_type, e.dataset, e.state, str(e.rounds_done), agencies, when)
+    Console().print(table)
 
 
 def _job(args: argparse.Namespace) -> int:
@@ -454,20 +514,62 @@ def _job(args: argparse.Namespace) -> int:
         if args.action == "watch":
             return _watch(client, args.job_id, args.timeout)
         if args.action == "result":
-            text = json.dumps(client.result(args.job_id), indent=2, sort_keys=True) + "\n"
-            if args.out is None:
-                sys.stdout.write(text)
-            else:
-                if args.out.exists() and not args.force:
-                    raise _Failure(f"{args.out} exists; use --force to overwrite it")
-                args.out.write_text(text, encoding="utf-8")
-                print(f"result of job {args.job_id} written to {args.out}")
+            return _job_result(client, args)
+        if args.action == "status":
+            event = client.status(args.job_id)
+            print(event.summary)
+            if event.round_label and event.state == "running":
+                print(f"  current round: {event.round_label}")
+            for agency, reason in event.departures.items():
+                print(f"  {agency} left: {reason}")
+            if event.failure:
+                print(f"  failure: {event.failure}")
+            return EXIT_OK
+        if args.action == "list":
+            if not 1 <= args.limit <= 500:
+                raise _UsageError("--limit must lie in [1, 500]")
+            _print_jobs(client.jobs(args.limit))
+            return EXIT_OK
+        if args.action == "logs":
+            for line in client.logs(args.job_id):
+                print(line)
             return EXIT_OK
         if args.action == "cancel":
             event = client.cancel(args.job_id)
             print(f"job {event.job_id} {event.state}")
             return EXIT_OK
     raise _UsageError(f"unknown job action {args.action!r}")  # pragma: no cover
+
+
+def _job_result(client: Any, args: argparse.Namespace) -> int:
+    for path in (args.out, args.model):
+        if path is not None and path.exists() and not args.force:
+            raise _Failure(f"{path} exists; use --force to overwrite it")
+    result = client.result(args.job_id)
+    text = json.dumps(result, indent=2, sort_keys=True) + "\n"
+    if args.out is None and args.model is None and args.plot is None:
+        sys.stdout.write(text)
+    if args.out is not None:
+        args.out.write_text(text, encoding="utf-8")
+        print(f"result of job {args.job_id} written to {args.out}")
+    if args.out is not None or args.model is not None or args.plot is not None:
+        _print_metrics(result)
+    if args.model is not None:
+        import pickle
+
+        estimator = client.estimator(args.job_id)
+        args.model.write_bytes(pickle.dumps(estimator))
+        print(
+            f"model of job {args.job_id} written to {args.model} "
+            f"({type(estimator).__name__}; load it with pickle.load)"
+        )
+    if args.plot is not None:
+        from fedcity.plots import save_job_plots
+
+        args.plot.mkdir(parents=True, exist_ok=True)
+        for path in save_job_plots(result, args.plot):
+            print(f"chart written to {path}")
+    return EXIT_OK
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -483,7 +585,7 @@ def _query(args: argparse.Namespace) -> int:
         return EXIT_OK
     for path in (args.out, args.plot):
         if path is not None and path.exists() and not args.force:
-            raise _UsageError(f"{path} exists; use --force to overwrite it")
+            raise _Failure(f"{path} exists; use --force to overwrite it")
     with _client(args) as client:
         if args.action == "run":
             spec = QuerySpec.from_toml(args.spec)  # a bad spec fails here, before any call

@@ -491,6 +491,32 @@ JOB_TYPES: dict[str, JobBuilder] = {
 """Job types a coordinator accepts, each with the builder of its job from JSON parameters."""
 
 
+STATISTICS_STEPS = ("stats.counts", "stats.mean", "stats.variance")
+"""The preprocessing statistics every training job starts with."""
+
+
+def job_steps(job: Any, *, evaluate: bool = False) -> tuple[str, ...]:
+    """The vetted local steps (task kinds) a training job will ask agencies to run.
+
+    Parameters
+    ----------
+    job : job
+        A job from :func:`job_from_spec`.
+    evaluate : bool, default False
+        Whether a federated evaluation (``eval.model``) follows training.
+    """
+    from fedcity.learn.fedavg import _CLASSIFIERS, FedAvgJob, _describe
+
+    model: tuple[str, ...]
+    if isinstance(job, FedAvgJob):
+        name, _ = _describe(job.estimator)
+        counts = name in _CLASSIFIERS and job.classes is None
+        model = (("fedavg.label_counts",) if counts else ()) + ("fedavg.local",)
+    else:
+        model = ("glm.newton",)
+    return STATISTICS_STEPS + model + (("eval.model",) if evaluate else ())
+
+
 def job_from_spec(
     job_type: str, params: Mapping[str, Any], privacy: Mapping[str, Any] | None
 ) -> _Job:

@@ -277,6 +277,7 @@ class Agent:
         """Every record written to the task log (also kept when no log file is set)."""
         self.registrations = 0
         self._stop = threading.Event()
+        self._stop_reason = "the agent was stopped"
         self._running = threading.Event()
         self._wake_heartbeat = threading.Event()
         self._registered = False
@@ -345,8 +346,14 @@ class Agent:
         return True
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask :meth:`run` to return (from any thread); an agent does not run again."""
+    def stop(self, reason: str = "the agent was stopped") -> None:
+        """Ask :meth:`run` to return (from any thread); an agent does not run again.
+
+        On its way out the agent tells the coordinator (``Leave``), so that its running jobs
+        go on without it at once rather than after the liveness timeout.
+        """
+        if not self._stop.is_set():
+            self._stop_reason = reason
         self._stop.set()
         self._wake_heartbeat.set()
 
@@ -394,13 +401,29 @@ class Agent:
             finally:
                 self._running.clear()
                 self._wake_heartbeat.set()
+                beat.join(timeout=5)  # no heartbeat may follow the goodbye
+                if self._registered and self._stop.is_set():
+                    self._leave()
                 self._registered = False
-                beat.join(timeout=5)
                 channel.close()
                 if pool is not None:
                     self._scheme.pool = None
                     pool.close()
                 log.info("agent %s stopped", self.config.agency)
+
+    def _leave(self) -> None:
+        """Tell the coordinator this agency leaves its running jobs (best effort, 2 s)."""
+        try:
+            reply = self._stub.Leave(
+                fpb.LeaveRequest(agency=self.config.agency, reason=self._stop_reason),
+                timeout=2.0,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            log.info("could not tell the coordinator that this agent stops: %s", exc.code())
+            return
+        if reply.jobs_left:
+            log.info("left %d running job(s) on the way out", reply.jobs_left)
 
     @contextmanager
     def _signals(self, enabled: bool) -> Iterator[None]:
@@ -412,7 +435,13 @@ class Agent:
             log.info("received %s; stopping", signal.Signals(signum).name)
             # not self.stop() here: the interrupted main thread may hold the lock of the
             # very Event it would set (threading primitives are not reentrant)
-            threading.Thread(target=self.stop, name="agent-stop", daemon=True).start()
+            name = signal.Signals(signum).name
+            threading.Thread(
+                target=self.stop,
+                args=(f"the agent received {name}",),
+                name="agent-stop",
+                daemon=True,
+            ).start()
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -93,6 +93,15 @@ class JobEvent:
         The round in progress.
     round_record : dict or None
         A round that just finished (kind, contributors, bytes, seconds, loss, ...).
+    notice : str
+        Something the data scientist should know now, e.g. which agency left and why.
+    departures : dict of str to str
+        Every agency that left the job so far, with its reason.
+    submitted_unix : float
+    job_type : str
+    dataset : str
+    participants : int
+        Agencies the job started with.
     """
 
     job_id: str
@@ -101,15 +110,34 @@ class JobEvent:
     failure: str = ""
     round_label: str = ""
     round_record: dict[str, Any] | None = None
+    notice: str = ""
+    departures: dict[str, str] = field(default_factory=dict)
+    submitted_unix: float = 0.0
+    job_type: str = ""
+    dataset: str = ""
+    participants: int = 0
 
     @property
     def finished(self) -> bool:
         """Whether the job reached a final state."""
         return self.state in FINAL_STATES
 
+    @property
+    def summary(self) -> str:
+        """One line: state, rounds and, if agencies left, how many took part to the end."""
+        line = f"job {self.job_id} {self.state} after {self.rounds_done} rounds"
+        if self.departures and self.participants:
+            kept = self.participants - len(self.departures)
+            line += (
+                f" with {kept} of {self.participants} agencies ({', '.join(self.departures)} left)"
+            )
+        return line
+
     @classmethod
-    def from_status(cls, status: fpb.JobStatus, record: dict[str, Any] | None = None) -> JobEvent:
-        """Build from a ``JobStatus`` message (and a parsed round record)."""
+    def from_status(
+        cls, status: fpb.JobStatus, record: dict[str, Any] | None = None, notice: str = ""
+    ) -> JobEvent:
+        """Build from a ``JobStatus`` message (and a parsed round record or a notice)."""
         return cls(
             job_id=status.job_id,
             state=_STATES.get(int(status.state), f"state {int(status.state)}"),
@@ -117,6 +145,12 @@ class JobEvent:
             failure=status.failure,
             round_label=status.current_round_label,
             round_record=record,
+            notice=notice,
+            departures={d.agency: d.reason for d in status.departures},
+            submitted_unix=float(status.submitted_unix),
+            job_type=status.job_type,
+            dataset=status.dataset,
+            participants=int(status.participants),
         )
 
 
@@ -312,6 +346,7 @@ class Client:
         if console is None:
             yield from self._events(job_id, deadline)
             return
+        from rich.markup import escape
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         with Progress(
@@ -329,6 +364,8 @@ class Client:
                 last = event
                 if event.round_record is not None:
                     progress.console.print(_record_line(event.round_record))
+                if event.notice:
+                    progress.console.print(f"[yellow]{escape(event.notice)}[/]")
                 progress.update(
                     bar,
                     completed=event.rounds_done,
@@ -339,7 +376,7 @@ class Client:
                     progress.update(bar, total=max(event.rounds_done, 1))
                 yield event
             if last is not None and last.failure:
-                progress.console.print(f"[red]job {job_id} {last.state}[/]: {last.failure}")
+                progress.console.print(f"[red]job {job_id} {last.state}[/]: {escape(last.failure)}")
 
     def _events(self, job_id: str, deadline: float | None) -> Iterator[JobEvent]:
         attempt = 0
@@ -359,7 +396,7 @@ class Client:
                     record = None
                     if message.round_record_json:
                         record = _json_record(message.round_record_json)
-                    event = JobEvent.from_status(message.status, record)
+                    event = JobEvent.from_status(message.status, record, message.notice)
                     yield event
                     if event.finished:
                         return
@@ -472,14 +509,15 @@ class Client:
             raise ClientError(f"the result of job {job_id} is not a JSON object")
         return value
 
-    def estimator(self, job_id: str, feature_spec: FeatureSpec) -> Any:
+    def estimator(self, job_id: str, feature_spec: FeatureSpec | None = None) -> Any:
         """The trained model as a scikit-learn pipeline (preprocessing + estimator).
 
         Parameters
         ----------
         job_id : str
-        feature_spec : FeatureSpec
-            The dataset's declared columns (the pipeline's input).
+        feature_spec : FeatureSpec, optional
+            The dataset's declared columns (the pipeline's input); by default the ones the
+            job was trained on, as its result records them.
 
         Returns
         -------
@@ -492,8 +530,19 @@ class Client:
             ``feature_spec``.
         """
         from fedcity.learn.jobs import estimator_from_result_json
+        from fedcity.net.messages import MessageError, feature_spec_from_json
 
         text = self.result_text(job_id)
+        if feature_spec is None:
+            declared = (json.loads(text).get("job") or {}).get("feature_spec")
+            if not isinstance(declared, dict):
+                raise ClientError(
+                    f"the result of job {job_id} does not record its columns; pass feature_spec"
+                )
+            try:
+                feature_spec = feature_spec_from_json(json.dumps(declared))
+            except MessageError as exc:
+                raise ClientError(f"job {job_id}: {exc}") from exc
         try:
             return estimator_from_result_json(text, feature_spec)
         except ValueError as exc:
@@ -524,6 +573,21 @@ class Client:
             out.append(AgencyInfo(info.name, info.connected, info.last_seen_unix, datasets, tables))
         return out
 
+    def status(self, job_id: str) -> JobEvent:
+        """One of your jobs: state, progress, and which agencies left and why."""
+        return JobEvent.from_status(self._unary("GetStatus", fpb.JobRef(job_id=job_id)))
+
+    def jobs(self, limit: int = 50) -> list[JobEvent]:
+        """Your newest jobs (at most ``limit``, up to 500), newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
+            raise ValueError(f"limit must be an integer in [1, 500], got {limit!r}")
+        reply = self._unary("ListJobs", fpb.ListJobsRequest(limit=limit))
+        return [JobEvent.from_status(s) for s in reply.jobs]
+
+    def logs(self, job_id: str) -> list[str]:
+        """A job's history in words: submission, contributions, departures, releases."""
+        return list(self._unary("JobLogs", fpb.JobRef(job_id=job_id)).lines)
+
     def cancel(self, job_id: str) -> JobEvent:
         """Cancel a job; returns its status afterwards."""
         return JobEvent.from_status(self._unary("CancelJob", fpb.JobRef(job_id=job_id)))
@@ -548,7 +612,9 @@ def _json_record(text: str) -> dict[str, Any]:
 
 def _record_line(record: Mapping[str, Any]) -> str:
     label = record.get("label") or record.get("kind") or "round"
-    parts = [f"round {record.get('round', '?')} {label}"]
+    number = record.get("round")
+    shown = number + 1 if isinstance(number, int) else "?"  # rounds as people count them
+    parts = [f"round {shown} {label}"]
     contributors = record.get("contributors")
     if isinstance(contributors, list):
         parts.append(f"{len(contributors)} agencies")

@@ -420,13 +420,19 @@ def parse_tables(tables: Sequence[fpb.TableInfo]) -> dict[str, dict[str, str]]:
 
 
 def registration_to_json(
-    datasets: Mapping[str, FeatureSpec], tables: Mapping[str, Mapping[str, str]]
+    datasets: Mapping[str, FeatureSpec],
+    tables: Mapping[str, Mapping[str, str]],
+    kinds: Iterable[str] = (),
 ) -> str:
-    """A registration as stored: ``{"datasets": {name: spec}, "tables": {name: schema}}``."""
+    """A registration as stored: datasets, query tables and the steps the agency allows.
+
+    ``{"datasets": {name: spec}, "tables": {name: schema}, "kinds": [kind, ...]}``.
+    """
     return json.dumps(
         {
             "datasets": {n: feature_spec_to_json(s) for n, s in datasets.items()},
             "tables": {n: table_schema_to_json(n, c) for n, c in tables.items()},
+            "kinds": sorted(kinds),
         },
         sort_keys=True,
     )
@@ -434,17 +440,26 @@ def registration_to_json(
 
 def registration_from_json(
     text: str,
-) -> tuple[dict[str, FeatureSpec], dict[str, dict[str, str]]]:
-    """A stored registration under today's limits: its datasets and query tables.
+) -> tuple[dict[str, FeatureSpec], dict[str, dict[str, str]], list[str] | None]:
+    """A stored registration under today's limits: datasets, query tables, allowed steps.
 
     Registrations stored before query tables existed (``{dataset: feature spec JSON}``)
-    are read as datasets only.
+    are read as datasets only; before allowed steps were stored, the steps are None
+    (unknown until the agency registers again).
     """
     data = parse_json_object(
         text, "stored registration", max_bytes=4 * MAX_REGISTRATION_BYTES, max_depth=2
     )
-    if set(data) == {"datasets", "tables"} and all(isinstance(v, dict) for v in data.values()):
+    kinds: list[str] | None = None
+    if {"datasets", "tables"} <= set(data) <= {"datasets", "tables", "kinds"} and all(
+        isinstance(data[k], dict) for k in ("datasets", "tables")
+    ):
         sets, tables = data["datasets"], data["tables"]
+        raw_kinds = data.get("kinds")
+        if raw_kinds is not None:
+            if not isinstance(raw_kinds, list) or len(raw_kinds) > MAX_TASK_KINDS:
+                raise MessageError("stored registration: kinds must be a list of task kinds")
+            kinds = [check_name(k, "stored task kind") for k in raw_kinds if isinstance(k, str)]
     else:
         sets, tables = data, {}
     for what, group in (("dataset", sets), ("table", tables)):
@@ -461,7 +476,7 @@ def registration_from_json(
     offered = parse_tables(
         [fpb.TableInfo(name=name, schema_json=spec) for name, spec in tables.items()]
     )
-    return declared, offered
+    return declared, offered, kinds
 
 
 # -- tasks ------------------------------------------------------------------------------------

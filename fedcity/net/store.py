@@ -1009,6 +1009,49 @@ class Store:
             for r in rows
         ]
 
+    def event_outline(self, job_id: str, limit: int) -> list[Event]:
+        """A job's last ``limit`` events in order, without upload payloads.
+
+        Only the payloads of ``drop`` and ``cancel`` events (their reasons, in words) are
+        read; contributions and partial decryptions are left on disk.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, seq, type, agency, round, "
+                "CASE WHEN type IN ('drop', 'cancel') THEN payload END, at FROM events "
+                "WHERE job_id = ? ORDER BY seq DESC LIMIT ?",
+                (job_id, int(limit)),
+            ).fetchall()
+        return [
+            Event(r[0], r[1], r[2], r[3], r[4], None if r[5] is None else bytes(r[5]), r[6])
+            for r in reversed(rows)
+        ]
+
+    def departures(self, job_id: str) -> dict[str, str]:
+        """Agency → the reason stored with its ``drop`` event, for one job."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT agency, payload FROM events WHERE job_id = ? AND type = 'drop' "
+                "ORDER BY seq",
+                (job_id,),
+            ).fetchall()
+        return {
+            str(a): bytes(p).decode(errors="replace") if p is not None else "left"
+            for a, p in rows
+            if a is not None
+        }
+
+    def jobs_of(self, submitter: str, limit: int) -> list[JobRow]:
+        """The newest ``limit`` jobs a data scientist submitted, newest first (no results)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, spec, state, failure, NULL, rounds_done, created, updated FROM jobs "
+                "WHERE json_extract(spec, '$.submitted_by') = ? "
+                "ORDER BY created DESC, id LIMIT ?",
+                (submitter, int(limit)),
+            ).fetchall()
+        return [JobRow(*r) for r in rows]
+
     def count_events(self, job_id: str | None = None) -> int:
         """Number of stored events (of one job, or of all)."""
         with self._lock:

@@ -72,6 +72,11 @@ class AgentServiceStub:
                 request_serializer=fedcity_dot_v1_dot_federation__pb2.DeclineRequest.SerializeToString,
                 response_deserializer=fedcity_dot_v1_dot_federation__pb2.DeclineResponse.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/fedcity.v1.AgentService/Leave',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.LeaveResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -131,6 +136,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """The agent is stopping: leave every running job now (not after the liveness timeout).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +180,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Decline,
                     request_deserializer=fedcity_dot_v1_dot_federation__pb2.DeclineRequest.FromString,
                     response_serializer=fedcity_dot_v1_dot_federation__pb2.DeclineResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.LeaveRequest.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.LeaveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -372,6 +389,33 @@ class AgentService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcity.v1.AgentService/Leave',
+            fedcity_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class JobServiceStub:
     """---------------------------------------------------------------------------------------
@@ -409,6 +453,21 @@ class JobServiceStub:
                 '/fedcity.v1.JobService/CancelJob',
                 request_serializer=fedcity_dot_v1_dot_federation__pb2.JobRef.SerializeToString,
                 response_deserializer=fedcity_dot_v1_dot_federation__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/fedcity.v1.JobService/GetStatus',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.JobRef.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/fedcity.v1.JobService/ListJobs',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.JobLogs = channel.unary_unary(
+                '/fedcity.v1.JobService/JobLogs',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.JobRef.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.JobLogsResponse.FromString,
                 _registered_method=True)
 
 
@@ -448,6 +507,27 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """One job's status (own jobs only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """The caller's jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobLogs(self, request, context):
+        """A job's history in words: submission, contributions, departures and why, releases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -475,6 +555,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=fedcity_dot_v1_dot_federation__pb2.JobRef.FromString,
                     response_serializer=fedcity_dot_v1_dot_federation__pb2.JobStatus.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.JobRef.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.JobStatus.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.ListJobsRequest.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'JobLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobLogs,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.JobRef.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.JobLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -615,6 +710,87 @@ class JobService:
             '/fedcity.v1.JobService/CancelJob',
             fedcity_dot_v1_dot_federation__pb2.JobRef.SerializeToString,
             fedcity_dot_v1_dot_federation__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcity.v1.JobService/GetStatus',
+            fedcity_dot_v1_dot_federation__pb2.JobRef.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcity.v1.JobService/ListJobs',
+            fedcity_dot_v1_dot_federation__pb2.ListJobsRequest.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcity.v1.JobService/JobLogs',
+            fedcity_dot_v1_dot_federation__pb2.JobRef.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.JobLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,11 @@ SIGNING = {
 }
 """Each agency's Ed25519 signing key (fixed seeds; listed in the federation file)."""
 DATASET = "inspections"
+VETTED = sorted(
+    {"stats.counts", "stats.mean", "stats.variance", "glm.newton", "eval.model"}
+    | {"fedavg.local", "fedavg.label_counts", "query.presence", "query.cells", "query.quantile"}
+)
+"""Task kinds the in-test agents declare they run (every vetted step)."""
 Code = grpc.StatusCode
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", messages.MAX_MESSAGE_BYTES),
@@ -132,7 +137,7 @@ class Agent:
                     for n, s in declared.items()
                 ],
                 software_version="test",
-                task_kinds=["glm.newton"],
+                task_kinds=VETTED,
             ),
             metadata=auth(self.name),
             timeout=10,

@@ -378,7 +378,7 @@ def test_client_errors(jobs):
         assert info.value.code_name == "NOT_FOUND"
         with pytest.raises(ClientError, match=r"failed .*too few agencies"):
             client.result("job-failed")
-        with pytest.raises(ClientError, match="cannot rebuild the model of job job-1"):
+        with pytest.raises(ClientError, match="job job-1 does not record its columns"):
             client.estimator("job-1", None)  # the fake's result is no fedcity result
         with pytest.raises(ValueError, match="JSON-serialisable"):
             client.submit("ridge", {"alpha": float("nan")}, "inspections")

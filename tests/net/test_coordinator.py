@@ -510,9 +510,7 @@ def test_silent_agency_is_dropped_and_a_slow_one_misses_the_deadline(files, key,
     assert by_round[1]["contributors"] == list(AGENCIES)
     assert history[-1]["contributors"] == [AGENCIES[0], AGENCIES[1]]
     drops = [r for r in snapshot(files["db"])[0] if r[2] == "drop"]
-    assert [(r[3], r[5].decode().startswith("no heartbeat")) for r in drops] == [
-        (silent.name, True)
-    ]
+    assert [(r[3], "no heartbeat" in r[5].decode()) for r in drops] == [(silent.name, True)]
 
 
 def test_decline_cancel_and_watch(files, key, data, servers):

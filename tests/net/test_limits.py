@@ -15,6 +15,7 @@ import pytest
 from loopback import (
     AGENCIES,
     DATASET,
+    VETTED,
     Agent,
     auth,
     refused,
@@ -68,7 +69,7 @@ def _register(agent: Agent, datasets, **fields):
             agency=fields.pop("agency", agent.name),
             datasets=[fpb.DatasetInfo(name=n, feature_spec_json=s) for n, s in datasets],
             software_version=fields.pop("software_version", "test"),
-            task_kinds=fields.pop("task_kinds", ["glm.newton"]),
+            task_kinds=fields.pop("task_kinds", VETTED),
         ),
         metadata=auth(agent.name),
         timeout=30,

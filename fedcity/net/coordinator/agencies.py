@@ -63,7 +63,7 @@ class AgencyCalls(CoordinatorState):
                 raise messages.MessageError("the registration declares no dataset and no table")
         except messages.MessageError as exc:
             raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
-        text = messages.registration_to_json(declared, tables)
+        text = messages.registration_to_json(declared, tables, req.task_kinds)
         with self._lock:
             self._check_open()
             self._touch(req.agency)
@@ -72,6 +72,7 @@ class AgencyCalls(CoordinatorState):
             )
             self._datasets[req.agency] = declared
             self._tables[req.agency] = tables
+            self._kinds[req.agency] = frozenset(req.task_kinds)
             for rt in list(self._jobs.values()):  # a restarted agent gets its assignments again
                 for given in (*rt.handed.values(), *rt.decrypt_handed.values()):
                     given.discard(req.agency)
@@ -116,9 +117,11 @@ class AgencyCalls(CoordinatorState):
         wait = min(req.wait_ms / 1000.0, self.config.max_wait)
         deadline = self.clock() + wait
         with self._lock:
+            self._touch(req.agency)  # on arrival only: a poll woken after a Leave is no contact
             while True:
                 self._check_open()
-                self._touch(req.agency)
+                if not is_active():
+                    return fpb.FetchWorkResponse()
                 now = self.clock()
                 assignment = self._work_for(req.agency, now)
                 if assignment is not None:
@@ -423,6 +426,36 @@ class AgencyCalls(CoordinatorState):
                 Code.FAILED_PRECONDITION, f"agency {agency!r} holds no share of the key"
             )
         return rnd
+
+    def leave(self, principal: Principal, req: fpb.LeaveRequest) -> fpb.LeaveResponse:
+        """The agent is stopping: it leaves every running job at once, with its reason."""
+        self._require_self(principal, req.agency)
+        try:
+            messages.check_text(req.reason, "reason", messages.MAX_STATUS_CHARS)
+        except messages.MessageError as exc:
+            raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        reason = f"stopped its agent ({req.reason or 'no reason given'})"
+        left = 0
+        with self._lock:
+            self._check_open()
+            for rt in list(self._jobs.values()):
+                driver = rt.driver
+                if not rt.running or driver is None or req.agency not in driver.active:
+                    continue
+                log.warning("job %s: %s leaves: %s", rt.id, req.agency, reason)
+                self._apply(
+                    rt,
+                    "drop",
+                    partial(driver.drop, req.agency),
+                    agency=req.agency,
+                    round_=None if driver.task is None else driver.task.round,
+                    payload=reason.encode(),
+                )
+                left += 1
+                self._advance_quietly(rt)
+            self.liveness.forget(req.agency)
+            self._changed.notify_all()
+        return fpb.LeaveResponse(jobs_left=left)
 
     def decline(self, principal: Principal, req: fpb.DeclineRequest) -> fpb.DeclineResponse:
         """The agency leaves the job (it will not run the assignment)."""

@@ -108,10 +108,15 @@ class Liveness:
         self._contact[agency] = self.clock()
         self.last_seen[agency] = time.time()
 
+    def forget(self, agency: str) -> None:
+        """``agency`` said it is leaving: it counts as gone until it calls again."""
+        self._contact[agency] = float("-inf")
+
     def forgive(self, now: float) -> None:
         """Count every agency as heard from at ``now`` (after a pause of the coordinator)."""
-        for agency in self._contact:
-            self._contact[agency] = max(self._contact[agency], now)
+        for agency, last in self._contact.items():
+            if last != float("-inf"):  # an agency that left stays gone
+                self._contact[agency] = max(last, now)
         self._started = max(self._started, now - self.grace + self.timeout)
 
     def alive(self, agency: str, now: float) -> bool:

@@ -102,6 +102,14 @@ class JobRuntime:
             rounds_done=self.rounds_done,
             failure=self.failure or "",
             current_round_label=label,
+            departures=[
+                fpb.Departure(agency=a, reason=messages.clipped(r, 500))
+                for a, r in self.left.items()
+            ],
+            submitted_unix=self.created,
+            job_type=str(self.spec.get("job_type", "")),
+            dataset=str(self.spec.get("dataset", "")),
+            participants=len(self.spec.get("agencies", ())),
         )
 
 

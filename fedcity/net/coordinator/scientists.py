@@ -12,13 +12,14 @@ from typing import Any
 from fedcity.analytics.query import QueryJob, query_job_from_spec
 from fedcity.analytics.spec import QueryError, QuerySpec, TableSchema
 from fedcity.core.errors import JobFailed
-from fedcity.learn.jobs import JOB_TYPES, job_from_spec
+from fedcity.learn.jobs import JOB_TYPES, job_from_spec, job_steps
 from fedcity.net import messages
 from fedcity.net.auth import Principal
 from fedcity.net.coordinator.config import (
     Code,
     StatusError,
 )
+from fedcity.net.coordinator.history import departure_notice, describe_job
 from fedcity.net.coordinator.runtime import (
     QUERY_JOB_TYPE,
     JobRuntime,
@@ -33,7 +34,14 @@ from fedcity.net.coordinator.state import (
 from fedcity.net.store import TERMINAL_STATES, JobUpdate
 from fedcity.v1 import federation_pb2 as fpb
 
-__all__ = ["ScientistCalls"]
+__all__ = ["DEFAULT_LISTED_JOBS", "MAX_LISTED_JOBS", "MAX_LOG_EVENTS", "ScientistCalls"]
+
+DEFAULT_LISTED_JOBS = 50
+"""Jobs ``ListJobs`` returns when the request sets no limit."""
+MAX_LISTED_JOBS = 500
+"""Most jobs one ``ListJobs`` answer holds."""
+MAX_LOG_EVENTS = 2000
+"""Most events ``JobLogs`` describes (the newest ones)."""
 
 
 class ScientistCalls(CoordinatorState):
@@ -208,6 +216,7 @@ class ScientistCalls(CoordinatorState):
                 f"{n} agencies {participants} take part; the job needs at least {need} "
                 f"(min_agencies={min_agencies}, key threshold t={t})",
             )
+        self._check_steps(req, params, privacy, participants)
         if query:
             return self._spec_record(req, params, privacy, principal, participants, min_agencies)
         spec = self._datasets[participants[0]][req.dataset]
@@ -268,6 +277,38 @@ class ScientistCalls(CoordinatorState):
             "submitted_by": principal.name,
         }
 
+    def _check_steps(
+        self,
+        req: fpb.JobSpec,
+        params: dict[str, Any],
+        privacy: dict[str, Any] | None,
+        participants: list[str],
+    ) -> None:
+        """Refuse a job whose steps some participant's policy does not allow (lock held)."""
+        if req.job_type == QUERY_JOB_TYPE:
+            spec = query_job_from_spec(params, privacy).spec
+            quantiles = any(a.func == "quantile" for a in spec.aggregates)
+            needed = ("query.presence", "query.cells") + (("query.quantile",) if quantiles else ())
+        else:
+            job = job_from_spec(req.job_type, params, privacy)
+            needed = job_steps(job, evaluate=bool(req.evaluate_dataset))
+        refusals = []
+        for agency in participants:
+            allowed = self._kinds.get(agency)
+            if allowed is None:  # registered before steps were recorded: the agent decides
+                continue
+            missing = [k for k in needed if k not in allowed]
+            if missing:
+                refusals.append(f"{agency} does not allow {missing}")
+        if refusals:
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"the job needs steps {list(needed)}, but "
+                + "; ".join(refusals)
+                + " (allowed_kinds in the agency's [policy]); leave those agencies out with "
+                "--agencies or ask them to allow the steps",
+            )
+
     @staticmethod
     def _require_owner(principal: Principal, rt: JobRuntime) -> None:
         """Only the data scientist who submitted a job may watch, read or cancel it."""
@@ -299,7 +340,54 @@ class ScientistCalls(CoordinatorState):
         if row.result:
             history = json.loads(row.result).get("history", [])
             rt.records = [json.dumps(r, sort_keys=True) for r in history]
+        rt.left = self.store.departures(job_id)
         return rt
+
+    def status(self, principal: Principal, ref: fpb.JobRef) -> fpb.JobStatus:
+        """One of the caller's jobs: state, progress, and which agencies left and why."""
+        self._require_role(principal, "scientist")
+        with self._lock:
+            rt = self._lookup(ref.job_id)
+            self._require_owner(principal, rt)
+            return rt.status()
+
+    def list_jobs(self, principal: Principal, req: fpb.ListJobsRequest) -> fpb.ListJobsResponse:
+        """The caller's newest jobs (at most :data:`MAX_LISTED_JOBS`), newest first."""
+        self._require_role(principal, "scientist")
+        limit = int(req.limit) or DEFAULT_LISTED_JOBS
+        if limit > MAX_LISTED_JOBS:
+            raise StatusError(
+                Code.INVALID_ARGUMENT, f"limit {limit} exceeds {MAX_LISTED_JOBS} jobs per listing"
+            )
+        with self._lock:
+            rows = self.store.jobs_of(principal.name, limit)
+            out = fpb.ListJobsResponse()
+            for row in rows:
+                rt = self._jobs.get(row.id) or self._recent.get(row.id)
+                if rt is None:
+                    rt = JobRuntime(
+                        row.id,
+                        json.loads(row.spec),
+                        row.state,
+                        row.created,
+                        row.failure,
+                        None,
+                        row.rounds_done,
+                    )
+                    rt.left = self.store.departures(row.id)
+                status = rt.status()
+                status.failure = messages.clipped(status.failure, 300)
+                out.jobs.append(status)
+            return out
+
+    def job_logs(self, principal: Principal, ref: fpb.JobRef) -> fpb.JobLogsResponse:
+        """A job's history in words (its last :data:`MAX_LOG_EVENTS` events)."""
+        self._require_role(principal, "scientist")
+        with self._lock:
+            rt = self._lookup(ref.job_id)
+            self._require_owner(principal, rt)
+            events = self.store.event_outline(rt.id, MAX_LOG_EVENTS)
+            return fpb.JobLogsResponse(lines=describe_job(rt, events))
 
     def watch(
         self,
@@ -314,17 +402,23 @@ class ScientistCalls(CoordinatorState):
             self._require_owner(principal, rt)
             status = rt.status()
         yield fpb.JobEvent(status=status)
-        sent = 0
+        for agency, reason in list(rt.left.items()):
+            yield fpb.JobEvent(status=status, notice=departure_notice(agency, reason))
+        sent, told = 0, len(rt.left)
         while True:
             with self._lock:
                 while True:
                     rt = self._jobs.get(ref.job_id) or self._recent.get(ref.job_id) or rt
                     new = rt.records[sent:]
+                    left = list(rt.left.items())[told:]
                     done = rt.state in TERMINAL_STATES
-                    if new or done or self._stopping or not is_active():
+                    if new or left or done or self._stopping or not is_active():
                         break
                     self._changed.wait(timeout=1.0)
                 status = rt.status()
+            for agency, reason in left:
+                yield fpb.JobEvent(status=status, notice=departure_notice(agency, reason))
+            told += len(left)
             for record in new:
                 yield fpb.JobEvent(status=status, round_record_json=record)
             sent += len(new)

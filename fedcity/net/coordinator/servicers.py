@@ -145,6 +145,9 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
     def Decline(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _unary(context, lambda: self.core.decline(self._who(context), request))
 
+    def Leave(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _unary(context, lambda: self.core.leave(self._who(context), request))
+
     # JobService
     def SubmitJob(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _unary(context, lambda: self.core.submit_job(self._who(context), request))
@@ -165,6 +168,15 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
 
     def CancelJob(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _unary(context, lambda: self.core.cancel(self._who(context), request))
+
+    def GetStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _unary(context, lambda: self.core.status(self._who(context), request))
+
+    def ListJobs(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _unary(context, lambda: self.core.list_jobs(self._who(context), request))
+
+    def JobLogs(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _unary(context, lambda: self.core.job_logs(self._who(context), request))
 
 
 class HealthServicer(health.HealthServicer):  # type: ignore[misc]

@@ -119,6 +119,8 @@ class CoordinatorState:
         self._recent: OrderedDict[str, JobRuntime] = OrderedDict()
         self._datasets: dict[str, dict[str, FeatureSpec]] = {}
         self._tables: dict[str, dict[str, dict[str, str]]] = {}
+        self._kinds: dict[str, frozenset[str]] = {}
+        """Agency → the task kinds its policy allows, as registered."""
         """Agency → query table → column types, as registered."""
         self.clock: Callable[[], float] = clock or ProgressClock(config.stall)
         """The progress clock every deadline is judged on (stalls left out)."""
@@ -139,8 +141,10 @@ class CoordinatorState:
         with self._lock:
             for row in self.store.agencies():
                 try:  # today's limits: an older, oversized registration waits for a new one
-                    declared, tables = messages.registration_from_json(row.datasets)
+                    declared, tables, kinds = messages.registration_from_json(row.datasets)
                     self._datasets[row.name], self._tables[row.name] = declared, tables
+                    if kinds is not None:
+                        self._kinds[row.name] = frozenset(kinds)
                 except (ValueError, AttributeError) as exc:
                     log.error(
                         "ignoring stored registration of %s (the agency must register again): %s",
@@ -361,6 +365,8 @@ class CoordinatorState:
                 "evaluate_dataset": spec["evaluate_dataset"],
                 "agencies": spec["agencies"],
                 "min_agencies": spec["min_agencies"],
+                "feature_spec": json.loads(spec["feature_spec"]),
+                "left": dict(rt.left),
             },
         )
 
@@ -525,7 +531,7 @@ class CoordinatorState:
             if self._alive(agency, now):
                 continue
             silent = self.liveness.silent_for(agency, now)
-            reason = f"no heartbeat for {silent:.1f} s"
+            reason = f"stopped answering (no heartbeat for {silent:.1f} s)"
             log.warning("job %s: dropping %s (%s)", rt.id, agency, reason)
             self._apply(
                 rt,
