@@ -12,6 +12,14 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# the dashboard's browser test drives Debian's chromium; install it once when we can
+	@if [ -f /etc/debian_version ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	    && ! { command -v chromium && command -v chromedriver; } >/dev/null; then \
+	  echo "installing chromium and chromium-driver (apt-get) for the dashboard's browser test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver; } >/dev/null 2>&1 \
+	    || echo "could not install chromium; the browser test will be skipped"; \
+	fi
 	@touch $(STAMP)
 
 demo: $(STAMP)
