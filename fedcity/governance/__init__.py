@@ -1,0 +1,1 @@
+"""Agencies stay in control: certificates and enrollment, policy, privacy-budget ledger, audit."""
