@@ -524,20 +524,63 @@ class ContributionEvidence(_message.Message):
 Global___ContributionEvidence: _TypeAlias = ContributionEvidence  # noqa: Y015
 
 @_typing.final
+class AuditAnchor(_message.Message):
+    """The coordinator's audit chain head once it has recorded an upload, signed with the
+    coordinator's audit key (fedcity.governance.audit). The agent keeps it in its own audit log,
+    so the coordinator cannot later rewrite its history without the agents' logs showing it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    records: _builtins.int
+    """length of the coordinator's audit log at acknowledgement"""
+    head: _builtins.bytes
+    """SHA-256 of its last record (record records - 1)"""
+    public_key: _builtins.bytes
+    """the coordinator's Ed25519 audit key (32 bytes)"""
+    signature: _builtins.bytes
+    """that key's signature of (records, head)"""
+    def __init__(
+        self,
+        *,
+        records: _builtins.int = ...,
+        head: _builtins.bytes = ...,
+        public_key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "public_key", b"public_key", "records", b"records", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditAnchor: _TypeAlias = AuditAnchor  # noqa: Y015
+
+@_typing.final
 class UploadResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STORED_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
     stored: _builtins.bool
     """false: an identical earlier upload already stands"""
+    @_builtins.property
+    def audit(self) -> Global___AuditAnchor:
+        """unset when the coordinator keeps no audit log"""
+
     def __init__(
         self,
         *,
         stored: _builtins.bool = ...,
+        audit: Global___AuditAnchor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stored", b"stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "stored", b"stored"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
