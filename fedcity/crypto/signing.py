@@ -76,6 +76,21 @@ def _field(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+def _check_domain(domain: bytes) -> None:
+    """Other uses of a signing key: ``b"fedcity.<use>"`` and one NUL, not :data:`DOMAIN`."""
+    if (
+        not isinstance(domain, bytes)
+        or not domain.startswith(b"fedcity.")
+        or not domain.endswith(b"\x00")
+        or domain.count(b"\x00") != 1
+        or domain == DOMAIN
+    ):
+        raise CryptoError(
+            "a signing domain is b'fedcity.<use>\\0' (one NUL, at the end) and not the "
+            "contribution statements' domain"
+        )
+
+
 @dataclass(frozen=True)
 class Statement:
     """What an agency signs for one upload.
@@ -189,6 +204,21 @@ class VerifyKey:
             return False
         return True
 
+    def verify_message(self, domain: bytes, message: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is this key's signature of ``domain || message``.
+
+        For other signed objects than upload statements (e.g. audit records); ``domain``
+        follows the rules of :meth:`SigningKey.sign_message`.
+        """
+        _check_domain(domain)
+        if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+            return False
+        try:
+            self._key.verify(signature, domain + bytes(message))
+        except InvalidSignature:
+            return False
+        return True
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, VerifyKey) and other.raw == self.raw
 
@@ -239,6 +269,24 @@ class SigningKey:
     def sign(self, statement: Statement) -> bytes:
         """The 64-byte signature of ``statement``."""
         return self._key.sign(statement.encode())
+
+    def sign_message(self, domain: bytes, message: bytes) -> bytes:
+        """The signature of ``domain || message``, for other uses than upload statements.
+
+        Parameters
+        ----------
+        domain : bytes
+            ``b"fedcity.<use>"`` followed by one NUL byte, never the statements'
+            :data:`DOMAIN`, so that no such signature can pass as an upload's.
+        message : bytes
+
+        Raises
+        ------
+        CryptoError
+            An invalid domain.
+        """
+        _check_domain(domain)
+        return self._key.sign(domain + bytes(message))
 
     def __repr__(self) -> str:
         return f"<SigningKey public={self.public_key.raw.hex()[:16]}>"
