@@ -13,11 +13,14 @@ on Debian when run as root).
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from dashkit import DATASET, TERMINAL, leaked_payload, payload_probes, wait_for
 from harness import Setup
@@ -43,6 +46,17 @@ FLAGS = (
     "--disable-dev-shm-usage",
     "--window-size=1280,1000",
 )
+QUERY = {
+    "table": "requests",
+    "group_by": ["ward"],
+    "columns": {"ward": {"levels": ["w1", "w2", "w3"]}, "amount": {"clip": [0, 10000]}},
+    "aggregate": [
+        {"name": "n", "func": "count"},
+        {"name": "total", "func": "sum", "column": "amount"},
+    ],
+    "disclosure": {"min_count": 10},
+}
+"""A federated query over the agencies' ``requests`` tables (grouped by ward)."""
 HEADER_RGB = (0x24, 0x34, 0x47)
 """The page header's colour (style.css): present in a screenshot once the CSS applied."""
 
@@ -87,9 +101,21 @@ def live(tmp_path_factory, data):
         )
     )
     daemons = []
-    for agency in AGENCIES:
+    rng = np.random.default_rng(5)
+    for i, agency in enumerate(AGENCIES):
         path = setup.write_agent_config(
             root / "agents" / agency, agency, f"127.0.0.1:{server.port}", insecure=True
+        )
+        n = (41, 57, 33)[i]
+        requests = pd.DataFrame(
+            {"ward": rng.choice(["w1", "w2", "w3"], n), "amount": rng.integers(0, 5000, n)}
+        )
+        requests.to_csv(path.parent / "requests.csv", index=False)
+        path.write_text(
+            path.read_text()
+            + "\n[tables.requests]\n"
+            + f"path = {json.dumps(str(path.parent / 'requests.csv'))}\n"
+            + 'columns = { ward = "category", amount = "integer" }\n'
         )
         daemons.append(
             AgentDaemon(
@@ -126,9 +152,15 @@ def live(tmp_path_factory, data):
         wait_for(lambda: state(partial).rounds_done >= 1, timeout=120, what="a released round")
         daemons[2].stop("maintenance window")
         wait_for(lambda: state(partial).state in TERMINAL, timeout=240, what="the second job")
+        query = jobs.SubmitJob(
+            fpb.JobSpec(job_type="query", params_json=json.dumps(QUERY)),
+            metadata=metadata,
+            timeout=10,
+        ).job_id
+        wait_for(lambda: state(query).state in TERMINAL, timeout=240, what="the query")
         payloads = [
             e.payload
-            for job_id in (full, partial)
+            for job_id in (full, partial, query)
             for e in server.coordinator.store.events(job_id)
             if e.payload and e.type in ("contribution", "partial")
         ]
@@ -138,6 +170,7 @@ def live(tmp_path_factory, data):
             "agency_token": read_token(files.agency_tokens[AGENCIES[0]]),
             "full": state(full),
             "partial": state(partial),
+            "query": state(query),
             "payloads": payloads,
         }
     finally:
@@ -208,8 +241,8 @@ def log_in(driver, url: str, token: str) -> None:
 
 def test_every_page_in_a_headless_browser(live, browser, shots):
     url = live["url"]
-    full, partial = live["full"], live["partial"]
-    assert full.state == "succeeded" and partial.state == "succeeded", (full, partial)
+    full, partial, query = live["full"], live["partial"], live["query"]
+    assert full.state == partial.state == query.state == "succeeded", (full, partial, query)
     assert [a for a, _ in partial.departures] == [AGENCIES[2]]
     probes = payload_probes(live["payloads"])
     taken = []
@@ -250,7 +283,7 @@ def test_every_page_in_a_headless_browser(live, browser, shots):
         e.get_attribute("data-job"): e.text
         for e in browser.find_elements(By.CSS_SELECTOR, "tr.job")
     }
-    assert set(jobs) == {full.id, partial.id}
+    assert set(jobs) == {full.id, partial.id, query.id}
     assert "succeeded" in jobs[full.id] and "3 of 3" in jobs[full.id]
     assert "2 of 3" in jobs[partial.id] and "1 left" in jobs[partial.id]
     taken.append(screenshot(browser, shots, "04-jobs"))
@@ -275,13 +308,24 @@ def test_every_page_in_a_headless_browser(live, browser, shots):
     assert counts[0] == 3 and counts[-1] == 2
     taken.append(screenshot(browser, shots, "06-job-departure"))
 
-    browser.get(url + "/results")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "section.released")) == 2
+    browser.get(url + f"/jobs/{query.id}")
+    cells = browser.find_element(By.ID, "cells")
+    header = [e.text for e in cells.find_elements(By.CSS_SELECTOR, "th")]
+    assert header[:3] == ["ward", "n", "total"]
+    wards = [e.text for e in cells.find_elements(By.CSS_SELECTOR, "tbody td:first-child")]
+    assert wards == ["w1", "w2", "w3"]
     loaded = images_loaded(browser)
-    assert len(loaded) == 4 and all(loaded), loaded
-    taken.append(screenshot(browser, shots, "07-results"))
+    assert len(loaded) == 1 and all(loaded), loaded  # the query's chart
+    taken.append(screenshot(browser, shots, "07-query-result"))
 
-    for page in ("/health", "/agencies", "/jobs", f"/jobs/{full.id}", f"/jobs/{partial.id}"):
+    browser.get(url + "/results")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "section.released")) == 3
+    loaded = images_loaded(browser)
+    assert len(loaded) == 5 and all(loaded), loaded
+    taken.append(screenshot(browser, shots, "08-results"))
+
+    pages = ("/health", "/agencies", "/jobs", "/results")
+    for page in (*pages, *(f"/jobs/{j.id}" for j in (full, partial, query))):
         browser.get(url + page)
         assert leaked_payload(browser.page_source.encode(), probes) is None, page
 
@@ -289,4 +333,4 @@ def test_every_page_in_a_headless_browser(live, browser, shots):
     assert browser.find_element(By.ID, "login").is_displayed()
     browser.get(url + "/jobs")
     assert browser.find_element(By.ID, "login").is_displayed()  # the session is gone
-    assert len(taken) == 7 and all(p.stat().st_size > 10_000 for p in taken)
+    assert len(taken) == 8 and all(p.stat().st_size > 10_000 for p in taken)
