@@ -800,3 +800,132 @@ class JobService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EnrollmentServiceStub:
+    """---------------------------------------------------------------------------------------
+    Enrollment (mutual TLS). Enroll is served on the coordinator's enrollment port (server TLS
+    only: the enrollee has no certificate yet); Renew on the main port (mutual TLS).
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Enroll = channel.unary_unary(
+                '/fedcity.v1.EnrollmentService/Enroll',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/fedcity.v1.EnrollmentService/Renew',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.RenewRequest.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+
+
+class EnrollmentServiceServicer:
+    """---------------------------------------------------------------------------------------
+    Enrollment (mutual TLS). Enroll is served on the coordinator's enrollment port (server TLS
+    only: the enrollee has no certificate yet); Renew on the main port (mutual TLS).
+
+    """
+
+    def Enroll(self, request, context):
+        """Exchange a one-time invitation token and a signing request for a certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """A new certificate for the caller's name and role, before the current one expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EnrollmentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.EnrollRequest.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.EnrollResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.RenewRequest.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.EnrollResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedcity.v1.EnrollmentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedcity.v1.EnrollmentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EnrollmentService:
+    """---------------------------------------------------------------------------------------
+    Enrollment (mutual TLS). Enroll is served on the coordinator's enrollment port (server TLS
+    only: the enrollee has no certificate yet); Renew on the main port (mutual TLS).
+
+    """
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcity.v1.EnrollmentService/Enroll',
+            fedcity_dot_v1_dot_federation__pb2.EnrollRequest.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcity.v1.EnrollmentService/Renew',
+            fedcity_dot_v1_dot_federation__pb2.RenewRequest.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
