@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from fedcity.dashboard.app import Snapshots, create_app
-from fedcity.net.auth import Authenticator, check_listen_address
+from fedcity.net.auth import Authenticator, AuthError, check_listen_address
 
 __all__ = ["MAX_CONNECTIONS", "DashboardServer"]
 
@@ -40,7 +40,8 @@ class DashboardServer:
     Raises
     ------
     AuthError
-        Plain HTTP on an address other machines can reach, or a malformed address.
+        Plain HTTP on an address other machines can reach, a malformed address, or ``tls``
+        without both files.
     OSError
         The port cannot be bound.
     """
@@ -68,7 +69,13 @@ class DashboardServer:
         settings: dict[str, Any] = {}
         if tls is not None:
             cert, key = tls
-            settings = {"ssl_certfile": os.fspath(cert or ""), "ssl_keyfile": os.fspath(key or "")}
+            if not (cert and key):
+                self._socket.close()
+                raise AuthError(
+                    "the dashboard serves HTTPS with the coordinator's --tls-cert and --tls-key; "
+                    "give both (or --insecure on a loopback address)"
+                )
+            settings = {"ssl_certfile": os.fspath(cert), "ssl_keyfile": os.fspath(key)}
         config = uvicorn.Config(
             self.app,
             log_level="warning",

@@ -28,8 +28,9 @@ from dashkit import (
 )
 from loopback import TOKENS, start
 
+from fedcity.dashboard import DashboardServer
 from fedcity.dashboard.app import MAX_BODY_BYTES, MAX_PAGE_JOBS, SESSION_COOKIE
-from fedcity.net.auth import AuthError
+from fedcity.net.auth import Authenticator, AuthError
 
 PAGES = ("/health", "/agencies", "/jobs", "/results")
 
@@ -266,6 +267,8 @@ def test_dashboard_is_off_by_default_and_plain_http_only_on_loopback(tmp_path, k
         start(files, dashboard_port=0, dashboard_host="0.0.0.0")
     with pytest.raises(ValueError, match="dashboard_port"):
         start(files, dashboard_port=70000)
+    with pytest.raises(AuthError, match="tls-cert"):
+        DashboardServer(object(), Authenticator([]), tls=(None, None))  # type: ignore[arg-type]
 
 
 def test_https_dashboard_with_the_coordinators_certificate(tmp_path):
