@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import socket
 import ssl
+import subprocess
+import sys
+import time
 
 import httpx
 import pytest
@@ -303,3 +309,39 @@ def test_https_dashboard_with_the_coordinators_certificate(tmp_path):
     finally:
         server.stop(grace=0)
     assert json.loads(files.credentials.read_text())["principals"]
+
+
+def test_cli_serves_the_dashboard_with_dashboard_port(tmp_path, key):
+    files = write_files(tmp_path, key)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    grpc_port, web_port = ports
+    cmd = [sys.executable, "-m", "fedcity.cli", "coordinator", "serve", "--insecure"]
+    cmd += ["--listen", f"127.0.0.1:{grpc_port}", "--db", str(files["db"])]
+    cmd += ["--federation", str(files["federation"]), "--credentials", str(files["credentials"])]
+    cmd += ["--dashboard-port", str(web_port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{web_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(url + "/api/health", headers=bearer("analyst"), timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["members"] == 3
+        assert httpx.get(url + "/api/health", timeout=5).status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/api/health", timeout=5)  # stopped with the coordinator
