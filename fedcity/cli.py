@@ -2,7 +2,8 @@
 
 ::
 
-    fedcity keys deal --agencies a,b,c --threshold 2 --out federation/
+    fedcity data synth --agencies 5 --out data/
+    fedcity keys deal --agencies a,b,c --threshold 2 --out federation/ [--data-dir data/]
     fedcity coordinator serve ...            (options: fedcity coordinator serve --help)
     fedcity coordinator check-store --db coordinator.sqlite
     fedcity coordinator backup --db coordinator.sqlite --to backup.sqlite
@@ -87,6 +88,18 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _agencies_or_count(text: str) -> list[str]:
+    """``N`` (district-1 … district-N, as ``make_city`` names them) or ``a,b,c``."""
+    if text.strip().isdigit():
+        n = int(text)
+        if not 1 <= n <= 100:
+            raise argparse.ArgumentTypeError(f"expected 1 to 100 agencies, got {n}")
+        from fedcity.data.synthetic import make_city
+
+        return [a.agency for a in make_city(max(n, 2), n_samples=30 * max(n, 2)).agencies][:n]
+    return _names(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -121,7 +134,8 @@ def _connection_options() -> _Parser:
     group.add_argument(
         "--insecure",
         action="store_true",
-        help="plaintext connection (only to a loopback coordinator)",
+        help="plaintext connection, only to a loopback coordinator started with --insecure "
+        "(default: TLS)",
     )
     return parent
 
@@ -150,9 +164,20 @@ def build_parser() -> _Parser:
         "(agencies and data scientists), the coordinator's token hashes, and a TLS CA with "
         "a server certificate. Existing files are never overwritten.",
     )
-    deal.add_argument("--agencies", type=_names, required=True, metavar="A,B,C")
+    deal.add_argument(
+        "--agencies",
+        type=_names,
+        required=True,
+        metavar="A,B,C",
+        help="agency names, one key share each (required)",
+    )
     mode = deal.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--threshold", type=int, help="agencies needed to decrypt (t of n)")
+    mode.add_argument(
+        "--threshold",
+        type=int,
+        help="agencies needed to decrypt (t of n; one of --threshold and --key-holder is "
+        "required); 1 lets any single agency decrypt everything",
+    )
     mode.add_argument(
         "--key-holder",
         metavar="AGENCY",
@@ -160,9 +185,29 @@ def build_parser() -> _Parser:
         "decryption about 20x cheaper, but the key holder and the coordinator must not "
         "collude (see docs/trust-model.md)",
     )
-    deal.add_argument("--out", type=Path, required=True, metavar="DIR")
     deal.add_argument(
-        "--key-bits", type=int, default=2048, help="Paillier modulus size (default 2048)"
+        "--out", type=Path, required=True, metavar="DIR", help="folder to write (required)"
+    )
+    deal.add_argument(
+        "--key-bits",
+        type=int,
+        default=2048,
+        help="Paillier modulus size (default 2048; 1024 only for a trial)",
+    )
+    deal.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="address the agents dial, written into each agency.toml (default: the first "
+        "--tls-hosts entry, port 50051)",
+    )
+    deal.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="sample data from `fedcity data synth --out DIR`: each agency.toml points at "
+        "DIR/<agency>/flood.csv (default: data/flood.csv in the agency's folder)",
     )
     deal.add_argument(
         "--scientists",
@@ -195,7 +240,7 @@ def build_parser() -> _Parser:
         "SQLite quick_check, the events' hash chain, a lost -wal file) without writing "
         "anything, and print a summary. Exit code 0 if all pass, 2 with the reason if not.",
     )
-    check_store.add_argument("--db", type=Path, required=True, help="the database file")
+    check_store.add_argument("--db", type=Path, required=True, help="the database file (required)")
     backup = coordinator.add_parser(
         "backup",
         help="consistent online backup of the coordinator's database (safe while it runs)",
@@ -203,8 +248,10 @@ def build_parser() -> _Parser:
         "running), then check the copy like check-store. DEST must not exist. Restore: see "
         "docs/operations.md.",
     )
-    backup.add_argument("--db", type=Path, required=True, help="the database file")
-    backup.add_argument("--to", type=Path, required=True, metavar="DEST", help="new backup file")
+    backup.add_argument("--db", type=Path, required=True, help="the database file (required)")
+    backup.add_argument(
+        "--to", type=Path, required=True, metavar="DEST", help="new backup file (required)"
+    )
 
     # agent
     agent = commands.add_parser("agent", help="run an agency's agent").add_subparsers(
@@ -215,8 +262,55 @@ def build_parser() -> _Parser:
         help="serve vetted tasks on this agency's data until stopped (SIGTERM/SIGINT)",
         description="Dial out to the coordinator and serve vetted tasks on local data.",
     )
-    run.add_argument("--config", type=Path, required=True, help="the agency's TOML file")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--config", type=Path, required=True, help="the agency's agency.toml (required)"
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe messages shown (default: info)",
+    )
+
+    # data
+    data = commands.add_parser("data", help="sample data for a trial").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    synth = data.add_parser(
+        "synth",
+        help="write a synthetic table per agency (for trying a federation)",
+        description="Write OUT/<agency>/<task>.csv (one district's training rows, very "
+        "unequal sizes and feature mixes) and OUT/<agency>/<task>_holdout.csv (its held-out "
+        "rows) for every agency, drawn by fedcity.data.make_city. `fedcity keys deal "
+        "--data-dir OUT` writes agency.toml files that declare them.",
+    )
+    synth.add_argument(
+        "--agencies",
+        type=_agencies_or_count,
+        required=True,
+        metavar="N|A,B,C",
+        help="a number N (agencies district-1 ... district-N) or names (required)",
+    )
+    synth.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder to write (required)"
+    )
+    synth.add_argument(
+        "--task",
+        default="flood",
+        choices=["flood", "fire", "service_demand", "elder_risk"],
+        help="which synthetic table (default: flood; label flooded, 0/1)",
+    )
+    synth.add_argument(
+        "--rows",
+        type=int,
+        default=6000,
+        metavar="N",
+        help="training rows over all agencies, at least 30 per agency (default: 6000)",
+    )
+    synth.add_argument("--seed", type=int, default=2026, help="random seed (default: 2026)")
+    synth.add_argument(
+        "--force", action="store_true", help="overwrite existing files (default: refuse)"
+    )
 
     # jobs
     job = commands.add_parser("job", help="submit and follow jobs").add_subparsers(
@@ -227,12 +321,18 @@ def build_parser() -> _Parser:
         "--type",
         dest="job_type",
         required=True,
-        help="logistic_regression, ridge, poisson_regression or fedavg",
+        help="logistic_regression, ridge, poisson_regression or fedavg (required)",
     )
     submit.add_argument(
-        "--params", type=_json_object, default={}, metavar="JSON", help="e.g. '{\"C\": 1.0}'"
+        "--params",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="job parameters, e.g. '{\"C\": 1.0}' (default: {}, the job type's defaults)",
     )
-    submit.add_argument("--dataset", required=True, help="dataset name the agencies declared")
+    submit.add_argument(
+        "--dataset", required=True, help="dataset name the agencies declared (required)"
+    )
     submit.add_argument(
         "--agencies", type=_names, default=[], metavar="A,B", help="participants (default: all)"
     )
@@ -244,38 +344,60 @@ def build_parser() -> _Parser:
         help="fewest contributors per round (default: the coordinator's)",
     )
     submit.add_argument(
-        "--evaluate-dataset", default="", metavar="NAME", help="evaluate on this dataset after"
+        "--evaluate-dataset",
+        default="",
+        metavar="NAME",
+        help="evaluate the model on this dataset after training (default: no evaluation)",
     )
     submit.add_argument(
         "--privacy",
         type=_json_object,
         default=None,
         metavar="JSON",
-        help='differential privacy, e.g. \'{"epsilon": 1.0, "delta": 1e-6}\'',
+        help='differential privacy, e.g. \'{"epsilon": 1.0, "delta": 1e-6}\' (default: none)',
     )
-    submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
     submit.add_argument(
-        "--timeout", type=_positive_float, default=None, metavar="SECONDS", help="with --watch"
+        "--watch", action="store_true", help="follow the job until it ends (default: return)"
+    )
+    submit.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="with --watch: give up after (default: wait until the job ends)",
     )
     watch = job.add_parser("watch", parents=[connection], help="follow a job until it ends")
     watch.add_argument("job_id", metavar="JOB")
     watch.add_argument(
-        "--timeout", type=_positive_float, default=None, metavar="SECONDS", help="give up after"
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after (default: wait until the job ends)",
     )
     result = job.add_parser("result", parents=[connection], help="print or save a job's result")
     result.add_argument("job_id", metavar="JOB")
-    result.add_argument("--out", type=Path, default=None, help="write the JSON to this file")
+    result.add_argument(
+        "--out", type=Path, default=None, help="write the JSON to this file (default: print it)"
+    )
     result.add_argument(
         "--model",
         type=Path,
         default=None,
         metavar="FILE.pkl",
-        help="write the trained scikit-learn pipeline (pickle; load with pickle.load)",
+        help="write the trained scikit-learn pipeline (pickle; load with pickle.load; "
+        "default: none)",
     )
     result.add_argument(
-        "--plot", type=Path, default=None, metavar="DIR", help="save charts (PNG) in this folder"
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="save charts (PNG) in this folder (default: none)",
     )
-    result.add_argument("--force", action="store_true", help="overwrite --out/--model files")
+    result.add_argument(
+        "--force", action="store_true", help="overwrite --out/--model files (default: refuse)"
+    )
     cancel = job.add_parser("cancel", parents=[connection], help="cancel a job")
     cancel.add_argument("job_id", metavar="JOB")
     status = job.add_parser("status", parents=[connection], help="one job's state and progress")
@@ -294,12 +416,21 @@ def build_parser() -> _Parser:
     check.add_argument("spec", type=Path, metavar="SPEC.toml")
     outputs = _Parser(add_help=False)
     outputs.add_argument(
-        "--out", type=Path, default=None, help="also write the table (.csv, .parquet or .json)"
+        "--out",
+        type=Path,
+        default=None,
+        help="also write the table (.csv, .parquet or .json; default: print only)",
     )
     outputs.add_argument(
-        "--plot", type=Path, default=None, metavar="FILE", help="draw a chart (.png or .svg)"
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="draw a chart (.png or .svg; default: none)",
     )
-    outputs.add_argument("--force", action="store_true", help="overwrite --out/--plot files")
+    outputs.add_argument(
+        "--force", action="store_true", help="overwrite --out/--plot files (default: refuse)"
+    )
     qrun = query.add_parser(
         "run", parents=[connection, outputs], help="run a query and print its table"
     )
@@ -315,7 +446,11 @@ def build_parser() -> _Parser:
         help="fewest contributors per round (default: the coordinator's)",
     )
     qrun.add_argument(
-        "--timeout", type=_positive_float, default=None, metavar="SECONDS", help="give up after"
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="give up after (default: wait until the query ends)",
     )
     qresult = query.add_parser(
         "result", parents=[connection, outputs], help="print a finished query's table"
@@ -325,7 +460,9 @@ def build_parser() -> _Parser:
     agencies = commands.add_parser("agencies", help="agencies the coordinator knows")
     agencies_actions = agencies.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = agencies_actions.add_parser("list", parents=[connection], help="list agencies")
-    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument(
+        "--json", action="store_true", help="machine-readable output (default: a table)"
+    )
     return parser
 
 
@@ -345,6 +482,11 @@ def _keys_deal(args: argparse.Namespace) -> int:
         )
     if args.key_bits < 256 or args.key_bits % 16:
         raise _UsageError("--key-bits must be a multiple of 16 and at least 256")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise _UsageError(
+            f"--data-dir {args.data_dir} is not a folder; write the sample data first with "
+            f"`fedcity data synth --agencies {','.join(args.agencies)} --out {args.data_dir}`"
+        )
     console = Console(stderr=True)
     what = (
         f"a {args.key_bits}-bit key held by {args.key_holder}"
@@ -360,6 +502,8 @@ def _keys_deal(args: argparse.Namespace) -> int:
             scientists=args.scientists,
             tls_hosts=args.tls_hosts,
             key_holder=args.key_holder,
+            coordinator=args.coordinator,
+            data_dir=args.data_dir,
         )
     print(f"federation written to {files.root}")
     print(f"  public (everyone):        {files.public}, {files.ca_cert}")
@@ -367,10 +511,39 @@ def _keys_deal(args: argparse.Namespace) -> int:
     for a in files.agency_tokens:
         key = files.key_file(a)
         signing = files.signing_keys[a].name
-        print(f"  agency {a}: {key.parent}/ ({key.name}, {signing}, token)")
+        print(f"  agency {a}: {key.parent}/ ({key.name}, {signing}, token, ca.pem, agency.toml)")
     for s, path in files.scientist_tokens.items():
-        print(f"  scientist {s}: {path}")
+        print(f"  scientist {s}: {path} (and ca.pem)")
+    first = next(iter(files.agency_configs.values()))
+    print(f"each agency starts its agent with: fedcity agent run --config {first}")
     print("hand each folder only to its owner; the full key and the CA key were not kept")
+    if args.key_holder is None and args.threshold == 1 and len(args.agencies) > 1:
+        _warn(
+            "--threshold 1 lets any single agency's share decrypt alone: that agency, given "
+            "the ciphertexts the coordinator holds, can read every other agency's individual "
+            "contributions; use at least 2 (e.g. a majority) outside a trial"
+        )
+    return EXIT_OK
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from fedcity.data.sample import write_sample_data
+
+    written = write_sample_data(
+        args.out, args.agencies, task=args.task, rows=args.rows, seed=args.seed, force=args.force
+    )
+    for agency, path in written.tables.items():
+        print(
+            f"{agency}: {path} ({written.rows[agency]:,} rows), held-out rows in "
+            f"{written.holdout[agency]}"
+        )
+    print(
+        f"agency.toml files that declare these tables: fedcity keys deal --data-dir {args.out} ..."
+    )
     return EXIT_OK
 
 
@@ -406,15 +579,36 @@ def _agent_run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     config = AgentConfig.from_toml(args.config)
+    logger = logging.getLogger("fedcity.net.agent")
+    logger.info("agent %s: configuration %s", config.agency, args.config.resolve())
+    for what, path in _config_paths(config):
+        logger.info("  %-18s %s", what, path)
     agent = Agent(config)
-    logging.getLogger("fedcity.net.agent").info(
-        "agent %s starting: coordinator %s, datasets %s",
+    logger.info(
+        "agent %s starting: coordinator %s (%s)",
         config.agency,
         config.coordinator,
-        ", ".join(config.datasets),
+        "plaintext" if config.insecure else "TLS",
     )
     agent.run()
     return EXIT_OK
+
+
+def _config_paths(config: Any) -> list[tuple[str, Path]]:
+    """Every file an agent configuration names, resolved (as the agent will open them)."""
+    out: list[tuple[str, Path]] = [
+        ("token", config.token_file),
+        ("key", config.share_file),
+        ("signing key", config.signing_key_file),
+        ("federation", config.federation_file),
+    ]
+    if config.ca_file is not None:
+        out.append(("CA", config.ca_file))
+    if config.log_file is not None:
+        out.append(("task log", config.log_file))
+    out += [(f"dataset {name}", dc.path) for name, dc in config.datasets.items()]
+    out += [(f"table {name}", tc.path) for name, tc in config.tables.items()]
+    return out
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -497,7 +691,18 @@ def _print_jobs(events: list[Any]) -> None:
     Console().print(table)
 
 
+def _warn_min_agencies(args: argparse.Namespace) -> None:
+    if args.min_agencies == 1:
+        _warn(
+            "--min-agencies 1 lets a round be released with one agency's contribution alone: "
+            "its result is then that agency's own figures (agencies with min_summands >= 2 "
+            "decline to decrypt it)"
+        )
+
+
 def _job(args: argparse.Namespace) -> int:
+    if args.action == "submit":
+        _warn_min_agencies(args)
     with _client(args) as client:
         if args.action == "submit":
             job_id = client.submit(
@@ -586,6 +791,8 @@ def _query(args: argparse.Namespace) -> int:
     for path in (args.out, args.plot):
         if path is not None and path.exists() and not args.force:
             raise _Failure(f"{path} exists; use --force to overwrite it")
+    if args.action == "run":
+        _warn_min_agencies(args)
     with _client(args) as client:
         if args.action == "run":
             spec = QuerySpec.from_toml(args.spec)  # a bad spec fails here, before any call
@@ -661,6 +868,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _coordinator_store(args)
     if args.command == "agent":
         return _agent_run(args)
+    if args.command == "data":
+        return _data_synth(args)
     if args.command == "job":
         return _job(args)
     if args.command == "query":
@@ -679,6 +888,7 @@ _KNOWN_ERRORS = (
     ("fedcity.crypto.errors", "CryptoError"),
     ("fedcity.data.dataset", "DataError"),
     ("fedcity.analytics.spec", "QueryError"),
+    ("fedcity.data.sample", "SampleError"),
 )
 
 

@@ -14,7 +14,12 @@ In the single-key-holder mode (``key_holder=...``) there are no shares: the key 
 ``agencies/<agency>/public-key.json``; the public file names the key holder. The rest is
 the same:
     OUT/agencies/<agency>/token         secret (0600): that agency's bearer token
+    OUT/agencies/<agency>/ca.pem        the CA certificate (a copy of tls/ca.pem)
+    OUT/agencies/<agency>/federation-public.json  a copy of the public file
+    OUT/agencies/<agency>/agency.toml   a commented agent configuration using the files of
+                                        its folder and an example dataset (to adapt)
     OUT/scientists/<name>/token         secret (0600): a data scientist's bearer token
+    OUT/scientists/<name>/ca.pem        the CA certificate (a copy of tls/ca.pem)
     OUT/coordinator/credentials.json    (0600) SHA-256 hashes of every token, with roles
     OUT/coordinator/server.pem          the coordinator's TLS certificate (signed by the CA)
     OUT/coordinator/server.key          secret (0600): its private key
@@ -323,6 +328,13 @@ class FederationFiles:
         share, or in the key-holder mode the key holder's private key only.
     signing_keys : dict of str to Path
         Per agency: its Ed25519 signing key (secret), next to its key file.
+    agency_configs : dict of str to Path
+        Per agency: its ``agency.toml`` template (no secret in it).
+    agency_ca, agency_public : dict of str to Path
+        Per agency: its copies of ``tls/ca.pem`` and ``federation-public.json``, so that the
+        agency's folder is complete by itself.
+    scientist_ca : dict of str to Path
+        Per data scientist: a copy of ``tls/ca.pem`` next to the token.
     public_keys : dict of str to Path
         Key-holder mode: the public key file of every other agency.
     scientist_tokens : dict of str to Path
@@ -340,6 +352,10 @@ class FederationFiles:
     scientist_tokens: dict[str, Path] = field(default_factory=dict)
     public_keys: dict[str, Path] = field(default_factory=dict)
     signing_keys: dict[str, Path] = field(default_factory=dict)
+    agency_configs: dict[str, Path] = field(default_factory=dict)
+    agency_ca: dict[str, Path] = field(default_factory=dict)
+    agency_public: dict[str, Path] = field(default_factory=dict)
+    scientist_ca: dict[str, Path] = field(default_factory=dict)
 
     def key_file(self, agency: str) -> Path:
         """The key file an agency's agent loads (its share, private key or public key)."""
@@ -357,7 +373,11 @@ class FederationFiles:
             *self.public_keys.values(),
             *self.signing_keys.values(),
             *self.agency_tokens.values(),
+            *self.agency_ca.values(),
+            *self.agency_public.values(),
+            *self.agency_configs.values(),
             *self.scientist_tokens.values(),
+            *self.scientist_ca.values(),
         ]
 
 
@@ -383,7 +403,11 @@ def _layout(
         public_keys=public_keys,
         agency_tokens={a: root / "agencies" / a / "token" for a in agencies},
         signing_keys={a: root / "agencies" / a / "signing-key.json" for a in agencies},
+        agency_configs={a: root / "agencies" / a / "agency.toml" for a in agencies},
+        agency_ca={a: root / "agencies" / a / "ca.pem" for a in agencies},
+        agency_public={a: root / "agencies" / a / "federation-public.json" for a in agencies},
         scientist_tokens={s: root / "scientists" / s / "token" for s in scientists},
+        scientist_ca={s: root / "scientists" / s / "ca.pem" for s in scientists},
     )
 
 
@@ -395,6 +419,8 @@ def deal_federation(
     scientists: Sequence[str] = ("analyst",),
     tls_hosts: Sequence[str] = ("127.0.0.1", "localhost"),
     key_holder: str | None = None,
+    coordinator: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> FederationFiles:
     """Deal a threshold key, tokens and TLS material for a new federation.
 
@@ -418,6 +444,13 @@ def deal_federation(
         alone (the single-key-holder mode: faster decryption, but it rests on the key holder
         and the coordinator not colluding; see ``docs/trust-model.md``). ``threshold`` must
         then be 1.
+    coordinator : str, optional
+        ``host:port`` the agents dial, written into each ``agency.toml`` (default: the first
+        TLS host, port 50051).
+    data_dir : str or path-like, optional
+        Folder of the sample data (``fedcity data synth --out DIR``): each ``agency.toml``
+        declares ``DIR/<agency>/flood.csv`` (as a path relative to the TOML file). Default: the
+        template points at ``data/flood.csv`` inside the agency's folder, to be replaced.
 
     Returns
     -------
@@ -458,6 +491,15 @@ def deal_federation(
             )
     hosts = [str(h) for h in tls_hosts]
     _san(hosts)  # validate before the slow part
+    if coordinator is None:
+        first = hosts[0] if hosts else "127.0.0.1"
+        coordinator = f"[{first}]:50051" if ":" in first else f"{first}:50051"
+    from fedcity.net.channel import AddressError, parse_address
+
+    try:
+        parse_address(coordinator)
+    except AddressError as exc:
+        raise CeremonyError(str(exc)) from exc
     root = Path(out_dir)
     files = _layout(root, agencies, scientists, key_holder)
     existing = [str(p) for p in files.all_paths() if p.exists() or p.is_symlink()]
@@ -524,8 +566,137 @@ def deal_federation(
     _write_new(files.ca_cert, ca_pem, secret=False)
     _write_new(files.server_cert, cert_pem, secret=False)
     _write_new(files.server_key, key_pem, secret=True)
+    public_bytes = _json_bytes(public)
+    for a in agencies:
+        _write_new(files.agency_ca[a], ca_pem, secret=False)
+        _write_new(files.agency_public[a], public_bytes, secret=False)
+        text = agency_template(
+            a,
+            coordinator,
+            files.key_file(a).name,
+            None if data_dir is None else Path(data_dir),
+            files.agency_configs[a].parent,
+            key_holder=key_holder,
+        )
+        _write_new(files.agency_configs[a], text.encode("utf-8"), secret=False)
+    for s in scientists:
+        _write_new(files.scientist_ca[s], ca_pem, secret=False)
     del tokens, keys, signing
     return files
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _commented(setting: str, comment: str) -> str:
+    return f"{setting:<44}# {comment}"
+
+
+def agency_template(
+    agency: str,
+    coordinator: str,
+    key_file: str,
+    data_dir: Path | None,
+    folder: Path,
+    *,
+    key_holder: str | None = None,
+) -> str:
+    """The commented ``agency.toml`` the ceremony writes into an agency's folder.
+
+    Parameters
+    ----------
+    agency, coordinator : str
+        The agency's name and the coordinator's ``host:port``.
+    key_file : str
+        Name of the agency's key file in its folder.
+    data_dir : Path or None
+        Folder of ``fedcity data synth``'s sample data, or None for ``data/flood.csv`` in
+        the agency's own folder.
+    folder : Path
+        The agency's folder (relative data paths are computed from it).
+    key_holder : str, optional
+        The key holder's name in a key-holder federation.
+
+    Returns
+    -------
+    str
+        TOML text (valid as written when the data file exists).
+    """
+    from fedcity.data.sample import SAMPLE_TASK, sample_columns, sample_path, sample_spec
+
+    if data_dir is None:
+        data = f"data/{SAMPLE_TASK}.csv"
+        holdout = f"data/{SAMPLE_TASK}_holdout.csv"
+        where = "a file in this folder (data/): put your table there or change the path"
+    else:
+        target = sample_path(data_dir, agency).resolve()
+        data = Path(os.path.relpath(target, folder.resolve())).as_posix()
+        holdout = Path(
+            os.path.relpath(target.with_name(f"{SAMPLE_TASK}_holdout.csv"), folder.resolve())
+        ).as_posix()
+        where = f"the sample `fedcity data synth --out {data_dir}` wrote for {agency}"
+    spec = sample_spec()
+    numeric = ", ".join(_toml_string(c) for c in spec.numeric)
+    cats = ", ".join(
+        f"{c} = [{', '.join(_toml_string(v) for v in levels)}]"
+        for c, levels in spec.categorical.items()
+    )
+    columns = ", ".join(f"{c} = {_toml_string(t)}" for c, t in sample_columns().items())
+    if key_holder is None:
+        key_note = "this agency's share of the threshold key (secret)"
+    elif key_holder == agency:
+        key_note = "the federation's private key: this agency is the key holder (secret)"
+    else:
+        key_note = f"the public key (the key holder is {key_holder})"
+    lines = [
+        f"# agency.toml: the agent configuration of {agency!r}, written by `fedcity keys deal`.",
+        "# Start the agent with:  fedcity agent run --config agency.toml",
+        "# Relative paths are relative to this file's folder; at start the agent prints every",
+        "# path it resolved. Unknown keys are errors. Reference: docs/operations.md (section 3).",
+        "",
+        f"agency = {_toml_string(agency)}",
+        _commented(f"coordinator = {_toml_string(coordinator)}", "the coordinator's host:port"),
+        _commented('token_file = "token"', "this agency's bearer credential (secret)"),
+        _commented(f"key_file = {_toml_string(key_file)}", key_note),
+        _commented('signing_key_file = "signing-key.json"', "signs every upload (secret)"),
+        _commented(
+            'federation_file = "federation-public.json"', "the key, every agency's signing key"
+        ),
+        _commented('ca_file = "ca.pem"', "the CA the coordinator's certificate chains to"),
+        _commented('log_file = "tasks.jsonl"', "one JSON line per task served"),
+        _commented("crypto_workers = 1", "processes for encryption and decryption"),
+        "",
+        f"# A dataset for training jobs: {where}.",
+        "# Declare your own table's columns; only declared columns are read, and missing values,",
+        "# unknown columns or undeclared category levels stop the agent with a message.",
+        f"[datasets.{SAMPLE_TASK}]",
+        f"path = {_toml_string(data)}",
+        f"numeric = [{numeric}]",
+        f"categorical = {{ {cats} }}",
+        f"label = {_toml_string(spec.label)}",
+        '# weight = "column"                   # optional sample weights',
+        "",
+        "# Held-out rows of the same table, to evaluate a model (job submit --evaluate-dataset).",
+        f"[datasets.{SAMPLE_TASK}_holdout]",
+        f"path = {_toml_string(holdout)}",
+        f"numeric = [{numeric}]",
+        f"categorical = {{ {cats} }}",
+        f"label = {_toml_string(spec.label)}",
+        "",
+        "# A table for federated queries (fedcity query run): column types are category,",
+        "# integer, float, date or text; a query can read declared columns only.",
+        f"[tables.{SAMPLE_TASK}]",
+        f"path = {_toml_string(data)}",
+        f"columns = {{ {columns} }}",
+        "",
+        "[policy]",
+        '# allowed_kinds = ["stats.counts", "glm.newton", "eval.model"]   # default: every '
+        "vetted step",
+        "min_summands = 2     # never help decrypt an aggregate of fewer agencies' contributions",
+        "min_cell_count = 10  # refuse queries that would release cells of fewer rows",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # -- reading the public file ------------------------------------------------------------------
