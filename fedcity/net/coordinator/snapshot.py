@@ -285,7 +285,7 @@ class SnapshotCalls(CoordinatorState):
         _require(principal, _HEALTH_ROLES)
         with self._lock:
             now = self.clock()
-            kinds: dict[str, Any] = getattr(self, "_kinds", None) or {}
+            kinds = self._kinds
             names = list(self.federation.agencies)
             names += sorted(a for a in self._datasets if a not in self.federation.agencies)
             agencies = []
