@@ -340,7 +340,13 @@ def main(argv: list[str] | None = None) -> int:
                 fmt_s(max(q for q, _ in local)),
                 fmt_s(max(e for _, e in local)),
                 fmt_s(statistics.median(partial)) + f" × {len(partial)}",
-                fmt_s(coord_s),
+                fmt_s(coord_s)
+                + " ("
+                + " + ".join(
+                    fmt_s(record.seconds.get(k, 0.0))
+                    for k in ("aggregation", "verification", "combination")
+                )
+                + ")",
                 fmt_s(path),
                 fmt_b(upload / len(local)),
                 fmt_b(upload + agg_bytes + part_bytes),
@@ -354,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 "local query (slowest agency)",
                 "encryption (slowest)",
                 "partial decryption (median × decryptors)",
-                "coordinator (sum, verify, combine)",
+                "coordinator (sum + verify partials + combine)",
                 "critical path",
                 "upload per agency",
                 "bytes (up + to/from decryptors)",
