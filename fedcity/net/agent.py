@@ -75,6 +75,7 @@ from fedcity.net.ceremony import CeremonyError, Federation, load_federation, rea
 from fedcity.net.channel import (
     RETRYABLE_CODES,
     bearer_metadata,
+    diagnose_connection,
     open_channel,
 )
 from fedcity.net.integrity import evidence_bound, evidence_from_bytes, sign_upload
@@ -235,10 +236,12 @@ class Agent:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.rpc_timeout = rpc_timeout
-        try:
-            self._metadata = bearer_metadata(read_token(config.token_file))
-        except CeremonyError as exc:
-            raise AgentError(str(exc)) from exc
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if config.token_file is not None:
+            try:
+                self._metadata = tuple(bearer_metadata(read_token(config.token_file)))
+            except CeremonyError as exc:
+                raise AgentError(str(exc)) from exc
         key = _load_agency_key(config.share_file)
         scheme: PaillierScheme | KeyHolderScheme
         if isinstance(key, KeyShare):
@@ -276,6 +279,7 @@ class Agent:
         self.served: list[dict[str, Any]] = []
         """Every record written to the task log (also kept when no log file is set)."""
         self.registrations = 0
+        self._last_diagnosis = ""
         self._stop = threading.Event()
         self._stop_reason = "the agent was stopped"
         self._running = threading.Event()
@@ -306,6 +310,21 @@ class Agent:
             raise AgentError(
                 f"agency {config.agency!r} is not a member of the federation in "
                 f"{config.federation_file} (members: {sorted(federation.agencies)})"
+            )
+        index = federation.agencies[config.agency]
+        held = self.share.index if isinstance(self.share, KeyShare) else None
+        if held is not None and held != index:
+            owner = next((a for a, i in federation.agencies.items() if i == held), "no agency")
+            raise AgentError(
+                f"{config.share_file} holds key share {held}, which {config.federation_file} "
+                f"assigns to {owner!r}, not to {config.agency!r}: use {config.agency}'s own "
+                f"share.json (agencies/{config.agency}/ from the key ceremony)"
+            )
+        if isinstance(self.share, PrivateKey) and federation.key_holder != config.agency:
+            raise AgentError(
+                f"{config.share_file} is the federation's private key, which belongs to the key "
+                f"holder {federation.key_holder!r}, not to {config.agency!r}: use "
+                f"{config.agency}'s own public-key.json"
             )
         return federation
 
@@ -381,6 +400,8 @@ class Agent:
                     self.config.coordinator,
                     ca_file=self.config.ca_file,
                     insecure=self.config.insecure,
+                    cert_file=self.config.tls_cert_file,
+                    key_file=self.config.tls_key_file,
                 )
             except OSError as exc:
                 raise AgentError(f"cannot read CA file {self.config.ca_file}: {exc}") from exc
@@ -467,23 +488,46 @@ class Agent:
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     return
-                code, details = exc.code(), exc.details()
-                if code in FATAL_CODES:
+                code, details = exc.code(), exc.details() or ""
+                if code in FATAL_CODES or code == grpc.StatusCode.ALREADY_EXISTS:
                     raise AgentError(
                         f"coordinator {self.config.coordinator} refused agency "
                         f"{self.config.agency!r}: {code.name}: {details}"
                     ) from None
+                explained = self._explain(code, details)
                 self._registered = False
                 delay = self._backoff(attempt)
                 attempt += 1
                 log.warning(
-                    "coordinator %s: %s (%s); retrying in %.1f s",
+                    "coordinator %s: %s; retrying in %.1f s",
                     self.config.coordinator,
-                    code.name,
-                    details,
+                    explained or f"{code.name} ({details})",
                     delay,
                 )
                 self._stop.wait(delay)
+
+    def _explain(self, code: grpc.StatusCode, details: str) -> str | None:
+        """A connection failure in one sentence; AgentError when retrying cannot help."""
+        low = details.lower()
+        if code != grpc.StatusCode.UNAVAILABLE or not any(
+            m in low for m in ("failed to connect", "socket closed", "handshake", "connection")
+        ):
+            return None
+        diagnosis = diagnose_connection(
+            self.config.coordinator,
+            details,
+            insecure=self.config.insecure,
+            ca_file=self.config.ca_file,
+        )
+        if diagnosis is None:
+            return None
+        # fatal only before the first registration, and when seen twice in a row: a
+        # coordinator that is restarting must not stop an agent that had worked
+        if diagnosis.fatal and not self.registrations:
+            if self._last_diagnosis == diagnosis.message:
+                raise AgentError(f"agency {self.config.agency!r}: {diagnosis.message}")
+            self._last_diagnosis = diagnosis.message
+        return diagnosis.message
 
     # -- calls ----------------------------------------------------------------------------------
     def _register(self) -> None:

@@ -56,6 +56,8 @@ _TOP_KEYS = frozenset(
         "agency",
         "coordinator",
         "token_file",
+        "tls_cert_file",
+        "tls_key_file",
         "share_file",
         "key_file",
         "signing_key_file",
@@ -132,7 +134,10 @@ class AgentConfig:
     agency : str
     coordinator : str
         ``host:port``.
-    token_file : Path
+    token_file : Path or None
+        The bearer token (federations without enrollment); None under mutual TLS.
+    tls_cert_file, tls_key_file : Path or None
+        The agency's client certificate and key from ``fedcity agent enroll`` (mutual TLS).
     share_file : Path
         The agency's key file (config key ``key_file``, or ``share_file`` as before): a
         threshold key share, or in a key-holder federation the private key (key holder) or
@@ -166,7 +171,7 @@ class AgentConfig:
 
     agency: str
     coordinator: str
-    token_file: Path
+    token_file: Path | None
     share_file: Path
     signing_key_file: Path
     federation_file: Path
@@ -179,6 +184,8 @@ class AgentConfig:
     min_summands: int = 2
     min_cell_count: int = 10
     crypto_workers: int = 1
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -251,7 +258,15 @@ class AgentConfig:
                 f"{where}: insecure = true is allowed only for a loopback coordinator "
                 f"(127.0.0.1, ::1, localhost), not {host!r}; set ca_file instead"
             )
-        token_file = v.existing_file(data, "token_file")
+        tls_cert_file = tls_key_file = None
+        if "tls_cert_file" in data or "tls_key_file" in data:
+            if insecure:
+                raise ConfigError(f"{where}: tls_cert_file (mutual TLS) excludes insecure = true")
+            tls_cert_file = v.existing_file(data, "tls_cert_file")
+            tls_key_file = v.existing_file(data, "tls_key_file")
+        token_file = None
+        if "token_file" in data or tls_cert_file is None:
+            token_file = v.existing_file(data, "token_file")
         if "key_file" in data and "share_file" in data:
             raise ConfigError(f"{where}: give key_file or share_file (its older name), not both")
         share_file = v.existing_file(data, "share_file" if "share_file" in data else "key_file")
@@ -342,6 +357,8 @@ class AgentConfig:
             agency=agency,
             coordinator=coordinator,
             token_file=token_file,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
             share_file=share_file,
             signing_key_file=signing_key_file,
             federation_file=federation_file,

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,9 @@ __all__ = [
     "AuthError",
     "AuthInterceptor",
     "Authenticator",
+    "CertificateCheck",
     "Principal",
+    "Refused",
     "check_listen_address",
     "is_loopback_host",
     "load_credentials",
@@ -43,8 +46,8 @@ __all__ = [
     "split_host_port",
 ]
 
-Role = Literal["agency", "scientist"]
-ROLES: tuple[str, ...] = ("agency", "scientist")
+Role = Literal["agency", "scientist", "operator"]
+ROLES: tuple[str, ...] = ("agency", "scientist", "operator")
 """Roles a principal may hold."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -126,17 +129,97 @@ def parse_credentials(
     return out
 
 
+class Refused(Exception):
+    """A caller whose credentials were presented but cannot be accepted (e.g. revoked)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CertificateCheck:
+    """Principals from verified client certificates (mutual TLS), with revocation.
+
+    gRPC has already checked the chain to the federation's CA and the validity period when
+    a call arrives; this reads the name (CN) and role (OU), caching parsed certificates, and
+    asks the enrollment registry on every call whether the serial was revoked.
+
+    Parameters
+    ----------
+    is_revoked : callable
+        ``is_revoked(serial) -> bool``, e.g. the enrollment registry's.
+    """
+
+    def __init__(self, is_revoked: Callable[[int], bool]) -> None:
+        self.is_revoked = is_revoked
+        self._cache: dict[bytes, tuple[Principal, int]] = {}
+        self._lock = threading.Lock()
+
+    def principal(self, cert_pem: bytes) -> Principal:
+        """The certificate's principal, or :class:`Refused`."""
+        key = hashlib.sha256(cert_pem).digest()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is None:
+            from fedcity.governance.ca import CAError, identity_of
+
+            try:
+                identity = identity_of(cert_pem)
+            except CAError as exc:
+                raise Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
+            cached = (Principal(identity.name, identity.role), identity.serial)
+            with self._lock:
+                if len(self._cache) >= _MAX_CACHED_CERTS:
+                    self._cache.clear()
+                self._cache[key] = cached
+        principal, serial = cached
+        if self.is_revoked(serial):
+            raise Refused(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"the certificate of {principal.name!r} was revoked by the federation's operator",
+            )
+        return principal
+
+
+_MAX_CACHED_CERTS = 4096
+
+
 class Authenticator:
-    """Maps bearer tokens to principals.
+    """Maps bearer tokens, or client certificates under mutual TLS, to principals.
 
     Parameters
     ----------
     principals : sequence of (Principal, bytes)
-        As returned by :func:`load_credentials`.
+        As returned by :func:`load_credentials` (bearer tokens).
+    certificates : CertificateCheck, optional
+        With it, callers are identified by their client certificate alone and bearer tokens
+        are not accepted (they only serve enrollment).
     """
 
-    def __init__(self, principals: list[tuple[Principal, bytes]]) -> None:
+    def __init__(
+        self,
+        principals: list[tuple[Principal, bytes]],
+        *,
+        certificates: CertificateCheck | None = None,
+    ) -> None:
         self._entries = list(principals)
+        self.certificates = certificates
+
+    def identify(self, context: grpc.ServicerContext) -> Principal | None:
+        """The caller of a call (its certificate under mutual TLS, else its bearer token).
+
+        Raises
+        ------
+        Refused
+            A certificate that cannot be accepted (revoked, no name or role).
+        """
+        if self.certificates is None:
+            return self.lookup(context.invocation_metadata())
+        pems = context.auth_context().get("x509_pem_cert") or []
+        if not pems:
+            return None
+        return self.certificates.principal(bytes(pems[0]))
 
     @property
     def principals(self) -> list[Principal]:

@@ -183,14 +183,17 @@ class Client:
     ----------
     address : str
         ``host:port`` of the coordinator.
-    token : str
-        The data scientist's bearer token (the content of ``scientists/<name>/token``).
+    token : str or None
+        The data scientist's bearer token (the content of ``scientists/<name>/token``); None
+        with a client certificate (mutual TLS, after ``fedcity login``).
     ca_file : str or path-like, optional
         The federation's CA certificate (``tls/ca.pem``); required unless ``insecure``.
     insecure : bool, default False
         Plaintext, allowed only to a loopback address.
     timeout : float, default 30.0
         Deadline of each unary call, in seconds.
+    cert_file, key_file : str or path-like, optional
+        The data scientist's certificate and key from ``fedcity login``.
 
     Raises
     ------
@@ -201,24 +204,33 @@ class Client:
     def __init__(
         self,
         address: str,
-        token: str,
+        token: str | None,
         ca_file: str | os.PathLike[str] | None = None,
         insecure: bool = False,
         *,
         timeout: float = 30.0,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        if not token or any(c.isspace() for c in token):
+        if token is None and cert_file is None:
+            raise ClientError("give a bearer token or a client certificate (fedcity login)")
+        if token is not None and (not token or any(c.isspace() for c in token)):
             raise ClientError("the token must be a single non-empty word")
         self.address = address
         self.timeout = timeout
         try:
-            self._channel = open_channel(address, ca_file=ca_file, insecure=insecure)
+            self._channel = open_channel(
+                address, ca_file=ca_file, insecure=insecure, cert_file=cert_file, key_file=key_file
+            )
         except OSError as exc:
-            raise ClientError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
+            what = "CA file" if exc.filename in (None, str(ca_file)) else "file"
+            raise ClientError(
+                f"cannot read {what} {exc.filename or ca_file}: {exc.strerror or exc}"
+            ) from exc
         except ValueError as exc:
             raise ClientError(str(exc)) from exc
         self._stub = fpb_grpc.JobServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._metadata = bearer_metadata(token)
+        self._metadata = bearer_metadata(token) if token is not None else ()
 
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
@@ -628,3 +640,66 @@ def _record_line(record: Mapping[str, Any]) -> str:
         total = sum(v for v in seconds.values() if isinstance(v, int | float))
         parts.append(f"{total:.2f} s")
     return " · ".join(parts)
+
+
+def enroll(
+    address: str,
+    *,
+    ca_file: str | os.PathLike[str],
+    token: str,
+    name: str,
+    out: str | os.PathLike[str],
+    timeout: float = 30.0,
+) -> tuple[Path, Path, str]:
+    """Enroll with an invitation: a key made here, a certificate from the coordinator.
+
+    Parameters
+    ----------
+    address : str
+        The coordinator's enrollment port (``host:port``).
+    ca_file : path-like
+        The federation's CA certificate (``ca.pem`` from the operator).
+    token : str
+        The one-time invitation token (``fedcity ca invite``).
+    name : str
+        The invited name.
+    out : path-like
+        Folder for ``key.pem`` (owner-readable only) and ``cert.pem``.
+
+    Returns
+    -------
+    (Path, Path, str)
+        The key file, the certificate file and the role the certificate grants.
+
+    Raises
+    ------
+    ClientError
+        The coordinator refused (unknown, used or expired token; another name).
+    """
+    from fedcity.governance.ca import make_csr
+    from fedcity.governance.enrollment import write_secret
+
+    folder = Path(out)
+    key_path, cert_path = folder / "key.pem", folder / "cert.pem"
+    if key_path.exists() or cert_path.exists():
+        raise ClientError(f"{folder} already holds key.pem or cert.pem; choose another folder")
+    key_pem, csr_pem = make_csr(name)
+    try:
+        channel = open_channel(address, ca_file=ca_file)
+    except OSError as exc:
+        raise ClientError(f"cannot read CA file {ca_file}: {exc.strerror or exc}") from exc
+    try:
+        stub = fpb_grpc.EnrollmentServiceStub(channel)  # type: ignore[no-untyped-call]
+        reply = stub.Enroll(
+            fpb.EnrollRequest(token=token, name=name, csr_pem=csr_pem), timeout=timeout
+        )
+    except grpc.RpcError as exc:
+        raise ClientError(
+            f"enrollment refused: {exc.code().name}: {exc.details()}", code=exc.code()
+        ) from None
+    finally:
+        channel.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_secret(key_path, key_pem)
+    cert_path.write_bytes(bytes(reply.certificate_pem))
+    return key_path, cert_path, str(reply.role)

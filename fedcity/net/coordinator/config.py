@@ -94,6 +94,15 @@ class CoordinatorConfig:
     upload_timeout : float
         An upload (or aggregate download) that has not finished after this many seconds is
         cancelled.
+    ca_dir : path, optional
+        The federation's CA folder (``fedcity ca init``). With it every connection is mutual
+        TLS: callers are identified by the client certificate the CA issued them (bearer
+        tokens are not accepted), revocations take effect on the next call, and invited
+        principals enroll on ``enroll_listen``.
+    enroll_listen : str, optional
+        ``host:port`` of the enrollment port (server TLS only; only ``Enroll`` answers there).
+    certificate_days : int
+        Lifetime of the certificates the coordinator issues.
     min_cell_count : int
         The federation's floor for query cells: a query whose ``min_count`` is lower is
         refused at submission (each agency's policy may raise it further, never lower it).
@@ -128,6 +137,9 @@ class CoordinatorConfig:
     max_streams_per_principal: int | None = None
     upload_timeout: float = 300.0
     min_cell_count: int = 10
+    ca_dir: str | os.PathLike[str] | None = None
+    enroll_listen: str | None = None
+    certificate_days: int = 90
     dashboard_port: int | None = None
     dashboard_host: str = "127.0.0.1"
 

@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +21,7 @@ from fedcity.net.auth import (
     Authenticator,
     AuthError,
     AuthInterceptor,
+    CertificateCheck,
     check_listen_address,
     load_credentials,
     server_credentials,
@@ -32,6 +34,7 @@ from fedcity.net.coordinator.config import (
     CoordinatorMetrics,
 )
 from fedcity.net.coordinator.core import Coordinator
+from fedcity.net.coordinator.enroll import EnrollmentServicer
 from fedcity.net.coordinator.limits import StreamLimiter
 from fedcity.net.coordinator.servicers import DecodeInterceptor, HealthServicer, _Servicers
 from fedcity.net.store import Store, StoreError
@@ -57,11 +60,15 @@ class CoordinatorServer:
         self, config: CoordinatorConfig, *, clock: Callable[[], float] | None = None
     ) -> None:
         self.config = config
+        _check_files(config)  # one sentence for a swapped TLS pair or a missing --db folder
         host, port = check_listen_address(config.listen, insecure=config.insecure)
         if config.insecure and (config.tls_cert or config.tls_key):
             raise AuthError("give either --insecure or --tls-cert/--tls-key, not both")
-        credentials = None
-        if not config.insecure:
+        credentials = enroll_credentials = None
+        self._enrollment: tuple[Any, Any] | None = None
+        if config.ca_dir is not None:
+            credentials, enroll_credentials = self._mutual_tls(config)
+        elif not config.insecure:
             if not (config.tls_cert and config.tls_key):
                 raise AuthError(
                     "TLS is required: give --tls-cert and --tls-key (or --insecure on a "
@@ -69,7 +76,18 @@ class CoordinatorServer:
                 )
             credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         self.federation = load_federation(config.federation)
-        self.auth = Authenticator(load_credentials(config.credentials))
+        self.auth: Authenticator
+        if self._enrollment is not None:
+            ca, registry = self._enrollment
+            tokens = (
+                load_credentials(config.credentials)
+                if config.credentials and Path(config.credentials).is_file()
+                else []
+            )
+            checker = CertificateCheck(registry.is_revoked)
+            self.auth = Authenticator(tokens, certificates=checker)
+        else:
+            self.auth = Authenticator(load_credentials(config.credentials))
         for p in self.auth.principals:
             if p.role == "agency" and p.name not in self.federation.agencies:
                 log.warning("credentials name agency %r, which holds no key share", p.name)
@@ -81,10 +99,13 @@ class CoordinatorServer:
             )
             self.coordinator.recover()
             self.health = HealthServicer()
-            interceptors = [  # authentication first: strangers learn nothing about requests
-                AuthInterceptor(self.auth, {AGENT_SERVICE: "agency", JOB_SERVICE: "scientist"}),
-                DecodeInterceptor(),
-            ]
+            interceptors: list[Any] = [DecodeInterceptor()]
+            if self.auth.certificates is None:  # tokens: authentication first, strangers
+                # learn nothing about requests (under mutual TLS the handshake does that)
+                interceptors.insert(
+                    0,
+                    AuthInterceptor(self.auth, {AGENT_SERVICE: "agency", JOB_SERVICE: "scientist"}),
+                )
             self._server = grpc.server(
                 ThreadPoolExecutor(
                     max_workers=config.max_workers, thread_name_prefix="fedcity-rpc"
@@ -105,6 +126,15 @@ class CoordinatorServer:
             fpb_grpc.add_AgentServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]
             fpb_grpc.add_JobServiceServicer_to_server(servicers, self._server)  # type: ignore[no-untyped-call]
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+            if self._enrollment is not None:
+                assert self.auth.certificates is not None
+                ca, registry = self._enrollment
+                fpb_grpc.add_EnrollmentServiceServicer_to_server(
+                    EnrollmentServicer(
+                        ca, registry, self.auth.certificates, days=config.certificate_days
+                    ),
+                    self._server,
+                )
             address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             try:
                 if credentials is None:
@@ -115,8 +145,18 @@ class CoordinatorServer:
                 raise OSError(f"cannot listen on {config.listen}: {exc}") from exc
             if not bound:
                 raise OSError(f"cannot listen on {config.listen}")
+            self.enroll_port = 0
+            if enroll_credentials is not None and config.enroll_listen:
+                ehost, eport = check_listen_address(config.enroll_listen, insecure=False)
+                eaddress = f"[{ehost}]:{eport}" if ":" in ehost else f"{ehost}:{eport}"
+                try:
+                    self.enroll_port = self._server.add_secure_port(eaddress, enroll_credentials)
+                except RuntimeError as exc:
+                    raise OSError(f"cannot listen on {config.enroll_listen}: {exc}") from exc
         except BaseException:
             self.store.close()
+            if self._enrollment is not None:
+                self._enrollment[1].close()
             raise
         self.port: int = bound
         self.metrics_port = 0
@@ -126,6 +166,26 @@ class CoordinatorServer:
         self._ticker = threading.Thread(target=self._tick_loop, name="fedcity-ticker", daemon=True)
         self._stop_ticker = threading.Event()
         self._stopped = False
+
+    def _mutual_tls(self, config: CoordinatorConfig) -> tuple[Any, Any]:
+        """Credentials of the main port (mutual TLS) and the enrollment port (server TLS).
+
+        Loads the CA and its enrollment registry from the CA folder.
+        """
+        from fedcity.governance.ca import CAError
+        from fedcity.governance.enrollment import CADirectory, EnrollmentRegistry
+
+        if config.insecure:
+            raise AuthError("--ca-dir (mutual TLS) and --insecure exclude each other")
+        folder = CADirectory(Path(config.ca_dir))  # type: ignore[arg-type]
+        try:
+            ca = folder.authority()
+        except CAError as exc:
+            raise AuthError(str(exc)) from exc
+        cert = config.tls_cert or folder.server_cert
+        key = config.tls_key or folder.server_key
+        self._enrollment = (ca, EnrollmentRegistry(folder.registry))
+        return server_credentials(cert, key, folder.ca_cert), server_credentials(cert, key)
 
     def start(self) -> CoordinatorServer:
         """Start serving (gRPC, ticker, metrics); on failure everything is stopped again."""
@@ -161,7 +221,11 @@ class CoordinatorServer:
             "coordinator listening on %s (port %d, %s), federation key %s",
             self.config.listen,
             self.port,
-            "plaintext" if self.config.insecure else "TLS",
+            "plaintext"
+            if self.config.insecure
+            else "mutual TLS"
+            if self._enrollment is not None
+            else "TLS",
             self.federation.key_id.hex(),
         )
         return self
@@ -191,6 +255,8 @@ class CoordinatorServer:
         if self._dashboard is not None:
             self._dashboard.stop()
         self.coordinator.close()
+        if self._enrollment is not None:
+            self._enrollment[1].close()
         log.info("coordinator stopped")
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -202,6 +268,25 @@ class CoordinatorServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _check_files(config: CoordinatorConfig) -> None:
+    """Refuse, in one sentence each, a swapped or mismatched TLS pair and a missing --db folder."""
+    import contextlib
+    from pathlib import Path as _Path
+
+    from fedcity.net.channel import check_tls_pair
+
+    if not config.insecure and config.tls_cert and config.tls_key:
+        with contextlib.suppress(OSError):  # server_credentials names an unreadable file
+            check_tls_pair(config.tls_cert, config.tls_key)
+    folder = _Path(config.db).absolute().parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise StoreError(
+            f"--db {config.db}: its folder {folder} {what}; create it (mkdir -p {folder}) or "
+            "give another path (the database file itself is created at the first start)"
+        )
 
 
 def serve(
@@ -227,15 +312,36 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the fedcity coordinator (gRPC AgentService and JobService).",
     )
     p.add_argument("--listen", default="127.0.0.1:50051", help="host:port (default %(default)s)")
-    p.add_argument("--db", required=True, help="SQLite database file (created if missing)")
-    p.add_argument("--federation", required=True, help="federation-public.json")
-    p.add_argument("--credentials", required=True, help="credentials.json (token hashes)")
-    p.add_argument("--tls-cert", help="PEM server certificate")
-    p.add_argument("--tls-key", help="PEM server private key")
-    p.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
-    p.add_argument("--insecure", action="store_true", help="plaintext; only on a loopback address")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address")
+    p.add_argument(
+        "--db", required=True, help="SQLite database file, created if missing (required)"
+    )
+    p.add_argument(
+        "--federation", required=True, help="federation-public.json of the ceremony (required)"
+    )
+    p.add_argument(
+        "--credentials",
+        default=None,
+        help="credentials.json (token hashes); required unless --ca-dir (mutual TLS)",
+    )
+    p.add_argument(
+        "--tls-cert", help="PEM server certificate, coordinator/server.pem (required for TLS)"
+    )
+    p.add_argument(
+        "--tls-key", help="PEM server private key, coordinator/server.key (required for TLS)"
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        help="require client certificates signed by this CA (default: bearer tokens only)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, only on a loopback address (default: TLS)",
+    )
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (default 0: off)")
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="Prometheus bind address (default %(default)s)"
+    )
     p.add_argument(
         "--dashboard-port",
         type=int,
@@ -247,11 +353,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dashboard-host", default="127.0.0.1", help="dashboard bind address (default %(default)s)"
     )
-    p.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="S")
-    p.add_argument("--liveness-timeout", type=float, default=None, metavar="S")
-    p.add_argument("--collect-timeout", type=float, default=60.0, metavar="S")
-    p.add_argument("--decrypt-timeout", type=float, default=60.0, metavar="S")
-    p.add_argument("--max-workers", type=int, default=64)
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between agents' heartbeats (default %(default)s)",
+    )
+    p.add_argument(
+        "--liveness-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="an agency silent this long is dropped from its jobs (default: 3 heartbeats)",
+    )
+    p.add_argument(
+        "--collect-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a round closes with the contributions it has after this (default %(default)s)",
+    )
+    p.add_argument(
+        "--decrypt-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="other share holders are asked to decrypt after this (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        default=64,
+        help="gRPC worker threads (default %(default)s)",
+    )
     p.add_argument(
         "--max-streams",
         type=int,
@@ -264,13 +399,20 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="long-lived calls one agency or scientist may hold (default: min(8, max-streams))",
     )
-    p.add_argument("--upload-timeout", type=float, default=300.0, metavar="S")
+    p.add_argument(
+        "--upload-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="an upload or download not finished by then is cancelled (default %(default)s)",
+    )
     p.add_argument(
         "--stall-threshold",
         type=float,
         default=None,
         metavar="S",
-        help="a longer gap in the coordinator's own clock is its stall, left out of deadlines",
+        help="a longer gap in the coordinator's own clock is its stall, left out of deadlines "
+        "(default: 4 tick intervals, at least 1 s)",
     )
     p.add_argument(
         "--min-cell-count",
@@ -279,7 +421,32 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="smallest cell (rows) a federated query may release (default: 10)",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--ca-dir",
+        default=None,
+        metavar="DIR",
+        help="the federation's CA folder (fedcity ca init): mutual TLS, identities from "
+        "certificates, revocation on the next call (default: bearer tokens)",
+    )
+    p.add_argument(
+        "--enroll-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="with --ca-dir: the enrollment port (server TLS; invited principals enroll there)",
+    )
+    p.add_argument(
+        "--certificate-days",
+        type=int,
+        default=90,
+        metavar="N",
+        help="lifetime of the certificates the coordinator issues (default: 90)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="least severe messages logged (default %(default)s)",
+    )
     return p
 
 
@@ -294,6 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args_list and args_list[0] == word:
             args_list.pop(0)
     args = _parser().parse_args(args_list)
+    if args.credentials is None and args.ca_dir is None:
+        print(
+            "fedcity coordinator: --credentials is required (or --ca-dir for mutual TLS)",
+            file=sys.stderr,
+        )
+        return 2
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -305,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listen=args.listen,
             db=args.db,
             federation=args.federation,
-            credentials=args.credentials,
+            credentials=args.credentials or "",
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
@@ -322,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             upload_timeout=args.upload_timeout,
             stall_threshold=args.stall_threshold,
             min_cell_count=args.min_cell_count,
+            ca_dir=args.ca_dir,
+            enroll_listen=args.enroll_listen,
+            certificate_days=args.certificate_days,
             dashboard_port=args.dashboard_port,
             dashboard_host=args.dashboard_host,
         )

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from fedcity.net import messages
-from fedcity.net.auth import Authenticator, Principal
+from fedcity.net.auth import Authenticator, Principal, Refused
 from fedcity.net.coordinator.config import Code, StatusError
 from fedcity.net.coordinator.core import Coordinator
 from fedcity.net.coordinator.limits import StreamLimiter
@@ -66,9 +66,17 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
         self.transfer_timeout = core.config.upload_timeout
 
     def _who(self, context: grpc.ServicerContext) -> Principal:
-        principal = self.auth.lookup(context.invocation_metadata())
+        try:
+            principal = self.auth.identify(context)
+        except Refused as exc:
+            raise StatusError(exc.code, exc.message) from exc
         if principal is None:
-            raise StatusError(Code.UNAUTHENTICATED, "missing or unknown bearer token")
+            raise StatusError(
+                Code.UNAUTHENTICATED,
+                "no client certificate (enroll first: fedcity agent enroll / fedcity login)"
+                if self.auth.certificates is not None
+                else "missing or unknown bearer token",
+            )
         return principal
 
     # AgentService

@@ -1,0 +1,146 @@
+r"""``fedcity ca ...``, ``fedcity agent enroll`` and ``fedcity login``: the enrollment commands.
+
+::
+
+    fedcity ca init --dir ca/ --federation riverside --host coordinator.example.org
+    fedcity ca invite district-01 --role agency --dir ca/ [--ttl-hours 24] [--out token.txt]
+    fedcity ca revoke district-01 --dir ca/
+    fedcity ca list --dir ca/
+    fedcity agent enroll --coordinator HOST:ENROLL_PORT --ca-file ca.pem --name district-01 \\
+                         --token-file token.txt --out agencies/district-01/tls
+    fedcity login --coordinator HOST:ENROLL_PORT --ca-file ca.pem --name analyst \\
+                  --token-file token.txt --out ~/.fedcity/analyst
+
+The CA folder is the operator's: it lives beside the coordinator, which reads its revocations
+on every call (``fedcity coordinator serve --ca-dir ca/ --enroll-listen HOST:PORT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_ca_commands", "add_enroll_command", "run_ca", "run_enroll"]
+
+
+def add_ca_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    """Add ``ca init|invite|revoke|list`` to the ``fedcity`` command's subparsers."""
+    ca = commands.add_parser("ca", help="the federation's certificate authority (operator)")
+    actions = ca.add_subparsers(dest="action", metavar="ACTION", required=True)
+    folder = parser_class(add_help=False)
+    folder.add_argument(
+        "--dir", type=Path, required=True, help="the CA folder (created by `ca init`; required)"
+    )
+    init = actions.add_parser("init", parents=[folder], help="create the CA and the server cert")
+    init.add_argument("--federation", required=True, help="the federation's name (required)")
+    init.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a host name or address the coordinator is reached at (repeatable; default: "
+        "localhost and 127.0.0.1)",
+    )
+    invite = actions.add_parser(
+        "invite", parents=[folder], help="a one-time enrollment token for a new principal"
+    )
+    invite.add_argument("name", help="the agency's or person's name")
+    invite.add_argument(
+        "--role", required=True, choices=["agency", "scientist", "operator"], help="(required)"
+    )
+    invite.add_argument(
+        "--ttl-hours", type=float, default=24.0, help="the token expires after (default: 24)"
+    )
+    invite.add_argument(
+        "--out", type=Path, default=None, help="write the token to this file instead of stdout"
+    )
+    revoke = actions.add_parser(
+        "revoke", parents=[folder], help="revoke every certificate of a name (next call refused)"
+    )
+    revoke.add_argument("name")
+    actions.add_parser("list", parents=[folder], help="issued certificates and their state")
+
+
+def add_enroll_command(
+    subparsers: Any, name: str, help_text: str, parser_class: type[argparse.ArgumentParser]
+) -> None:
+    """Add an enrollment command (``agent enroll`` or ``login``) to ``subparsers``."""
+    enroll = subparsers.add_parser(name, help=help_text)
+    enroll.add_argument(
+        "--coordinator", required=True, metavar="HOST:PORT", help="its enrollment port (required)"
+    )
+    enroll.add_argument(
+        "--ca-file", type=Path, required=True, help="the federation's ca.pem (required)"
+    )
+    enroll.add_argument("--name", required=True, help="the invited name (required)")
+    enroll.add_argument(
+        "--token-file", type=Path, required=True, help="file holding the invitation (required)"
+    )
+    enroll.add_argument(
+        "--out", type=Path, required=True, help="folder for key.pem and cert.pem (required)"
+    )
+
+
+def run_ca(args: argparse.Namespace) -> int:
+    """Run a ``fedcity ca`` action; returns the exit code."""
+    from fedcity.governance.enrollment import CADirectory, EnrollmentRegistry
+
+    folder = CADirectory(args.dir)
+    if args.action == "init":
+        hosts = tuple(args.host or ("localhost", "127.0.0.1"))
+        CADirectory.init(args.dir, args.federation, hosts)
+        print(f"CA created in {args.dir}: give {folder.ca_cert} to every party;")
+        print(f"{folder.ca_key} (owner-only) never leaves this folder.")
+        print(
+            f"serve with: fedcity coordinator serve --ca-dir {args.dir} --enroll-listen HOST:PORT"
+        )
+        return 0
+    folder.authority()  # the folder must hold a CA (and a private key nobody else reads)
+    registry = EnrollmentRegistry(folder.registry)
+    try:
+        if args.action == "invite":
+            token = registry.invite(args.name, args.role, ttl=args.ttl_hours * 3600.0)
+            if args.out is None:
+                print(token)
+            else:
+                from fedcity.governance.enrollment import write_secret
+
+                write_secret(args.out, (token + "\n").encode())
+                print(f"invitation of {args.name} ({args.role}) written to {args.out}")
+            print(
+                f"valid for {args.ttl_hours:g} h, once; send it to {args.name} over a channel "
+                "you trust",
+                file=sys.stderr,
+            )
+        elif args.action == "revoke":
+            n = registry.revoke(args.name)
+            print(
+                f"revoked {n} certificate(s) of {args.name}; the coordinator refuses its next call"
+            )
+        elif args.action == "list":
+            for c in registry.certificates():
+                state = "revoked" if c.revoked else "valid"
+                until = dt.datetime.fromtimestamp(c.not_after, dt.UTC).strftime("%Y-%m-%d")
+                print(f"{c.name:<24} {c.role:<10} {state:<8} until {until}  serial {c.serial:x}")
+    finally:
+        registry.close()
+    return 0
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    """Run ``fedcity agent enroll`` or ``fedcity login``; returns the exit code."""
+    from fedcity.net.client import enroll
+
+    token = args.token_file.read_text(encoding="utf-8").strip()
+    key, cert, role = enroll(
+        args.coordinator, ca_file=args.ca_file, token=token, name=args.name, out=args.out
+    )
+    print(f"enrolled {args.name} as {role}: certificate {cert}, key {key} (owner-only)")
+    if role == "agency":
+        print(f'in agency.toml: tls_cert_file = "{cert}" and tls_key_file = "{key}"')
+    else:
+        print(f"connect with --cert-file {cert} --key-file {key}")
+    return 0
