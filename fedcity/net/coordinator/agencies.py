@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -12,6 +13,7 @@ from functools import partial
 from fedcity.core.errors import ProtocolError, RejectedContribution
 from fedcity.core.integrity import Evidence, SignedContribution, withholds_payloads
 from fedcity.core.rounds import AggregationRound, RoundPhase
+from fedcity.governance.audit import Anchor, AuditError
 from fedcity.net import integrity, messages
 from fedcity.net.auth import Principal
 from fedcity.net.coordinator.config import (
@@ -32,6 +34,17 @@ from fedcity.net.coordinator.state import (
 from fedcity.v1 import federation_pb2 as fpb
 
 __all__ = ["AgencyCalls"]
+
+
+def _anchor_message(anchor: Anchor | None) -> fpb.AuditAnchor | None:
+    if anchor is None:
+        return None
+    return fpb.AuditAnchor(
+        records=anchor.records,
+        head=anchor.head,
+        public_key=anchor.public_key,
+        signature=anchor.signature,
+    )
 
 
 class AgencyCalls(CoordinatorState):
@@ -317,7 +330,7 @@ class AgencyCalls(CoordinatorState):
             previous = self._stored(rt, kind, header.round, agency)
             if previous is not None:
                 if previous == payload:
-                    return fpb.UploadResponse(stored=False)
+                    return fpb.UploadResponse(stored=False, audit=self._head_anchor())
                 raise StatusError(
                     Code.ALREADY_EXISTS,
                     f"agency {agency!r} already sent a different {kind} for round "
@@ -351,8 +364,29 @@ class AgencyCalls(CoordinatorState):
             except ProtocolError as exc:
                 raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
             self.metrics.bytes_received.labels(kind=kind).inc(len(payload))
+            anchor = self._audit(  # its signed head goes back with the acknowledgement
+                kind,
+                job=rt.id,
+                round=header.round,
+                body={
+                    "agency": agency,
+                    "sha256": hashlib.sha256(payload).hexdigest(),
+                    "bytes": len(payload),
+                    "signature": bytes(header.signature).hex(),
+                },
+            )
             self._advance_quietly(rt)  # the upload is stored: acknowledge it whatever follows
-            return fpb.UploadResponse(stored=True)
+            return fpb.UploadResponse(stored=True, audit=_anchor_message(anchor))
+
+    def _head_anchor(self) -> fpb.AuditAnchor | None:
+        """The audit log's signed head as it is now (None without a log or on failure)."""
+        if self.audit is None:
+            return None
+        try:
+            return _anchor_message(self.audit.anchor())
+        except (AuditError, sqlite3.Error) as exc:
+            log.error("audit log %s: cannot sign its head: %s", self.audit.path, exc)
+            return None
 
     def _verify_partial(self, rt: JobRuntime, round_: int, agency: str, payload: bytes) -> None:
         """Check a partial decryption's proof without holding the coordinator's lock.

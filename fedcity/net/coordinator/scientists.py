@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -105,6 +106,19 @@ class ScientistCalls(CoordinatorState):
                 "the job", self.store.create_job, job_id, json.dumps(spec, sort_keys=True)
             )
             rt.created = row.created
+            self._audit(
+                "job",
+                job=job_id,
+                body={
+                    "submitter": principal.name,
+                    "job_type": req.job_type,
+                    "dataset": req.dataset,
+                    "agencies": list(spec["agencies"]),
+                    "spec_sha256": hashlib.sha256(
+                        json.dumps(spec, sort_keys=True).encode()
+                    ).hexdigest(),
+                },
+            )
             self._jobs[job_id] = rt
             self._after_change(rt, 0)
             log.info(
@@ -218,7 +232,9 @@ class ScientistCalls(CoordinatorState):
             )
         self._check_steps(req, params, privacy, participants)
         if query:
-            return self._spec_record(req, params, privacy, principal, participants, min_agencies)
+            record = self._spec_record(req, params, privacy, principal, participants, min_agencies)
+            record["table_schema"] = query["table_schema"]
+            return record
         spec = self._datasets[participants[0]][req.dataset]
         differ = [a for a in participants if self._datasets[a][req.dataset] != spec]
         if differ:

@@ -10,6 +10,7 @@ without sleeping.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -23,7 +24,10 @@ from typing import Any, TypeVar
 from fedcity.core.errors import JobFailed, ProtocolError
 from fedcity.core.rounds import AggregationRound, RoundPhase
 from fedcity.crypto import BLINDING_KEY_BYTES
+from fedcity.crypto.signing import SigningKey
 from fedcity.data.dataset import FeatureSpec
+from fedcity.governance.audit import COORDINATOR, Anchor, AuditError
+from fedcity.governance.auditlog import AuditLog, coordinator_log_path
 from fedcity.learn.driver import Chain
 from fedcity.learn.evaluation import FederatedEvaluation
 from fedcity.learn.jobs import result_to_json
@@ -103,6 +107,12 @@ class CoordinatorState:
     ) -> None:
         self.federation = federation
         self.store = store
+        self.audit: AuditLog | None = AuditLog(  # its key is a store secret, like the others
+            coordinator_log_path(store.path),
+            COORDINATOR,
+            SigningKey(store.secret("audit-signing-key", 32)),
+        )
+        """The coordinator's signed, hash-chained audit log (:mod:`fedcity.governance`)."""
         self.scheme = federation.scheme(
             blinding_key=(
                 store.secret("blinding-key", BLINDING_KEY_BYTES)
@@ -190,6 +200,18 @@ class CoordinatorState:
             self._closed = True
             self._changed.notify_all()
             self.store.close()
+            if self.audit is not None:
+                self.audit.close()
+
+    def _audit(self, type_: str, **fields: Any) -> Anchor | None:
+        """Append to the audit log; the signed head after it, or None if it failed (logged)."""
+        if self.audit is None:
+            return None
+        try:
+            return self.audit.append_and_anchor(type_, **fields)[1]
+        except AuditError as exc:
+            log.error("audit log %s: cannot record a %s: %s", self.audit.path, type_, exc)
+            return None
 
     # -- applying events live -------------------------------------------------------------
     def _apply(
@@ -306,6 +328,15 @@ class CoordinatorState:
         self, rt: JobRuntime, state: str, *, failure: str | None = None, result: str | None = None
     ) -> None:
         rt.state, rt.failure, rt.result = state, failure, result
+        self._audit(
+            "result",
+            job=rt.id,
+            body={
+                "state": state,
+                "failure": (failure or "")[:_MAX_REASON],
+                "sha256": None if result is None else hashlib.sha256(result.encode()).hexdigest(),
+            },
+        )
         rt.driver = rt.job = rt.training = rt.algorithm = rt.dp = None
         rt.handed.clear()
         rt.asked.clear()
