@@ -79,6 +79,7 @@ class AgencyCalls(CoordinatorState):
         text = messages.registration_to_json(declared, tables, req.task_kinds)
         with self._lock:
             self._check_open()
+            self._refuse_second_agent(req.agency)
             self._touch(req.agency)
             self._write(
                 "the registration", self.store.register_agency, req.agency, text, time.time()
@@ -130,20 +131,42 @@ class AgencyCalls(CoordinatorState):
         wait = min(req.wait_ms / 1000.0, self.config.max_wait)
         deadline = self.clock() + wait
         with self._lock:
+            self._refuse_second_agent(req.agency)
             self._touch(req.agency)  # on arrival only: a poll woken after a Leave is no contact
-            while True:
-                self._check_open()
-                if not is_active():
-                    return fpb.FetchWorkResponse()
-                now = self.clock()
-                assignment = self._work_for(req.agency, now)
-                if assignment is not None:
-                    return fpb.FetchWorkResponse(assignment=assignment)
-                remaining = deadline - now
-                if remaining <= 0 or not is_active():
-                    retry = 0 if wait > 0 else min(self._heartbeat_ms(), 1000)
-                    return fpb.FetchWorkResponse(retry_after_ms=retry)
-                self._changed.wait(timeout=min(remaining, 1.0))
+            self._polls[req.agency] = self._polls.get(req.agency, 0) + 1
+            try:
+                while True:
+                    self._check_open()
+                    if not is_active():
+                        return fpb.FetchWorkResponse()
+                    now = self.clock()
+                    assignment = self._work_for(req.agency, now)
+                    if assignment is not None:
+                        return fpb.FetchWorkResponse(assignment=assignment)
+                    remaining = deadline - now
+                    if remaining <= 0 or not is_active():
+                        retry = 0 if wait > 0 else min(self._heartbeat_ms(), 1000)
+                        return fpb.FetchWorkResponse(retry_after_ms=retry)
+                    self._changed.wait(timeout=min(remaining, 1.0))
+            finally:
+                self._polls[req.agency] -= 1
+                if not self._polls[req.agency]:
+                    del self._polls[req.agency]
+
+    def _refuse_second_agent(self, agency: str) -> None:
+        """One agent per agency: a registration or poll while another one waits for work.
+
+        An agent waits in one long poll at a time and registers only outside it, so a second
+        caller while a poll of the same agency is held is a second agent (a stopped agent's
+        poll ends within a second).
+        """
+        if self._polls.get(agency):
+            raise StatusError(
+                Code.ALREADY_EXISTS,
+                f"agency {agency!r} already has an agent connected to this coordinator: run "
+                "one agent per agency (stop the other one first; if it was just stopped, start "
+                "again in a few seconds)",
+            )
 
     def _work_for(self, agency: str, now: float) -> fpb.Assignment | None:
         for rt in list(self._jobs.values()):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcity.analytics.query import query_job_from_spec
+from fedcity.analytics.spec import TableSchema
 from fedcity.core.aggregation import AggregationScheme
 from fedcity.data.dataset import FeatureSpec
 from fedcity.learn.algorithm import Algorithm
@@ -145,7 +146,8 @@ def build(rt: JobRuntime, federation: Federation, scheme: AggregationScheme) -> 
     dp = None
     algorithm: Algorithm
     if spec["job_type"] == QUERY_JOB_TYPE:
-        job: Any = query_job_from_spec(spec["params"], spec["privacy"])
+        schema = TableSchema.from_json(spec["table_schema"]) if spec.get("table_schema") else None
+        job: Any = query_job_from_spec(spec["params"], spec["privacy"], schema=schema)
         algorithm = job.algorithm(min_agencies=int(spec["min_agencies"]))
     else:
         job = job_from_spec(spec["job_type"], spec["params"], spec["privacy"])

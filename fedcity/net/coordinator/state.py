@@ -130,6 +130,7 @@ class CoordinatorState:
         self._datasets: dict[str, dict[str, FeatureSpec]] = {}
         self._tables: dict[str, dict[str, dict[str, str]]] = {}
         self._kinds: dict[str, frozenset[str]] = {}
+        self._polls: dict[str, int] = {}  # work long polls in progress, per agency
         """Agency → the task kinds its policy allows, as registered."""
         """Agency → query table → column types, as registered."""
         self.clock: Callable[[], float] = clock or ProgressClock(config.stall)
@@ -147,7 +148,11 @@ class CoordinatorState:
 
     # -- lifecycle ------------------------------------------------------------------------
     def recover(self) -> None:
-        """Load registrations and rebuild every running job by replaying its events."""
+        """Load registrations and rebuild every running job by replaying its events.
+
+        Refuses (StoreError) a database that belongs to another federation's key.
+        """
+        self.store.bind_federation(self.federation.key_id.hex(), "--federation")
         with self._lock:
             for row in self.store.agencies():
                 try:  # today's limits: an older, oversized registration waits for a new one
