@@ -302,9 +302,11 @@ class ScientistCalls(CoordinatorState):
     ) -> None:
         """Refuse a job whose steps some participant's policy does not allow (lock held)."""
         if req.job_type == QUERY_JOB_TYPE:
-            spec = query_job_from_spec(params, privacy).spec
-            quantiles = any(a.func == "quantile" for a in spec.aggregates)
-            needed = ("query.presence", "query.cells") + (("query.quantile",) if quantiles else ())
+            query = query_job_from_spec(params, privacy)
+            quantiles = any(a.func == "quantile" for a in query.spec.aggregates)
+            noisy = bool(query.privacy or query.spec.privacy)  # one noisy round, no presence
+            needed = (() if noisy else ("query.presence",)) + ("query.cells",)
+            needed += ("query.quantile",) if quantiles else ()
         else:
             job = job_from_spec(req.job_type, params, privacy)
             needed = job_steps(job, evaluate=bool(req.evaluate_dataset))
