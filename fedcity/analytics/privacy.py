@@ -432,6 +432,9 @@ class QueryNoisePlan:
             "noise": self.noise,
             "share": dict(self.share),
             "noise_bound": dict(self.noise_bound),
+            # the query's (ε, δ): what each agency's budget ledger charges
+            "epsilon": float(self.epsilon),
+            "delta": float(self.delta),
         }
 
     def accountant(self) -> PrivacyAccountant:

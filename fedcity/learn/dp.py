@@ -79,6 +79,9 @@ class DPPlan:
             "clip_norm": float(self.config.clip_norm),
             "noise": self.config.noise,
             "share": float(self._noise.calibration.share),
+            # the whole job's (ε, δ): what each agency's budget ledger charges
+            "epsilon": float(self._noise.calibration.epsilon_budget),
+            "delta": float(self.config.delta),
         }
 
     def check(self) -> None:
