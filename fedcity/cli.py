@@ -634,7 +634,27 @@ def _client(args: argparse.Namespace) -> Any:
     from fedcity.net.ceremony import read_token
     from fedcity.net.client import Client
 
+    _CONNECTION.update(address=address, insecure=args.insecure, ca_file=ca_file)
     return Client(address, read_token(token_file), ca_file=ca_file, insecure=args.insecure)
+
+
+_CONNECTION: dict[str, Any] = {}
+"""The coordinator this command dialled (to explain a failed connection)."""
+
+
+def _explain_connection(message: str) -> str:
+    """A client's "cannot reach" error in one actionable sentence, when it can be told why."""
+    if not _CONNECTION or "cannot reach the coordinator" not in message:
+        return message
+    from fedcity.net.channel import diagnose_connection
+
+    diagnosis = diagnose_connection(
+        _CONNECTION["address"],
+        message,
+        insecure=_CONNECTION["insecure"],
+        ca_file=_CONNECTION["ca_file"],
+    )
+    return message if diagnosis is None else diagnosis.message
 
 
 def _watch(client: Any, job_id: str, timeout: float | None) -> int:
@@ -923,6 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     prog = "fedcity"
+    if not os.environ.get("FEDCITY_DEBUG"):  # gRPC's own log lines would repeat our messages
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         if args_list[:2] == ["coordinator", "serve"]:
             prog = "fedcity coordinator serve"
@@ -941,7 +963,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if _is_known(exc):
-            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"{prog}: error: {_explain_connection(_one_line(exc))}", file=sys.stderr)
             return EXIT_FAILURE
         if os.environ.get("FEDCITY_DEBUG"):
             raise

@@ -867,6 +867,30 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
+    # -- the federation it serves -------------------------------------------------------------
+    def bind_federation(self, key_id: str, federation_file: str = "--federation") -> None:
+        """Record the federation key this database serves; refuse another federation's.
+
+        The first start records ``key_id`` (hex) in ``meta``; later starts must present the
+        same key, since the stored jobs, contributions and partial decryptions belong to it.
+
+        Raises
+        ------
+        StoreError
+            The database belongs to another federation.
+        """
+        with self._lock, self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'federation_key_id'").fetchone()
+            if row is None:
+                db.execute(_SET_META, ("federation_key_id", key_id))
+                return
+        if row[0] != key_id:
+            raise StoreError(
+                f"{self.path} belongs to another federation (key {row[0][:16]}…), not to the "
+                f"one in {federation_file} (key {key_id[:16]}…): start with that federation's "
+                "federation-public.json and credentials, or give this federation a new --db"
+            )
+
     # -- coordinator secrets ----------------------------------------------------------------
     def secret(self, name: str, size: int) -> bytes:
         """The coordinator's secret ``name`` (``size`` random bytes made on first use).
