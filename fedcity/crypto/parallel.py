@@ -10,6 +10,7 @@ Worker processes are started with the ``spawn`` method, which is safe next to gR
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -64,6 +65,11 @@ def _split(items: Sequence[mpz], parts: int) -> list[Sequence[mpz]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to their parent, which stops them (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class WorkerPool:
     """A pool of worker processes for the expensive per-ciphertext operations.
 
@@ -82,7 +88,9 @@ class WorkerPool:
         if workers is not None and (isinstance(workers, bool) or workers < 1):
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.workers = workers or os.cpu_count() or 1
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+        self._executor = ProcessPoolExecutor(
+            self.workers, mp_context=get_context("spawn"), initializer=_ignore_sigint
+        )
 
     def __enter__(self) -> WorkerPool:
         return self
