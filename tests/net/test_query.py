@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 
 from fedcity.cli import main
+from fedcity.crypto.serde import encrypted_vector_from_bytes
 from fedcity.net.agent import Agent, AgentConfig
-from fedcity.net.ceremony import deal_federation, read_token
+from fedcity.net.ceremony import deal_federation, load_federation, read_token
 from fedcity.net.client import Client, ClientError
 from fedcity.net.coordinator import CoordinatorConfig, serve
 
@@ -241,6 +242,10 @@ def test_the_coordinator_never_holds_an_agencys_own_figure(federation, capsys):
             "SELECT payload FROM events WHERE type = 'contribution' AND payload IS NOT NULL"
         ).fetchall()
     assert rows
+    public_key = load_federation(federation["files"].public).public_key
+    for (payload,) in rows:
+        vec = encrypted_vector_from_bytes(bytes(payload), public_key)
+        assert vec.ciphertexts and all(0 < c < public_key.nsquare for c in vec.ciphertexts)
     results = [
         json.loads(r[0])
         for r in sqlite3.connect(federation["db"]).execute(
