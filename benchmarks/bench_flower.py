@@ -332,6 +332,57 @@ def measure(cmd: list[str]) -> tuple[dict[str, Any], int]:
         return json.load(res), peak
 
 
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """Print the Markdown table and each secure variant's distance to plain FedAvg."""
+    print()
+    print(
+        "| model | agencies | variant | s/round (warm) | first round s | peak RSS MiB | "
+        "KiB/agency/round (up+down) | KiB/agency/round up | × plain time | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        plain = next(
+            (
+                p
+                for p in rows
+                if p["variant"] == "plain"
+                and p["model"] == r["model"]
+                and p["agencies"] == r["agencies"]
+            ),
+            None,
+        )
+        ratio = f"{r['warm_round_s'] / plain['warm_round_s']:.1f}" if plain else "–"
+        per = r["agencies"] * r["rounds"] * 1024
+        print(
+            f"| {r['model']} ({r['params']}) | {r['agencies']} | {r['variant']} | "
+            f"{r['warm_round_s']:.2f} | {r['round_s'][0]:.2f} | {r['peak_rss'] / 2**20:.0f} | "
+            f"{(r['bytes_up'] + r['bytes_down']) / per:.1f} | "
+            f"{r['bytes_up'] / per:.1f} | {ratio} | {r['load']:.1f} |"
+        )
+    for r in rows:  # each secure variant's model against plain FedAvg's (same data, rounds)
+        if r["variant"] == "plain" or not r.get("final"):
+            continue
+        plain = next(
+            (
+                p
+                for p in rows
+                if p["variant"] == "plain"
+                and p["model"] == r["model"]
+                and p["agencies"] == r["agencies"]
+                and p.get("final")
+            ),
+            None,
+        )
+        if plain:
+            err = max(
+                float(np.max(np.abs(np.asarray(r["final"][k]) - np.asarray(plain["final"][k]))))
+                for k in r["final"]
+            )
+            print(
+                f"# {r['model']} n={r['agencies']}: max |{r['variant']} - plain FedAvg| = {err:.2e}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agencies", type=int, nargs="+", default=[10, 100])
@@ -342,9 +393,13 @@ def main() -> None:
     parser.add_argument("--key-dir")
     parser.add_argument("--result")
     parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--table", nargs="+", help="print the table of saved --json files")
     parser.add_argument("--key-bits", type=int, default=KEY_BITS, help="(smoke tests only)")
     args = parser.parse_args()
 
+    if args.table:
+        print_table([r for f in args.table for r in json.loads(Path(f).read_text())])
+        return
     if args.one:
         variant, model, n = args.one[0], args.one[1], int(args.one[2])
         res = run_one(variant, model, n, args.rounds, args.key_dir or "")
@@ -387,60 +442,16 @@ def main() -> None:
                     warm = res["round_s"][1:] or res["round_s"]
                     res["warm_round_s"] = float(np.median(warm))
                     rows.append(res)
+                    per = n * res["rounds"] * 1024
                     print(
                         f"{model:8s} {res['params']:6d} params  n={n:5d}  {variant:8s} "
                         f"round {res['warm_round_s']:8.2f} s (first {res['round_s'][0]:7.2f} s)  "
                         f"peak {peak / 2**20:7.0f} MiB  "
-                        f"{(res['bytes_up'] + res['bytes_down']) / n / 1024:9.1f} KiB/agency "
-                        f"(up {res['bytes_up'] / n / 1024:8.1f})  load {res['load']:.1f}",
+                        f"{(res['bytes_up'] + res['bytes_down']) / per:9.1f} KiB/agency/round "
+                        f"(up {res['bytes_up'] / per:8.1f})  load {res['load']:.1f}",
                         flush=True,
                     )
-    print()
-    print(
-        "| model | agencies | variant | s/round (warm) | first round s | peak RSS MiB | "
-        "KiB/agency (up+down) | KiB/agency up | × plain time |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        plain = next(
-            (
-                p
-                for p in rows
-                if p["variant"] == "plain"
-                and p["model"] == r["model"]
-                and p["agencies"] == r["agencies"]
-            ),
-            None,
-        )
-        ratio = f"{r['warm_round_s'] / plain['warm_round_s']:.1f}" if plain else "–"
-        print(
-            f"| {r['model']} ({r['params']}) | {r['agencies']} | {r['variant']} | "
-            f"{r['warm_round_s']:.2f} | {r['round_s'][0]:.2f} | {r['peak_rss'] / 2**20:.0f} | "
-            f"{(r['bytes_up'] + r['bytes_down']) / r['agencies'] / 1024:.1f} | "
-            f"{r['bytes_up'] / r['agencies'] / 1024:.1f} | {ratio} | {r['load']:.1f} |"
-        )
-    for r in rows:  # each secure variant's model against plain FedAvg's (same data, rounds)
-        if r["variant"] == "plain" or not r.get("final"):
-            continue
-        plain = next(
-            (
-                p
-                for p in rows
-                if p["variant"] == "plain"
-                and p["model"] == r["model"]
-                and p["agencies"] == r["agencies"]
-                and p.get("final")
-            ),
-            None,
-        )
-        if plain:
-            err = max(
-                float(np.max(np.abs(np.asarray(r["final"][k]) - np.asarray(plain["final"][k]))))
-                for k in r["final"]
-            )
-            print(
-                f"# {r['model']} n={r['agencies']}: max |{r['variant']} - plain FedAvg| = {err:.2e}"
-            )
+    print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
