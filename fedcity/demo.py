@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -163,25 +164,79 @@ def _metrics(pipeline: Any, city: SyntheticCity, problem: str) -> dict[str, floa
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the demo; returns the process exit code."""
-    parser = argparse.ArgumentParser(description="fedcity: a federated run on loopback")
-    parser.add_argument("--agencies", type=int, default=5)
-    parser.add_argument("--threshold", type=int, default=3)
-    parser.add_argument("--key-bits", type=int, default=2048)
+def _bounded_int(low: int, high: int, what: str, multiple: int = 1) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high or value % multiple:
+            step = f" and a multiple of {multiple}" if multiple > 1 else ""
+            raise argparse.ArgumentTypeError(
+                f"{what} must lie between {low:,} and {high:,}{step}, got {value:,}"
+            )
+        return value
+
+    return parse
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 30 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(
+            f"a job needs more than {text} s (key generation and several rounds): give 30 to "
+            "86,400 seconds"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's options (every one validated, with its default in the help)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fedcity.demo", description="fedcity: a federated run on loopback"
+    )
+    parser.add_argument(
+        "--agencies",
+        type=_bounded_int(2, 50, "the number of agencies"),
+        default=5,
+        help="districts, one agent process each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_bounded_int(1, 50, "the threshold"),
+        default=3,
+        help="agencies needed to decrypt, at most --agencies (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--key-bits",
+        type=_bounded_int(512, 8192, "the key size", multiple=16),
+        default=2048,
+        help="Paillier modulus size; below 2048 only for a trial (default: %(default)s)",
+    )
     parser.add_argument(
         "--key-holder",
         action="store_true",
         help="single-key-holder mode (district-1 holds the private key; faster decryption, "
-        "weaker trust assumption) instead of the threshold key",
+        "weaker trust assumption) instead of the threshold key (default: threshold key)",
     )
     parser.add_argument(
-        "--rows", type=int, default=12_000, help="synthetic rows over all districts"
+        "--rows",
+        type=_bounded_int(100, 2_000_000, "the number of rows"),
+        default=12_000,
+        help="synthetic rows over all districts, at least 30 per district (default: %(default)s)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="run folder (default runs/demo-<time>)"
+        "--out", type=Path, default=None, help="run folder (default: runs/demo-<time>)"
     )
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per job at most")
+    parser.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=900.0,
+        help="seconds per job at most, 30 to 86,400 (default: %(default)s)",
+    )
     parser.add_argument(
         "--plot",
         type=Path,
@@ -191,13 +246,51 @@ def main(argv: list[str] | None = None) -> int:
         "its charts (PNG and SVG: training, participation, coefficients, ROC, calibration) "
         "in DIR (default: no charts)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the process exit code (130 after Ctrl-C, with one line)."""
+    previous = signal.getsignal(signal.SIGINT)
+    interrupted = False
+
+    def once(signum: int, frame: Any) -> None:  # a second Ctrl-C must not cut the clean-up
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGINT, once)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("demo interrupted (Ctrl-C): every process it started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(argv: list[str] | None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if not 2 <= args.agencies <= 50:
-        parser.error("--agencies must lie between 2 and 50")
     if args.key_holder:
         args.threshold = 1
     if not 1 <= args.threshold <= args.agencies:
-        parser.error("--threshold must lie between 1 and --agencies")
+        parser.error(f"--threshold must lie between 1 and --agencies ({args.agencies})")
+    if args.rows < 30 * args.agencies:
+        parser.error(
+            f"--rows must give every district at least 30 rows: at least {30 * args.agencies} "
+            f"for {args.agencies} agencies"
+        )
+    if args.threshold == 1 and not args.key_holder:
+        print(
+            "warning: --threshold 1 lets any single agency's share decrypt alone (it could "
+            "read every other agency's contributions); fine for a trial only",
+            file=sys.stderr,
+        )
     console = Console()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out: Path = (args.out or Path("runs") / f"demo-{stamp}").resolve()
