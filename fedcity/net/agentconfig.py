@@ -12,6 +12,8 @@ Configuration (TOML; relative paths are relative to the file)::
     ca_file = "tls/ca.pem"               # required unless insecure = true
     insecure = false                     # plaintext, only to a loopback coordinator
     log_file = "agent-district-01.log"   # optional: one JSON line per task served
+    audit_file = "district-01.audit.sqlite"    # signed audit log (this is the default)
+    ledger_file = "district-01.ledger.sqlite"  # privacy-budget ledger (this is the default)
     crypto_workers = 1                   # worker processes for encryption and decryption
 
     [datasets.inspections]
@@ -25,6 +27,8 @@ Configuration (TOML; relative paths are relative to the file)::
     allowed_kinds = ["stats.counts", "stats.mean", "stats.variance", "glm.newton"]
     min_summands = 2                     # never decrypt an aggregate of fewer contributions
     min_cell_count = 10                  # refuse queries that would release smaller cells
+    budget = { epsilon = 8.0, delta = 1e-5, period = "month" }   # optional: per dataset and
+                                         # period (day, week, month, year, total)
 
     [tables.inspections]                 # optional: a table for federated queries
     path = "data/district-01.csv"        # .csv, .parquet or .pq
@@ -44,6 +48,7 @@ from typing import Any
 
 from fedcity.core.tasks import LOCAL_STEPS
 from fedcity.data.dataset import FeatureSpec
+from fedcity.governance.ledger import Budget, LedgerError
 from fedcity.net.channel import AddressError, is_loopback, parse_address
 
 __all__ = ["MAX_CRYPTO_WORKERS", "AgentConfig", "ConfigError", "DatasetConfig", "TableConfig"]
@@ -65,6 +70,8 @@ _TOP_KEYS = frozenset(
         "ca_file",
         "insecure",
         "log_file",
+        "audit_file",
+        "ledger_file",
         "crypto_workers",
         "datasets",
         "tables",
@@ -73,7 +80,7 @@ _TOP_KEYS = frozenset(
 )
 _DATASET_KEYS = frozenset({"path", "numeric", "categorical", "label", "weight"})
 _TABLE_KEYS = frozenset({"path", "columns"})
-_POLICY_KEYS = frozenset({"allowed_kinds", "min_summands", "min_cell_count"})
+_POLICY_KEYS = frozenset({"allowed_kinds", "min_summands", "min_cell_count", "budget"})
 COLUMN_TYPES = frozenset({"category", "integer", "float", "date", "text"})
 """Column types a query table declares (see :class:`fedcity.analytics.TableSchema`)."""
 MAX_TABLE_COLUMNS = 1024
@@ -162,6 +169,14 @@ class AgentConfig:
     min_cell_count : int
         Smallest cell (rows) a query over this agency's tables may release; a query asking
         for less is refused (it can raise the federation's minimum, never lower it).
+    audit_file : Path or None
+        The agency's audit log (:mod:`fedcity.governance.auditlog`); by default
+        ``<agency>.audit.sqlite`` beside the configuration file.
+    ledger_file : Path or None
+        The privacy-budget ledger (:mod:`fedcity.governance.ledger`); by default
+        ``<agency>.ledger.sqlite`` beside the configuration file.
+    budget : Budget or None
+        ``[policy] budget``: the (ε, δ) any one dataset may spend per period (None: no limit).
     crypto_workers : int
         Worker processes for encryption and (partial) decryption while the agent runs
         (1: in the agent's own process). Set it to the cores the agency's machine can spare.
@@ -186,6 +201,9 @@ class AgentConfig:
     crypto_workers: int = 1
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    audit_file: Path | None = None
+    ledger_file: Path | None = None
+    budget: Budget | None = None
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -353,9 +371,26 @@ class AgentConfig:
                 f"{where}: [policy] key 'min_cell_count' must be a positive integer, "
                 f"got {min_cell_count!r}"
             )
+        budget = None
+        if "budget" in policy:
+            try:
+                budget = Budget.from_mapping(policy["budget"], f"{where}: [policy] budget")
+            except LedgerError as exc:
+                raise ConfigError(str(exc)) from exc
+        audit_file = (
+            v.path(data, "audit_file") if "audit_file" in data else base / f"{agency}.audit.sqlite"
+        )
+        ledger_file = (
+            v.path(data, "ledger_file")
+            if "ledger_file" in data
+            else base / f"{agency}.ledger.sqlite"
+        )
         return cls(
             agency=agency,
             coordinator=coordinator,
+            audit_file=audit_file,
+            ledger_file=ledger_file,
+            budget=budget,
             token_file=token_file,
             tls_cert_file=tls_cert_file,
             tls_key_file=tls_key_file,
