@@ -101,4 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedcity.cli import run_interruptible
+
+    sys.exit(run_interruptible(main, "ridership_demand.py"))

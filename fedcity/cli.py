@@ -28,11 +28,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["main"]
+__all__ = ["main", "run_interruptible"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -973,6 +973,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+
+
+def run_interruptible(main_function: Callable[[], int], prog: str) -> int:
+    """Run a script's ``main()``; Ctrl-C ends it with one line on stderr and exit code 130.
+
+    A second Ctrl-C while the first one unwinds (closing files, stopping worker processes)
+    is ignored, so the clean-up is not cut short by a traceback.
+
+    Parameters
+    ----------
+    main_function : callable
+        The script's ``main`` (no arguments; it reads ``sys.argv``).
+    prog : str
+        Named in the message.
+
+    Returns
+    -------
+    int
+        ``main_function()``'s exit code, or 130 after Ctrl-C.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return main_function()
+    previous = signal.getsignal(signal.SIGINT)
+    interrupted = False
+
+    def once(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, once)
+    try:
+        return main_function()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _one_line(exc: BaseException) -> str:
