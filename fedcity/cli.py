@@ -132,6 +132,18 @@ def _connection_options() -> _Parser:
         help="the federation's CA certificate, tls/ca.pem (default: $FEDCITY_CA_FILE)",
     )
     group.add_argument(
+        "--cert-file",
+        type=Path,
+        default=None,
+        help="your certificate from `fedcity login` (mutual TLS; default: $FEDCITY_CERT_FILE)",
+    )
+    group.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="the key of --cert-file (default: $FEDCITY_KEY_FILE)",
+    )
+    group.add_argument(
         "--insecure",
         action="store_true",
         help="plaintext connection, only to a loopback coordinator started with --insecure "
@@ -254,8 +266,17 @@ def build_parser() -> _Parser:
     )
 
     # agent
+    from fedcity.governance.cli import add_ca_commands, add_enroll_command
+
+    add_ca_commands(commands, _Parser)
+    add_enroll_command(
+        commands, "login", "enroll as a data scientist or operator (mutual TLS)", _Parser
+    ).set_defaults(action="enroll")
     agent = commands.add_parser("agent", help="run an agency's agent").add_subparsers(
         dest="action", metavar="ACTION", required=True
+    )
+    add_enroll_command(
+        agent, "enroll", "enroll this agency with an invitation (mutual TLS)", _Parser
     )
     run = agent.add_parser(
         "run",
@@ -617,10 +638,17 @@ def _client(args: argparse.Namespace) -> Any:
     address = args.coordinator or os.environ.get("FEDCITY_COORDINATOR")
     token_file = args.token_file or os.environ.get("FEDCITY_TOKEN_FILE")
     ca_file = None if args.insecure else args.ca_file or os.environ.get("FEDCITY_CA_FILE")
+    cert_file = args.cert_file or os.environ.get("FEDCITY_CERT_FILE")
+    key_file = args.key_file or os.environ.get("FEDCITY_KEY_FILE")
     if not address:
         raise _UsageError("--coordinator is required (or set FEDCITY_COORDINATOR)")
-    if not token_file:
-        raise _UsageError("--token-file is required (or set FEDCITY_TOKEN_FILE)")
+    if (cert_file is None) != (key_file is None):
+        raise _UsageError("give --cert-file and --key-file together")
+    if not token_file and not cert_file:
+        raise _UsageError(
+            "--token-file is required (or set FEDCITY_TOKEN_FILE), or --cert-file/--key-file "
+            "after `fedcity login`"
+        )
     if not ca_file and not args.insecure:
         raise _UsageError("give --ca-file (the federation's tls/ca.pem) or --insecure")
     from fedcity.net.channel import AddressError, is_loopback, parse_address
@@ -635,7 +663,15 @@ def _client(args: argparse.Namespace) -> Any:
     from fedcity.net.client import Client
 
     _CONNECTION.update(address=address, insecure=args.insecure, ca_file=ca_file)
-    return Client(address, read_token(token_file), ca_file=ca_file, insecure=args.insecure)
+    token = read_token(token_file) if token_file and not cert_file else None
+    return Client(
+        address,
+        token,
+        ca_file=ca_file,
+        insecure=args.insecure,
+        cert_file=cert_file,
+        key_file=key_file,
+    )
 
 
 _CONNECTION: dict[str, Any] = {}
@@ -886,6 +922,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys_deal(args)
     if args.command == "coordinator":
         return _coordinator_store(args)
+    if args.command in ("ca", "login") or (args.command, args.action) == ("agent", "enroll"):
+        from fedcity.governance.cli import run_ca, run_enroll
+
+        return run_ca(args) if args.command == "ca" else run_enroll(args)
     if args.command == "agent":
         return _agent_run(args)
     if args.command == "data":

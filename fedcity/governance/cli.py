@@ -66,7 +66,7 @@ def add_ca_commands(commands: Any, parser_class: type[argparse.ArgumentParser]) 
 
 def add_enroll_command(
     subparsers: Any, name: str, help_text: str, parser_class: type[argparse.ArgumentParser]
-) -> None:
+) -> Any:
     """Add an enrollment command (``agent enroll`` or ``login``) to ``subparsers``."""
     enroll = subparsers.add_parser(name, help=help_text)
     enroll.add_argument(
@@ -82,6 +82,7 @@ def add_enroll_command(
     enroll.add_argument(
         "--out", type=Path, required=True, help="folder for key.pem and cert.pem (required)"
     )
+    return enroll
 
 
 def run_ca(args: argparse.Namespace) -> int:

@@ -260,3 +260,49 @@ def test_a_certificate_is_renewed_before_it_expires(world):
         stub.Heartbeat(fpb.HeartbeatRequest(agency="d1"), timeout=5)
     finally:
         channel.close()
+
+
+def test_the_operator_and_scientist_commands(tmp_path, capsys):
+    from fedcity.cli import main
+
+    ca_dir = tmp_path / "ca"
+    assert main(["ca", "init", "--dir", str(ca_dir), "--federation", "riverside"]) == 0
+    assert main(["ca", "init", "--dir", str(ca_dir), "--federation", "riverside"]) == 1
+    capsys.readouterr()
+    invite = tmp_path / "invite.txt"
+    args = ["ca", "invite", "analyst", "--role", "scientist", "--dir", str(ca_dir)]
+    assert main([*args, "--out", str(invite)]) == 0
+    assert (invite.stat().st_mode & 0o077) == 0
+    files = deal_federation(tmp_path / "fed", AGENCIES, 2, key_bits=512)
+    server = serve(
+        CoordinatorConfig(
+            listen="127.0.0.1:0",
+            db=tmp_path / "coordinator.sqlite",
+            federation=files.public,
+            credentials="",
+            ca_dir=ca_dir,
+            enroll_listen="127.0.0.1:0",
+        )
+    )
+    try:
+        creds = tmp_path / "me"
+        login = ["login", "--coordinator", f"127.0.0.1:{server.enroll_port}"]
+        login += ["--ca-file", str(ca_dir / "ca.pem"), "--name", "analyst"]
+        login += ["--token-file", str(invite), "--out", str(creds)]
+        assert main(login) == 0
+        assert "enrolled analyst as scientist" in capsys.readouterr().out
+        assert main([*login[:-1], str(tmp_path / "again")]) == 1  # the invitation is used up
+        assert "already used" in capsys.readouterr().err
+        connect = ["--coordinator", f"127.0.0.1:{server.port}", "--ca-file", str(ca_dir / "ca.pem")]
+        connect += ["--cert-file", str(creds / "cert.pem"), "--key-file", str(creds / "key.pem")]
+        assert main(["agencies", "list", *connect, "--json"]) == 0
+        capsys.readouterr()
+        assert main(["ca", "list", "--dir", str(ca_dir)]) == 0
+        listed = capsys.readouterr().out
+        assert "analyst" in listed and "valid" in listed
+        assert main(["ca", "revoke", "analyst", "--dir", str(ca_dir)]) == 0
+        capsys.readouterr()
+        assert main(["agencies", "list", *connect]) == 1
+        assert "revoked" in capsys.readouterr().err
+    finally:
+        server.stop(grace=0)
