@@ -69,6 +69,8 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +238,16 @@ def log_in(driver, url: str, token: str) -> None:
     field = driver.find_element(By.ID, "token")
     field.clear()
     field.send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "form#login button").click()
+    click(driver, driver.find_element(By.CSS_SELECTOR, "form#login button"))
+
+
+def click(driver, element) -> None:
+    """Click and wait until the next page replaced this one."""
+    element.click()
+    WebDriverWait(driver, 30).until(staleness_of(element))
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
 
 
 def test_every_page_in_a_headless_browser(live, browser, shots):
@@ -288,7 +299,7 @@ def test_every_page_in_a_headless_browser(live, browser, shots):
     assert "2 of 3" in jobs[partial.id] and "1 left" in jobs[partial.id]
     taken.append(screenshot(browser, shots, "04-jobs"))
 
-    browser.find_element(By.LINK_TEXT, full.id).click()
+    click(browser, browser.find_element(By.LINK_TEXT, full.id))
     assert browser.find_element(By.ID, "job-state").text == "succeeded"
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.round")) == full.rounds_done
     bars = browser.find_elements(By.CSS_SELECTOR, "svg#chart-seconds rect.bar")
@@ -329,7 +340,7 @@ def test_every_page_in_a_headless_browser(live, browser, shots):
         browser.get(url + page)
         assert leaked_payload(browser.page_source.encode(), probes) is None, page
 
-    browser.find_element(By.CSS_SELECTOR, "form.who button").click()
+    click(browser, browser.find_element(By.CSS_SELECTOR, "form.who button"))
     assert browser.find_element(By.ID, "login").is_displayed()
     browser.get(url + "/jobs")
     assert browser.find_element(By.ID, "login").is_displayed()  # the session is gone
