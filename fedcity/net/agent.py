@@ -23,6 +23,15 @@ Every upload carries the agency's Ed25519 signature of (job, round, kind, agency
 key id, SHA-256 of the payload) (:mod:`fedcity.crypto.signing`); the coordinator refuses an
 upload without it.
 
+Every job first seen, budget charge or refusal, contribution and partial decryption (its
+SHA-256, recorded before it is sent) and refusal goes into the agency's signed, hash-chained
+audit log (``audit_file``, :mod:`fedcity.governance.auditlog`), and so does the coordinator's
+signed audit chain head that comes back with each upload's acknowledgement (an anchor: the
+coordinator cannot rewrite its history later without this log showing it). With a
+``[policy] budget`` a job with differential privacy is charged its stated (ε, δ) in the
+agency's ledger (``ledger_file``, :mod:`fedcity.governance.ledger`) before its first
+contribution is computed, or refused (declined, naming the budget) with the ledger unchanged.
+
 When the coordinator is unreachable the agent retries with exponential backoff and jitter,
 registers again, then re-sends what it had not delivered. Every payload is kept (a few
 rounds back) and re-sent byte for byte if the same assignment comes again, so a retry never
@@ -34,6 +43,7 @@ The configuration file is described in :mod:`fedcity.net.agentconfig`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import random
@@ -64,6 +74,9 @@ from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, WorkerP
 from fedcity.crypto.keys import read_json_file
 from fedcity.crypto.signing import SigningKey
 from fedcity.data.dataset import AgencyDataset, DataError
+from fedcity.governance.audit import Anchor, AuditError
+from fedcity.governance.auditlog import AuditLog
+from fedcity.governance.ledger import BudgetRefused, Ledger, LedgerError, privacy_cost
 from fedcity.net.agentconfig import (
     MAX_CRYPTO_WORKERS,
     AgentConfig,
@@ -194,6 +207,12 @@ class _Outgoing:
         return not self.payload
 
 
+_UPLOAD_KINDS: dict[int, str] = {
+    int(fpb.PAYLOAD_KIND_CONTRIBUTION): "contribution",
+    int(fpb.PAYLOAD_KIND_PARTIAL): "partial",
+}
+"""Audit record type of each uploaded payload kind."""
+
 _ACTION_NAMES: dict[int, str] = {
     int(fpb.ACTION_CONTRIBUTE): "contribute",
     int(fpb.ACTION_PARTIAL_DECRYPT): "partial_decrypt",
@@ -257,6 +276,18 @@ class Agent:
         self._scheme = scheme
         self.federation = self._load_federation(config)
         self._signing_key = self._load_signing_key(config)
+        self.audit: AuditLog | None = None
+        """The agency's signed audit log (:mod:`fedcity.governance.auditlog`)."""
+        self.ledger: Ledger | None = None
+        """The privacy-budget ledger, with a ``[policy] budget``."""
+        try:
+            if config.audit_file is not None:
+                self.audit = AuditLog(config.audit_file, config.agency, self._signing_key)
+            if config.budget is not None and config.ledger_file is not None:
+                self.ledger = Ledger(config.ledger_file)
+        except (AuditError, LedgerError) as exc:
+            raise AgentError(str(exc)) from exc
+        self._jobs_seen: set[str] = set()
         tables: dict[str, AgencyDataset] = {}
         for name, dc in config.datasets.items():
             try:
@@ -430,6 +461,9 @@ class Agent:
                 if pool is not None:
                     self._scheme.pool = None
                     pool.close()
+                for book in (self.audit, self.ledger):
+                    if book is not None:
+                        book.close()
                 log.info("agent %s stopped", self.config.agency)
 
     def _leave(self) -> None:
@@ -625,6 +659,8 @@ class Agent:
                 task = assignment_to_task(a)
                 if not task.request.kind.startswith("query."):  # queries name their table
                     self._select_dataset(a.dataset)
+                self._audit_job(a)
+                self._charge(a, task)  # before anything is computed
                 out.payload = self.node.contribute(task)
                 out.payload_kind = fpb.PAYLOAD_KIND_CONTRIBUTION
             elif a.action == fpb.ACTION_PARTIAL_DECRYPT:
@@ -667,10 +703,129 @@ class Agent:
                 agency=self.config.agency,
                 key_id=self.key_id,
             )
+        self._audit_outgoing(out)
         out.seconds = time.perf_counter() - start
         self._remember(out)
         self._pending = out
         self._deliver(out)
+
+    # -- audit and budget -----------------------------------------------------------------------
+    def _audit_append(self, type_: str, **fields: Any) -> None:
+        """Append to the audit log (raises AuditError: the caller decides what follows)."""
+        if self.audit is not None:
+            self.audit.append(type_, **fields)
+
+    def _audit_job(self, a: fpb.Assignment) -> None:
+        """A job's first assignment seen by this agent (since it started)."""
+        if a.job_id in self._jobs_seen:
+            return
+        if len(self._jobs_seen) > 100_000:
+            self._jobs_seen.clear()
+        self._audit_append(
+            "job", job=a.job_id, round=int(a.round), body={"kind": a.kind, "dataset": a.dataset}
+        )
+        self._jobs_seen.add(a.job_id)
+
+    def _charge(self, a: fpb.Assignment, task: Task) -> None:
+        """Charge a DP job's (ε, δ) to the dataset's budget, or refuse the job (nothing computed).
+
+        Policy and dataset are checked first, so a job the agency refuses anyway costs nothing.
+        """
+        budget, agency = self.config.budget, self.config.agency
+        if budget is None or self.ledger is None:
+            return
+        try:
+            cost = privacy_cost(task)
+        except LedgerError as exc:
+            raise RejectedContribution(f"agency {agency!r}: {exc}") from exc
+        if cost is None:
+            return
+        if not self._allows(task):
+            raise RejectedContribution(f"agency {agency!r}: policy refuses {a.kind!r}")
+        if task.request.kind.startswith("query."):
+            dataset = str(task.request.params.get("table", ""))
+        else:
+            dataset = a.dataset or next(iter(self._tables), "")
+        epsilon, delta = cost
+        body: dict[str, Any] = {"dataset": dataset, "epsilon": epsilon, "delta": delta}
+        try:
+            spend = self.ledger.charge(dataset, a.job_id, epsilon, delta, budget)
+        except BudgetRefused as exc:
+            self._audit_append(
+                "budget", job=a.job_id, round=int(a.round), body={**body, "refused": str(exc)}
+            )
+            raise RejectedContribution(f"agency {agency!r} refuses the job: {exc}") from exc
+        except LedgerError as exc:
+            raise RejectedContribution(
+                f"agency {agency!r}: its privacy-budget ledger failed ({exc})"
+            ) from exc
+        if spend is not None:
+            body.update(period=spend.period, spent_epsilon=spend.epsilon, spent_delta=spend.delta)
+            self._audit_append("budget", job=a.job_id, round=int(a.round), body=body)
+            log.info(
+                "job %s charged epsilon=%g delta=%g to %r: %g/%g spent in %s",
+                a.job_id,
+                epsilon,
+                delta,
+                dataset,
+                spend.epsilon,
+                budget.epsilon,
+                spend.period,
+            )
+
+    def _audit_outgoing(self, out: _Outgoing) -> None:
+        """Record what is about to be sent; nothing is sent that could not be recorded."""
+        try:
+            if out.payload:
+                kind = _UPLOAD_KINDS[out.payload_kind]
+                body: dict[str, Any] = {
+                    "kind": out.kind,
+                    "sha256": hashlib.sha256(out.payload).hexdigest(),
+                    "bytes": len(out.payload),
+                }
+                if out.verified:
+                    body["contributions"] = dict(out.verified)
+                self._audit_append(kind, job=out.job_id, round=out.round, body=body)
+            else:
+                self._audit_append(
+                    "decline",
+                    job=out.job_id,
+                    round=out.round,
+                    body={"kind": out.kind, "reason": out.reason[:2000]},
+                )
+        except AuditError as exc:
+            log.error("job %s round %d: audit log failed: %s", out.job_id, out.round, exc)
+            if out.payload:
+                out.payload, out.signature = b"", b""
+                out.reason = (
+                    f"agency {self.config.agency!r}: its audit log cannot record the upload; "
+                    "nothing is sent unrecorded"
+                )
+
+    def _audit_anchor(self, out: _Outgoing, stored: bool, msg: fpb.AuditAnchor) -> None:
+        """Keep the coordinator's signed chain head that acknowledged an upload."""
+        anchor = Anchor(
+            int(msg.records), bytes(msg.head), bytes(msg.public_key), bytes(msg.signature)
+        )
+        if not anchor.verify():
+            log.warning(
+                "job %s round %d: the coordinator's audit anchor does not verify",
+                out.job_id,
+                out.round,
+            )
+        body: dict[str, Any] = {"anchor": anchor.to_json_dict(), "stored": stored}
+        if stored:  # the anchored record is the coordinator's record of this very upload
+            body["upload"] = {
+                "type": _UPLOAD_KINDS[out.payload_kind],
+                "job": out.job_id,
+                "round": out.round,
+                "agency": self.config.agency,
+                "sha256": hashlib.sha256(out.payload).hexdigest(),
+            }
+        try:
+            self._audit_append("anchor", job=out.job_id, round=out.round, body=body)
+        except AuditError as exc:
+            log.error("job %s round %d: audit log failed: %s", out.job_id, out.round, exc)
 
     def _select_dataset(self, name: str) -> None:
         """Make the job's dataset the node's ``"train"`` table (default: the first one)."""
@@ -754,6 +909,8 @@ class Agent:
                     metadata=self._metadata,
                 )
                 outcome = "uploaded" if response.stored else "already_stored"
+                if response.HasField("audit"):
+                    self._audit_anchor(out, response.stored, response.audit)
         except grpc.RpcError as exc:
             code = exc.code()
             if code in RETRYABLE_CODES or code in FATAL_CODES:
