@@ -278,6 +278,10 @@ def build_parser() -> _Parser:
     add_enroll_command(
         agent, "enroll", "enroll this agency with an invitation (mutual TLS)", _Parser
     )
+    from fedcity.governance.auditcli import add_audit_commands, add_budget_command
+
+    add_budget_command(agent, _Parser)
+    add_audit_commands(commands, _Parser)
     run = agent.add_parser(
         "run",
         help="serve vetted tasks on this agency's data until stopped (SIGTERM/SIGINT)",
@@ -926,6 +930,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fedcity.governance.cli import run_ca, run_enroll
 
         return run_ca(args) if args.command == "ca" else run_enroll(args)
+    if args.command == "audit" or (args.command, args.action) == ("agent", "budget"):
+        from fedcity.governance.auditcli import run_audit, run_budget
+
+        return run_audit(args) if args.command == "audit" else run_budget(args)
     if args.command == "agent":
         return _agent_run(args)
     if args.command == "data":
@@ -949,6 +957,8 @@ _KNOWN_ERRORS = (
     ("fedcity.data.dataset", "DataError"),
     ("fedcity.analytics.spec", "QueryError"),
     ("fedcity.data.sample", "SampleError"),
+    ("fedcity.governance.audit", "AuditError"),
+    ("fedcity.governance.ledger", "LedgerError"),
 )
 
 
