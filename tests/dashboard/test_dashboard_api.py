@@ -25,14 +25,16 @@ from dashkit import (
     DECLINE_REASON,
     KINDS,
     SECOND,
+    DashAgent,
     figure_texts,
     json_numbers,
     leaked_figure,
     leaked_payload,
     payload_probes,
+    submit,
     write_files,
 )
-from loopback import TOKENS, start
+from loopback import TOKENS, drive, runtime, start
 
 from fedcity.dashboard import DashboardServer
 from fedcity.dashboard.app import MAX_BODY_BYTES, MAX_PAGE_JOBS, SESSION_COOKIE
@@ -345,3 +347,36 @@ def test_cli_serves_the_dashboard_with_dashboard_port(tmp_path, key):
             proc.wait()
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/api/health", timeout=5)  # stopped with the coordinator
+
+
+def test_a_running_job_live(tmp_path, key, data):
+    """A job whose agencies have not answered yet, then after its first round."""
+    _, _, tables, _ = data
+    server = start(write_files(tmp_path, key), dashboard_port=0)
+    try:
+        agents = [
+            DashAgent(n, t, key).connect(server.port) for n, t in zip(AGENCIES, tables, strict=True)
+        ]
+        for a in agents:
+            a.register()
+        job_id = submit(server.port, "analyst")
+        url = f"http://127.0.0.1:{server.dashboard_port}"
+        fed = type("Live", (), {"url": url})
+        assert get(fed, "/api/health").json()["running_jobs"] == 1
+        job = get(fed, f"/api/jobs/{job_id}").json()
+        assert job["job"]["state"] == "running" and job["rounds"] == []
+        assert job["job"]["current_label"].startswith("statistics")
+        assert not job["has_result"]
+        assert get(fed, f"/api/jobs/{job_id}/result").status_code == 409
+        page = get(fed, f"/jobs/{job_id}").text
+        assert 'http-equiv="refresh"' in page and 'id="no-rounds"' in page
+        assert "now: statistics" in page
+
+        drive(agents, lambda: runtime(server, job_id).rounds_done >= 1)
+        job = get(fed, f"/api/jobs/{job_id}").json()
+        assert job["job"]["state"] == "running" and len(job["rounds"]) >= 1
+        assert job["rounds"][0]["contributors"] == 3
+        page = get(fed, f"/jobs/{job_id}").text
+        assert page.count('<tr class="round">') == len(job["rounds"])
+    finally:
+        server.stop(grace=0)
