@@ -272,7 +272,9 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         call it. Services not listed (e.g. ``grpc.health.v1.Health``) are open.
     """
 
-    def __init__(self, authenticator: Authenticator, service_roles: Mapping[str, str]) -> None:
+    def __init__(
+        self, authenticator: Authenticator, service_roles: Mapping[str, str | tuple[str, ...]]
+    ) -> None:
         self.authenticator = authenticator
         self.service_roles = dict(service_roles)
 
@@ -289,12 +291,13 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         principal = self.authenticator.lookup(handler_call_details.invocation_metadata)
         if principal is None:
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, _UNAUTHENTICATED)
-        if principal.role != role:
+        roles = (role,) if isinstance(role, str) else tuple(role)
+        if principal.role not in roles:
             return _refusal(
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{principal.role} {principal.name!r} may not call {method}; "
-                f"it is reserved to the {role} role",
+                f"it is reserved to the {' or '.join(roles)} role",
             )
         return handler
 

@@ -1065,14 +1065,14 @@ class Store:
             if a is not None
         }
 
-    def jobs_of(self, submitter: str, limit: int) -> list[JobRow]:
-        """The newest ``limit`` jobs a data scientist submitted, newest first (no results)."""
+    def jobs_of(self, submitter: str | None, limit: int) -> list[JobRow]:
+        """The newest ``limit`` jobs one data scientist (None: anyone) submitted (no results)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, spec, state, failure, NULL, rounds_done, created, updated FROM jobs "
-                "WHERE json_extract(spec, '$.submitted_by') = ? "
+                "WHERE ? IS NULL OR json_extract(spec, '$.submitted_by') = ? "
                 "ORDER BY created DESC, id LIMIT ?",
-                (submitter, int(limit)),
+                (submitter, submitter, int(limit)),
             ).fetchall()
         return [JobRow(*r) for r in rows]
 

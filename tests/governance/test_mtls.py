@@ -306,3 +306,20 @@ def test_the_operator_and_scientist_commands(tmp_path, capsys):
         assert "revoked" in capsys.readouterr().err
     finally:
         server.stop(grace=0)
+
+
+def test_an_operator_lists_but_cannot_submit_or_act_as_an_agency(world):
+    okey, ocert = _enroll(world, "ops", "operator")
+    with _client(world, okey, ocert) as client:
+        assert {a.name for a in client.agencies()} >= set(AGENCIES)
+        assert client.jobs() == []
+        with pytest.raises(ClientError, match="reserved to the scientist role") as info:
+            client.submit("ridge", {}, "inspections")
+    assert info.value.code_name == "PERMISSION_DENIED"
+    channel, stub = _agent_stub(world, okey, ocert)
+    try:
+        with pytest.raises(grpc.RpcError) as rpc:
+            stub.Heartbeat(fpb.HeartbeatRequest(agency="ops"), timeout=5)
+        assert rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        channel.close()

@@ -370,15 +370,17 @@ class ScientistCalls(CoordinatorState):
             return rt.status()
 
     def list_jobs(self, principal: Principal, req: fpb.ListJobsRequest) -> fpb.ListJobsResponse:
-        """The caller's newest jobs (at most :data:`MAX_LISTED_JOBS`), newest first."""
-        self._require_role(principal, "scientist")
+        """The caller's newest jobs (an operator's: everyone's), newest first (bounded)."""
+        self._require_role(principal, "scientist", "operator")
         limit = int(req.limit) or DEFAULT_LISTED_JOBS
         if limit > MAX_LISTED_JOBS:
             raise StatusError(
                 Code.INVALID_ARGUMENT, f"limit {limit} exceeds {MAX_LISTED_JOBS} jobs per listing"
             )
         with self._lock:
-            rows = self.store.jobs_of(principal.name, limit)
+            rows = self.store.jobs_of(
+                None if principal.role == "operator" else principal.name, limit
+            )
             out = fpb.ListJobsResponse()
             for row in rows:
                 rt = self._jobs.get(row.id) or self._recent.get(row.id)
@@ -468,7 +470,7 @@ class ScientistCalls(CoordinatorState):
 
     def list_agencies(self, principal: Principal) -> fpb.ListAgenciesResponse:
         """Every federation member and registered agency, with what it offers."""
-        self._require_role(principal, "scientist")
+        self._require_role(principal, "scientist", "operator")
         with self._lock:
             now = self.clock()
             names = list(self.federation.agencies)

@@ -104,7 +104,10 @@ class CoordinatorServer:
                 # learn nothing about requests (under mutual TLS the handshake does that)
                 interceptors.insert(
                     0,
-                    AuthInterceptor(self.auth, {AGENT_SERVICE: "agency", JOB_SERVICE: "scientist"}),
+                    AuthInterceptor(
+                        self.auth,
+                        {AGENT_SERVICE: "agency", JOB_SERVICE: ("scientist", "operator")},
+                    ),
                 )
             self._server = grpc.server(
                 ThreadPoolExecutor(

@@ -592,10 +592,14 @@ class CoordinatorState:
             raise StatusError(Code.UNAVAILABLE, "the coordinator is shutting down")
 
     @staticmethod
-    def _require_role(principal: Principal, role: str) -> None:
-        if principal.role != role:
+    def _require_role(principal: Principal, role: str, *also: str) -> None:
+        """The caller must hold ``role`` (or one of ``also``); the refusal names the rule."""
+        if principal.role != role and principal.role not in also:
+            allowed = " or ".join((role, *also))
             raise StatusError(
-                Code.PERMISSION_DENIED, f"{principal.role} {principal.name!r} is not a {role}"
+                Code.PERMISSION_DENIED,
+                f"{principal.role} {principal.name!r} may not do this: reserved to the "
+                f"{allowed} role",
             )
 
     def _require_self(self, principal: Principal, agency: str) -> None:
