@@ -163,9 +163,12 @@ class RegisterRequest(_message.Message):
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     TASK_KINDS_FIELD_NUMBER: _builtins.int
     TABLES_FIELD_NUMBER: _builtins.int
+    MIN_SET_DIFFERENCE_FIELD_NUMBER: _builtins.int
     agency: _builtins.str
     """must equal the authenticated principal"""
     software_version: _builtins.str
+    min_set_difference: _builtins.int
+    """its policy: jobs on one dataset must differ by at least"""
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetInfo]: ...
     @_builtins.property
@@ -184,10 +187,11 @@ class RegisterRequest(_message.Message):
         software_version: _builtins.str = ...,
         task_kinds: _abc.Iterable[_builtins.str] | None = ...,
         tables: _abc.Iterable[Global___TableInfo] | None = ...,
+        min_set_difference: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "datasets", b"datasets", "software_version", b"software_version", "tables", b"tables", "task_kinds", b"task_kinds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "datasets", b"datasets", "min_set_difference", b"min_set_difference", "software_version", b"software_version", "tables", b"tables", "task_kinds", b"task_kinds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -323,6 +327,7 @@ class Assignment(_message.Message):
     DP_JSON_FIELD_NUMBER: _builtins.int
     SUMMANDS_MIN_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     action: Global___Action.ValueType
@@ -345,6 +350,13 @@ class Assignment(_message.Message):
     """the JobSpec's dataset: the table this job's steps read as"""
     @_builtins.property
     def spec(self) -> _crypto_pb2.PackingSpec: ...
+    @_builtins.property
+    def job(self) -> Global___JobInfo:
+        """"train" (a step naming another table in params_json, e.g.
+        an evaluation, reads that declared dataset instead)
+        what the agency's policy decides on
+        """
+
     def __init__(
         self,
         *,
@@ -363,14 +375,53 @@ class Assignment(_message.Message):
         dp_json: _builtins.str = ...,
         summands_min: _builtins.int = ...,
         dataset: _builtins.str = ...,
+        job: Global___JobInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "clip", b"clip", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "clip", b"clip", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job", b"job", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assignment: _TypeAlias = Assignment  # noqa: Y015
+
+@_typing.final
+class JobInfo(_message.Message):
+    """The job an assignment belongs to, as the coordinator recorded it at submission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_TYPE_FIELD_NUMBER: _builtins.int
+    SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    AGENCIES_FIELD_NUMBER: _builtins.int
+    PRIVACY_JSON_FIELD_NUMBER: _builtins.int
+    MIN_AGENCIES_FIELD_NUMBER: _builtins.int
+    job_type: _builtins.str
+    submitted_by: _builtins.str
+    """the data scientist"""
+    privacy_json: _builtins.str
+    """its DP settings; empty: none"""
+    min_agencies: _builtins.int
+    @_builtins.property
+    def agencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the job's participants"""
+
+    def __init__(
+        self,
+        *,
+        job_type: _builtins.str = ...,
+        submitted_by: _builtins.str = ...,
+        agencies: _abc.Iterable[_builtins.str] | None = ...,
+        privacy_json: _builtins.str = ...,
+        min_agencies: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agencies", b"agencies", "job_type", b"job_type", "min_agencies", b"min_agencies", "privacy_json", b"privacy_json", "submitted_by", b"submitted_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobInfo: _TypeAlias = JobInfo  # noqa: Y015
 
 @_typing.final
 class AggregateRef(_message.Message):
@@ -672,6 +723,50 @@ class LeaveResponse(_message.Message):
 Global___LeaveResponse: _TypeAlias = LeaveResponse  # noqa: Y015
 
 @_typing.final
+class DeferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENCY_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agency: _builtins.str
+    job_id: _builtins.str
+    round: _builtins.int
+    reason: _builtins.str
+    """e.g. "job type 'fedavg' needs a human approval" """
+    def __init__(
+        self,
+        *,
+        agency: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "job_id", b"job_id", "reason", b"reason", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeferRequest: _TypeAlias = DeferRequest  # noqa: Y015
+
+@_typing.final
+class DeferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeferResponse: _TypeAlias = DeferResponse  # noqa: Y015
+
+@_typing.final
 class JobSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -773,6 +868,7 @@ class JobStatus(_message.Message):
     JOB_TYPE_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
     PARTICIPANTS_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     rounds_done: _builtins.int
@@ -787,6 +883,10 @@ class JobStatus(_message.Message):
     def departures(self) -> _containers.RepeatedCompositeFieldContainer[Global___Departure]:
         """agencies that left the job, and why"""
 
+    @_builtins.property
+    def waiting(self) -> _containers.RepeatedCompositeFieldContainer[Global___Departure]:
+        """agencies holding the job until a person approves it"""
+
     def __init__(
         self,
         *,
@@ -800,10 +900,11 @@ class JobStatus(_message.Message):
         job_type: _builtins.str = ...,
         dataset: _builtins.str = ...,
         participants: _builtins.int = ...,
+        waiting: _abc.Iterable[Global___Departure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_round_label", b"current_round_label", "dataset", b"dataset", "departures", b"departures", "failure", b"failure", "job_id", b"job_id", "job_type", b"job_type", "participants", b"participants", "rounds_done", b"rounds_done", "state", b"state", "submitted_unix", b"submitted_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_round_label", b"current_round_label", "dataset", b"dataset", "departures", b"departures", "failure", b"failure", "job_id", b"job_id", "job_type", b"job_type", "participants", b"participants", "rounds_done", b"rounds_done", "state", b"state", "submitted_unix", b"submitted_unix", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

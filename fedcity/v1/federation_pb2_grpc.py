@@ -77,6 +77,11 @@ class AgentServiceStub:
                 request_serializer=fedcity_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=fedcity_dot_v1_dot_federation__pb2.LeaveResponse.FromString,
                 _registered_method=True)
+        self.Defer = channel.unary_unary(
+                '/fedcity.v1.AgentService/Defer',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.DeferRequest.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.DeferResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -143,6 +148,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Defer(self, request, context):
+        """The agency holds an assignment until a person approves the job (fedcity agent approve);
+        the round waits for it instead of timing out, and the data scientist is told.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +198,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=fedcity_dot_v1_dot_federation__pb2.LeaveRequest.FromString,
                     response_serializer=fedcity_dot_v1_dot_federation__pb2.LeaveResponse.SerializeToString,
+            ),
+            'Defer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Defer,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.DeferRequest.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.DeferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -406,6 +424,33 @@ class AgentService:
             '/fedcity.v1.AgentService/Leave',
             fedcity_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
             fedcity_dot_v1_dot_federation__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Defer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcity.v1.AgentService/Defer',
+            fedcity_dot_v1_dot_federation__pb2.DeferRequest.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.DeferResponse.FromString,
             options,
             channel_credentials,
             insecure,
