@@ -265,7 +265,7 @@ def run_round(report: Report, args: argparse.Namespace) -> None:
         f"FedAvg round (MLPClassifier(hidden_layer_sizes=({hidden},)), second round): "
         f"{fmt_seconds(round_wall)} in process, {fmt_seconds(round_stages)} as the sum of "
         f"stages, {fmt_bytes(last.bytes_per_agency)} uploaded per agency. Evaluation of that "
-        f"model on the agencies' {rows * COST_AGENCIES:,} rows; the two-round figure is the "
+        f"model on the agencies' {rows * COST_AGENCIES:,} rows; the refined figure is the "
         f"median of {len(news)} runs ({', '.join(fmt_seconds(r.wall) for r in news)}).\n"
     )
     headers = [h.replace("{base}", "round") for h in EVAL_HEADERS]
