@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_PAGE_JOBS",
     "MAX_BODY_BYTES",
     "MAX_PAGE_JOBS",
+    "MAX_PAGE_RESULTS",
     "MAX_SESSIONS",
     "SESSION_COOKIE",
     "SESSION_SECONDS",
@@ -76,6 +77,8 @@ DEFAULT_PAGE_JOBS = 25
 """Jobs a listing shows without ``?limit=``."""
 MAX_PAGE_JOBS = min(100, MAX_SNAPSHOT_JOBS)
 """Most jobs one listing shows."""
+MAX_PAGE_RESULTS = 25
+"""Most jobs the results page looks through (each result is read)."""
 MAX_RESULT_ROWS = 100
 """Most rows of a query result shown."""
 MAX_COEFFICIENTS = 30
@@ -374,10 +377,10 @@ def create_app(
         )
         return HTMLResponse(html, status_code=status)
 
-    def limit_of(request: Request) -> int:
-        text = request.query_params.get("limit", str(DEFAULT_PAGE_JOBS))
-        if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_JOBS:
-            raise _HTTPError(400, f"limit must be an integer in [1, {MAX_PAGE_JOBS}]")
+    def limit_of(request: Request, most: int = MAX_PAGE_JOBS) -> int:
+        text = request.query_params.get("limit", str(min(DEFAULT_PAGE_JOBS, most)))
+        if not text.isdigit() or not 1 <= int(text) <= most:
+            raise _HTTPError(400, f"limit must be an integer in [1, {most}]")
         return int(text)
 
     # -- pages ------------------------------------------------------------------------------
@@ -389,7 +392,10 @@ def create_app(
 
     async def login(request: Request) -> Response:
         body = await request.body()
-        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        try:
+            fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        except ValueError:
+            raise _HTTPError(400, "the login form has one field, token") from None
         token = (fields.get("token") or [""])[0].strip()
         principal = authenticator.lookup([("authorization", f"Bearer {token}")]) if token else None
         if principal is None:
@@ -470,7 +476,7 @@ def create_app(
 
     def results_page(request: Request) -> Response:
         principal = caller(request)
-        limit = limit_of(request)
+        limit = limit_of(request, MAX_PAGE_RESULTS)
         jobs = [
             j for j in call(snapshots.snapshot_jobs, principal, limit) if j.state == "succeeded"
         ]

@@ -37,7 +37,7 @@ from dashkit import (
 from loopback import TOKENS, drive, runtime, start
 
 from fedcity.dashboard import DashboardServer
-from fedcity.dashboard.app import MAX_BODY_BYTES, MAX_PAGE_JOBS, SESSION_COOKIE
+from fedcity.dashboard.app import MAX_BODY_BYTES, MAX_PAGE_JOBS, MAX_PAGE_RESULTS, SESSION_COOKIE
 from fedcity.net.auth import Authenticator, AuthError
 
 PAGES = ("/health", "/agencies", "/jobs", "/results")
@@ -244,6 +244,9 @@ def test_bounded_requests(federation):
     assert get(fed, "/api/" + "a" * 1000).status_code == 414
     r = httpx.post(fed.url + "/login", content=b"token=" + b"a" * MAX_BODY_BYTES, timeout=30)
     assert r.status_code == 413
+    r = httpx.post(fed.url + "/login", content=b"&".join([b"a=1"] * 10), timeout=30)
+    assert r.status_code == 400
+    assert get(fed, f"/results?limit={MAX_PAGE_RESULTS + 1}").status_code == 400
     r = get(fed, "/api/jobs/not-a-job-id")
     assert r.status_code == 400 and "12 hexadecimal" in r.json()["error"]
     assert get(fed, "/api/jobs/0123456789ab").status_code == 404
