@@ -370,34 +370,35 @@ class AgencyCalls(CoordinatorState):
                 # never changes once it is decrypting); not again under the lock
                 call = partial(driver.submit_partial, agency, payload, verify=not verified)
                 accepted = partial(holds, rnd.partials, agency, payload)
-            try:
-                self._apply(
-                    rt,
+            with self._audit_upload():  # a job's end is recorded after this upload
+                try:
+                    self._apply(
+                        rt,
+                        kind,
+                        call,
+                        agency=agency,
+                        round_=header.round,
+                        payload=payload,
+                        accepted=accepted,
+                        signature=bytes(header.signature),
+                    )
+                except RejectedContribution as exc:
+                    self._reask(rt, kind, header.round, agency)
+                    raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+                except ProtocolError as exc:
+                    raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
+                self.metrics.bytes_received.labels(kind=kind).inc(len(payload))
+                anchor = self._audit(  # its signed head goes back with the acknowledgement
                     kind,
-                    call,
-                    agency=agency,
-                    round_=header.round,
-                    payload=payload,
-                    accepted=accepted,
-                    signature=bytes(header.signature),
+                    job=rt.id,
+                    round=header.round,
+                    body={
+                        "agency": agency,
+                        "sha256": hashlib.sha256(payload).hexdigest(),
+                        "bytes": len(payload),
+                        "signature": bytes(header.signature).hex(),
+                    },
                 )
-            except RejectedContribution as exc:
-                self._reask(rt, kind, header.round, agency)
-                raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
-            except ProtocolError as exc:
-                raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
-            self.metrics.bytes_received.labels(kind=kind).inc(len(payload))
-            anchor = self._audit(  # its signed head goes back with the acknowledgement
-                kind,
-                job=rt.id,
-                round=header.round,
-                body={
-                    "agency": agency,
-                    "sha256": hashlib.sha256(payload).hexdigest(),
-                    "bytes": len(payload),
-                    "signature": bytes(header.signature).hex(),
-                },
-            )
             self._advance_quietly(rt)  # the upload is stored: acknowledge it whatever follows
             return fpb.UploadResponse(stored=True, audit=_anchor_message(anchor))
 

@@ -17,7 +17,8 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
@@ -113,6 +114,8 @@ class CoordinatorState:
             SigningKey(store.secret("audit-signing-key", 32)),
         )
         """The coordinator's signed, hash-chained audit log (:mod:`fedcity.governance`)."""
+        self._audit_held: list[tuple[str, dict[str, Any]]] | None = None
+        """Job-end records held back while an upload that ended the job is recorded."""
         self.scheme = federation.scheme(
             blinding_key=(
                 store.secret("blinding-key", BLINDING_KEY_BYTES)
@@ -208,9 +211,23 @@ class CoordinatorState:
             if self.audit is not None:
                 self.audit.close()
 
+    @contextmanager
+    def _audit_upload(self) -> Iterator[None]:
+        """Hold job-end records until the upload that ended the job is recorded before them."""
+        self._audit_held = []
+        try:
+            yield
+        finally:
+            held, self._audit_held = self._audit_held, None
+            for type_, fields in held:
+                self._audit(type_, **fields)
+
     def _audit(self, type_: str, **fields: Any) -> Anchor | None:
         """Append to the audit log; the signed head after it, or None if it failed (logged)."""
         if self.audit is None:
+            return None
+        if type_ == "result" and self._audit_held is not None:
+            self._audit_held.append((type_, fields))
             return None
         try:
             return self.audit.append_and_anchor(type_, **fields)[1]
