@@ -7,7 +7,8 @@ the expected elements and taking a screenshot of each (kept in the test's tempor
 in ``$FEDCITY_DASHBOARD_SCREENSHOTS`` when set).
 
 Skipped, saying so, when chromium or chromedriver is not installed (``make test`` installs them
-on Debian when run as root).
+on Debian when run as root); ``$FEDCITY_CHROMIUM`` and ``$FEDCITY_CHROMEDRIVER`` name other
+binaries.
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from fedcity.net.coordinator import CoordinatorConfig, serve
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM = os.environ.get("FEDCITY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = (
+    os.environ.get("FEDCITY_CHROMEDRIVER")
+    or shutil.which("chromedriver")
+    or "/usr/bin/chromedriver"
+)
 FLAGS = (
     "--headless",
     "--no-sandbox",
