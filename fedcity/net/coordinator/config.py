@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -112,6 +113,12 @@ class CoordinatorConfig:
         HTTP with ``insecure`` on loopback only); 0 picks a free port; None (default): off.
     dashboard_host : str
         The dashboard's bind address.
+    rate_limits : mapping of str to (float, int), optional
+        Per rate class (``heartbeat``, ``call``, ``transfer``, ``submit``, ``anonymous``):
+        sustained calls per second and burst allowed to one principal (``anonymous``: to one
+        peer address without credentials); classes not given keep
+        :data:`~fedcity.net.coordinator.limits.DEFAULT_RATES`. Calls past the limit are
+        refused with ``RESOURCE_EXHAUSTED`` naming it and when to retry.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -142,6 +149,7 @@ class CoordinatorConfig:
     certificate_days: int = 90
     dashboard_port: int | None = None
     dashboard_host: str = "127.0.0.1"
+    rate_limits: Mapping[str, tuple[float, int]] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -197,6 +205,10 @@ class CoordinatorConfig:
             or not 0 <= self.dashboard_port <= 65535
         ):
             raise ValueError(f"dashboard_port must lie in [0, 65535], got {self.dashboard_port!r}")
+        from fedcity.net.coordinator.limits import check_rate
+
+        for name, (rate, burst) in (self.rate_limits or {}).items():
+            check_rate(name, rate, burst)
         if not 0 < self.max_upload_bytes <= messages.MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"max_upload_bytes must lie in [1, {messages.MAX_PAYLOAD_BYTES}], "
@@ -250,6 +262,12 @@ class CoordinatorMetrics:
             registry=r,
         )
         self.running_jobs = Gauge("fedcity_running_jobs", "Jobs running", registry=r)
+        self.rate_limited = Counter(
+            "fedcity_rate_limited",
+            "Calls refused by a rate limit, by rate class",
+            ["rate_class"],
+            registry=r,
+        )
         self.storage_paused = Gauge(
             "fedcity_storage_paused",
             "1 while a failed write keeps every job paused (disk full, I/O error)",

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from time import monotonic as _monotonic
 from typing import Any
 
 import grpc
@@ -35,8 +36,13 @@ from fedcity.net.coordinator.config import (
 )
 from fedcity.net.coordinator.core import Coordinator
 from fedcity.net.coordinator.enroll import EnrollmentServicer
-from fedcity.net.coordinator.limits import StreamLimiter
-from fedcity.net.coordinator.servicers import DecodeInterceptor, HealthServicer, _Servicers
+from fedcity.net.coordinator.limits import DEFAULT_RATES, RateLimiter, StreamLimiter, parse_rate
+from fedcity.net.coordinator.servicers import (
+    DecodeInterceptor,
+    HealthServicer,
+    RateLimitInterceptor,
+    _Servicers,
+)
 from fedcity.net.store import Store, StoreError
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
@@ -57,7 +63,11 @@ class CoordinatorServer:
     """
 
     def __init__(
-        self, config: CoordinatorConfig, *, clock: Callable[[], float] | None = None
+        self,
+        config: CoordinatorConfig,
+        *,
+        clock: Callable[[], float] | None = None,
+        rate_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
         _check_files(config)  # one sentence for a swapped TLS pair or a missing --db folder
@@ -109,6 +119,9 @@ class CoordinatorServer:
                         {AGENT_SERVICE: "agency", JOB_SERVICE: ("scientist", "operator")},
                     ),
                 )
+            # outermost: every call, authenticated or not, takes a token of its caller first
+            self.rate_limiter = RateLimiter(config.rate_limits, clock=rate_clock or _monotonic)
+            interceptors.insert(0, RateLimitInterceptor(self.auth, self.rate_limiter, self.metrics))
             self._server = grpc.server(
                 ThreadPoolExecutor(
                     max_workers=config.max_workers, thread_name_prefix="fedcity-rpc"
@@ -293,22 +306,33 @@ def _check_files(config: CoordinatorConfig) -> None:
 
 
 def serve(
-    config: CoordinatorConfig, *, clock: Callable[[], float] | None = None
+    config: CoordinatorConfig,
+    *,
+    clock: Callable[[], float] | None = None,
+    rate_clock: Callable[[], float] | None = None,
 ) -> CoordinatorServer:
     """Build and start a coordinator.
 
     ``clock`` replaces the coordinator's progress clock (tests pass a
-    :class:`~fedcity.net.coordinator.liveness.ManualClock`).
+    :class:`~fedcity.net.coordinator.liveness.ManualClock`); ``rate_clock`` the clock of its
+    rate limits (default :func:`time.monotonic`).
 
     Raises
     ------
     AuthError, CeremonyError, StoreError, OSError
         Bad TLS/credentials/listen address, federation file, database, or a busy port.
     """
-    return CoordinatorServer(config, clock=clock).start()
+    return CoordinatorServer(config, clock=clock, rate_clock=rate_clock).start()
 
 
 # -- command line -----------------------------------------------------------------------------
+def _rate_arg(text: str) -> tuple[str, float, int]:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fedcity coordinator serve",
@@ -445,6 +469,19 @@ def _parser() -> argparse.ArgumentParser:
         help="lifetime of the certificates the coordinator issues (default: 90)",
     )
     p.add_argument(
+        "--rate-limit",
+        action="append",
+        default=[],
+        type=_rate_arg,
+        metavar="CLASS=RATE/BURST",
+        help="calls per second and burst one principal may make in a rate class "
+        "(repeatable); classes and defaults: "
+        + ", ".join(f"{k}={r:g}/{b}" for k, (r, b) in DEFAULT_RATES.items())
+        + " (heartbeat: Heartbeat; transfer: uploads and downloads; submit: SubmitJob and "
+        "Renew; anonymous: calls without credentials and Enroll, per peer address; call: "
+        "every other call)",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -503,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             certificate_days=args.certificate_days,
             dashboard_port=args.dashboard_port,
             dashboard_host=args.dashboard_host,
+            rate_limits={name: (rate, burst) for name, rate, burst in args.rate_limit} or None,
         )
         server = serve(config)
     except (AuthError, CeremonyError, StoreError, OSError, ValueError) as exc:

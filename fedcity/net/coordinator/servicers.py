@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -12,13 +13,18 @@ from grpc_health.v1 import health, health_pb2
 
 from fedcity.net import messages
 from fedcity.net.auth import Authenticator, Principal, Refused
-from fedcity.net.coordinator.config import Code, StatusError
+from fedcity.net.coordinator.config import Code, CoordinatorMetrics, StatusError
 from fedcity.net.coordinator.core import Coordinator
-from fedcity.net.coordinator.limits import StreamLimiter
+from fedcity.net.coordinator.limits import (
+    RateLimited,
+    RateLimiter,
+    StreamLimiter,
+    peer_address,
+)
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
-__all__ = ["DecodeInterceptor", "HealthServicer"]
+__all__ = ["DecodeInterceptor", "HealthServicer", "RateLimitInterceptor"]
 
 log = logging.getLogger("fedcity.net.coordinator")
 
@@ -156,6 +162,9 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
     def Leave(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _unary(context, lambda: self.core.leave(self._who(context), request))
 
+    def Defer(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _unary(context, lambda: self.core.defer(self._who(context), request))
+
     # JobService
     def SubmitJob(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _unary(context, lambda: self.core.submit_job(self._who(context), request))
@@ -283,6 +292,80 @@ class DecodeInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             if isinstance(request, _Malformed):
                 context.abort(Code.INVALID_ARGUMENT, message)
             return behavior(request, context)
+
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(unary_behavior, **kwargs)
+        return grpc.unary_unary_rpc_method_handler(unary_behavior, **kwargs)
+
+
+class RateLimitInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Every fedcity call takes a token of its caller's bucket (:class:`RateLimiter`) first.
+
+    The caller is the authenticated principal (token or certificate); a call without valid
+    credentials, and ``Enroll``, count per peer address in the ``anonymous`` class. A call
+    past its limit ends with ``RESOURCE_EXHAUSTED`` naming the limit and when to retry (also
+    in the trailing metadata ``retry-after-ms``) before any handler reads its request.
+    Installed outermost, so that unauthenticated floods are slowed down too.
+    """
+
+    def __init__(
+        self, auth: Authenticator, limiter: RateLimiter, metrics: CoordinatorMetrics | None = None
+    ) -> None:
+        self.auth = auth
+        self.limiter = limiter
+        self.metrics = metrics
+
+    def _admit(self, context: grpc.ServicerContext, method: str, rate_class: str) -> None:
+        name = method.rsplit("/", 1)[-1]
+        caller = None
+        if not method.endswith("/Enroll"):
+            try:
+                principal = self.auth.identify(context)
+            except Refused:
+                principal = None
+            if principal is not None:
+                caller = principal.name
+        if caller is None:
+            caller, rate_class = f"peer {peer_address(context.peer())}", "anonymous"
+        try:
+            self.limiter.admit(caller, rate_class, name)
+        except RateLimited as exc:
+            log.debug("%s", exc.message)
+            if self.metrics is not None:
+                self.metrics.rate_limited.labels(rate_class=rate_class).inc()
+            retry_ms = max(1, math.ceil(exc.retry_after * 1000))
+            context.set_trailing_metadata((("retry-after-ms", str(retry_ms)),))
+            context.abort(exc.code, messages.status_message(exc.message))
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        """Wrap the handler of every fedcity method with the rate check."""
+        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(_OWN_PREFIX):
+            return handler
+        rate_class = self.limiter.rate_class(method)
+        admit = self._admit
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.request_streaming:
+            stream = handler.stream_unary or handler.stream_stream
+
+            def stream_behavior(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                admit(context, method, rate_class)
+                return stream(requests, context)
+
+            if handler.response_streaming:
+                return grpc.stream_stream_rpc_method_handler(stream_behavior, **kwargs)
+            return grpc.stream_unary_rpc_method_handler(stream_behavior, **kwargs)
+        unary = handler.unary_unary or handler.unary_stream
+
+        def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            admit(context, method, rate_class)
+            return unary(request, context)
 
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(unary_behavior, **kwargs)
