@@ -30,6 +30,8 @@ from fedcity.governance.ca import (
     identity_of,
     new_token,
 )
+from fedcity.secretfiles import SecretFileError, write_secret
+from fedcity.secretfiles import check_private as _check_private
 
 __all__ = [
     "CA_CERT",
@@ -318,20 +320,12 @@ class CADirectory:
 
 def _write_secret(path: Path, data: bytes) -> None:
     """Write a secret readable and writable by its owner only (created so, never widened)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
+    write_secret(path, data)
 
 
 def check_private(path: Path) -> None:
-    """Refuse a secret file that others may read or write."""
-    mode = path.stat().st_mode & 0o077
-    if mode:
-        raise CAError(
-            f"{path} is readable or writable by others (mode {path.stat().st_mode & 0o777:o}); "
-            f"run `chmod 600 {path}`"
-        )
-
-
-write_secret = _write_secret
+    """Refuse a secret file that others may read or write (:class:`CAError`)."""
+    try:
+        _check_private(path, "secret file")
+    except SecretFileError as exc:
+        raise CAError(str(exc)) from exc
