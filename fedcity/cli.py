@@ -195,7 +195,7 @@ def build_parser() -> _Parser:
         metavar="AGENCY",
         help="instead of a threshold key, give one ordinary private key to this agency: "
         "decryption about 20x cheaper, but the key holder and the coordinator must not "
-        "collude (see docs/trust-model.md)",
+        "collude (see docs/trust-model.md; default: a threshold key, --threshold)",
     )
     deal.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="folder to write (required)"

@@ -449,6 +449,9 @@ class Agent:
             )
             beat.start()
             try:
+                if pool is not None:  # start the workers and build their key tables now
+                    pool.warm_up(self._scheme.public_key)
+                    log.info("%d crypto worker processes ready", pool.workers)
                 self._loop()
             finally:
                 self._running.clear()
