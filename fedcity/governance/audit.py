@@ -35,7 +35,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -804,44 +803,35 @@ def _missing_uploads(
     agency: str, coordinator: Sequence[AuditRecord], records: Sequence[AuditRecord]
 ) -> Finding | None:
     """The first upload the coordinator recorded from ``agency`` that its log lacks."""
-    own = {_upload_key(r, agency) for r in records if r.type in ("contribution", "partial")}
-    last_job_round: dict[tuple[str, int | None], int] = {}
-    for i, r in enumerate(records):
-        if r.type in ("contribution", "partial", "anchor"):
-            last_job_round[(r.job, r.round)] = i
-    for c in coordinator:
-        if c.type not in ("contribution", "partial") or c.body.get("agency") != agency:
+    kinds = ("contribution", "partial")
+    where = {_upload_key(r, agency): i for i, r in enumerate(records) if r.type in kinds}
+    theirs = [
+        (i, c)
+        for i, c in enumerate(coordinator)
+        if c.type in kinds and c.body.get("agency") == agency
+    ]
+    last_found = -1  # the agent's record of the latest upload it does hold
+    for n, (i, c) in enumerate(theirs):
+        key = _upload_key(c, agency)
+        if key in where:
+            last_found = where[key]
             continue
-        if _upload_key(c, agency) not in own:
-            pos = len(records)
-            cut = (
-                "truncated"
-                if all(
-                    _upload_key(o, agency) not in own
-                    for o in coordinator[c.seq :]
-                    if o.type in ("contribution", "partial") and o.body.get("agency") == agency
-                )
-                else "deleted"
-            )
+        what = (
+            f"the log lacks its {c.type} to job {c.job} round {c.round} (SHA-256 "
+            f"{str(c.body.get('sha256'))[:16]}…), which the coordinator recorded as its record "
+            f"{i} with {agency}'s upload signature"
+        )
+        if all(_upload_key(o, agency) not in where for _, o in theirs[n:]):
             return Finding(
                 agency,
-                cut,
-                pos if cut == "truncated" else None,
-                f"the log lacks its {c.type} to job {c.job} round {c.round} "
-                f"(SHA-256 {str(c.body.get('sha256'))[:16]}…), which the coordinator recorded "
-                f"as its record {c.seq} with {agency}'s upload signature: "
-                + (
-                    f"the log was cut off after its record {len(records) - 1}"
-                    if cut == "truncated"
-                    else "that record was deleted"
-                ),
+                "truncated",
+                len(records),
+                f"{what}: the log was cut off after its record {len(records) - 1}",
             )
+        return Finding(
+            agency,
+            "deleted",
+            None,
+            f"{what}: a record after its record {last_found} was deleted (and the log re-signed)",
+        )
     return None
-
-
-def finite(value: float) -> float:
-    """A float fit for a record body (finite)."""
-    v = float(value)
-    if not math.isfinite(v):
-        raise AuditError(f"audit records hold finite numbers only, got {value!r}")
-    return v
