@@ -278,6 +278,9 @@ def build_parser() -> _Parser:
     add_enroll_command(
         agent, "enroll", "enroll this agency with an invitation (mutual TLS)", _Parser
     )
+    from fedcity.governance.cli import add_approval_commands
+
+    add_approval_commands(agent, _Parser)
     from fedcity.governance.auditcli import add_audit_commands, add_budget_command
 
     add_budget_command(agent, _Parser)
@@ -785,6 +788,8 @@ def _job(args: argparse.Namespace) -> int:
             print(event.summary)
             if event.round_label and event.state == "running":
                 print(f"  current round: {event.round_label}")
+            for agency, reason in event.waiting.items():
+                print(f"  waiting for {agency}: {reason}")
             for agency, reason in event.departures.items():
                 print(f"  {agency} left: {reason}")
             if event.failure:
@@ -926,6 +931,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys_deal(args)
     if args.command == "coordinator":
         return _coordinator_store(args)
+    if args.command == "agent" and args.action in ("pending", "approve", "deny"):
+        from fedcity.governance.cli import run_approval
+
+        return run_approval(args)
     if args.command in ("ca", "login") or (args.command, args.action) == ("agent", "enroll"):
         from fedcity.governance.cli import run_ca, run_enroll
 

@@ -145,3 +145,63 @@ def run_enroll(args: argparse.Namespace) -> int:
     else:
         print(f"connect with --cert-file {cert} --key-file {key}")
     return 0
+
+
+def add_approval_commands(agent: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    """Add ``agent pending``, ``agent approve`` and ``agent deny`` (while the daemon runs)."""
+    config = parser_class(add_help=False)
+    config.add_argument(
+        "--config", type=Path, required=True, help="the agency's agency.toml (required)"
+    )
+    agent.add_parser("pending", parents=[config], help="jobs waiting for your approval")
+    approve = agent.add_parser("approve", parents=[config], help="let a waiting job run")
+    approve.add_argument("job_id", metavar="JOB")
+    approve.add_argument("--by", default=None, help="who decides (default: the login name, $USER)")
+    deny = agent.add_parser("deny", parents=[config], help="refuse a waiting job, with a reason")
+    deny.add_argument("job_id", metavar="JOB")
+    deny.add_argument("--reason", required=True, help="sent to the data scientist (required)")
+    deny.add_argument("--by", default=None, help="who decides (default: $USER)")
+
+
+def run_approval(args: argparse.Namespace) -> int:
+    """Run ``agent pending|approve|deny``; returns the exit code."""
+    import getpass
+
+    from fedcity.governance.approvals import ApprovalBook
+    from fedcity.net.agentconfig import AgentConfig
+
+    config = AgentConfig.from_toml(args.config)
+    if config.approvals_file is None:  # pragma: no cover - always set by the config
+        print("this agency keeps no approvals file", file=sys.stderr)
+        return 1
+    book = ApprovalBook(config.approvals_file)
+    try:
+        if args.action == "pending":
+            waiting = book.jobs(waiting_only=True)
+            if not waiting:
+                print("no job is waiting for approval")
+            for p in waiting:
+                when = dt.datetime.fromtimestamp(p.seen, dt.UTC).strftime("%Y-%m-%d %H:%M")
+                print(
+                    f"{p.job_id}  {p.job_type:<20} by {p.submitted_by:<16} on {p.dataset!r} "
+                    f"with {', '.join(p.agencies)} (since {when} UTC)"
+                )
+            return 0
+        by = args.by or getpass.getuser()
+        try:
+            p = book.decide(
+                args.job_id,
+                approve=args.action == "approve",
+                by=by,
+                reason=getattr(args, "reason", "") or "",
+            )
+        except KeyError as exc:
+            print(f"fedcity agent {args.action}: error: {exc.args[0]}", file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(f"fedcity agent {args.action}: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"job {p.job_id} {p.decision} by {by}; the running agent acts on it within seconds")
+        return 0
+    finally:
+        book.close()

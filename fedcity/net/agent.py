@@ -48,6 +48,7 @@ import json
 import logging
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -74,9 +75,11 @@ from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, WorkerP
 from fedcity.crypto.keys import read_json_file
 from fedcity.crypto.signing import SigningKey
 from fedcity.data.dataset import AgencyDataset, DataError
+from fedcity.governance.approvals import ApprovalBook
 from fedcity.governance.audit import Anchor, AuditError
 from fedcity.governance.auditlog import AuditLog
 from fedcity.governance.ledger import BudgetRefused, Ledger, LedgerError, privacy_cost
+from fedcity.governance.policy import JobFacts, PolicyRefusal
 from fedcity.net.agentconfig import (
     MAX_CRYPTO_WORKERS,
     AgentConfig,
@@ -285,8 +288,13 @@ class Agent:
                 self.audit = AuditLog(config.audit_file, config.agency, self._signing_key)
             if config.budget is not None and config.ledger_file is not None:
                 self.ledger = Ledger(config.ledger_file)
-        except (AuditError, LedgerError) as exc:
+            self.approvals = (
+                ApprovalBook(config.approvals_file) if config.approvals_file is not None else None
+            )
+        except (AuditError, LedgerError, sqlite3.Error) as exc:
             raise AgentError(str(exc)) from exc
+        self._held: dict[tuple[str, int, int], fpb.Assignment] = {}
+        """Assignments held until a person approves or denies their job."""
         self._jobs_seen: set[str] = set()
         tables: dict[str, AgencyDataset] = {}
         for name, dc in config.datasets.items():
@@ -464,10 +472,64 @@ class Agent:
                 if pool is not None:
                     self._scheme.pool = None
                     pool.close()
-                for book in (self.audit, self.ledger):
+                for book in (self.audit, self.ledger, self.approvals):
                     if book is not None:
                         book.close()
                 log.info("agent %s stopped", self.config.agency)
+
+    def _hold_for_approval(self, a: fpb.Assignment) -> bool:
+        """Apply the job-level policy; True when the assignment waits for a person.
+
+        Raises
+        ------
+        RejectedContribution
+            The policy refuses the job (the rule is named), or a person denied it.
+        """
+        if not a.HasField("job"):
+            return False  # an older coordinator: the per-step policy still applies
+        job = JobFacts.from_proto(a.job_id, a.dataset, a.job)
+        rules = self.config.rules
+        earlier: list[frozenset[str]] = []
+        if self.approvals is not None and rules.min_set_difference:
+            earlier = self.approvals.earlier(job.dataset, besides=job.job_id)
+        try:
+            rules.check(job, earlier)
+        except PolicyRefusal as exc:
+            raise RejectedContribution(f"agency {self.config.agency!r}: {exc}") from exc
+        if not rules.needs_approval(job) or self.approvals is None:
+            return False
+        decision = self.approvals.ask(job)
+        if decision == "approved":
+            return False
+        if decision == "denied":
+            _, reason = self.approvals.decision(job.job_id) or ("denied", "")
+            raise RejectedContribution(
+                f"agency {self.config.agency!r} denied job {job.job_id}: {reason}"
+            )
+        self._held[(a.job_id, int(a.round), int(a.action))] = a
+        reason = (
+            f"job type {job.job_type!r} from {job.submitted_by!r} needs a person's approval "
+            f"at {self.config.agency} (fedcity agent approve {job.job_id})"
+        )
+        log.warning("job %s: held for approval (%s)", job.job_id, reason)
+        self._stub.Defer(  # every time it is handed out: a restarted coordinator forgot
+            fpb.DeferRequest(
+                agency=self.config.agency, job_id=a.job_id, round=a.round, reason=reason
+            ),
+            timeout=15.0,
+            metadata=self._metadata,
+        )
+        return True
+
+    def _release_held(self) -> None:
+        """Serve (or decline) held assignments whose job a person has decided on."""
+        if not self._held or self.approvals is None:
+            return
+        for key, a in list(self._held.items()):
+            if self.approvals.decision(a.job_id) is not None:
+                del self._held[key]
+                log.info("job %s: decided by a person; serving round %d", a.job_id, a.round)
+                self._serve(a)
 
     def _leave(self) -> None:
         """Tell the coordinator this agency leaves its running jobs (best effort, 2 s)."""
@@ -520,6 +582,7 @@ class Agent:
                     self._register()
                 if self._pending is not None:
                     self._deliver(self._pending)
+                self._release_held()
                 self._poll()
                 attempt = 0
             except grpc.RpcError as exc:
@@ -580,6 +643,7 @@ class Agent:
             ],
             software_version=fedcity.__version__,
             task_kinds=sorted(self.config.allowed_kinds),
+            min_set_difference=self.config.rules.min_set_difference,
         )
         response = self._stub.Register(request, timeout=15.0, metadata=self._metadata)
         ours = self.key_id
@@ -658,6 +722,8 @@ class Agent:
         start = time.perf_counter()
         out = _Outgoing(a.job_id, int(a.round), int(a.action), a.kind)
         try:
+            if self._hold_for_approval(a):
+                return
             if a.action == fpb.ACTION_CONTRIBUTE:
                 task = assignment_to_task(a)
                 if not task.request.kind.startswith("query."):  # queries name their table
@@ -666,6 +732,9 @@ class Agent:
                 self._charge(a, task)  # before anything is computed
                 out.payload = self.node.contribute(task)
                 out.payload_kind = fpb.PAYLOAD_KIND_CONTRIBUTION
+                if self.approvals is not None and a.HasField("job"):
+                    self.approvals.served(JobFacts.from_proto(a.job_id, a.dataset, a.job))
+
             elif a.action == fpb.ACTION_PARTIAL_DECRYPT:
                 task = assignment_to_task(a)
                 if not self._allows(task):

@@ -27,6 +27,14 @@ Configuration (TOML; relative paths are relative to the file)::
     allowed_kinds = ["stats.counts", "stats.mean", "stats.variance", "glm.newton"]
     min_summands = 2                     # never decrypt an aggregate of fewer contributions
     min_cell_count = 10                  # refuse queries that would release smaller cells
+    allowed_scientists = ["analyst"]     # optional: only their jobs (default: anyone's)
+    require_dp = false                   # true: every job and query must use DP
+    max_epsilon = 4.0                    # optional bounds on a job's declared budget
+    max_delta = 1e-5
+    approval = ["fedavg"]                # job types a person approves (true: all):
+                                         #   fedcity agent pending | approve JOB | deny JOB
+    min_set_difference = 2               # refuse jobs on one dataset whose agencies differ
+                                         #   by only 1 (differencing)
     budget = { epsilon = 8.0, delta = 1e-5, period = "month" }   # optional: per dataset and
                                          # period (day, week, month, year, total)
 
@@ -49,6 +57,7 @@ from typing import Any
 from fedcity.core.tasks import LOCAL_STEPS
 from fedcity.data.dataset import FeatureSpec
 from fedcity.governance.ledger import Budget, LedgerError
+from fedcity.governance.policy import AgencyPolicy, PolicyError
 from fedcity.net.channel import AddressError, is_loopback, parse_address
 
 __all__ = ["MAX_CRYPTO_WORKERS", "AgentConfig", "ConfigError", "DatasetConfig", "TableConfig"]
@@ -72,6 +81,7 @@ _TOP_KEYS = frozenset(
         "log_file",
         "audit_file",
         "ledger_file",
+        "approvals_file",
         "crypto_workers",
         "datasets",
         "tables",
@@ -80,7 +90,9 @@ _TOP_KEYS = frozenset(
 )
 _DATASET_KEYS = frozenset({"path", "numeric", "categorical", "label", "weight"})
 _TABLE_KEYS = frozenset({"path", "columns"})
-_POLICY_KEYS = frozenset({"allowed_kinds", "min_summands", "min_cell_count", "budget"})
+_POLICY_KEYS = frozenset({"allowed_kinds", "min_summands", "min_cell_count", "budget"}) | (
+    AgencyPolicy.KEYS
+)
 COLUMN_TYPES = frozenset({"category", "integer", "float", "date", "text"})
 """Column types a query table declares (see :class:`fedcity.analytics.TableSchema`)."""
 MAX_TABLE_COLUMNS = 1024
@@ -172,6 +184,12 @@ class AgentConfig:
     audit_file : Path or None
         The agency's audit log (:mod:`fedcity.governance.auditlog`); by default
         ``<agency>.audit.sqlite`` beside the configuration file.
+    rules : AgencyPolicy
+        The job-level rules of ``[policy]`` (:mod:`fedcity.governance.policy`): allowed data
+        scientists, required differential privacy and its bounds, approvals, differencing.
+    approvals_file : Path or None
+        The book of jobs waiting for approval and jobs served (``fedcity agent pending``);
+        by default ``<agency>.approvals.sqlite`` beside the configuration file.
     ledger_file : Path or None
         The privacy-budget ledger (:mod:`fedcity.governance.ledger`); by default
         ``<agency>.ledger.sqlite`` beside the configuration file.
@@ -204,6 +222,8 @@ class AgentConfig:
     audit_file: Path | None = None
     ledger_file: Path | None = None
     budget: Budget | None = None
+    rules: AgencyPolicy = field(default_factory=AgencyPolicy)
+    approvals_file: Path | None = None
     source: Path | None = field(default=None, compare=False)
 
     @classmethod
@@ -377,6 +397,15 @@ class AgentConfig:
                 budget = Budget.from_mapping(policy["budget"], f"{where}: [policy] budget")
             except LedgerError as exc:
                 raise ConfigError(str(exc)) from exc
+        try:
+            rules = AgencyPolicy.from_dict(policy)
+        except PolicyError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        approvals_file = (
+            v.path(data, "approvals_file")
+            if "approvals_file" in data
+            else base / f"{agency}.approvals.sqlite"
+        )
         audit_file = (
             v.path(data, "audit_file") if "audit_file" in data else base / f"{agency}.audit.sqlite"
         )
@@ -403,6 +432,8 @@ class AgentConfig:
             tables=tables,
             allowed_kinds=allowed,
             min_cell_count=min_cell_count,
+            rules=rules,
+            approvals_file=approvals_file,
             log_file=log_file,
             min_summands=min_summands,
             crypto_workers=crypto_workers,

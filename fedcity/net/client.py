@@ -97,6 +97,8 @@ class JobEvent:
         Something the data scientist should know now, e.g. which agency left and why.
     departures : dict of str to str
         Every agency that left the job so far, with its reason.
+    waiting : dict of str to str
+        Agencies holding the job until a person approves it there, and why.
     submitted_unix : float
     job_type : str
     dataset : str
@@ -112,6 +114,7 @@ class JobEvent:
     round_record: dict[str, Any] | None = None
     notice: str = ""
     departures: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
     submitted_unix: float = 0.0
     job_type: str = ""
     dataset: str = ""
@@ -147,6 +150,7 @@ class JobEvent:
             round_record=record,
             notice=notice,
             departures={d.agency: d.reason for d in status.departures},
+            waiting={w.agency: w.reason for w in status.waiting},
             submitted_unix=float(status.submitted_unix),
             job_type=status.job_type,
             dataset=status.dataset,

@@ -423,6 +423,7 @@ def registration_to_json(
     datasets: Mapping[str, FeatureSpec],
     tables: Mapping[str, Mapping[str, str]],
     kinds: Iterable[str] = (),
+    min_set_difference: int = 0,
 ) -> str:
     """A registration as stored: datasets, query tables and the steps the agency allows.
 
@@ -433,9 +434,19 @@ def registration_to_json(
             "datasets": {n: feature_spec_to_json(s) for n, s in datasets.items()},
             "tables": {n: table_schema_to_json(n, c) for n, c in tables.items()},
             "kinds": sorted(kinds),
+            "min_set_difference": int(min_set_difference),
         },
         sort_keys=True,
     )
+
+
+def stored_min_set_difference(text: str) -> int:
+    """The ``min_set_difference`` a stored registration carries (0 if none)."""
+    try:
+        value = json.loads(text).get("min_set_difference", 0)
+    except (ValueError, AttributeError):
+        return 0
+    return value if isinstance(value, int) and 0 <= value <= 1000 else 0
 
 
 def registration_from_json(
@@ -451,7 +462,8 @@ def registration_from_json(
         text, "stored registration", max_bytes=4 * MAX_REGISTRATION_BYTES, max_depth=2
     )
     kinds: list[str] | None = None
-    if {"datasets", "tables"} <= set(data) <= {"datasets", "tables", "kinds"} and all(
+    extra = {"kinds", "min_set_difference"}
+    if {"datasets", "tables"} <= set(data) <= {"datasets", "tables"} | extra and all(
         isinstance(data[k], dict) for k in ("datasets", "tables")
     ):
         sets, tables = data["datasets"], data["tables"]

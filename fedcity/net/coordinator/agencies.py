@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import math
 import sqlite3
 import time
@@ -76,7 +77,14 @@ class AgencyCalls(CoordinatorState):
                 raise messages.MessageError("the registration declares no dataset and no table")
         except messages.MessageError as exc:
             raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
-        text = messages.registration_to_json(declared, tables, req.task_kinds)
+        if req.min_set_difference > 1000:
+            raise StatusError(
+                Code.INVALID_ARGUMENT,
+                f"min_set_difference {req.min_set_difference} exceeds 1000",
+            )
+        text = messages.registration_to_json(
+            declared, tables, req.task_kinds, int(req.min_set_difference)
+        )
         with self._lock:
             self._check_open()
             self._refuse_second_agent(req.agency)
@@ -87,6 +95,7 @@ class AgencyCalls(CoordinatorState):
             self._datasets[req.agency] = declared
             self._tables[req.agency] = tables
             self._kinds[req.agency] = frozenset(req.task_kinds)
+            self._min_difference[req.agency] = int(req.min_set_difference)
             for rt in list(self._jobs.values()):  # a restarted agent gets its assignments again
                 for given in (*rt.handed.values(), *rt.decrypt_handed.values()):
                     given.discard(req.agency)
@@ -194,6 +203,17 @@ class AgencyCalls(CoordinatorState):
                     rnd.task, action, summands_min=int(rt.spec["min_agencies"])
                 )
                 assignment.dataset = rt.spec["dataset"]
+                assignment.job.CopyFrom(
+                    fpb.JobInfo(
+                        job_type=str(rt.spec["job_type"]),
+                        submitted_by=rt.owner,
+                        agencies=[str(a) for a in rt.spec["agencies"]],
+                        privacy_json=json.dumps(rt.spec["privacy"], sort_keys=True)
+                        if rt.spec.get("privacy")
+                        else "",
+                        min_agencies=int(rt.spec["min_agencies"]),
+                    )
+                )
                 log.debug("job %s round %d: %s → %s", rt.id, r, fpb.Action.Name(action), agency)
                 return assignment
         return None
@@ -388,6 +408,7 @@ class AgencyCalls(CoordinatorState):
                 except ProtocolError as exc:
                     raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
                 self.metrics.bytes_received.labels(kind=kind).inc(len(payload))
+                rt.waiting.pop(agency, None)  # approved: it no longer holds the job
                 anchor = self._audit(  # its signed head goes back with the acknowledgement
                     kind,
                     job=rt.id,
@@ -514,6 +535,25 @@ class AgencyCalls(CoordinatorState):
             self.liveness.forget(req.agency)
             self._changed.notify_all()
         return fpb.LeaveResponse(jobs_left=left)
+
+    def defer(self, principal: Principal, req: fpb.DeferRequest) -> fpb.DeferResponse:
+        """The agency holds the job until a person approves it; its round waits for it."""
+        self._require_self(principal, req.agency)
+        try:
+            messages.check_text(req.reason, "reason", messages.MAX_STATUS_CHARS)
+        except messages.MessageError as exc:
+            raise StatusError(Code.INVALID_ARGUMENT, str(exc)) from exc
+        with self._lock:
+            self._check_open()
+            self._touch(req.agency)
+            rt = self._running_job(req.job_id)
+            self._require_participant(rt, req.agency)
+            reason = _reason(req.reason or "waiting for the agency's approval")
+            if rt.waiting.get(req.agency) != reason:
+                log.info("job %s: %s holds it: %s", rt.id, req.agency, messages.shown(reason, 200))
+                rt.waiting[req.agency] = reason
+                self._changed.notify_all()
+        return fpb.DeferResponse()
 
     def decline(self, principal: Principal, req: fpb.DeclineRequest) -> fpb.DeclineResponse:
         """The agency leaves the job (it will not run the assignment)."""

@@ -72,6 +72,8 @@ class JobRuntime:
     decrypt_handed: dict[int, set[str]] = field(default_factory=dict)
     signatures: dict[int, dict[str, bytes]] = field(default_factory=dict)
     """Round → agency → the signature of its accepted contribution (shown to decryptors)."""
+    waiting: dict[str, str] = field(default_factory=dict)
+    """Agency → why it holds the job (a person must approve it there); not stored."""
     left: dict[str, str] = field(default_factory=dict)
     """Agency → why it left the job (its decline reason, or the coordinator's drop reason)."""
 
@@ -111,6 +113,10 @@ class JobRuntime:
             job_type=str(self.spec.get("job_type", "")),
             dataset=str(self.spec.get("dataset", "")),
             participants=len(self.spec.get("agencies", ())),
+            waiting=[
+                fpb.Departure(agency=a, reason=messages.clipped(r, 500))
+                for a, r in self.waiting.items()
+            ],
         )
 
 

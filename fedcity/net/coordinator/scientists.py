@@ -43,6 +43,8 @@ MAX_LISTED_JOBS = 500
 """Most jobs one ``ListJobs`` answer holds."""
 MAX_LOG_EVENTS = 2000
 """Most events ``JobLogs`` describes (the newest ones)."""
+MAX_DIFFERENCING_JOBS = 500
+"""Earlier jobs a submission is checked against for differencing."""
 
 
 class ScientistCalls(CoordinatorState):
@@ -231,6 +233,7 @@ class ScientistCalls(CoordinatorState):
                 f"(min_agencies={min_agencies}, key threshold t={t})",
             )
         self._check_steps(req, params, privacy, participants)
+        self._check_differencing(req, participants)
         if query:
             record = self._spec_record(req, params, privacy, principal, participants, min_agencies)
             record["table_schema"] = query["table_schema"]
@@ -326,6 +329,37 @@ class ScientistCalls(CoordinatorState):
                 + " (allowed_kinds in the agency's [policy]); leave those agencies out with "
                 "--agencies or ask them to allow the steps",
             )
+
+    def _check_differencing(self, req: fpb.JobSpec, participants: list[str]) -> None:
+        """Refuse a job too close to an earlier one on its dataset (differencing; lock held).
+
+        The job's agencies may not differ from an earlier job's by fewer agencies than some
+        differing agency's ``min_set_difference``: two results over nearly the same agencies
+        can be subtracted, and the difference is the figures of the agencies in one set only.
+        The check covers the last :data:`MAX_DIFFERENCING_JOBS` jobs.
+        """
+        if not any(self._min_difference.values()):
+            return
+        current = frozenset(participants)
+        for row in self.store.jobs_of(None, MAX_DIFFERENCING_JOBS):
+            if row.state not in ("running", "succeeded"):
+                continue
+            spec = json.loads(row.spec)
+            if spec.get("dataset") != req.dataset:
+                continue
+            diff = current ^ frozenset(spec.get("agencies", []))
+            if not diff:
+                continue
+            strict = max(diff, key=lambda a: self._min_difference.get(a, 0))
+            minimum = self._min_difference.get(strict, 0)
+            if len(diff) < minimum:
+                raise StatusError(
+                    Code.FAILED_PRECONDITION,
+                    f"policy of {strict}: this job's agencies differ from job {row.id}'s on "
+                    f"{req.dataset!r} by {len(diff)} ({sorted(diff)}); {strict} requires "
+                    f"min_set_difference = {minimum}, since subtracting the two results "
+                    "could reveal its figures",
+                )
 
     @staticmethod
     def _require_owner(principal: Principal, rt: JobRuntime) -> None:
@@ -425,17 +459,22 @@ class ScientistCalls(CoordinatorState):
         for agency, reason in list(rt.left.items()):
             yield fpb.JobEvent(status=status, notice=departure_notice(agency, reason))
         sent, told = 0, len(rt.left)
+        holding: dict[str, str] = {}
         while True:
             with self._lock:
                 while True:
                     rt = self._jobs.get(ref.job_id) or self._recent.get(ref.job_id) or rt
                     new = rt.records[sent:]
                     left = list(rt.left.items())[told:]
+                    held = {a: r for a, r in rt.waiting.items() if holding.get(a) != r}
                     done = rt.state in TERMINAL_STATES
-                    if new or left or done or self._stopping or not is_active():
+                    if new or left or held or done or self._stopping or not is_active():
                         break
                     self._changed.wait(timeout=1.0)
                 status = rt.status()
+            for agency, reason in held.items():
+                yield fpb.JobEvent(status=status, notice=f"waiting for {agency}: {reason}")
+            holding.update(held)
             for agency, reason in left:
                 yield fpb.JobEvent(status=status, notice=departure_notice(agency, reason))
             told += len(left)

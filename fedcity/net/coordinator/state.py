@@ -133,6 +133,8 @@ class CoordinatorState:
         self._datasets: dict[str, dict[str, FeatureSpec]] = {}
         self._tables: dict[str, dict[str, dict[str, str]]] = {}
         self._kinds: dict[str, frozenset[str]] = {}
+        self._min_difference: dict[str, int] = {}
+        """Agency → its policy's min_set_difference (differencing), as registered."""
         self._polls: dict[str, int] = {}  # work long polls in progress, per agency
         """Agency → the task kinds its policy allows, as registered."""
         """Agency → query table → column types, as registered."""
@@ -163,6 +165,9 @@ class CoordinatorState:
                     self._datasets[row.name], self._tables[row.name] = declared, tables
                     if kinds is not None:
                         self._kinds[row.name] = frozenset(kinds)
+                    self._min_difference[row.name] = messages.stored_min_set_difference(
+                        row.datasets
+                    )
                 except (ValueError, AttributeError) as exc:
                     log.error(
                         "ignoring stored registration of %s (the agency must register again): %s",
@@ -262,6 +267,7 @@ class CoordinatorState:
         out: Any = None
         if kind == "drop" and agency is not None and payload is not None:
             rt.left[agency] = payload.decode(errors="replace")
+            rt.waiting.pop(agency, None)
         try:
             out = call()
         except ProtocolError:
@@ -435,7 +441,10 @@ class CoordinatorState:
             r = rnd.task.round
             opened = rt.opened.setdefault(r, now)
             if rnd.phase is RoundPhase.COLLECTING:
-                complete = not driver.awaiting_contributions()
+                awaited = driver.awaiting_contributions()
+                complete = not awaited
+                if not complete and any(a in rt.waiting for a in awaited):
+                    return  # a person is deciding at an agency: the round waits for it
                 if complete or now - opened >= self.config.collect_timeout:
                     if not complete:
                         log.info(
