@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -34,6 +35,9 @@ class EnrollmentServicer(fpb_grpc.EnrollmentServiceServicer):
         Checks the caller's current certificate on ``Renew`` (revocation included).
     days : int
         Lifetime of issued certificates.
+    audit : callable, optional
+        ``audit(type, body=...)``: records every certificate issued in the coordinator's
+        audit log (:mod:`fedcity.governance.audit`, record type ``"enroll"``).
     """
 
     def __init__(
@@ -43,11 +47,28 @@ class EnrollmentServicer(fpb_grpc.EnrollmentServiceServicer):
         certificates: CertificateCheck,
         *,
         days: int = 90,
+        audit: Callable[..., Any] | None = None,
     ) -> None:
         self.ca = ca
         self.registry = registry
         self.certificates = certificates
         self.days = days
+        self.audit = audit
+
+    def _record(self, action: str, cert: bytes) -> None:
+        if self.audit is None:
+            return
+        identity = identity_of(cert)
+        self.audit(
+            "enroll",
+            body={
+                "action": action,
+                "name": identity.name,
+                "role": identity.role,
+                "serial": format(identity.serial, "x"),
+                "not_after": identity.not_after.isoformat(),
+            },
+        )
 
     def _answer(self, cert: bytes) -> fpb.EnrollResponse:
         identity = identity_of(cert)
@@ -73,6 +94,7 @@ class EnrollmentServicer(fpb_grpc.EnrollmentServiceServicer):
         except (CAError, messages.MessageError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, messages.status_message(str(exc)))
         log.info("enrolled %s (%s)", name, identity_of(cert).role)
+        self._record("enroll", cert)
         return self._answer(cert)
 
     def Renew(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
@@ -93,4 +115,5 @@ class EnrollmentServicer(fpb_grpc.EnrollmentServiceServicer):
         except CAError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, messages.status_message(str(exc)))
         log.info("renewed the certificate of %s", principal.name)
+        self._record("renew", cert)
         return self._answer(cert)

@@ -147,7 +147,11 @@ class CoordinatorServer:
                 ca, registry = self._enrollment
                 fpb_grpc.add_EnrollmentServiceServicer_to_server(
                     EnrollmentServicer(
-                        ca, registry, self.auth.certificates, days=config.certificate_days
+                        ca,
+                        registry,
+                        self.auth.certificates,
+                        days=config.certificate_days,
+                        audit=self.coordinator._audit,
                     ),
                     self._server,
                 )
