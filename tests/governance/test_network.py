@@ -295,3 +295,43 @@ def test_a_coordinator_rewriting_its_log_is_caught_by_the_agents(federation, tmp
     )
     out = capsys.readouterr().out
     assert code == 1 and "d3: " in out and f"deleted [record {pos - 1}]" in out, out
+
+
+def test_enrollments_are_recorded_in_the_coordinators_audit_log(tmp_path):
+    from fedcity.governance.audit import verify_log
+    from fedcity.governance.enrollment import CADirectory, EnrollmentRegistry
+    from fedcity.net.client import enroll
+
+    files = deal_federation(tmp_path / "fed", ["e1", "e2"], 2, key_bits=512)
+    folder = CADirectory.init(tmp_path / "ca", "riverside", ("localhost", "127.0.0.1"))
+    db = tmp_path / "coordinator.sqlite"
+    server = serve(
+        CoordinatorConfig(
+            listen="127.0.0.1:0",
+            db=db,
+            federation=files.public,
+            credentials="",
+            ca_dir=folder.root,
+            enroll_listen="127.0.0.1:0",
+            max_wait=0.5,
+            tick_interval=0.1,
+        )
+    )
+    registry = EnrollmentRegistry(folder.registry)
+    try:
+        for name, role in (("e1", "agency"), ("analyst", "scientist")):
+            enroll(
+                f"127.0.0.1:{server.enroll_port}",
+                ca_file=folder.ca_cert,
+                token=registry.invite(name, role),
+                name=name,
+                out=tmp_path / "creds" / name,
+            )
+        records = read_log(coordinator_log_path(db))
+    finally:
+        registry.close()
+        server.stop(grace=0)
+    assert verify_log(records).ok
+    enrolled = [(r.body["action"], r.body["name"], r.body["role"]) for r in records[1:]]
+    assert enrolled == [("enroll", "e1", "agency"), ("enroll", "analyst", "scientist")]
+    assert all(r.type == "enroll" and r.body["serial"] for r in records[1:])
