@@ -583,5 +583,11 @@ class AgencyCalls(CoordinatorState):
                 round_=None if driver.task is None else driver.task.round,
                 payload=f"declined round {req.round}: {reason}".encode(),
             )
+            self._audit(
+                "decline",
+                job=rt.id,
+                round=int(req.round),
+                body={"agency": req.agency, "reason": reason[:2000]},
+            )
             self._advance_quietly(rt)
         return fpb.DeclineResponse()
