@@ -575,19 +575,20 @@ class AgencyCalls(CoordinatorState):
                 req.agency,
                 messages.shown(reason, 200),
             )
-            self._apply(
-                rt,
-                "drop",
-                partial(driver.drop, req.agency),
-                agency=req.agency,
-                round_=None if driver.task is None else driver.task.round,
-                payload=f"declined round {req.round}: {reason}".encode(),
-            )
-            self._audit(
-                "decline",
-                job=rt.id,
-                round=int(req.round),
-                body={"agency": req.agency, "reason": reason[:2000]},
-            )
+            with self._audit_upload():  # a job's end it causes is recorded after it
+                self._apply(
+                    rt,
+                    "drop",
+                    partial(driver.drop, req.agency),
+                    agency=req.agency,
+                    round_=None if driver.task is None else driver.task.round,
+                    payload=f"declined round {req.round}: {reason}".encode(),
+                )
+                self._audit(
+                    "decline",
+                    job=rt.id,
+                    round=int(req.round),
+                    body={"agency": req.agency, "reason": reason[:2000]},
+                )
             self._advance_quietly(rt)
         return fpb.DeclineResponse()
