@@ -68,11 +68,12 @@ def _write_agency(
     lines = [
         f'agency = "{agency}"',
         f'coordinator = "127.0.0.1:{port}"',
-        'token_file = "token"',
+        'tls_cert_file = "tls/cert.pem"           # from `fedcity agent enroll` (mutual TLS)',
+        'tls_key_file = "tls/key.pem"',
         f'key_file = "{key_file.name}"',
         'signing_key_file = "signing-key.json"',
         'federation_file = "../../federation-public.json"',
-        'ca_file = "../../tls/ca.pem"',
+        'ca_file = "../../ca/ca.pem"',
         f'log_file = "agent-{agency}.log"',
     ]
     for name, city in cities.items():
@@ -317,7 +318,7 @@ def _run(argv: list[str] | None) -> int:
         name: make_city(args.agencies, task=task, n_samples=args.rows, seed=2026)  # type: ignore[arg-type]
         for name, (task, _, _) in MODELS.items()
     }
-    port = _free_port()
+    port, enroll_port = _free_port(), _free_port()
     configs = [
         _write_agency(out, a, cities, port, files.key_file(a), holdout=args.plot is not None)
         for a in agencies
@@ -326,6 +327,10 @@ def _run(argv: list[str] | None) -> int:
     console.print(f"[bold]2. data[/]: each agency's rows stay in its own folder ({sizes})")
 
     address = f"127.0.0.1:{port}"
+    enroll_address = f"127.0.0.1:{enroll_port}"
+    from fedcity.governance.enrollment import CADirectory, EnrollmentRegistry
+
+    ca = CADirectory.init(out / "ca", "demo", ("127.0.0.1", "localhost"))
     py = sys.executable
     results: dict[str, Any] = {}
     with ExitStack() as stack:
@@ -342,17 +347,42 @@ def _run(argv: list[str] | None) -> int:
                 str(out / "coordinator" / "coordinator.sqlite"),
                 "--federation",
                 str(out / "federation-public.json"),
-                "--credentials",
-                str(out / "coordinator" / "credentials.json"),
-                "--tls-cert",
-                str(out / "coordinator" / "server.pem"),
-                "--tls-key",
-                str(out / "coordinator" / "server.key"),
+                "--ca-dir",
+                str(ca.root),
+                "--enroll-listen",
+                enroll_address,
             ],
             out / "coordinator" / "coordinator.log",
             stack,
         )
-        _wait_healthy(address, out / "tls" / "ca.pem", 60, coordinator)
+        _wait_healthy(enroll_address, ca.ca_cert, 60, coordinator)
+        from fedcity.net.client import enroll
+
+        registry = EnrollmentRegistry(ca.registry)
+        try:  # what `fedcity ca invite`, `fedcity agent enroll` and `fedcity login` do
+            for agency in agencies:
+                token = registry.invite(agency, "agency", ttl=600)
+                enroll(
+                    enroll_address,
+                    ca_file=ca.ca_cert,
+                    token=token,
+                    name=agency,
+                    out=out / "agencies" / agency / "tls",
+                )
+            token = registry.invite("analyst", "scientist", ttl=600)
+            key, cert, _ = enroll(
+                enroll_address,
+                ca_file=ca.ca_cert,
+                token=token,
+                name="analyst",
+                out=out / "scientists" / "analyst" / "tls",
+            )
+        finally:
+            registry.close()
+        console.print(
+            f"[bold]3. enrollment[/]: a CA in {ca.root}; {len(agencies)} agencies and the analyst "
+            "made their keys locally and enrolled with one-time invitations"
+        )
         for _a, config in zip(agencies, configs, strict=True):
             _start(
                 [py, "-m", "fedcity.cli", "agent", "run", "--config", str(config)],
@@ -360,17 +390,13 @@ def _run(argv: list[str] | None) -> int:
                 stack,
             )
         console.print(
-            f"[bold]3. processes[/]: coordinator on {address} (TLS) and {len(agencies)} agents "
-            "(outbound only)"
+            f"[bold]4. processes[/]: coordinator on {address} (mutual TLS: identities from "
+            f"certificates) and {len(agencies)} agents (outbound only)"
         )
 
         from fedcity.net.client import Client
 
-        client = Client(
-            address,
-            (out / "scientists" / "analyst" / "token").read_text().strip(),
-            ca_file=out / "tls" / "ca.pem",
-        )
+        client = Client(address, None, ca_file=ca.ca_cert, cert_file=cert, key_file=key)
         deadline = time.monotonic() + 60
         while (
             sum(a.connected for a in client.agencies()) < len(agencies)
@@ -378,7 +404,7 @@ def _run(argv: list[str] | None) -> int:
         ):
             time.sleep(0.5)
         for name, (_, job_type, params) in MODELS.items():
-            console.print(f"[bold]4. job[/]: {job_type} on {name!r}")
+            console.print(f"[bold]5. job[/]: {job_type} on {name!r}")
             evaluate = f"{name}_holdout" if args.plot is not None else ""
             job_id = client.submit(job_type, params, name, evaluate_dataset=evaluate)
             t0 = time.perf_counter()
@@ -393,7 +419,7 @@ def _run(argv: list[str] | None) -> int:
                 "estimator": estimator,
             }
 
-    console.print("[bold]5. results[/] (held-out rows of every district)")
+    console.print("[bold]6. results[/] (held-out rows of every district)")
     table = Table()
     for col in ("model", "metric", "federated (fedcity)", "pooled scikit-learn"):
         table.add_column(col, justify="left" if col in ("model", "metric") else "right")

@@ -107,7 +107,7 @@ def run_ca(args: argparse.Namespace) -> int:
             if args.out is None:
                 print(token)
             else:
-                from fedcity.governance.enrollment import write_secret
+                from fedcity.secretfiles import write_secret
 
                 write_secret(args.out, (token + "\n").encode())
                 print(f"invitation of {args.name} ({args.role}) written to {args.out}")

@@ -681,7 +681,7 @@ def enroll(
         The coordinator refused (unknown, used or expired token; another name).
     """
     from fedcity.governance.ca import make_csr
-    from fedcity.governance.enrollment import write_secret
+    from fedcity.secretfiles import write_secret
 
     folder = Path(out)
     key_path, cert_path = folder / "key.pem", folder / "cert.pem"
