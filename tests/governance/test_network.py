@@ -232,7 +232,13 @@ def test_query_beyond_the_budget_is_refused_and_the_ledgers_do_not_change(federa
     assert done.state == "failed"
     assert "privacy budget" in done.failure and "would be exceeded" in done.failure
     assert _charges(federation) == before
-    _, agents = _logs(federation)
+    coordinator, agents = _logs(federation)
+    ours = [r for r in coordinator if r.job == done.job_id]
+    assert ours[0].type == "job" and ours[-1].type == "result"
+    assert ours[-1].body["state"] == "failed"
+    declines = [r for r in ours if r.type == "decline"]
+    assert declines and all("would be exceeded" in r.body["reason"] for r in declines)
+    assert not [r for r in ours if r.type in ("contribution", "partial")]
     for a in AGENCIES:
         new = agents[a][len(agents_before[a]) :]
         types = [r.type for r in new if r.job == done.job_id]
