@@ -343,3 +343,83 @@ def test_load_key_holder_federation_errors(kh_fed, tmp_path, mutate, match):
     with pytest.raises(CeremonyError, match=match) as info:
         load_federation(path)
     assert str(path) in str(info.value)
+
+
+# -- each agency's folder is complete -----------------------------------------------------------
+def test_agency_folder_is_complete(fed):
+    from fedcity.net.agentconfig import AgentConfig
+
+    for a in AGENCIES:
+        folder = fed.root / "agencies" / a
+        assert fed.agency_ca[a].read_bytes() == fed.ca_cert.read_bytes()
+        assert fed.agency_public[a].read_bytes() == fed.public.read_bytes()
+        assert fed.agency_configs[a] == folder / "agency.toml"
+        assert _mode(fed.agency_configs[a]) == 0o644  # no secret in it
+        text = fed.agency_configs[a].read_text()
+        assert text.startswith("# agency.toml")
+        assert '"127.0.0.1:50051"' in text  # the first TLS host, port 50051
+        # without --data-dir the template points at data/flood.csv in the agency's folder
+        assert 'path = "data/flood.csv"' in text
+        (folder / "data").mkdir()
+        for name in ("flood.csv", "flood_holdout.csv"):
+            (folder / "data" / name).write_text("x\n")
+        config = AgentConfig.from_toml(fed.agency_configs[a])
+        assert config.agency == a
+        assert config.token_file == fed.agency_tokens[a]
+        assert config.share_file == fed.shares[a]
+        assert config.signing_key_file == fed.signing_keys[a]
+        assert config.federation_file == fed.agency_public[a]
+        assert config.ca_file == fed.agency_ca[a]
+        assert config.datasets["flood"].path == folder / "data" / "flood.csv"
+        assert set(config.datasets) == {"flood", "flood_holdout"}
+        assert set(config.tables) == {"flood"}
+        assert config.min_summands == 2
+    for s in ("analyst", "auditor"):
+        assert fed.scientist_ca[s].read_bytes() == fed.ca_cert.read_bytes()
+
+
+def test_templates_point_at_the_sample_data(tmp_path):
+    from fedcity.data.sample import sample_spec, write_sample_data
+    from fedcity.net.agent import Agent
+    from fedcity.net.agentconfig import AgentConfig
+
+    names = ["north", "south"]
+    written = write_sample_data(tmp_path / "data", names, rows=200, seed=1)
+    files = deal_federation(
+        tmp_path / "fed",
+        names,
+        2,
+        key_bits=512,
+        coordinator="[::1]:6000",
+        data_dir=tmp_path / "data",
+    )
+    for a in names:
+        config = AgentConfig.from_toml(files.agency_configs[a])
+        assert config.coordinator == "[::1]:6000"
+        assert config.datasets["flood"].path == written.tables[a].resolve()
+        assert config.datasets["flood_holdout"].path == written.holdout[a].resolve()
+        assert config.datasets["flood"].spec == sample_spec()
+        assert config.tables["flood"].path == written.tables[a].resolve()
+        assert "../../../data/" in files.agency_configs[a].read_text()  # relative to the file
+        agent = Agent(config)  # the declared columns match the file, the keys fit together
+        assert agent.node.datasets["flood"].n_samples == written.rows[a]
+
+
+def test_key_holder_templates_name_their_key_file(tmp_path):
+    from fedcity.net.agentconfig import AgentConfig
+
+    files = deal_federation(tmp_path, ["a", "b"], 1, key_bits=512, key_holder="b")
+    for agency, key in (("a", "public-key.json"), ("b", "private-key.json")):
+        text = files.agency_configs[agency].read_text()
+        assert f'key_file = "{key}"' in text
+        folder = files.agency_configs[agency].parent
+        (folder / "data").mkdir()
+        for name in ("flood.csv", "flood_holdout.csv"):
+            (folder / "data" / name).write_text("x\n")
+        assert AgentConfig.from_toml(files.agency_configs[agency]).share_file == folder / key
+
+
+def test_bad_coordinator_address(tmp_path):
+    with pytest.raises(CeremonyError, match="host:port"):
+        deal_federation(tmp_path, ["a", "b"], 2, key_bits=256, coordinator="nowhere")
+    assert not (tmp_path / "federation-public.json").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,7 +211,7 @@ def test_runtime_errors_exit_1(tmp_path, token_file, capsys):
 
 def test_unreachable_coordinator_exits_1(token_file):
     proc = fedcity("agencies", "list", *CONNECT, "--token-file", str(token_file))
-    assert_one_line_error(proc, 1, "cannot reach the coordinator at 127.0.0.1:9")
+    assert_one_line_error(proc, 1, "nothing is listening at 127.0.0.1:9")
 
 
 def test_keys_deal(tmp_path):
@@ -241,6 +242,105 @@ def test_keys_deal_key_holder(tmp_path):
     assert not (out / "agencies" / "a" / "share.json").exists()
     public = json.loads((out / "federation-public.json").read_text())
     assert public["decryption"] == "key-holder" and public["key_holder"] == "b"
+
+
+def test_data_synth(tmp_path):
+    proc = fedcity(
+        "data", "synth", "--agencies", "3", "--out", "data", "--rows", "300", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    import pandas as pd
+
+    sizes = []
+    for agency in ("district-1", "district-2", "district-3"):
+        frame = pd.read_csv(tmp_path / "data" / agency / "flood.csv")
+        holdout = pd.read_csv(tmp_path / "data" / agency / "flood_holdout.csv")
+        assert set(frame["flooded"]) <= {0, 1} and frame["flooded"].dtype.kind == "i"
+        assert list(holdout.columns) == list(frame.columns)
+        assert f"{agency}: data/{agency}/flood.csv ({len(frame):,} rows)" in proc.stdout
+        sizes.append(len(frame))
+    assert sum(sizes) == 300 and sizes == sorted(sizes, reverse=True)  # unequal districts
+    again = fedcity("data", "synth", "--agencies", "3", "--out", "data", cwd=tmp_path)
+    assert_one_line_error(again, 1, "refusing to overwrite")
+    named = fedcity(
+        "data", "synth", "--agencies", "north,south", "--out", "d2", "--task", "fire",
+        "--rows", "100", cwd=tmp_path,
+    )  # fmt: skip
+    assert named.returncode == 0, named.stderr
+    assert (tmp_path / "d2" / "south" / "fire.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "match"),
+    [
+        (("--agencies", "0"), 2, "expected 1 to 100 agencies"),
+        (("--agencies", "a,,b"), 2, "comma-separated list"),
+        (("--agencies", "3", "--rows", "10"), 1, "rows must lie in [90,"),
+        (("--agencies", "3", "--task", "floods"), 2, "invalid choice"),
+    ],
+)
+def test_data_synth_refuses(tmp_path, args, code, match):
+    proc = fedcity("data", "synth", "--out", "data", *args, cwd=tmp_path)
+    assert_one_line_error(proc, code, match)
+    assert not (tmp_path / "data").exists()
+
+
+def test_keys_deal_with_data_dir(tmp_path):
+    missing = fedcity(
+        "keys", "deal", "--agencies", "a,b", "--threshold", "2", "--key-bits", "256",
+        "--data-dir", "data", "--out", "fed", cwd=tmp_path,
+    )  # fmt: skip
+    assert_one_line_error(missing, 2, "fedcity data synth --agencies a,b --out data")
+    assert (
+        fedcity("data", "synth", "--agencies", "a,b", "--out", "data", cwd=tmp_path).returncode == 0
+    )
+    proc = fedcity(
+        "keys", "deal", "--agencies", "a,b", "--threshold", "2", "--key-bits", "256",
+        "--data-dir", "data", "--coordinator", "localhost:7000", "--out", "fed", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "fedcity agent run --config fed/agencies/a/agency.toml" in proc.stdout
+    text = (tmp_path / "fed" / "agencies" / "b" / "agency.toml").read_text()
+    assert 'coordinator = "localhost:7000"' in text
+    assert 'path = "../../../data/b/flood.csv"' in text
+
+
+def test_agent_run_prints_the_paths_it_resolved(tmp_path):
+    assert (
+        fedcity("data", "synth", "--agencies", "a,b", "--out", "data", cwd=tmp_path).returncode == 0
+    )
+    deal = fedcity(
+        "keys", "deal", "--agencies", "a,b", "--threshold", "2", "--key-bits", "256",
+        "--data-dir", "data", "--coordinator", "127.0.0.1:9", "--out", "fed", cwd=tmp_path,
+    )  # fmt: skip
+    assert deal.returncode == 0, deal.stderr
+    config = "fed/agencies/a/agency.toml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedcity.cli", "agent", "run", "--config", config],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    assert proc.stderr is not None
+    while not any("starting: coordinator" in line for line in lines):
+        line = proc.stderr.readline()
+        assert line, lines
+        lines.append(line)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    text = "".join(lines)
+    root = tmp_path.resolve()
+    assert f"configuration {root}/fed/agencies/a/agency.toml" in text
+    for what, path in (
+        ("token", "fed/agencies/a/token"),
+        ("key", "fed/agencies/a/share.json"),
+        ("CA", "fed/agencies/a/ca.pem"),
+        ("dataset flood", "data/a/flood.csv"),
+        ("table flood", "data/a/flood.csv"),
+    ):
+        assert re.search(rf"  {what} +{re.escape(str(root / path))}\n", text), (what, text)
 
 
 # -- the client against a fake JobService ----------------------------------------------------------
