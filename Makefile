@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fedcity.demo
+	@# Ctrl-C: the demo stops its processes and says so in one line (no make error after it)
+	@trap '' INT; $(PY) -m fedcity.demo || test $$? -eq 130
 
 test: $(STAMP)
 	$(PY) -m ruff check fedcity tests benchmarks examples
