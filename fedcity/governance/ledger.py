@@ -25,6 +25,7 @@ Periods: ``"day"`` (UTC date), ``"week"`` (ISO week), ``"month"``, ``"year"`` or
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
 import sqlite3
@@ -44,6 +45,7 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "Spend",
+    "job_privacy_cost",
     "period_of",
     "privacy_cost",
 ]
@@ -182,6 +184,39 @@ def privacy_cost(task: Any) -> tuple[float, float] | None:
         )
     what = "the job's privacy parameters"
     return _epsilon(dp["epsilon"], what), _delta(dp["delta"], what)
+
+
+def job_privacy_cost(privacy_json: str) -> tuple[float, float] | None:
+    """The ``(ε, δ)`` a job's submitted DP settings state (``JobInfo.privacy_json``).
+
+    Lets an agency charge a job at its very first assignment, before any round (a training
+    job's exact preprocessing rounds included) is computed.
+
+    Returns
+    -------
+    tuple of float or None
+        None when the settings are empty or state no ``epsilon`` (e.g. a noise multiplier,
+        whose ε is known only once the job is calibrated: the first noisy round is charged).
+
+    Raises
+    ------
+    LedgerError
+        Settings that are not a JSON object, or an invalid ``epsilon`` or ``delta``.
+    """
+    if not privacy_json:
+        return None
+    try:
+        settings = json.loads(privacy_json)
+    except ValueError as exc:
+        raise LedgerError(f"the job's privacy settings are not JSON: {exc}") from exc
+    if not isinstance(settings, Mapping):
+        raise LedgerError("the job's privacy settings are not a JSON object")
+    if settings.get("epsilon") is None:
+        return None
+    what = "the job's privacy settings"
+    if "delta" not in settings:
+        raise LedgerError(f"{what} state epsilon but no delta")
+    return _epsilon(settings["epsilon"], what), _delta(settings["delta"], what)
 
 
 @dataclass(frozen=True)
