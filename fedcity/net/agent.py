@@ -78,7 +78,13 @@ from fedcity.data.dataset import AgencyDataset, DataError
 from fedcity.governance.approvals import ApprovalBook
 from fedcity.governance.audit import Anchor, AuditError
 from fedcity.governance.auditlog import AuditLog
-from fedcity.governance.ledger import BudgetRefused, Ledger, LedgerError, privacy_cost
+from fedcity.governance.ledger import (
+    BudgetRefused,
+    Ledger,
+    LedgerError,
+    job_privacy_cost,
+    privacy_cost,
+)
 from fedcity.governance.policy import JobFacts, PolicyRefusal
 from fedcity.net.agentconfig import (
     MAX_CRYPTO_WORKERS,
@@ -806,8 +812,10 @@ class Agent:
         budget, agency = self.config.budget, self.config.agency
         if budget is None or self.ledger is None:
             return
-        try:
-            cost = privacy_cost(task)
+        try:  # the whole job's (ε, δ) as submitted, else this round's DP parameters
+            cost = job_privacy_cost(a.job.privacy_json) if a.HasField("job") else None
+            if cost is None:
+                cost = privacy_cost(task)
         except LedgerError as exc:
             raise RejectedContribution(f"agency {agency!r}: {exc}") from exc
         if cost is None:
