@@ -109,6 +109,7 @@ from fedcity.net.messages import (
     feature_spec_to_json,
     table_schema_to_json,
 )
+from fedcity.secretfiles import SecretFileError, check_private
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
@@ -160,7 +161,10 @@ def _load_agency_key(path: Path) -> KeyShare | PrivateKey | PublicKey:
         data = read_json_file(path)
         kind = data.get("format")
         if kind in _AGENCY_KEY_FORMATS:
-            return _AGENCY_KEY_FORMATS[kind](data)
+            key = _AGENCY_KEY_FORMATS[kind](data)
+            if not isinstance(key, PublicKey):  # a share or private key is a secret
+                _check_secret(path, "key file")
+            return key
     except CryptoError as exc:
         raise AgentError(f"key file {path}: {exc}") from exc
     found = "has no 'format' field" if kind is None else f"has format {kind!r}"
@@ -171,6 +175,14 @@ def _load_agency_key(path: Path) -> KeyShare | PrivateKey | PublicKey:
 
 class AgentError(RuntimeError):
     """The agent cannot go on: unreadable key material or data, wrong federation, bad token."""
+
+
+def _check_secret(path: Path, what: str) -> None:
+    """Refuse a secret file its group or others may read or write (the agent does not start)."""
+    try:
+        check_private(path, what)
+    except SecretFileError as exc:
+        raise AgentError(str(exc)) from exc
 
 
 def _query_tables(config: AgentConfig) -> dict[str, Any]:
@@ -285,6 +297,8 @@ class Agent:
         self._scheme = scheme
         self.federation = self._load_federation(config)
         self._signing_key = self._load_signing_key(config)
+        if config.tls_key_file is not None:
+            _check_secret(config.tls_key_file, "TLS key file")
         self.audit: AuditLog | None = None
         """The agency's signed audit log (:mod:`fedcity.governance.auditlog`)."""
         self.ledger: Ledger | None = None
@@ -375,6 +389,7 @@ class Agent:
 
     def _load_signing_key(self, config: AgentConfig) -> SigningKey:
         """The agency's signing key; it must be the one the federation file lists for it."""
+        _check_secret(config.signing_key_file, "signing-key file")
         try:
             owner, key = SigningKey.load(config.signing_key_file)
         except CryptoError as exc:

@@ -125,8 +125,8 @@ def token_sha256(token: str) -> str:
 def read_token(path: str | os.PathLike[str]) -> str:
     """Read a bearer token file written by :func:`deal_federation`.
 
-    Surrounding whitespace (the trailing newline) is ignored. A token file readable by group
-    or others is accepted with a logged warning.
+    Surrounding whitespace (the trailing newline) is ignored. A token file its group or others
+    may read or write is refused (the ceremony writes tokens with mode 0600).
 
     Parameters
     ----------
@@ -139,7 +139,8 @@ def read_token(path: str | os.PathLike[str]) -> str:
     Raises
     ------
     CeremonyError
-        If the file is missing or unreadable, empty, or holds more than one word.
+        If the file is missing or unreadable, accessible to others, empty, or holds more
+        than one word.
     """
     p = Path(path)
     try:
@@ -155,7 +156,10 @@ def read_token(path: str | os.PathLike[str]) -> str:
     if any(c.isspace() or not c.isprintable() for c in token):
         raise CeremonyError(f"token file {p} must hold a single token on one line")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("token file %s is accessible by group or others (mode %o)", p, mode & 0o777)
+        raise CeremonyError(
+            f"token file {p} is readable or writable by others (mode {mode & 0o777:04o}); a "
+            f"token must be accessible to its owner only: run `chmod 600 {p}`"
+        )
     return token
 
 

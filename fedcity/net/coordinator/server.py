@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -44,6 +45,7 @@ from fedcity.net.coordinator.servicers import (
     _Servicers,
 )
 from fedcity.net.store import Store, StoreError
+from fedcity.secretfiles import SecretFileError, check_private
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
 __all__ = ["CoordinatorServer", "main", "serve"]
@@ -204,6 +206,8 @@ class CoordinatorServer:
             raise AuthError(str(exc)) from exc
         cert = config.tls_cert or folder.server_cert
         key = config.tls_key or folder.server_key
+        if Path(key).exists():
+            _check_secret(key, "TLS key file")
         self._enrollment = (ca, EnrollmentRegistry(folder.registry))
         return server_credentials(cert, key, folder.ca_cert), server_credentials(cert, key)
 
@@ -290,6 +294,14 @@ class CoordinatorServer:
         self.stop()
 
 
+def _check_secret(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a secret its group or others may read or write (the coordinator does not start)."""
+    try:
+        check_private(path, what)
+    except SecretFileError as exc:
+        raise AuthError(str(exc)) from exc
+
+
 def _check_files(config: CoordinatorConfig) -> None:
     """Refuse, in one sentence each, a swapped or mismatched TLS pair and a missing --db folder."""
     import contextlib
@@ -300,6 +312,8 @@ def _check_files(config: CoordinatorConfig) -> None:
     if not config.insecure and config.tls_cert and config.tls_key:
         with contextlib.suppress(OSError):  # server_credentials names an unreadable file
             check_tls_pair(config.tls_cert, config.tls_key)
+    if not config.insecure and config.tls_key and _Path(config.tls_key).exists():
+        _check_secret(config.tls_key, "TLS key file (--tls-key)")
     folder = _Path(config.db).absolute().parent
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
