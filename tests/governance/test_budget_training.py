@@ -1,0 +1,160 @@
+"""A differentially private training job is charged at its first assignment, or refused there.
+
+Real coordinator (TLS) and agent daemons on loopback. A training job's first rounds are its
+exact preprocessing statistics; the agencies charge the job's submitted (ε, δ) before
+computing them, so a job beyond the budget is refused with nothing computed at all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedcity.governance.auditlog import read_log
+from fedcity.governance.ledger import Ledger
+from fedcity.net.agent import Agent, AgentConfig
+from fedcity.net.ceremony import deal_federation, read_token
+from fedcity.net.client import Client
+from fedcity.net.coordinator import CoordinatorConfig, serve
+
+AGENCIES = ["t1", "t2", "t3"]
+
+
+def _config(folder, agency: str, port: int) -> str:
+    path = folder / "agency.toml"
+    path.write_text(
+        f"""agency = "{agency}"
+coordinator = "127.0.0.1:{port}"
+token_file = "token"
+key_file = "share.json"
+signing_key_file = "signing-key.json"
+federation_file = "../../federation-public.json"
+ca_file = "../../tls/ca.pem"
+
+[datasets.visits]
+path = "visits.csv"
+numeric = ["x1", "x2"]
+categorical = {{ kind = ["a", "b"] }}
+label = "y"
+
+[policy]
+budget = {{ epsilon = 0.5, delta = 1e-5, period = "total" }}
+"""
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    files = deal_federation(root, AGENCIES, 2, key_bits=512)
+    server = serve(
+        CoordinatorConfig(
+            listen="127.0.0.1:0",
+            db=root / "coordinator.sqlite",
+            federation=files.public,
+            credentials=files.credentials,
+            tls_cert=files.server_cert,
+            tls_key=files.server_key,
+            heartbeat_interval=0.5,
+            max_wait=1.0,
+            tick_interval=0.1,
+        )
+    )
+    rng = np.random.default_rng(8)
+    agents = []
+    for agency in AGENCIES:
+        folder = files.shares[agency].parent
+        n = 80
+        x1, x2 = rng.normal(size=n), rng.normal(size=n)
+        pd.DataFrame(
+            {
+                "x1": x1,
+                "x2": x2,
+                "kind": rng.choice(["a", "b"], n),
+                "y": (x1 + rng.normal(size=n) > 0).astype(int),
+            }
+        ).to_csv(folder / "visits.csv", index=False)
+        agents.append(
+            Agent(AgentConfig.from_toml(_config(folder, agency, server.port)), fetch_wait_ms=500)
+        )
+    threads = [
+        threading.Thread(target=a.run, kwargs={"handle_signals": False}, daemon=True)
+        for a in agents
+    ]
+    for t in threads:
+        t.start()
+    client = Client(
+        f"127.0.0.1:{server.port}",
+        read_token(files.scientist_tokens["analyst"]),
+        ca_file=files.ca_cert,
+    )
+    deadline = time.monotonic() + 30
+    while sum(a.connected for a in client.agencies()) < len(AGENCIES):
+        assert time.monotonic() < deadline, "agents did not connect"
+        time.sleep(0.1)
+    try:
+        yield {"client": client, "agents": {a.config.agency: a for a in agents}}
+    finally:
+        client.close()
+        for a in agents:
+            a.stop()
+        for t in threads:
+            t.join(timeout=10)
+        server.stop(grace=1.0)
+
+
+def _submit(client: Client, epsilon: float) -> str:
+    return client.submit(
+        "logistic_regression",
+        {"C": 1.0},
+        "visits",
+        privacy={"epsilon": epsilon, "delta": 1e-6, "clip_norm": 1.0, "rounds": 2},
+    )
+
+
+def _charges(fed) -> dict[str, list]:
+    out = {}
+    for name, agent in fed["agents"].items():
+        with Ledger(agent.config.ledger_file) as ledger:
+            out[name] = [(c["job"], c["epsilon"]) for c in ledger.charges()]
+    return out
+
+
+def test_a_training_job_beyond_the_budget_computes_nothing(federation):
+    client = federation["client"]
+    job = _submit(client, 1.0)
+    events = list(client.watch(job, timeout=120))
+    assert events[-1].state == "failed"
+    assert "would be exceeded" in events[-1].failure
+    assert events[-1].rounds_done == 0
+    assert _charges(federation) == {a: [] for a in AGENCIES}
+    for agent in federation["agents"].values():
+        types = [r.type for r in read_log(agent.config.audit_file) if r.job == job]
+        assert "contribution" not in types and "budget" in types and "decline" in types
+
+
+def test_a_training_job_is_charged_before_its_first_round(federation):
+    client = federation["client"]
+    job = _submit(client, 0.25)
+
+    def charged() -> bool:
+        return all(c == [(job, 0.25)] for c in _charges(federation).values())
+
+    deadline = time.monotonic() + 60
+    while not charged():
+        assert time.monotonic() < deadline, _charges(federation)
+        time.sleep(0.1)
+    client.cancel(job)
+    for agent in federation["agents"].values():
+        records = [r for r in read_log(agent.config.audit_file) if r.job == job]
+        types = [r.type for r in records]
+        # charged at round 0, an exact preprocessing round, before anything was sent
+        assert records[0].type == "job" and records[0].body["kind"].startswith("stats.")
+        first_budget = types.index("budget")
+        assert records[first_budget].round == 0
+        assert "contribution" not in types[:first_budget]
