@@ -299,3 +299,28 @@ def test_export_round_trip_and_verify_from_jsonl(logs, tmp_path):
     out.write_text("\n".join(lines) + "\n")
     summary = verify_log(read_log(out))
     assert summary.findings[0].problem == "edited" and summary.findings[0].position == 3
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_cli_verify_and_export(logs, tmp_path, capsys):
+    from fedcity.cli import main
+
+    coord, agents, _ = logs
+    assert main(["audit", "verify", str(agents["north"])]) == 0
+    assert "north: " in capsys.readouterr().out
+    out = tmp_path / "north.jsonl"
+    assert main(["audit", "export", str(agents["north"]), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["audit", "verify", str(out)]) == 0
+    assert main(["audit", "export", str(agents["north"]), "--out", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err
+    _edit(agents["north"], 7)
+    against = ["--against", *(str(p) for p in agents.values())]
+    assert main(["audit", "verify", str(coord), *against]) == 1
+    text = capsys.readouterr().out
+    assert "coordinator: " in text and "edited [record 6]" in text
+    assert text.count(": OK") == 3  # the coordinator, south and east
+    assert main(["audit", "verify", str(tmp_path / "missing.sqlite")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["audit", "verify", str(coord), "--against", str(coord)]) == 1
+    assert "a second log of 'coordinator'" in capsys.readouterr().err
