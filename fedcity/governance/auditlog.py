@@ -155,8 +155,10 @@ class AuditLog:
                     self._insert(con, AuditChain(party, key).opening())
                 elif _row_to_record(first).body.get("public_key") != key.public_key.hex():
                     raise AuditError(
-                        f"{self.path} was started with another signing key than "
-                        f"{key.public_key.hex()[:16]}…; use the party's key or a new log file"
+                        f"audit log {self.path} was started with another signing key than "
+                        f"{key.public_key.hex()[:16]}… (it belongs to another key file or "
+                        "coordinator database): keep it for the record, move it away and start "
+                        "again to begin a new audit log"
                     )
         except sqlite3.Error as exc:
             raise AuditError(f"audit log {self.path}: {exc}") from exc
