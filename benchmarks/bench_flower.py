@@ -306,11 +306,14 @@ def _tree_rss(root: int) -> int:
 
 
 def measure(cmd: list[str]) -> tuple[dict[str, Any], int]:
-    with tempfile.NamedTemporaryFile("r", suffix=".json") as res:
+    with (
+        tempfile.NamedTemporaryFile("r", suffix=".json") as res,
+        tempfile.TemporaryFile("w+") as errors,  # a pipe could fill and stall the run
+    ):
         proc = subprocess.Popen(
             [*cmd, "--result", res.name],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=errors,
             text=True,
         )
         peak = 0
@@ -324,11 +327,12 @@ def measure(cmd: list[str]) -> tuple[dict[str, Any], int]:
 
         th = threading.Thread(target=sample, daemon=True)
         th.start()
-        _, err = proc.communicate()
+        proc.wait()
         stop.set()
         th.join()
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+            errors.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{errors.read()[-3000:]}")
         return json.load(res), peak
 
 
@@ -442,6 +446,8 @@ def main() -> None:
                     warm = res["round_s"][1:] or res["round_s"]
                     res["warm_round_s"] = float(np.median(warm))
                     rows.append(res)
+                    if args.json:  # after every run: a long run stopped early keeps its rows
+                        Path(args.json).write_text(json.dumps(rows, indent=1))
                     per = n * res["rounds"] * 1024
                     print(
                         f"{model:8s} {res['params']:6d} params  n={n:5d}  {variant:8s} "
