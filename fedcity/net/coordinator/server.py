@@ -564,6 +564,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AuthError, CeremonyError, StoreError, OSError, ValueError) as exc:
         print(f"fedcity coordinator: {exc}", file=sys.stderr)
         return 2
+    for what, value in (
+        ("database", args.db),
+        ("federation", args.federation),
+        ("credentials", args.credentials),
+        ("TLS certificate", args.tls_cert),
+        ("TLS key", args.tls_key),
+    ):
+        if value:  # the files it uses, resolved (relative paths are relative to the cwd)
+            log.info("  %-16s %s", what, Path(value).resolve())
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
