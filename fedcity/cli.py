@@ -634,6 +634,10 @@ def _config_paths(config: Any) -> list[tuple[str, Path]]:
         out.append(("CA", config.ca_file))
     if config.log_file is not None:
         out.append(("task log", config.log_file))
+    if config.audit_file is not None:
+        out.append(("audit log", config.audit_file))
+    if config.budget is not None and config.ledger_file is not None:
+        out.append(("budget ledger", config.ledger_file))
     out += [(f"dataset {name}", dc.path) for name, dc in config.datasets.items()]
     out += [(f"table {name}", tc.path) for name, tc in config.tables.items()]
     return out
