@@ -494,6 +494,8 @@ def deal_federation(
                 f"{threshold}"
             )
     hosts = [str(h) for h in tls_hosts]
+    if not hosts:
+        raise CeremonyError("tls_hosts must name at least one host")
     _san(hosts)  # validate before the slow part
     if coordinator is None:
         first = hosts[0] if hosts else "127.0.0.1"
@@ -501,9 +503,15 @@ def deal_federation(
     from fedcity.net.channel import AddressError, parse_address
 
     try:
-        parse_address(coordinator)
+        coordinator_host, _ = parse_address(coordinator)
     except AddressError as exc:
         raise CeremonyError(str(exc)) from exc
+    if not _names_host(hosts, coordinator_host):
+        raise CeremonyError(
+            f"the agents would dial {coordinator_host!r}, which the coordinator's TLS "
+            f"certificate would not name (TLS hosts: {', '.join(hosts)}): add it to the TLS "
+            "hosts (--tls-hosts) or dial one of them (--coordinator)"
+        )
     root = Path(out_dir)
     files = _layout(root, agencies, scientists, key_holder)
     existing = [str(p) for p in files.all_paths() if p.exists() or p.is_symlink()]
@@ -591,6 +599,28 @@ def deal_federation(
 
 def _toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def _names_host(hosts: Sequence[str], host: str) -> bool:
+    """Whether a certificate for ``hosts`` (IP addresses, DNS names, ``*.`` wildcards) fits."""
+    wanted = host.lower().rstrip(".")
+    for name in hosts:
+        try:
+            if ipaddress.ip_address(name) == ipaddress.ip_address(wanted):
+                return True
+            continue
+        except ValueError:
+            pass
+        pattern = name.lower().rstrip(".")
+        if pattern == wanted:
+            return True
+        if (
+            pattern.startswith("*.")
+            and wanted.endswith(pattern[1:])
+            and "." not in wanted[: -len(pattern) + 1]
+        ):
+            return True
+    return False
 
 
 def _commented(setting: str, comment: str) -> str:

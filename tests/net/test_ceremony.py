@@ -392,6 +392,7 @@ def test_templates_point_at_the_sample_data(tmp_path):
         key_bits=512,
         coordinator="[::1]:6000",
         data_dir=tmp_path / "data",
+        tls_hosts=("::1",),
     )
     for a in names:
         config = AgentConfig.from_toml(files.agency_configs[a])
@@ -422,4 +423,25 @@ def test_key_holder_templates_name_their_key_file(tmp_path):
 def test_bad_coordinator_address(tmp_path):
     with pytest.raises(CeremonyError, match="host:port"):
         deal_federation(tmp_path, ["a", "b"], 2, key_bits=256, coordinator="nowhere")
+    # the agents must dial a name the coordinator's certificate holds
+    with pytest.raises(CeremonyError, match=r"'10\.0\.0\.7'.*--tls-hosts"):
+        deal_federation(tmp_path, ["a", "b"], 2, key_bits=256, coordinator="10.0.0.7:50051")
+    with pytest.raises(CeremonyError, match="would not name"):
+        deal_federation(
+            tmp_path,
+            ["a", "b"],
+            2,
+            key_bits=256,
+            coordinator="a.b.city.example:1",
+            tls_hosts=("*.city.example",),
+        )
     assert not (tmp_path / "federation-public.json").exists()
+    files = deal_federation(
+        tmp_path,
+        ["a", "b"],
+        2,
+        key_bits=256,
+        coordinator="coord.city.example:443",
+        tls_hosts=("*.city.example", "10.0.0.7"),
+    )
+    assert 'coordinator = "coord.city.example:443"' in files.agency_configs["a"].read_text()
