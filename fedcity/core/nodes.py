@@ -27,6 +27,7 @@ from fedcity.core.tasks import LOCAL_STEPS, Task
 
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset
+    from fedcity.privacy import DPFloor
 
 __all__ = ["AgencyNode", "LocalTimings"]
 
@@ -61,7 +62,12 @@ class AgencyNode:
         ``policy(task) -> bool``; a task it refuses raises :class:`RejectedContribution`.
         By default every vetted task kind is allowed.
     rng : numpy.random.Generator, optional
-        Source of differential-privacy noise (defaults to an OS-seeded generator).
+        Only for tests: a deterministic source of differential-privacy noise. By default
+        every noise share is drawn from the OS CSPRNG (:mod:`fedcity.privacy.noise`).
+    dp_floor : DPFloor, optional
+        The agency's floor on coordinator-sent DP settings (from its policy). Settings are
+        always checked for sanity and consistency (:meth:`fedcity.privacy.DPFloor.check`);
+        a refusal names the rule and happens before the data is read.
     verifier : ContributionVerifier, optional
         When given, :meth:`decrypt_share` decrypts only aggregates shown with evidence that
         they are the sum of enough agencies' signed contributions.
@@ -80,6 +86,7 @@ class AgencyNode:
         rng: np.random.Generator | None = None,
         verifier: ContributionVerifier | None = None,
         tables: Mapping[str, Any] | None = None,
+        dp_floor: DPFloor | None = None,
     ) -> None:
         self.name = name
         self.dataset = dataset
@@ -90,7 +97,9 @@ class AgencyNode:
         self.scheme = scheme
         self.share = share
         self.policy = policy
-        self.rng = rng if rng is not None else np.random.default_rng()
+        self.rng = rng
+        """Test-only noise source; None (the default): the OS CSPRNG."""
+        self.dp_floor = dp_floor
         self.timings = LocalTimings()
         self.served: list[tuple[str, int, str]] = []
         """(job id, round, kind) of every task this agency answered: its local log."""
@@ -136,8 +145,45 @@ class AgencyNode:
             )
         return v
 
+    def check_dp(self, task: Task) -> None:
+        """Refuse a task's DP settings that are absurd, inconsistent or below the floor.
+
+        Raises
+        ------
+        RejectedContribution
+            Naming the rule (``[policy]`` key or sanity rule) and what was asked.
+        """
+        if not task.dp:
+            return
+        from fedcity.core.aggregation import PlaintextScheme
+        from fedcity.privacy import DPFloor, FloorViolation
+
+        if isinstance(self.scheme, PlaintextScheme):
+            raise RejectedContribution(
+                f"agency {self.name!r} refuses differential privacy without encryption: the "
+                "aggregator would see its contribution with only its own noise share"
+            )
+        floor = self.dp_floor if self.dp_floor is not None else DPFloor()
+        try:
+            floor.check(
+                task.dp,
+                step=task.spec.step,
+                noise_bound=task.spec.noise_bound,
+                dim=task.request.length,
+                max_summands=task.spec.max_summands,
+            )
+        except FloorViolation as exc:
+            raise RejectedContribution(
+                f"agency {self.name!r} refuses the privacy settings (rule {exc.rule}): {exc}"
+            ) from exc
+
     def contribute(self, task: Task) -> bytes:
-        """Compute, bound and seal this agency's contribution to ``task``."""
+        """Compute, bound and seal this agency's contribution to ``task``.
+
+        Under differential privacy the settings are checked first (:meth:`check_dp`), then
+        the update is L2-clipped and a noise share from the OS CSPRNG is added.
+        """
+        self.check_dp(task)
         v = self.local_vector(task)
         start = time.perf_counter()
         noise: Any = None
@@ -145,8 +191,6 @@ class AgencyNode:
             from fedcity.privacy import clip_l2, sample_noise
 
             kind = task.dp["noise"]
-            if kind not in ("gaussian", "skellam"):
-                raise RejectedContribution(f"agency {self.name!r}: unknown noise kind {kind!r}")
             v = clip_l2(v, float(task.dp["clip_norm"]))
             noise = sample_noise(
                 kind,

@@ -8,7 +8,13 @@ table of ``agency.toml``:
 - ``allowed_kinds`` — vetted steps it runs (checked elsewhere, per step);
 - ``allowed_scientists`` — data scientists whose jobs it serves (default: any);
 - ``require_dp`` — every job and query over its data must use differential privacy;
-- ``max_epsilon`` / ``max_delta`` — bounds on a job's declared privacy budget;
+- ``max_epsilon`` / ``max_delta`` — bounds on a job's declared privacy budget (and, per round,
+  on the ``ε`` the noise the coordinator asks for actually delivers);
+- ``min_noise_multiplier`` / ``max_clip_norm`` / ``min_noise_bound`` — local floors on the DP
+  settings the coordinator sends with every round (:meth:`AgencyPolicy.dp_floor`, checked by
+  :class:`fedcity.privacy.DPFloor` before the data is read; absurd or inconsistent settings —
+  a tiny share, a ``noise_bound`` that cuts the noise off, a stated ``ε`` the noise does not
+  deliver — are refused even without a floor);
 - ``approval`` — job types (or ``true``: all) that wait for a person's approval
   (``fedcity agent approve JOB`` / ``deny JOB --reason ...``);
 - ``min_set_difference`` — differencing: two jobs on one dataset whose participants differ by
@@ -27,7 +33,10 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedcity.privacy import DPFloor
 
 __all__ = ["AgencyPolicy", "JobFacts", "PolicyError", "PolicyRefusal", "set_difference_breach"]
 
@@ -112,6 +121,9 @@ class AgencyPolicy:
     approval: bool | tuple[str, ...] = False
     min_set_difference: int = 0
     served: tuple[frozenset[str], ...] = field(default=(), compare=False)
+    min_noise_multiplier: float | None = None
+    max_clip_norm: float | None = None
+    min_noise_bound: int | None = None
 
     KEYS = frozenset(
         {
@@ -121,6 +133,9 @@ class AgencyPolicy:
             "max_delta",
             "approval",
             "min_set_difference",
+            "min_noise_multiplier",
+            "max_clip_norm",
+            "min_noise_bound",
         }
     )
     """``[policy]`` keys this class reads (the agent config reads the others)."""
@@ -134,17 +149,35 @@ class AgencyPolicy:
         require_dp = table.get("require_dp", False)
         if not isinstance(require_dp, bool):
             raise PolicyError(f"[policy] require_dp must be true or false, got {require_dp!r}")
+        from fedcity.privacy.accountant import MAX_CLIP_NORM, MAX_DELTA, MAX_EPSILON
+
         bounds: dict[str, float | None] = {}
-        for key, upper in (("max_epsilon", math.inf), ("max_delta", 1.0)):
+        for key, upper in (
+            ("max_epsilon", MAX_EPSILON),
+            ("max_delta", MAX_DELTA),
+            ("min_noise_multiplier", 1e6),
+            ("max_clip_norm", MAX_CLIP_NORM),
+        ):
             value = table.get(key)
             if value is not None and (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not 0 < value < upper
+                or not 0 < value <= upper
                 or not math.isfinite(value)
             ):
-                raise PolicyError(f"[policy] {key} must be a number in (0, {upper}), got {value!r}")
+                raise PolicyError(
+                    f"[policy] {key} must be a number in (0, {upper:g}], got {value!r}"
+                )
             bounds[key] = None if value is None else float(value)
+        noise_bound = table.get("min_noise_bound")
+        if noise_bound is not None and (
+            isinstance(noise_bound, bool)
+            or not isinstance(noise_bound, int)
+            or not 0 <= noise_bound <= 1 << 62
+        ):
+            raise PolicyError(
+                f"[policy] min_noise_bound must be a non-negative integer, got {noise_bound!r}"
+            )
         approval = table.get("approval", False)
         if not isinstance(approval, bool):
             approval = _names(approval, "approval")
@@ -160,6 +193,28 @@ class AgencyPolicy:
             bounds["max_delta"],
             approval,
             minimum,
+            min_noise_multiplier=bounds["min_noise_multiplier"],
+            max_clip_norm=bounds["max_clip_norm"],
+            min_noise_bound=noise_bound,
+        )
+
+    def dp_floor(self) -> DPFloor:
+        """The floor an agency node checks every round's DP settings against.
+
+        Returns
+        -------
+        fedcity.privacy.DPFloor
+            ``min_noise_multiplier``, ``max_clip_norm``, ``min_noise_bound``, ``max_epsilon``
+            and ``max_delta`` of this policy (sanity checks apply even when all are unset).
+        """
+        from fedcity.privacy import DPFloor
+
+        return DPFloor(
+            min_noise_multiplier=self.min_noise_multiplier,
+            max_clip_norm=self.max_clip_norm,
+            min_noise_bound=self.min_noise_bound,
+            max_epsilon=self.max_epsilon,
+            max_delta=self.max_delta,
         )
 
     def needs_approval(self, job: JobFacts) -> bool:

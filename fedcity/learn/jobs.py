@@ -33,7 +33,7 @@ from sklearn.pipeline import Pipeline
 
 from fedcity.learn.algorithm import Algorithm, RoundRecord
 from fedcity.learn.design import Preprocessing
-from fedcity.learn.dp import DPPlan
+from fedcity.learn.dp import NEEDS_PUBLIC_PREPROCESSING, DPPlan
 from fedcity.learn.driver import Chain
 from fedcity.learn.glm import FederatedGLM, GLMFamily, convergence_message
 from fedcity.learn.stats import FederatedStatistics
@@ -73,7 +73,10 @@ class FederatedResult:
     seconds_ : float
         Wall time of the whole job in this process.
     privacy_ : tuple of (epsilon, delta) or None
-        Differential privacy spent by the job, if it used DP.
+        Differential privacy spent by the job, if it used DP: every release of the job (a DP
+        job runs no exact preprocessing round), one agency's update as the unit, against any
+        outside observer; ``privacy_report_`` adds the figures against a contributing agency
+        and for one record.
     converged_ : bool or None
         GLM jobs: whether Newton met its stopping criterion before ``max_iter`` rounds
         (always False with differential privacy, which takes exactly ``max_iter`` steps).
@@ -90,6 +93,9 @@ class FederatedResult:
     job_id_: str
     seconds_: float
     privacy_: tuple[float, float] | None = None
+    privacy_report_: dict[str, Any] | None = None
+    """With DP: ``(ε, δ)`` against outsiders, a contributing agency and for one record
+    (:meth:`fedcity.learn.dp.DPPlan.report`)."""
     model_params_: dict[str, Any] = field(default_factory=dict)
     """Declarative description of the model (what agencies need to score it)."""
     problem_: str = "classification"
@@ -219,7 +225,11 @@ class _Job:
             assert isinstance(stats, FederatedStatistics) and stats.result_ is not None
             return self._algorithm(stats.result_)
 
-        return Chain(FederatedStatistics(spec), model_stage)
+        return Chain(FederatedStatistics(spec, public=self._public_preprocessing()), model_stage)
+
+    def _public_preprocessing(self) -> Preprocessing | None:
+        """Public preprocessing given to the job (then no statistics round runs)."""
+        return None
 
     def result(
         self,
@@ -245,6 +255,7 @@ class _Job:
             job_id_=job_id,
             seconds_=seconds,
             privacy_=None if dp is None else dp.spent(),
+            privacy_report_=None if dp is None else dp.report(),
             model_params_=self._model_params(model_algorithm, pre),
             problem_=self.problem,
             **self._convergence(model_algorithm),
@@ -283,11 +294,21 @@ class _GLMJob(_Job):
     max_iter: int = 25
     tol: float = 1e-10
     privacy: DPConfig | None = field(default=None, kw_only=True)
+    preprocessing: Preprocessing | None = field(default=None, kw_only=True)
+    """Public preprocessing (required with ``privacy``; see :func:`fedcity.learn.dp.
+    public_preprocessing`): no exact statistics round runs."""
 
     def _dp(self, federation: LocalFederation) -> Any:
         if self.privacy is None:
             return None
-        return DPPlan(self.privacy, n_contributors_min=federation.min_agencies)
+        return DPPlan(
+            self.privacy,
+            n_contributors_min=federation.min_agencies,
+            encrypted=bool(getattr(federation, "encrypted", True)),
+        )
+
+    def _public_preprocessing(self) -> Preprocessing | None:
+        return self.preprocessing
 
     def _penalty(self) -> float:
         raise NotImplementedError
@@ -297,6 +318,17 @@ class _GLMJob(_Job):
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if not (isinstance(self.tol, float | int) and self.tol > 0):
             raise ValueError(f"tol must be positive, got {self.tol!r}")
+        if isinstance(self.preprocessing, Mapping):
+            try:
+                self.preprocessing = Preprocessing.from_params(self.preprocessing)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"preprocessing: not a description ({exc!r})") from exc
+        if self.preprocessing is not None and not isinstance(self.preprocessing, Preprocessing):
+            raise ValueError(
+                f"preprocessing must be a Preprocessing, got {type(self.preprocessing).__name__}"
+            )
+        if self.privacy is not None and self.preprocessing is None:
+            raise ValueError(NEEDS_PUBLIC_PREPROCESSING)
 
     def _algorithm(self, pre: Preprocessing) -> Algorithm:
         self._validate()
@@ -452,6 +484,13 @@ def _glm_builder(job_type: str, cls: type[_GLMJob]) -> JobBuilder:
     def build(params: dict[str, Any], privacy: DPConfig | None) -> _Job:
         _no_unknown(job_type, params, allowed)
         for key, value in params.items():
+            if key == "preprocessing":
+                if not isinstance(value, Mapping):
+                    raise ValueError(
+                        f"{job_type}: parameter 'preprocessing' must be an object (see "
+                        "Preprocessing.to_params)"
+                    )
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{job_type}: parameter {key!r} must be a number, got {value!r}")
         job = cls(**params, privacy=privacy)
@@ -614,7 +653,8 @@ def result_to_json(
     """
     privacy = None
     if result.privacy_ is not None:
-        privacy = {"epsilon": result.privacy_[0], "delta": result.privacy_[1]}
+        privacy = {**(result.privacy_report_ or {})}
+        privacy.update(epsilon=result.privacy_[0], delta=result.privacy_[1])
     data = {
         "format": RESULT_FORMAT,
         "version": 1,

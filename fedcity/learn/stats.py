@@ -12,6 +12,12 @@ Three rounds, each a secure sum:
    (a public, released figure), which restores full relative precision.
 
 The result is a :class:`~fedcity.learn.design.Preprocessing` that every later task carries.
+
+Differential privacy: these sums are released exactly (counts, means, variances), so a job
+with differential privacy does not run them. It is given *public* preprocessing instead
+(``FederatedStatistics(spec, public=...)``, e.g. from
+:func:`fedcity.learn.dp.public_preprocessing`), asks no round at all, and every release of
+the job is a noisy, accounted training release (see ``docs/privacy.md`` §1).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from fedcity.learn.design import Preprocessing
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset, FeatureSpec
 
-__all__ = ["FederatedStatistics"]
+__all__ = ["FederatedStatistics", "check_public_preprocessing"]
 
 _COUNT_CLIP = float(2**24)  # widened automatically if an agency holds more rows
 
@@ -58,6 +64,51 @@ def _variance(params: Mapping[str, Any], data: AgencyDataset) -> npt.NDArray[np.
     return result
 
 
+def check_public_preprocessing(pre: Preprocessing, spec: FeatureSpec) -> None:
+    """Refuse public preprocessing that does not fit the declared features.
+
+    Parameters
+    ----------
+    pre : Preprocessing
+    spec : FeatureSpec
+
+    Raises
+    ------
+    ValueError
+        The message names the mismatch.
+    """
+    if not isinstance(pre, Preprocessing):
+        raise ValueError(f"preprocessing must be a Preprocessing, got {type(pre).__name__}")
+    if tuple(pre.numeric) != tuple(spec.numeric):
+        raise ValueError(
+            f"preprocessing: numeric columns {list(pre.numeric)} differ from the dataset's "
+            f"{list(spec.numeric)}"
+        )
+    n = len(pre.numeric)
+    if len(pre.mean) != n or len(pre.scale) != n:
+        raise ValueError(f"preprocessing: mean and scale must have {n} values each")
+    if not all(np.isfinite(pre.mean)) or not all(np.isfinite(s) and s > 0 for s in pre.scale):
+        raise ValueError("preprocessing: means must be finite and scales positive and finite")
+    declared = {c: tuple(v) for c, v in spec.categorical.items()}
+    given = {c: (tuple(v), tuple(k)) for c, v, k in pre.categorical}
+    if list(given) != list(declared):
+        raise ValueError(
+            f"preprocessing: categorical columns {list(given)} differ from the dataset's "
+            f"{list(declared)}"
+        )
+    for col, (vocab, kept) in given.items():
+        if vocab != declared[col]:
+            raise ValueError(f"preprocessing: the vocabulary of {col!r} differs from the dataset's")
+        if not set(kept) <= set(vocab) or len(set(kept)) != len(kept):
+            raise ValueError(f"preprocessing: kept levels of {col!r} must be distinct levels of it")
+    if not (np.isfinite(pre.total_weight) and pre.total_weight > 0):
+        raise ValueError(f"preprocessing: total_weight must be positive, got {pre.total_weight!r}")
+    if isinstance(pre.n_samples, bool) or not isinstance(pre.n_samples, int) or pre.n_samples < 1:
+        raise ValueError(
+            f"preprocessing: n_samples must be a positive integer, got {pre.n_samples!r}"
+        )
+
+
 class FederatedStatistics(Algorithm):
     """Learn global preprocessing from secure sums over agencies.
 
@@ -65,9 +116,17 @@ class FederatedStatistics(Algorithm):
     ----------
     spec : FeatureSpec
         The declared features: numeric columns and categorical columns with vocabularies.
+    public : Preprocessing, optional
+        Public preprocessing that does not depend on the agencies' data: no round is run and
+        it is the result as given (what a job with differential privacy uses).
+
+    Raises
+    ------
+    ValueError
+        ``public`` does not fit ``spec`` (the message names the column).
     """
 
-    def __init__(self, spec: FeatureSpec) -> None:
+    def __init__(self, spec: FeatureSpec, *, public: Preprocessing | None = None) -> None:
         self.spec = spec
         self.numeric = tuple(spec.numeric)
         self.vocab = {c: tuple(v) for c, v in spec.categorical.items()}
@@ -78,14 +137,23 @@ class FederatedStatistics(Algorithm):
         self.mean_: npt.NDArray[np.float64] | None = None
         self.var_: npt.NDArray[np.float64] | None = None
         self.result_: Preprocessing | None = None
+        self.public = public
+        if public is not None:
+            check_public_preprocessing(public, spec)
+            self.result_ = public
+            self.n_samples_ = public.n_samples
+            self.total_weight_ = public.total_weight
+            self._stage = 4
 
     @property
     def max_rounds(self) -> int:
-        """Three or four secure sums."""
-        return 4
+        """Three or four secure sums (none with public preprocessing)."""
+        return 0 if self.public is not None else 4
 
     def next_request(self) -> TaskRequest | None:
-        """Counts, then means, then variances."""
+        """Counts, then means, then variances (nothing with public preprocessing)."""
+        if self._stage >= 4:
+            return None
         if self._stage == 0:
             length = 2 + sum(len(v) for v in self.vocab.values())
             return TaskRequest(

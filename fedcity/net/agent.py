@@ -332,6 +332,7 @@ class Agent:
             policy=self._allows,
             verifier=ContributionVerifier(self.federation.signing_keys, self.key_id),
             tables=_query_tables(config),
+            dp_floor=config.rules.dp_floor(),  # [policy] floors on each round's DP settings
         )
         if first is not None:
             self.node.datasets = {**tables, "train": first}
@@ -750,12 +751,12 @@ class Agent:
                 if not task.request.kind.startswith("query."):  # queries name their table
                     self._select_dataset(a.dataset)
                 self._audit_job(a)
+                self.node.check_dp(task)  # [policy] DP floors: refused before any charge
                 self._charge(a, task)  # before anything is computed
                 out.payload = self.node.contribute(task)
                 out.payload_kind = fpb.PAYLOAD_KIND_CONTRIBUTION
                 if self.approvals is not None and a.HasField("job"):
                     self.approvals.served(JobFacts.from_proto(a.job_id, a.dataset, a.job))
-
             elif a.action == fpb.ACTION_PARTIAL_DECRYPT:
                 task = assignment_to_task(a)
                 if not self._allows(task):

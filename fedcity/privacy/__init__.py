@@ -4,13 +4,16 @@ Each agency clips its update (:func:`clip_l2`), adds an integer noise share in q
 steps (:class:`DistributedNoise`, built on :mod:`fedcity.privacy.noise`) and encrypts; only the
 sum — which carries noise of the configured scale — is decrypted. :class:`DPConfig` holds the
 keyword-only, validated privacy parameters; :class:`PrivacyAccountant` is checked before and
-charged after every release. See ``docs/privacy.md``.
+charged after every release; :class:`DPFloor` is an agency's check of the settings a
+coordinator sends it. See ``docs/privacy.md``.
 
 Pure computation: nothing in this package does I/O.
 """
 
 from fedcity.privacy.accountant import (
     DEFAULT_ORDERS,
+    MAX_DELTA,
+    MAX_EPSILON,
     TRUNCATION_DELTA_SHARE,
     BudgetExceededError,
     Calibration,
@@ -21,6 +24,7 @@ from fedcity.privacy.accountant import (
     clip_l2,
     ddg_rdp,
     ddg_tau,
+    distributed_epsilon,
     epsilon_from_rdp,
     gaussian_epsilon,
     gaussian_noise_multiplier,
@@ -28,6 +32,7 @@ from fedcity.privacy.accountant import (
     quantized_sensitivity,
     skellam_rdp,
 )
+from fedcity.privacy.floors import DPFloor, FloorViolation, ImpliedPrivacy
 from fedcity.privacy.mechanism import DistributedNoise
 from fedcity.privacy.noise import (
     bound_for_tail,
@@ -43,11 +48,16 @@ from fedcity.privacy.noise import (
 
 __all__ = [
     "DEFAULT_ORDERS",
+    "MAX_DELTA",
+    "MAX_EPSILON",
     "TRUNCATION_DELTA_SHARE",
     "BudgetExceededError",
     "Calibration",
     "DPConfig",
+    "DPFloor",
     "DistributedNoise",
+    "FloorViolation",
+    "ImpliedPrivacy",
     "PrivacyAccountant",
     "Sensitivity",
     "bound_for_tail",
@@ -56,6 +66,7 @@ __all__ = [
     "ddg_rdp",
     "ddg_tau",
     "discrete_gaussian_variance",
+    "distributed_epsilon",
     "epsilon_from_rdp",
     "gaussian_epsilon",
     "gaussian_noise_multiplier",

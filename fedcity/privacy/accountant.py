@@ -82,6 +82,12 @@ from fedcity.privacy.noise import NoiseKind, share_parameter
 
 __all__ = [
     "DEFAULT_ORDERS",
+    "MAX_CLIP_NORM",
+    "MAX_DELTA",
+    "MAX_EPSILON",
+    "MAX_NOISE_MULTIPLIER",
+    "MAX_ROUNDS",
+    "MIN_NOISE_MULTIPLIER",
     "TRUNCATION_DELTA_SHARE",
     "Adjacency",
     "BudgetExceededError",
@@ -93,6 +99,7 @@ __all__ = [
     "clip_l2",
     "ddg_rdp",
     "ddg_tau",
+    "distributed_epsilon",
     "epsilon_from_rdp",
     "gaussian_epsilon",
     "gaussian_noise_multiplier",
@@ -120,6 +127,24 @@ DEFAULT_ORDERS: tuple[float, ...] = (
 
 TRUNCATION_DELTA_SHARE = 1e-3
 """Share of ``δ`` reserved for the truncation of noise shares to ``noise_bound``."""
+
+MAX_EPSILON = 100.0
+"""Largest ``ε`` a job may ask or be calibrated to: beyond it the guarantee is void (``e^ε``)."""
+
+MAX_DELTA = 1e-2
+"""Largest ``δ`` accepted: a ``δ`` of a percent already allows publishing records outright."""
+
+MIN_NOISE_MULTIPLIER = 1e-3
+"""Smallest configured noise multiplier ``z = σ/Δ₂`` (below it the noise is negligible)."""
+
+MAX_NOISE_MULTIPLIER = 1e6
+"""Largest configured noise multiplier (beyond it the releases are pure noise)."""
+
+MAX_CLIP_NORM = 1e12
+"""Largest L2 clip norm accepted."""
+
+MAX_ROUNDS = 1_000_000
+"""Most planned releases of one job."""
 
 _FLOAT_SLACK = 1e-9
 _ADJACENCIES = ("zero_out", "replace_one")
@@ -530,6 +555,59 @@ def gaussian_noise_multiplier(
     )
 
 
+def distributed_epsilon(
+    *,
+    noise: NoiseKind,
+    share: float,
+    honest_shares: int,
+    sensitivity: Sensitivity,
+    releases: int,
+    delta: float,
+    orders: Orders | None = None,
+) -> float:
+    """``ε`` of ``releases`` sums protected by ``honest_shares`` noise shares of ``share`` each.
+
+    The view of a party that knows (and subtracts) every other share — e.g. a contributing
+    agency that knows its own, or a coalition of them — is the same mechanism with fewer
+    shares: this is how :class:`~fedcity.privacy.DistributedNoise` reports ``ε`` against
+    contributors.
+
+    Parameters
+    ----------
+    noise : {"gaussian", "skellam"}
+    share : float
+        Per-agency discrete Gaussian scale, or Skellam rate per side (quantization steps).
+    honest_shares : int
+        Shares the observer does not know (``0``: no noise protects the sum, ``ε = inf``).
+    sensitivity : Sensitivity
+    releases : int
+    delta : float
+        ``δ`` of the RDP conversion.
+    orders : sequence of float, optional
+        Integer orders; default :data:`DEFAULT_ORDERS`.
+
+    Returns
+    -------
+    float
+        ``inf`` when no unknown share is left or a discrete Gaussian share is below scale 1/2.
+    """
+    p = _positive_finite("share", share)
+    h = _non_negative_int("honest_shares", honest_shares)
+    k = _positive_int("releases", releases)
+    a = _integer_orders(orders)
+    if noise not in ("gaussian", "skellam"):
+        raise ValueError(f"noise must be 'gaussian' or 'skellam', got {noise!r}")
+    if h == 0:
+        return math.inf
+    if noise == "gaussian":
+        if p < 0.5:
+            return math.inf
+        rdp = ddg_rdp(a, sigma_share=p, n_contributors=h, sensitivity=sensitivity)
+    else:
+        rdp = skellam_rdp(a, mu_total=h * p, sensitivity=sensitivity)
+    return epsilon_from_rdp(a, k * rdp, delta)
+
+
 # -- configuration ----------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class DPConfig:
@@ -576,13 +654,32 @@ class DPConfig:
     def __post_init__(self) -> None:
         if self.epsilon is not None:
             _positive_finite("epsilon", self.epsilon)
+            if self.epsilon > MAX_EPSILON:
+                raise ValueError(
+                    f"epsilon={self.epsilon!r} is absurd: above {MAX_EPSILON:g} differential "
+                    "privacy promises nothing (the bound grows as e^epsilon)"
+                )
         _probability("delta", self.delta)
+        if self.delta > MAX_DELTA:
+            raise ValueError(
+                f"delta={self.delta!r} is absurd: above {MAX_DELTA:g} a mechanism may publish "
+                "records outright with that probability; use delta well below 1/records"
+            )
         _positive_finite("clip_norm", self.clip_norm)
+        if self.clip_norm > MAX_CLIP_NORM:
+            raise ValueError(f"clip_norm={self.clip_norm!r} exceeds {MAX_CLIP_NORM:g}")
         if self.noise not in ("gaussian", "skellam"):
             raise ValueError(f"noise must be 'gaussian' or 'skellam', got {self.noise!r}")
         if self.noise_multiplier is not None:
             _positive_finite("noise_multiplier", self.noise_multiplier)
+            if not MIN_NOISE_MULTIPLIER <= self.noise_multiplier <= MAX_NOISE_MULTIPLIER:
+                raise ValueError(
+                    f"noise_multiplier={self.noise_multiplier!r} is absurd: it must be in "
+                    f"[{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}]"
+                )
         _positive_int("rounds", self.rounds)
+        if self.rounds > MAX_ROUNDS:
+            raise ValueError(f"rounds={self.rounds!r} exceeds {MAX_ROUNDS}")
         if self.adjacency not in _ADJACENCIES:
             raise ValueError(
                 f"adjacency must be 'zero_out' or 'replace_one', got {self.adjacency!r}"
@@ -688,6 +785,11 @@ class DPConfig:
                 "below scale 1/2, where the distributed discrete Gaussian bound does not hold"
             )
         planned = epsilon_from_rdp(a, self.rounds * rdp, self.delta_rdp)
+        if planned > MAX_EPSILON:
+            raise ValueError(
+                f"noise_multiplier={z!r} over {self.rounds} release(s) gives epsilon="
+                f"{planned:.4g}, above {MAX_EPSILON:g}: no meaningful privacy; raise the noise"
+            )
         sigma_total = z * sensitivity.l2
         return Calibration(
             noise=self.noise,

@@ -35,10 +35,12 @@ from fedcity.privacy.accountant import (
     PrivacyAccountant,
     Sensitivity,
     clip_l2,
+    distributed_epsilon,
     quantized_sensitivity,
 )
 from fedcity.privacy.noise import (
     MAX_TAIL_PROBABILITY,
+    RandomBytes,
     bound_for_tail,
     sample_noise,
     share_variance,
@@ -178,6 +180,75 @@ class DistributedNoise:
         """Standard deviation of the summed noise over ``n_min`` honest shares, in steps."""
         return self.calibration.sigma_total
 
+    def epsilon_against(
+        self,
+        coalition: int = 0,
+        *,
+        releases: int | None = None,
+        record_level: bool = False,
+    ) -> float:
+        """``ε`` of ``releases`` releases against a party that knows ``coalition`` shares.
+
+        A contributing agency knows its own noise share and can subtract it from every
+        released sum; a coalition of ``c`` contributors subtracts ``c`` shares. What protects
+        an honest agency from them is the other ``n_contributors_min - c`` shares (each of the
+        calibrated size), so the same bound is evaluated with that many shares.
+        ``coalition = 0`` is an outside observer (the coordinator, the data scientist, the
+        public): at most the configured ``ε`` when ``colluding = 0``.
+
+        Parameters
+        ----------
+        coalition : int, default 0
+            Contributing agencies whose shares the observer knows (itself included).
+        releases : int, optional
+            Default ``config.rounds``.
+        record_level : bool, default False
+            Protect one *record* of an agency rather than its whole update: under the default
+            zero-out relation a changed record moves the agency's clipped update to any other
+            clipped update, the replace-one sensitivity ``2C/s + √d`` (see
+            :meth:`record_epsilon`).
+
+        Returns
+        -------
+        float
+            ``inf`` when no share is left unknown (``coalition >= n_contributors_min``).
+        """
+        c = coalition
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+            raise ValueError(f"coalition must be a non-negative integer, got {coalition!r}")
+        k = self.config.rounds if releases is None else releases
+        sens = self.sensitivity
+        if record_level and self.config.adjacency == "zero_out":
+            sens = quantized_sensitivity(
+                clip_norm=self.config.clip_norm,
+                step=self.spec.step,
+                dim=self.dim,
+                adjacency="replace_one",
+            )
+        return distributed_epsilon(
+            noise=self.config.noise,
+            share=self.calibration.share,
+            honest_shares=max(self.n_contributors_min - c, 0),
+            sensitivity=sens,
+            releases=k,
+            delta=self.config.delta_rdp,
+            orders=self.calibration.orders,
+        )
+
+    @property
+    def epsilon_against_agency(self) -> float:
+        """``ε`` of the planned releases against one contributing agency (it knows its share).
+
+        With two contributors, one agency's data is protected from the other only by its own
+        share: e.g. a configured ``ε = 4`` is larger here. ``inf`` with one contributor.
+        """
+        return self.epsilon_against(1)
+
+    @property
+    def record_epsilon(self) -> float:
+        """``ε`` of the planned releases for one record (replace-one sensitivity, see above)."""
+        return self.epsilon_against(0, record_level=True)
+
     def clip(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """L2-clip an update to ``config.clip_norm`` (do this before encrypting it).
 
@@ -192,7 +263,11 @@ class DistributedNoise:
         return clip_l2(x, self.config.clip_norm)
 
     def sample(
-        self, d: int | None = None, *, rng: np.random.Generator | None = None
+        self,
+        d: int | None = None,
+        *,
+        rng: np.random.Generator | None = None,
+        random_bytes: RandomBytes | None = None,
     ) -> npt.NDArray[np.int64]:
         """One agency's noise share for one release.
 
@@ -202,7 +277,10 @@ class DistributedNoise:
             Number of values; at most ``dim`` (the sensitivity was computed for ``dim``).
             Default ``dim``.
         rng : numpy.random.Generator, optional
-            Only for tests; by default a fresh generator seeded from :mod:`secrets`.
+            Only for tests (numpy's samplers on this generator).
+        random_bytes : callable, optional
+            Only for tests; by default every draw comes from the OS CSPRNG
+            (:func:`secrets.token_bytes`).
 
         Returns
         -------
@@ -214,7 +292,12 @@ class DistributedNoise:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self.dim:
             raise ValueError(f"d must be an integer in [0, dim={self.dim}], got {d!r}")
         return sample_noise(
-            self.config.noise, self.calibration.share, n, bound=self.noise_bound, rng=rng
+            self.config.noise,
+            self.calibration.share,
+            n,
+            bound=self.noise_bound,
+            rng=rng,
+            random_bytes=random_bytes,
         )
 
     def expected_sum_std(self, n_contributors: int | None = None) -> float:

@@ -28,10 +28,14 @@ untruncated mechanism becomes ``(ε, δ + (1 + e^ε)·N·p)``.
 :class:`fedcity.privacy.mechanism.DistributedNoise` chooses the bound so that this extra term
 fits in a small reserved share of ``δ`` (and ``p <= 1e-12``), and the accountant charges it.
 
-Randomness. By default every call draws a fresh :class:`numpy.random.Generator` (PCG64) seeded
-with 256 bits from :mod:`secrets`. PCG64 is not a cryptographically secure generator; the noise
-shares themselves are only ever seen encrypted, and a fresh secret seed per call limits what
-any released sum could reveal about the generator state. Pass ``rng`` only in tests.
+Randomness. By default every draw comes from the operating system's CSPRNG
+(:func:`secrets.token_bytes`), turned into uniform doubles with 53 random bits each; the
+discrete Gaussian (CKS 2020, Alg. 3) and the Poisson sides of the Skellam share (inversion
+below rate 10, Hörmann's PTRS above, with Loader's stable log-pmf) are computed from those
+uniforms — the same algorithms as the query noise of :mod:`fedcity.analytics.privacy`. No
+seed exists to leak or reuse. Tests may inject a deterministic source explicitly: either
+``random_bytes`` (``n -> n bytes``) or a :class:`numpy.random.Generator` as ``rng`` (numpy's
+own samplers are then used).
 
 The samplers use float64 arithmetic for the acceptance tests (CKS 2020 describe an
 exact-arithmetic sampler); the resulting distribution differs from the ideal one only at the
@@ -44,14 +48,18 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "MAX_GAUSSIAN_SHARE",
+    "MAX_SKELLAM_SHARE",
     "MAX_TAIL_PROBABILITY",
     "NoiseKind",
+    "RandomBytes",
     "bound_for_tail",
     "discrete_gaussian_variance",
     "new_rng",
@@ -69,12 +77,24 @@ NoiseKind = Literal["gaussian", "skellam"]
 MAX_TAIL_PROBABILITY = 1e-12
 """Largest per-value truncation probability :func:`bound_for_tail` ever accepts."""
 
+RandomBytes = Callable[[int], bytes]
+"""A source of uniformly random bytes: ``n -> n bytes`` (default :func:`secrets.token_bytes`)."""
+
+MAX_GAUSSIAN_SHARE = float(2**45)
+"""Largest per-agency discrete Gaussian scale the CSPRNG sampler draws (quantization steps)."""
+
+MAX_SKELLAM_SHARE = float(2**50)
+"""Largest per-agency Skellam rate (per side) the CSPRNG sampler draws."""
+
 _NOISE_KINDS = ("gaussian", "skellam")
 _MAX_BOUND = 1 << 62
 
 
 def new_rng() -> np.random.Generator:
     """A fresh PCG64 generator seeded with 256 bits from :mod:`secrets`.
+
+    Not used by the samplers any more (they draw from the OS CSPRNG); kept for callers that
+    want a secretly seeded numpy generator for non-privacy purposes.
 
     Returns
     -------
@@ -111,6 +131,145 @@ def _check_bound(bound: int | None) -> int:
     return int(bound)
 
 
+# -- the OS CSPRNG ----------------------------------------------------------------------------
+def _source(
+    rng: np.random.Generator | None, random_bytes: RandomBytes | None
+) -> np.random.Generator | RandomBytes:
+    """The explicit test source, or :func:`secrets.token_bytes`."""
+    if rng is not None and random_bytes is not None:
+        raise ValueError("give at most one of rng and random_bytes (both are test sources)")
+    if rng is not None:
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        return rng
+    if random_bytes is not None:
+        if not callable(random_bytes):
+            raise ValueError("random_bytes must be a callable n -> n bytes")
+        return random_bytes
+    return secrets.token_bytes
+
+
+def _uniform_open(n: int, random_bytes: RandomBytes) -> npt.NDArray[np.float64]:
+    """``n`` uniform doubles in the open interval (0, 1), 53 random bits each."""
+    raw = random_bytes(8 * n)
+    if not isinstance(raw, bytes | bytearray) or len(raw) != 8 * n:
+        raise ValueError(f"random_bytes must return {8 * n} bytes")
+    k = np.frombuffer(bytes(raw), dtype=np.uint64) >> np.uint64(11)
+    out: npt.NDArray[np.float64] = (k.astype(np.float64) + 0.5) * 2.0**-53
+    return out
+
+
+def _csprng_discrete_gaussian(
+    sigma: float, n: int, bound: int, random_bytes: RandomBytes
+) -> npt.NDArray[np.int64]:
+    """CKS 2020 Alg. 3 on CSPRNG uniforms: discrete Laplace proposals, Gaussian acceptance."""
+    t = math.floor(sigma) + 1
+    shift = sigma * sigma / t
+    two_var = 2.0 * sigma * sigma
+    out = np.empty(n, dtype=np.int64)
+    filled = 0
+    while filled < n:
+        batch = max(2 * (n - filled) + 16, 64)
+        u = _uniform_open(3 * batch, random_bytes)
+        # geometric on {0, 1, ...} with P(G >= k) = e^{-k/t}: floor(-t·log U)
+        g1 = np.floor(-t * np.log(u[:batch]))
+        g2 = np.floor(-t * np.log(u[batch : 2 * batch]))
+        y = g1 - g2
+        a = np.abs(y)
+        accept = (u[2 * batch :] < np.exp(-((a - shift) ** 2) / two_var)) & (a <= bound)
+        got = y[accept][: n - filled].astype(np.int64)
+        out[filled : filled + got.size] = got
+        filled += got.size
+    return out
+
+
+def _stirlerr(k: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``log(k!) - ((k + 1/2)·log k - k + log √(2π))`` for ``k >= 1`` (Loader 2000)."""
+    from scipy.special import gammaln  # imported on first use: fedcity.privacy stays cheap
+
+    out = np.empty_like(k)
+    small = k <= 15
+    ks = k[small]
+    out[small] = gammaln(ks + 1.0) - (ks + 0.5) * np.log(ks) + ks - 0.5 * math.log(2 * math.pi)
+    kl = k[~small]
+    kk = kl * kl
+    s0, s1, s2, s3, s4 = 1 / 12, 1 / 360, 1 / 1260, 1 / 1680, 1 / 1188
+    out[~small] = (s0 - (s1 - (s2 - (s3 - s4 / kk) / kk) / kk) / kk) / kl
+    return out
+
+
+def _log_poisson_centred(
+    j: npt.NDArray[np.float64], base: float, frac: float, lam: float
+) -> npt.NDArray[np.float64]:
+    """``log P(K = base + j)`` for ``K ~ Poisson(lam)``, ``lam = base + frac``, stably."""
+    d = j - frac
+    k = base + j
+    out = np.full(j.shape, -np.inf)
+    pos = k >= 1
+    dd, kk = d[pos], k[pos]
+    near = np.abs(dd) < 0.1 * (kk + lam)
+    bd0 = np.empty_like(dd)
+    bd0[~near] = kk[~near] * np.log1p(dd[~near] / lam) - dd[~near]
+    v = dd[near] / (kk[near] + lam)
+    s = dd[near] * v
+    ej = 2.0 * kk[near] * v
+    v2 = v * v
+    for i in range(1, 40):
+        ej = ej * v2
+        s = s + ej / (2 * i + 1)
+    bd0[near] = s
+    out[pos] = -_stirlerr(kk) - bd0 - 0.5 * np.log(2 * math.pi * kk)
+    out[k == 0] = -lam
+    return out
+
+
+def _csprng_poisson(lam: float, n: int, random_bytes: RandomBytes) -> npt.NDArray[np.int64]:
+    """Poisson(lam) from CSPRNG uniforms: inversion (lam < 10) or PTRS (Hörmann 1993)."""
+    out = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return out
+    if lam < 10.0:
+        u = _uniform_open(n, random_bytes)
+        k = np.zeros(n, dtype=np.int64)
+        p = math.exp(-lam)
+        cdf = p
+        active = u > cdf
+        i = 0
+        while active.any() and i < 200:
+            i += 1
+            p *= lam / i
+            cdf += p
+            k[active] += 1
+            active &= u > cdf
+        return k
+    base = math.floor(lam)
+    frac = lam - base
+    slam = math.sqrt(lam)
+    b = 0.931 + 2.53 * slam
+    a = -0.059 + 0.02483 * b
+    log_inv_alpha = math.log(1.1239 + 1.1328 / (b - 3.4))
+    vr = 0.9277 - 3.6224 / (b - 2.0)
+    filled = 0
+    while filled < n:
+        batch = max(2 * (n - filled) + 16, 64)
+        uv = _uniform_open(2 * batch, random_bytes)
+        u = uv[:batch] - 0.5
+        v = uv[batch:]
+        us = 0.5 - np.abs(u)
+        j = np.floor((2.0 * a / us + b) * u + frac + 0.43)
+        quick = (us >= 0.07) & (v <= vr)
+        ok = (j + base >= 0) & ~((us < 0.013) & (v > us))
+        slow = ok & ~quick
+        accept = quick.copy()
+        if slow.any():
+            lhs = np.log(v[slow]) + log_inv_alpha - np.log(a / (us[slow] * us[slow]) + b)
+            accept[slow] = lhs <= _log_poisson_centred(j[slow], float(base), frac, lam)
+        got = j[accept][: n - filled].astype(np.int64) + np.int64(base)
+        out[filled : filled + got.size] = got
+        filled += got.size
+    return out
+
+
 # -- samplers ---------------------------------------------------------------------------------
 def sample_discrete_gaussian(
     sigma: float,
@@ -118,6 +277,7 @@ def sample_discrete_gaussian(
     *,
     bound: int | None = None,
     rng: np.random.Generator | None = None,
+    random_bytes: RandomBytes | None = None,
 ) -> npt.NDArray[np.int64]:
     """Draw discrete Gaussian integers ``P(x) ∝ exp(-x²/(2·sigma²))``.
 
@@ -137,7 +297,10 @@ def sample_discrete_gaussian(
         Draw from the distribution conditioned on ``|x| <= bound`` (see the module notes on
         truncation). ``None``: no bound.
     rng : numpy.random.Generator, optional
-        Source of randomness; by default a fresh secretly seeded one (:func:`new_rng`).
+        Only for tests: draw with numpy's samplers from this generator.
+    random_bytes : callable, optional
+        Only for tests: ``n -> n bytes`` replacing :func:`secrets.token_bytes`.
+        By default (neither given) every draw comes from the OS CSPRNG.
 
     Returns
     -------
@@ -146,7 +309,12 @@ def sample_discrete_gaussian(
     sigma = _check_positive("sigma", sigma)
     n = _check_size(size)
     b = _check_bound(bound)
-    gen = new_rng() if rng is None else rng
+    source = _source(rng, random_bytes)
+    if not isinstance(source, np.random.Generator):
+        if sigma > MAX_GAUSSIAN_SHARE:
+            raise ValueError(f"sigma {sigma:.3g} exceeds the sampler's {MAX_GAUSSIAN_SHARE:.3g}")
+        return _csprng_discrete_gaussian(sigma, n, b, source)
+    gen = source
     t = math.floor(sigma) + 1
     p_geom = -math.expm1(-1.0 / t)  # success probability 1 - e^{-1/t}
     shift = sigma * sigma / t
@@ -172,6 +340,7 @@ def sample_skellam(
     *,
     bound: int | None = None,
     rng: np.random.Generator | None = None,
+    random_bytes: RandomBytes | None = None,
 ) -> npt.NDArray[np.int64]:
     """Draw symmetric Skellam integers ``Poisson(mu) - Poisson(mu)`` (variance ``2·mu``).
 
@@ -184,7 +353,10 @@ def sample_skellam(
     bound : int, optional
         Draw from the distribution conditioned on ``|x| <= bound``.
     rng : numpy.random.Generator, optional
-        Source of randomness; by default a fresh secretly seeded one (:func:`new_rng`).
+        Only for tests: draw with numpy's samplers from this generator.
+    random_bytes : callable, optional
+        Only for tests: ``n -> n bytes`` replacing :func:`secrets.token_bytes`.
+        By default (neither given) every draw comes from the OS CSPRNG.
 
     Returns
     -------
@@ -193,7 +365,19 @@ def sample_skellam(
     mu = _check_positive("mu", mu)
     n = _check_size(size)
     b = _check_bound(bound)
-    gen = new_rng() if rng is None else rng
+    source = _source(rng, random_bytes)
+    if not isinstance(source, np.random.Generator):
+        if mu > MAX_SKELLAM_SHARE:
+            raise ValueError(f"mu {mu:.3g} exceeds the sampler's {MAX_SKELLAM_SHARE:.3g}")
+        rb = source
+        out = _csprng_poisson(mu, n, rb) - _csprng_poisson(mu, n, rb)
+        bad = np.flatnonzero(np.abs(out) > b)
+        while bad.size:
+            redraw = _csprng_poisson(mu, bad.size, rb) - _csprng_poisson(mu, bad.size, rb)
+            out[bad] = redraw
+            bad = bad[np.abs(redraw) > b]
+        return out
+    gen = source
     out = (gen.poisson(mu, n) - gen.poisson(mu, n)).astype(np.int64)
     bad = np.flatnonzero(np.abs(out) > b)
     while bad.size:
@@ -210,6 +394,7 @@ def sample_noise(
     *,
     bound: int | None = None,
     rng: np.random.Generator | None = None,
+    random_bytes: RandomBytes | None = None,
 ) -> npt.NDArray[np.int64]:
     """Draw one agency's noise share: dispatch on ``noise``.
 
@@ -222,6 +407,9 @@ def sample_noise(
     size : int
     bound : int, optional
     rng : numpy.random.Generator, optional
+        Only for tests (see :func:`sample_discrete_gaussian`).
+    random_bytes : callable, optional
+        Only for tests; default: the OS CSPRNG.
 
     Returns
     -------
@@ -229,8 +417,10 @@ def sample_noise(
     """
     _check_kind(noise)
     if noise == "gaussian":
-        return sample_discrete_gaussian(parameter, size, bound=bound, rng=rng)
-    return sample_skellam(parameter, size, bound=bound, rng=rng)
+        return sample_discrete_gaussian(
+            parameter, size, bound=bound, rng=rng, random_bytes=random_bytes
+        )
+    return sample_skellam(parameter, size, bound=bound, rng=rng, random_bytes=random_bytes)
 
 
 # -- moments and shares -----------------------------------------------------------------------
