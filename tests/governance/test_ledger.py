@@ -181,3 +181,30 @@ def test_kill_9_in_the_middle_of_charging_leaves_no_charge(tmp_path):
     assert done.returncode == 0 and "committed" in done.stdout, done.stderr
     with Ledger(path) as ledger:
         assert [c["job"] for c in ledger.charges()] == ["earlier", "killed", "after"]
+
+
+_RACER = """
+import sys
+from fedcity.governance.ledger import Budget, BudgetRefused, Ledger
+ledger = Ledger(sys.argv[1])
+for i in range(5):
+    try:
+        ledger.charge("inspections", f"{sys.argv[2]}-{i}", 0.3, 0.0, Budget(2.0, 0.5, "total"))
+    except BudgetRefused:
+        pass
+"""
+
+
+def test_concurrent_agents_processes_never_overspend(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    Ledger(path).close()
+    env = {k: v for k, v in os.environ.items() if k != HOLD_ENV}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _RACER, str(path), f"p{n}"], env=env)
+        for n in range(4)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    with Ledger(path) as ledger:
+        charges = ledger.charges()
+    assert len(charges) == 6  # 6 x 0.3 <= 2.0 < 7 x 0.3, whoever won the races
+    assert sum(c["epsilon"] for c in charges) == pytest.approx(1.8)
