@@ -454,6 +454,8 @@ class LogSummary:
     records: int
     public_key: VerifyKey | None
     findings: list[Finding] = field(default_factory=list)
+    anchors: int = 0
+    """Heads of this log held by other parties that were checked."""
 
     @property
     def ok(self) -> bool:
@@ -617,6 +619,7 @@ def verify_log(
             break
         prev = r.hash
     confirmed = 0
+    summary.anchors = len(anchors)
     for held in sorted(anchors, key=lambda h: h.anchor.records):
         finding = _check_anchor(name, records, key, held, confirmed)
         if finding is not None:

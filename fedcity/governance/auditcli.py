@@ -112,6 +112,8 @@ def run_audit(args: argparse.Namespace, out: Any = None) -> int:
     for s in summaries:
         key = s.public_key.hex()[:16] + "…" if s.public_key is not None else "unknown"
         state = "OK" if s.ok else f"{len(s.findings)} problem(s)"
+        if s.anchors:
+            state += f" (checked against {s.anchors} signed heads held by the agencies)"
         print(f"{s.party}: {s.records} records, key {key}: {state}", file=stream)
         for f in s.findings:
             at = "" if f.position is None else f" [record {f.position}]"

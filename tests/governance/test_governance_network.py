@@ -223,6 +223,7 @@ def test_dp_query_is_charged_and_every_upload_is_anchored(federation, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.count(": OK") == 4
+    assert "signed heads held by the agencies" in out.splitlines()[0]  # the coordinator's
 
 
 def test_query_beyond_the_budget_is_refused_and_the_ledgers_do_not_change(federation, capsys):
