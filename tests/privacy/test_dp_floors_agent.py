@@ -1,0 +1,157 @@
+"""Agency DP floors over the agent path: real coordinator (TLS) and agent daemons on loopback.
+
+Each agent reads its floors from ``[policy]`` of ``agency.toml``; a DP training job whose
+settings fall below one agency's floor is refused by that agency before anything is charged
+or computed, and the data scientist sees the rule named in ``fedcity job watch``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedcity.data.dataset import FeatureSpec
+from fedcity.governance.auditlog import read_log
+from fedcity.governance.ledger import Ledger
+from fedcity.learn.dp import public_preprocessing
+from fedcity.net.agent import Agent, AgentConfig
+from fedcity.net.ceremony import deal_federation, read_token
+from fedcity.net.client import Client
+from fedcity.net.coordinator import CoordinatorConfig, serve
+
+AGENCIES = ["f1", "f2", "f3"]
+FLOORS = {
+    "f1": 'max_clip_norm = 0.5\nbudget = { epsilon = 10.0, delta = 1e-5, period = "total" }',
+    "f2": "",
+    "f3": "",
+}
+
+
+def _config(folder, agency: str, port: int, policy: str) -> str:
+    path = folder / "agency.toml"
+    path.write_text(
+        f"""agency = "{agency}"
+coordinator = "127.0.0.1:{port}"
+token_file = "token"
+key_file = "share.json"
+signing_key_file = "signing-key.json"
+federation_file = "../../federation-public.json"
+ca_file = "../../tls/ca.pem"
+
+[datasets.visits]
+path = "visits.csv"
+numeric = ["x1", "x2"]
+categorical = {{ kind = ["a", "b"] }}
+label = "y"
+
+[policy]
+{policy}
+"""
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("floors")
+    files = deal_federation(root, AGENCIES, 2, key_bits=512)
+    server = serve(
+        CoordinatorConfig(
+            listen="127.0.0.1:0",
+            db=root / "coordinator.sqlite",
+            federation=files.public,
+            credentials=files.credentials,
+            tls_cert=files.server_cert,
+            tls_key=files.server_key,
+            heartbeat_interval=0.5,
+            max_wait=1.0,
+            tick_interval=0.1,
+        )
+    )
+    rng = np.random.default_rng(5)
+    agents = []
+    for agency in AGENCIES:
+        folder = files.shares[agency].parent
+        n = 60
+        x1, x2 = rng.normal(size=n), rng.normal(size=n)
+        pd.DataFrame(
+            {
+                "x1": x1,
+                "x2": x2,
+                "kind": rng.choice(["a", "b"], n),
+                "y": (x1 + rng.normal(size=n) > 0).astype(int),
+            }
+        ).to_csv(folder / "visits.csv", index=False)
+        config = AgentConfig.from_toml(_config(folder, agency, server.port, FLOORS[agency]))
+        agents.append(Agent(config, fetch_wait_ms=500))
+    threads = [
+        threading.Thread(target=a.run, kwargs={"handle_signals": False}, daemon=True)
+        for a in agents
+    ]
+    for t in threads:
+        t.start()
+    client = Client(
+        f"127.0.0.1:{server.port}",
+        read_token(files.scientist_tokens["analyst"]),
+        ca_file=files.ca_cert,
+    )
+    deadline = time.monotonic() + 30
+    while sum(a.connected for a in client.agencies()) < len(AGENCIES):
+        assert time.monotonic() < deadline, "agents did not connect"
+        time.sleep(0.1)
+    try:
+        yield {"client": client, "agents": {a.config.agency: a for a in agents}}
+    finally:
+        client.close()
+        for a in agents:
+            a.stop()
+        for t in threads:
+            t.join(timeout=10)
+        server.stop(grace=1.0)
+
+
+def _submit(client: Client, clip_norm: float) -> str:
+    spec = FeatureSpec(numeric=("x1", "x2"), categorical={"kind": ("a", "b")}, label="y")
+    pre = public_preprocessing(spec, ranges={"x1": (-4, 4), "x2": (-4, 4)}, total_weight=180)
+    return client.submit(
+        "logistic_regression",
+        {"C": 1.0, "max_iter": 2, "preprocessing": pre.to_params()},
+        "visits",
+        privacy={"epsilon": 4.0, "delta": 1e-6, "clip_norm": clip_norm, "rounds": 2},
+        min_agencies=3,
+    )
+
+
+def test_the_policy_floor_is_read_from_agency_toml(federation):
+    floor = federation["agents"]["f1"].node.dp_floor
+    assert floor is not None and floor.max_clip_norm == 0.5
+
+
+def test_settings_below_an_agency_floor_are_refused_with_the_rule_and_nothing_charged(
+    federation,
+):
+    client = federation["client"]
+    job = _submit(client, clip_norm=1.0)
+    events = list(client.watch(job, timeout=120))
+    assert events[-1].state == "failed"
+    assert "max_clip_norm" in events[-1].failure and "'f1'" in events[-1].failure
+    assert events[-1].rounds_done == 0
+    f1 = federation["agents"]["f1"]
+    with Ledger(f1.config.ledger_file) as ledger:
+        assert [c for c in ledger.charges() if c["job"] == job] == []
+    types = [r.type for r in read_log(f1.config.audit_file) if r.job == job]
+    assert "contribution" not in types and "budget" not in types
+
+
+def test_settings_within_every_floor_run_and_are_charged(federation):
+    client = federation["client"]
+    job = _submit(client, clip_norm=0.5)
+    events = list(client.watch(job, timeout=180))
+    assert events[-1].state == "succeeded", events[-1].failure
+    f1 = federation["agents"]["f1"]
+    with Ledger(f1.config.ledger_file) as ledger:
+        assert [(c["job"], c["epsilon"]) for c in ledger.charges()] == [(job, 4.0)]
