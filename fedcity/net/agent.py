@@ -316,6 +316,8 @@ class Agent:
         self._held: dict[tuple[str, int, int], fpb.Assignment] = {}
         """Assignments held until a person approves or denies their job."""
         self._jobs_seen: set[str] = set()
+        self._decided: set[str] = set()
+        """Jobs whose approval or denial is in the audit log (since the agent started)."""
         tables: dict[str, AgencyDataset] = {}
         for name, dc in config.datasets.items():
             try:
@@ -521,6 +523,8 @@ class Agent:
         if not rules.needs_approval(job) or self.approvals is None:
             return False
         decision = self.approvals.ask(job)
+        if decision is not None:
+            self._audit_decision(job)
         if decision == "approved":
             return False
         if decision == "denied":
@@ -542,6 +546,25 @@ class Agent:
             metadata=self._metadata,
         )
         return True
+
+    def _audit_decision(self, job: JobFacts) -> None:
+        """A person's approval or denial of ``job`` into the audit log (once per job)."""
+        if self.approvals is None or job.job_id in self._decided:
+            return
+        entry = next((p for p in self.approvals.jobs() if p.job_id == job.job_id), None)
+        if entry is None or entry.decision is None:
+            return
+        self._decided.add(job.job_id)
+        self._audit_append(
+            "approve" if entry.decision == "approved" else "deny",
+            job=job.job_id,
+            body={
+                "by": entry.decided_by or "",
+                "reason": (entry.reason or "")[:2000],
+                "job_type": job.job_type,
+                "submitted_by": job.submitted_by,
+            },
+        )
 
     def _release_held(self) -> None:
         """Serve (or decline) held assignments whose job a person has decided on."""
@@ -744,13 +767,13 @@ class Agent:
         start = time.perf_counter()
         out = _Outgoing(a.job_id, int(a.round), int(a.action), a.kind)
         try:
+            self._audit_job(a)
             if self._hold_for_approval(a):
                 return
             if a.action == fpb.ACTION_CONTRIBUTE:
                 task = assignment_to_task(a)
                 if not task.request.kind.startswith("query."):  # queries name their table
                     self._select_dataset(a.dataset)
-                self._audit_job(a)
                 self.node.check_dp(task)  # [policy] DP floors: refused before any charge
                 self._charge(a, task)  # before anything is computed
                 out.payload = self.node.contribute(task)
