@@ -72,6 +72,7 @@ if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         allow_module_level=True,
     )
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
@@ -149,9 +150,12 @@ def live(tmp_path_factory, data):
 
     try:
         wait_for(
-            lambda: server.coordinator.snapshot_health(analyst).connected == 3,
+            lambda: all(
+                a.registered and a.connected and a.tables
+                for a in server.coordinator.snapshot_health(analyst).agencies
+            ),
             timeout=60,
-            what="three agents",
+            what="three registered agents",
         )
         full = submit(dataset=DATASET, evaluate_dataset=DATASET)
         wait_for(lambda: state(full).state in TERMINAL, timeout=240, what="the first job")
@@ -188,14 +192,22 @@ def live(tmp_path_factory, data):
         server.stop(grace=0)
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def chromium(profile: Path):
+    """A headless chromium driven by chromedriver, with a fresh profile folder."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    options.add_argument(f"--user-data-dir={profile}")
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    try:
+        driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
+    except WebDriverException:  # a loaded machine can miss chromedriver's start deadline once
+        driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
     driver.set_page_load_timeout(60)
     try:
         yield driver
