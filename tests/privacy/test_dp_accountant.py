@@ -21,6 +21,7 @@ from fedcity.privacy import (
     clip_l2,
     ddg_rdp,
     ddg_tau,
+    distributed_epsilon,
     epsilon_from_rdp,
     gaussian_epsilon,
     gaussian_noise_multiplier,
@@ -400,3 +401,65 @@ def test_accountant_validation() -> None:
     acc = PrivacyAccountant.gaussian(noise_multiplier=1.0, epsilon_budget=1.0, delta=1e-5)
     with pytest.raises(ValueError, match="releases"):
         acc.check(0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"epsilon": 1e4}, "epsilon"),
+        ({"delta": 0.5}, "delta"),
+        ({"delta": 0.02}, "delta"),
+        ({"clip_norm": 1e300}, "clip_norm"),
+        ({"rounds": 10**9}, "rounds"),
+        ({"epsilon": None, "noise_multiplier": 1e-9}, "noise_multiplier"),
+        ({"epsilon": None, "noise_multiplier": 1e9}, "noise_multiplier"),
+    ],
+)
+def test_absurd_privacy_parameters_are_refused(kwargs: dict[str, object], name: str) -> None:
+    # Today an epsilon of 10^4, a delta of 1/2 or a noise multiplier of 1e-9 was accepted.
+    base: dict[str, object] = {"epsilon": 1.0, "delta": 1e-5, "clip_norm": 1.0}
+    base.update(kwargs)
+    with pytest.raises(ValueError, match=rf"^{name}[ =]") as info:
+        DPConfig(**base)  # type: ignore[arg-type]
+    assert "absurd" in str(info.value) or "exceeds" in str(info.value)
+
+
+def test_a_noise_multiplier_giving_meaningless_epsilon_is_refused_at_calibration() -> None:
+    cfg = DPConfig(noise_multiplier=0.01, delta=1e-6, clip_norm=1.0, rounds=10)
+    sens = quantized_sensitivity(clip_norm=1.0, step=1e-3, dim=10)
+    with pytest.raises(ValueError, match="no meaningful privacy"):
+        cfg.calibrate(sensitivity=sens, n_contributors=3)
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "skellam"])
+def test_distributed_epsilon_with_all_shares_is_the_calibrated_epsilon(noise: NoiseKind) -> None:
+    cfg = DPConfig(epsilon=3.0, delta=1e-6, clip_norm=1.0, noise=noise, rounds=5)
+    sens = quantized_sensitivity(clip_norm=1.0, step=1e-3, dim=50)
+    cal = cfg.calibrate(sensitivity=sens, n_contributors=4)
+    eps = distributed_epsilon(
+        noise=noise,
+        share=cal.share,
+        honest_shares=4,
+        sensitivity=sens,
+        releases=5,
+        delta=cfg.delta_rdp,
+    )
+    assert eps == pytest.approx(cal.planned_epsilon, rel=1e-12)
+    fewer = distributed_epsilon(
+        noise=noise,
+        share=cal.share,
+        honest_shares=3,
+        sensitivity=sens,
+        releases=5,
+        delta=cfg.delta_rdp,
+    )
+    assert fewer > eps
+    none = distributed_epsilon(
+        noise=noise,
+        share=cal.share,
+        honest_shares=0,
+        sensitivity=sens,
+        releases=5,
+        delta=cfg.delta_rdp,
+    )
+    assert none == math.inf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 
 from fedcity.crypto import PackingSpec, decrypt_vector, encrypt_vector, generate_keypair
 from fedcity.privacy import (
+    DEFAULT_ORDERS,
     BudgetExceededError,
     DistributedNoise,
     DPConfig,
+    gaussian_epsilon,
     gaussian_noise_multiplier,
     tail_bound,
 )
@@ -169,3 +172,58 @@ def test_decrypted_sum_carries_the_configured_noise(noise: NoiseKind) -> None:
     true_err = released - np.sum(updates, axis=0)
     assert abs(true_err.std() / want - 1) < 0.15
     assert acc.releases == 1 and acc.spent[0] < 8.0
+
+
+# -- epsilon against contributors and per record ------------------------------------------------
+def docs_example(n_min: int = 5) -> DistributedNoise:
+    """The example of docs/privacy.md §2."""
+    cfg = DPConfig(epsilon=4.0, delta=1e-6, clip_norm=1.0, noise="skellam", rounds=20)
+    spec = PackingSpec(clip=1.0, precision_bits=16, max_summands=10, n_length=512)
+    return DistributedNoise(cfg, spec, n_min, dim=1000)
+
+
+def test_record_level_epsilon_of_the_documented_example() -> None:
+    # A changed record moves an agency's clipped update anywhere in the clip ball: the
+    # replace-one sensitivity 2C/s + √d, not the zero-out C/s + √d the configured ε uses.
+    dn = docs_example()
+    assert dn.epsilon == pytest.approx(4.0, rel=1e-5)
+    record = dn.record_epsilon
+    l2_record = (2 * 1.0 / dn.spec.step + math.sqrt(1000)) * (1 + 1e-9)
+    z_record = dn.sigma_total / l2_record
+    reference = gaussian_epsilon(
+        noise_multiplier=z_record, rounds=20, delta=dn.config.delta_rdp, orders=DEFAULT_ORDERS
+    )
+    # Skellam's bound is the Gaussian curve plus an O(1/μ²) term: at this noise, equal to 1e-6
+    assert record == pytest.approx(reference, rel=1e-6)
+    assert round(record, 2) == 8.82  # the figure docs/privacy.md states
+    assert dn.epsilon_against(0, record_level=True) == record
+
+
+def test_epsilon_against_a_contributing_agency_with_two_contributors() -> None:
+    # The other agency knows its own share and subtracts it: one share of σ²/2 protects.
+    dn = docs_example(n_min=2)
+    against = dn.epsilon_against_agency
+    reference = gaussian_epsilon(
+        noise_multiplier=dn.noise_multiplier / math.sqrt(2),
+        rounds=20,
+        delta=dn.config.delta_rdp,
+        orders=DEFAULT_ORDERS,
+    )
+    assert against == pytest.approx(reference, rel=1e-6)
+    assert round(against, 2) == 5.94  # the figure docs/privacy.md states
+    assert dn.epsilon_against(2) == math.inf  # both shares known: nothing protects
+
+
+@pytest.mark.parametrize("noise", NOISES)
+def test_epsilon_grows_with_the_coalition_and_releases(noise: NoiseKind) -> None:
+    dn = make(noise, n_min=5)
+    eps = [dn.epsilon_against(c) for c in range(6)]
+    assert eps[0] == pytest.approx(dn.epsilon, rel=1e-12)
+    assert all(a < b for a, b in itertools.pairwise(eps))
+    assert eps[5] == math.inf
+    assert dn.epsilon_against(1, releases=5) < dn.epsilon_against(1)
+    with pytest.raises(ValueError, match="coalition"):
+        dn.epsilon_against(-1)
+    # colluding agencies accounted for at calibration: a coalition that size stays in budget
+    guarded = make(noise, n_min=5, colluding=2)
+    assert guarded.epsilon_against(2) <= 4.0 * (1 + 1e-6)

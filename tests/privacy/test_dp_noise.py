@@ -183,3 +183,82 @@ def test_size_bound_kind_validation() -> None:
         nz.sample_noise("laplace", 1.0, 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="n_contributors"):
         nz.share_parameter("gaussian", 1.0, 0)
+
+
+# -- the default source: the OS CSPRNG ---------------------------------------------------------
+def _seeded_bytes(seed: int):
+    """A deterministic byte source for tests (what ``random_bytes=`` injects)."""
+    gen = np.random.default_rng(seed)
+    return lambda n: gen.bytes(n)
+
+
+@pytest.mark.parametrize("sigma", [0.6, 1.7, 4.0])
+def test_csprng_discrete_gaussian_pmf_matches(sigma: float) -> None:
+    n = 200_000
+    x = nz.sample_discrete_gaussian(sigma, n, random_bytes=_seeded_bytes(21))
+    assert x.dtype == np.int64 and x.shape == (n,)
+    support = np.arange(-int(8 * sigma + 3), int(8 * sigma + 4))
+    assert chi_square_p(x, dg_pmf(sigma, support), support) > 1e-3
+
+
+@pytest.mark.parametrize("mu", [0.3, 2.5, 20.0, 3000.0])
+def test_csprng_skellam_pmf_matches(mu: float) -> None:
+    # below rate 10 the Poisson sides are drawn by inversion, above by PTRS
+    n = 200_000
+    x = nz.sample_skellam(mu, n, random_bytes=_seeded_bytes(22))
+    sd = math.sqrt(2 * mu)
+    support = np.arange(-int(8 * sd + 3), int(8 * sd + 4))
+    assert chi_square_p(x, stats.skellam.pmf(support, mu, mu), support) > 1e-3
+
+
+def test_csprng_skellam_moments_at_realistic_share_sizes() -> None:
+    mu, n = 3.461e9, 100_000  # the per-side rate of the docs' example share
+    x = nz.sample_skellam(mu, n, random_bytes=_seeded_bytes(23)).astype(float)
+    var = 2 * mu
+    assert abs(x.mean()) < 5 * math.sqrt(var / n)
+    assert abs(x.var() / var - 1) < 5 * math.sqrt(2 / n)
+
+
+@pytest.mark.parametrize("kind,param", [("gaussian", 3.0), ("skellam", 4.5), ("skellam", 40.0)])
+def test_csprng_truncated_sampler_is_the_conditional_distribution(
+    kind: nz.NoiseKind, param: float
+) -> None:
+    bound, n = 2, 100_000
+    x = nz.sample_noise(kind, param, n, bound=bound, random_bytes=_seeded_bytes(24))
+    assert np.abs(x).max() <= bound
+    support = np.arange(-bound, bound + 1)
+    base = (
+        dg_pmf(param, support) if kind == "gaussian" else stats.skellam.pmf(support, param, param)
+    )
+    counts = np.array([(x == k).sum() for k in support])
+    assert stats.chisquare(counts, base / base.sum() * n).pvalue > 1e-3
+
+
+def test_default_source_is_the_os_csprng(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Today the default was a PCG64 generator; now every draw reads secrets.token_bytes.
+    import secrets
+
+    asked: list[int] = []
+    original = secrets.token_bytes
+
+    def counting(n: int | None = None) -> bytes:
+        asked.append(int(n or 0))
+        return original(n)
+
+    monkeypatch.setattr(secrets, "token_bytes", counting)
+    for kind, param in (("gaussian", 50.0), ("skellam", 50.0)):
+        asked.clear()
+        nz.sample_noise(kind, param, 64)  # type: ignore[arg-type]
+        assert sum(asked) >= 8 * 64
+
+
+def test_an_injected_byte_source_reproduces_and_sources_are_exclusive() -> None:
+    a = nz.sample_skellam(5e4, 64, random_bytes=_seeded_bytes(1))
+    b = nz.sample_skellam(5e4, 64, random_bytes=_seeded_bytes(1))
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="at most one of rng and random_bytes"):
+        nz.sample_skellam(5.0, 4, rng=np.random.default_rng(0), random_bytes=_seeded_bytes(0))
+    with pytest.raises(ValueError, match="random_bytes must return"):
+        nz.sample_discrete_gaussian(5.0, 4, random_bytes=lambda n: b"short")
+    with pytest.raises(ValueError, match="exceeds the sampler"):
+        nz.sample_discrete_gaussian(2.0**46, 4)
