@@ -312,6 +312,8 @@ class SigningKey:
             Wrong format or version, malformed fields, or a public key that does not belong
             to the seed.
         """
+        if not isinstance(data, dict):
+            raise KeyFileError("a signing-key file must hold a JSON object")
         if data.get("format") != SIGNING_KEY_FORMAT:
             raise KeyFileError(f"format is {data.get('format')!r}, expected {SIGNING_KEY_FORMAT!r}")
         if data.get("version") != 1 or isinstance(data.get("version"), bool):

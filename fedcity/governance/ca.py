@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -149,13 +149,17 @@ class CertificateAuthority:
     def __init__(self, key_pem: bytes, cert_pem: bytes) -> None:
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise CAError(f"the CA key is not an unencrypted PEM private key: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CAError("the CA key must be an ECDSA key")
         self._key = key
         self.cert = _load_cert(cert_pem, "the CA certificate")
-        if self.cert.public_key() != key.public_key():
+        try:
+            cert_key = self.cert.public_key()
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise CAError(f"the CA certificate's key cannot be read: {exc}") from exc
+        if cert_key != key.public_key():
             raise CAError("the CA key does not belong to the CA certificate")
         self.cert_pem = cert_pem
 
@@ -275,15 +279,18 @@ class CertificateAuthority:
         except ValueError as exc:
             raise CAError(f"the signing request is not a PEM CSR: {exc}") from exc
         try:
-            if not csr.is_signature_valid:
-                raise CAError("the signing request's signature does not verify")
-        except InvalidSignature as exc:  # pragma: no cover - is_signature_valid returns False
-            raise CAError("the signing request's signature does not verify") from exc
+            valid = csr.is_signature_valid
+            public_key = csr.public_key()
+        except (InvalidSignature, ValueError, UnsupportedAlgorithm) as exc:
+            raise CAError(
+                f"the signing request's key or signature cannot be checked: {exc}"
+            ) from exc
+        if not valid:
+            raise CAError("the signing request's signature does not verify")
         names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if [str(n.value) for n in names] != [name]:
             asked = [str(n.value) for n in names]
             raise CAError(f"the signing request names {asked}, the invitation is for {name!r}")
-        public_key = csr.public_key()
         if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
             public_key.curve, ec.SECP256R1
         ):
@@ -307,7 +314,7 @@ class CertificateAuthority:
         cert = _load_cert(cert_pem, "the certificate")
         try:
             cert.verify_directly_issued_by(self.cert)
-        except (ValueError, TypeError, InvalidSignature) as exc:
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
             raise CAError("the certificate was not issued by this federation's CA") from exc
         now = _now()
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:

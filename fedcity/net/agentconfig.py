@@ -473,13 +473,26 @@ class _Validator:
         return value
 
     def path(self, data: Mapping[str, Any], key: str, section: str = "") -> Path:
-        p = Path(self.string(data, key, section)).expanduser()
-        return p if p.is_absolute() else (self.base / p).resolve()
+        text = self.string(data, key, section)
+        if "\x00" in text:
+            raise self.fail(key, "must not contain a NUL character", section)
+        try:
+            p = Path(text).expanduser()
+            return p if p.is_absolute() else (self.base / p).resolve()
+        except (OSError, RuntimeError) as exc:  # a name too long, an unknown ~user
+            raise self.fail(key, f"is not a usable path: {exc}", section) from exc
 
     def existing_file(self, data: Mapping[str, Any], key: str, section: str = "") -> Path:
         p = self.path(data, key, section)
-        if not p.is_file():
-            what = "is not a regular file" if p.exists() else "does not exist"
+        try:
+            regular, exists = p.is_file(), p.exists()
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            shown = str(p) if len(str(p)) <= 200 else f"{str(p)[:200]}…"
+            raise self.fail(
+                key, f"names {shown!r}, which cannot be examined: {exc.strerror or exc}", section
+            ) from exc
+        if not regular:
+            what = "is not a regular file" if exists else "does not exist"
             raise self.fail(key, f"names {str(p)!r}, which {what}", section)
         return p
 
