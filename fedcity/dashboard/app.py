@@ -5,7 +5,9 @@ Every request is authenticated with the coordinator's own credentials: an
 posting the token to ``/login`` (browsers). Roles are checked by the snapshot calls
 (:class:`~fedcity.net.coordinator.snapshot.SnapshotCalls`); this module maps their refusals to
 HTTP: 401 without a known token, 403 for a role or job that is not the caller's, with fixed
-bodies that name neither the principal nor the job's owner.
+bodies that name neither the principal nor the job's owner. Data scientists see health,
+agencies and their own jobs and results; operators health, agencies and every job's state
+(no rounds, no result); agencies nothing.
 
 Pages are rendered on the server (Jinja2 templates, no script); JSON endpoints under
 ``/api/`` return the same snapshots. Everything is bounded: request bodies and query strings,
@@ -108,6 +110,7 @@ _SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 _HEALTH_ROLES = ("scientist", "operator")
+_LIST_ROLES = ("scientist", "operator")
 _JOB_ROLES = ("scientist",)
 
 
@@ -371,6 +374,7 @@ def create_app(
         principal = context.pop("principal", None)
         html = env.get_template(template).render(
             principal=principal,
+            can_list_jobs=principal is not None and principal.role in _LIST_ROLES,
             can_see_jobs=principal is not None and principal.role in _JOB_ROLES,
             path=request.url.path,
             **context,
@@ -476,6 +480,8 @@ def create_app(
 
     def results_page(request: Request) -> Response:
         principal = caller(request)
+        if principal.role not in _JOB_ROLES:  # results are their submitters' alone
+            raise _HTTPError(403, "forbidden")
         limit = limit_of(request, MAX_PAGE_RESULTS)
         jobs = [
             j for j in call(snapshots.snapshot_jobs, principal, limit) if j.state == "succeeded"

@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "net"))
 
+import loopback
 from loopback import (
     AGENCIES,
     DATASET,
-    ROLES,
-    TOKENS,
     Agent,
     auth,
     scientist,
@@ -35,6 +34,9 @@ from loopback import (
 from fedcity.net.auth import Principal
 from fedcity.v1 import federation_pb2 as fpb
 
+TOKENS = {**loopback.TOKENS, "ops": "token-of-ops"}
+ROLES = {**loopback.ROLES, "ops": "operator"}
+"""The loopback federation's principals and an operator."""
 SECOND = "inspections_b"
 """A second dataset (the same rows); district-03 declines every job on it."""
 DECLINE_REASON = "refused step 'glm.newton': not in its allowed_kinds"

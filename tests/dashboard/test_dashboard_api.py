@@ -25,6 +25,7 @@ from dashkit import (
     DECLINE_REASON,
     KINDS,
     SECOND,
+    TOKENS,
     DashAgent,
     figure_texts,
     json_numbers,
@@ -34,7 +35,7 @@ from dashkit import (
     submit,
     write_files,
 )
-from loopback import TOKENS, drive, runtime, start
+from loopback import drive, runtime, start
 
 from fedcity.dashboard import DashboardServer
 from fedcity.dashboard.app import MAX_BODY_BYTES, MAX_PAGE_JOBS, MAX_PAGE_RESULTS, SESSION_COOKIE
@@ -205,6 +206,22 @@ def test_a_scientist_sees_only_their_own_jobs(federation):
     assert r.status_code == 403 and b"<svg" not in r.content
     assert get(fed, f"/api/jobs/{rival}", "analyst").status_code == 403
     assert get(fed, "/api/health", "rival").status_code == 200  # health is for every scientist
+
+
+def test_operators_see_health_agencies_and_every_jobs_state_only(federation):
+    fed = federation
+    assert get(fed, "/api/health", "ops").json()["members"] == 3
+    assert len(get(fed, "/api/agencies", "ops").json()["agencies"]) == 3
+    jobs = {j["id"]: j for j in get(fed, "/api/jobs", "ops").json()["jobs"]}
+    assert set(jobs) == set(fed.jobs.values())
+    assert jobs[fed.jobs["rival"]]["owner"] == "rival"
+    page = get(fed, "/jobs", "ops").text
+    assert "All jobs" in page and "<td>rival</td>" in page
+    assert 'href="/jobs/' not in page and 'href="/results"' not in page
+    for path in every_endpoint(fed):
+        if path.startswith(("/jobs/", "/api/jobs/")) or path == "/results":
+            r = get(fed, path, "ops")
+            assert r.status_code == 403 and b"<svg" not in r.content, path
 
 
 def test_browser_sessions(federation):

@@ -37,9 +37,15 @@ def test_roles(federation):
         lambda: core.snapshot_result(agency, federation.jobs["full"]),
     ):
         refused(grpc.StatusCode.PERMISSION_DENIED, call)
-    operator = Principal("ops", "operator")  # a role the credentials may hold one day
+    operator = Principal("ops", "operator")
     assert core.snapshot_health(operator).members == 3
-    refused(grpc.StatusCode.PERMISSION_DENIED, lambda: core.snapshot_jobs(operator, 10))
+    listed = core.snapshot_jobs(operator, 10)  # every scientist's jobs, as ListJobs gives them
+    assert {j.id for j in listed} == set(federation.jobs.values())
+    for call in (
+        lambda: core.snapshot_job(operator, federation.jobs["full"]),
+        lambda: core.snapshot_result(operator, federation.jobs["full"]),
+    ):
+        refused(grpc.StatusCode.PERMISSION_DENIED, call)
     rival = Principal("rival", "scientist")
     message = refused(
         grpc.StatusCode.PERMISSION_DENIED,

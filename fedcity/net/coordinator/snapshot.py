@@ -3,8 +3,9 @@
 Each method takes the coordinator's lock briefly, copies what it needs into plain frozen
 dataclasses and returns them: nothing returned is shared with the running jobs. The same
 roles as the gRPC API apply (checked here, not in the web layer): data scientists see the
-federation's health, its agencies and their own jobs only; agencies see nothing; an
-``operator`` role, if the credentials ever hold one, would see health and agencies only.
+federation's health, its agencies and their own jobs with their rounds and results;
+operators see health, agencies and the list of every job (state and progress, as
+``ListJobs`` gives them) but no job's rounds or result; agencies see nothing.
 
 What a snapshot holds: names, states, round numbers, released round records (kind, label,
 how many agencies contributed and decrypted, seconds per stage, bytes moved, the released
@@ -42,6 +43,7 @@ MAX_SNAPSHOT_JOBS = 200
 MAX_SNAPSHOT_ROUNDS = 500
 """Most round records one job snapshot holds (the newest)."""
 _HEALTH_ROLES = ("scientist", "operator")
+_LIST_ROLES = ("scientist", "operator")
 _JOB_ROLES = ("scientist",)
 _MAX_REASON_CHARS = 500
 _MAX_NAMES = 200
@@ -322,15 +324,15 @@ class SnapshotCalls(CoordinatorState):
             )
 
     def snapshot_jobs(self, principal: Principal, limit: int) -> list[JobInfo]:
-        """The caller's newest ``limit`` jobs, newest first.
+        """The caller's newest ``limit`` jobs (an operator's: everyone's), newest first.
 
         Raises
         ------
         StatusError
-            ``PERMISSION_DENIED`` for anyone but a data scientist; ``INVALID_ARGUMENT`` for
-            a limit outside ``[1, MAX_SNAPSHOT_JOBS]``.
+            ``PERMISSION_DENIED`` for an agency; ``INVALID_ARGUMENT`` for a limit outside
+            ``[1, MAX_SNAPSHOT_JOBS]``.
         """
-        _require(principal, _JOB_ROLES)
+        _require(principal, _LIST_ROLES)
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise StatusError(Code.INVALID_ARGUMENT, "limit must be an integer")
         if not 1 <= limit <= MAX_SNAPSHOT_JOBS:
@@ -339,7 +341,8 @@ class SnapshotCalls(CoordinatorState):
             )
         with self._lock:
             out = []
-            for row in self.store.jobs_of(principal.name, limit):
+            owner = None if principal.role == "operator" else principal.name
+            for row in self.store.jobs_of(owner, limit):
                 rt = self._jobs.get(row.id) or self._recent.get(row.id)
                 if rt is None:
                     rt = JobRuntime(
