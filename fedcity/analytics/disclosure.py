@@ -33,14 +33,16 @@ Counts are numbers of rows. ``min_count`` (default 10) and ``min_agencies`` are 
 
    a. it is not **exactly disclosed**: its coefficient vector over the withheld cells is not in
       the row space of the released margin equations restricted to the withheld cells (checked
-      with the null space of that matrix, :func:`scipy.linalg.null_space`); and
+      by projection on an orthonormal basis of that row space, from a singular value
+      decomposition; an interval of positive width in (b) already rules it out); and
    b. its **feasible interval** ``[lo, hi]`` — the minimum and maximum of its value over all
       tables consistent with the attacker's knowledge, computed by linear programming
       (:func:`scipy.optimize.linprog`, HiGHS) — has width at least
-      ``min(max(1, ceil(protection · count)), ub - lb)``, where ``[lb, ub]`` is what its reason
-      alone already says (``protection`` defaults to 0.25: a count of 8 cannot be narrowed to
-      fewer than 2 units). The cap makes the rule satisfiable: e.g. with ``min_count = 2`` a
-      primary cell is 1 by its reason alone, and only (a) can be asked of it.
+      ``min(max(1, ceil(protection · count)), cap)``, where ``cap`` is the width it keeps when
+      every other figure is withheld, i.e. what the public agency counts and the reasons alone
+      leave (``protection`` defaults to 0.25: a count of 8 cannot be narrowed to fewer than 2
+      units). The cap makes the rule satisfiable: e.g. with ``min_count = 2`` a primary cell is
+      1 by its reason alone, and only (a) can be asked of it.
 
    Complementary items are chosen greedily, sensitive items in order of increasing count: if an
    item fails the audit, a minimum-cost perturbation LP (Cox 1980; Kelly, Golden, Assad 1992)
@@ -74,7 +76,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from scipy import sparse
-from scipy.linalg import null_space
 from scipy.optimize import linprog
 
 __all__ = [
@@ -132,11 +133,14 @@ class CellAudit:
     value : int
         Its true count (never published).
     lower, upper : float
-        Feasible interval given everything published (``upper`` may be ``inf``).
+        Feasible interval given everything published when the item was checked (``upper`` may
+        be ``inf``); complements chosen later for other items only widen it.
     required_width : int
         Width the rule asks for (see the module notes).
     exact : bool
-        Whether the released equations determine it (test (a)); always ``False`` on success.
+        Whether its value is pinned down: determined by the released equations (test (a)), or
+        left in an interval narrower than 1/2 (which pins an integer) when the rule asks for a
+        width of at least 1. Always ``False`` on success.
     """
 
     label: str
@@ -313,6 +317,33 @@ def _first(mask: npt.NDArray[np.bool_]) -> tuple[int, ...]:
 
 
 # -- the table as items (cells then margin cells) and their equations -------------------------
+@dataclass
+class _System:
+    """What the attacker knows about the withheld cells ``U`` (LP form)."""
+
+    U: npt.NDArray[np.int64]
+    known_x: npt.NDArray[np.float64]
+    A_eq: sparse.csr_matrix | None
+    b_eq: npt.NDArray[np.float64] | None
+    A_ub: sparse.csr_matrix | None
+    b_ub: npt.NDArray[np.float64] | None
+    bounds: list[tuple[float, float | None]]
+    _rows: npt.NDArray[np.float64] | None = None
+
+    def determined(self, gU: npt.NDArray[np.float64]) -> bool:
+        """Whether ``gU`` lies in the row space of the released equations."""
+        if self._rows is None:
+            if self.A_eq is None:
+                self._rows = np.zeros((self.U.size, 0))
+            else:
+                A = self.A_eq.toarray()
+                _, sv, vt = np.linalg.svd(A, full_matrices=False)
+                rank = int(np.sum(sv > sv.max(initial=0.0) * max(A.shape) * 1e-12))
+                self._rows = vt[:rank].T  # orthonormal basis of the row space
+        residual = gU - self._rows @ (self._rows.T @ gU)
+        return bool(np.linalg.norm(residual) <= 1e-9 * max(1.0, float(np.linalg.norm(gU))))
+
+
 class _Table:
     """Interior cells and margin cells as one list of items, with a priori bounds."""
 
@@ -382,6 +413,13 @@ class _Table:
         self.agency_short = np.zeros(n_items, dtype=bool)
         self.reason: list[str] = [""] * n_items
         self.caps: dict[int, float] = {}
+        self._systems: dict[bytes, _System] = {}
+        # Feasible tables for the current pattern (the truth, then LP solutions). Withholding
+        # more keeps every one feasible, so the spread of an item over them is a certified lower
+        # bound on its interval's width.
+        self._pool: list[npt.NDArray[np.float64]] = [x.copy()]
+        self._pool_matrix: npt.NDArray[np.float64] | None = None
+        self._cap_mode = False
         self.cap_interval: dict[int, tuple[float, float]] = {}
 
     # labels ---------------------------------------------------------------------------------
@@ -428,21 +466,24 @@ class _Table:
         cap = self.caps.get(item, math.inf)
         return int(min(want, math.floor(cap + _TOL))) if math.isfinite(cap) else want
 
-    def compute_caps(self) -> None:
-        """Width each sensitive item keeps when every other figure is withheld.
+    def compute_cap(self, j: int) -> None:
+        """Interval item ``j`` keeps when every other figure is withheld.
 
         That is what the public agency counts and the reasons alone leave; the rule cannot ask
         for more.
         """
+        if j in self.caps:
+            return
         saved = self.suppressed.copy()
         self.suppressed[:] = ~self.fixed & self.item_computed
+        self._cap_mode = True  # its solutions are not feasible for the real pattern
         try:
-            for j in self.sensitive():
-                a = self.audit(j, need=0)
-                self.caps[j] = a.upper - a.lower
-                self.cap_interval[j] = (a.lower, a.upper)
+            a = self.audit(j, need=0)
         finally:
             self.suppressed[:] = saved
+            self._cap_mode = False
+        self.caps[j] = a.upper - a.lower
+        self.cap_interval[j] = (a.lower, a.upper)
 
     def sensitive(self) -> list[int]:
         items = [
@@ -464,51 +505,73 @@ class _Table:
             return g
         return np.asarray(self.G[item - self.n].todense()).ravel()
 
-    def audit(self, item: int, *, need: int | None = None) -> CellAudit:
+    def _system(self) -> _System:
+        """The attacker's linear system for the current pattern (cached per pattern)."""
+        key = self.suppressed.tobytes()
+        cached = self._systems.get(key)
+        if cached is not None:
+            return cached
         U = self._unknowns()
         released_cells = ~self.suppressed[: self.n] & self.computed
-        x = self.value[: self.n]
-        known_part = np.asarray(self.G @ np.where(released_cells, x, 0.0)).ravel()
-        GU = self.G[:, U].toarray() if U.size else np.zeros((self.m, 0))
+        known_x = np.where(released_cells, self.value[: self.n], 0.0)
+        known_part = np.asarray(self.G @ known_x).ravel()
+        GU = self.G[:, U].tocsr()
+        touches = np.asarray(GU.getnnz(axis=1)) > 0
         m_released = ~self.suppressed[self.n :]
+        eq_rows = np.flatnonzero(m_released & touches)
+        A_eq = GU[eq_rows]
+        b_eq = (self.value[self.n :] - known_part)[eq_rows]
+        ub_rows: list[sparse.csr_matrix] = []
+        b_ub: list[float] = []
+        for mi in np.flatnonzero(~m_released & touches):
+            lb, ub = self.bounds(self.n + int(mi))
+            row = GU[int(mi)]
+            if math.isfinite(ub):
+                ub_rows.append(row)
+                b_ub.append(ub - known_part[mi])
+            ub_rows.append(-row)
+            b_ub.append(-(lb - known_part[mi]))
+        var_bounds = [self.bounds(int(i)) for i in U]
+        system = _System(
+            U=U,
+            known_x=known_x,
+            A_eq=A_eq if eq_rows.size else None,
+            b_eq=b_eq if eq_rows.size else None,
+            A_ub=sparse.vstack(ub_rows).tocsr() if ub_rows else None,
+            b_ub=np.array(b_ub) if b_ub else None,
+            bounds=[(lo, None if math.isinf(hi) else hi) for lo, hi in var_bounds],
+        )
+        if len(self._systems) > 8:
+            self._systems.clear()
+        self._systems[key] = system
+        return system
+
+    def audit(self, item: int, *, need: int | None = None) -> CellAudit:
+        sys_ = self._system()
+        U = sys_.U
         g = self._functional(item)
         gU = g[U]
-        const = float(g @ np.where(released_cells, x, 0.0))
+        const = float(g @ sys_.known_x)
         label = self.label(item)
         value = round(float(self.value[item]))
         need = self.required_width(item) if need is None else need
         if U.size == 0 or not np.any(gU):
             return CellAudit(label, value, const, const, need, exact=True)
-        # (a) exact disclosure: gU in the row space of the released equations
-        A_eq = GU[m_released]
-        A_eq = A_eq[np.any(A_eq != 0, axis=1)]
-        N = null_space(A_eq) if A_eq.shape[0] else np.eye(U.size)
-        exact = bool(np.linalg.norm(N.T @ gU) <= 1e-9 * max(1.0, float(np.linalg.norm(gU))))
-        # (b) feasible interval with the attacker's bounds
-        b_eq = (self.value[self.n :] - known_part)[m_released]
-        keep_rows = np.any(GU[m_released] != 0, axis=1)
-        A_ub_rows: list[npt.NDArray[np.float64]] = []
-        b_ub: list[float] = []
-        for mi in np.flatnonzero(~m_released):
-            row = GU[mi]
-            if not np.any(row):
-                continue
-            lb, ub = self.bounds(self.n + int(mi))
-            if math.isfinite(ub):
-                A_ub_rows.append(row)
-                b_ub.append(ub - known_part[mi])
-            A_ub_rows.append(-row)
-            b_ub.append(-(lb - known_part[mi]))
-        var_bounds = [self.bounds(int(i)) for i in U]
+        if not self._cap_mode:
+            vals = self._pool_values(item, g)
+            lo_p, hi_p = float(vals.min()), float(vals.max())
+            if hi_p - lo_p > 0.5 and hi_p - lo_p >= need - _TOL:
+                return CellAudit(label, value, lo_p, hi_p, need, exact=False)
+        # (b) feasible interval under the attacker's bounds
         lo_hi = []
         for sign in (1.0, -1.0):
             res = linprog(
                 sign * gU,
-                A_ub=np.array(A_ub_rows) if A_ub_rows else None,
-                b_ub=np.array(b_ub) if b_ub else None,
-                A_eq=GU[m_released][keep_rows] if keep_rows.any() else None,
-                b_eq=b_eq[keep_rows] if keep_rows.any() else None,
-                bounds=[(lo, None if math.isinf(hi) else hi) for lo, hi in var_bounds],
+                A_ub=sys_.A_ub,
+                b_ub=sys_.b_ub,
+                A_eq=sys_.A_eq,
+                b_eq=sys_.b_eq,
+                bounds=sys_.bounds,
                 method="highs",
             )
             if res.status == 3:  # unbounded
@@ -517,11 +580,44 @@ class _Table:
                 raise AssertionError(f"audit LP failed for {label}: {res.message}")
             else:
                 lo_hi.append(sign * float(res.fun))
-        return CellAudit(label, value, lo_hi[0] + const, lo_hi[1] + const, need, exact)
+                if not self._cap_mode:
+                    point = sys_.known_x.copy()
+                    point[U] = res.x
+                    self.add_point(point)
+        lo, hi = lo_hi[0] + const, lo_hi[1] + const
+        # (a) exact disclosure: gU in the row space of the released equations. A positive
+        # width already rules it out (a determined value is the same in every feasible table).
+        # Only needed when the width rule asks nothing (need 0): otherwise a width below 1 fails
+        # the item anyway, and a width of at least 1 means it is not determined.
+        exact = False
+        if hi - lo < 0.5 and need == 0:
+            exact = sys_.determined(gU)
+        elif hi - lo < 0.5:
+            exact = True  # not checked: fails on width; treated as determined
+        return CellAudit(label, value, lo, hi, need, exact)
+
+    def add_point(self, point: npt.NDArray[np.float64]) -> None:
+        """Remember a table feasible for the current pattern (and so for every later one)."""
+        self._pool.append(point)
+        self._pool_matrix = None
+
+    def _pool_values(self, item: int, g: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        if self._pool_matrix is None:
+            self._pool_matrix = np.vstack(self._pool)
+        P = self._pool_matrix
+        if item < self.n:
+            out: npt.NDArray[np.float64] = P[:, item]
+            return out
+        return P @ g
 
     # choosing complements -------------------------------------------------------------------
-    def protect(self, item: int, delta: float, *, bounded: bool) -> list[int] | None:
-        """Released items a min-cost change moving ``item`` by ``delta`` touches (None: none)."""
+    def protect(
+        self, item: int, delta: float, *, bounded: bool
+    ) -> tuple[list[int], npt.NDArray[np.float64]] | None:
+        """A min-cost change moving ``item`` by ``delta``: released items it touches, new table.
+
+        ``None`` if no such change exists.
+        """
         C = np.flatnonzero(self.computed & ~self.fixed[: self.n])
         nc, m = C.size, self.m
         x = self.value[C]
@@ -586,7 +682,11 @@ class _Table:
         touched_m = np.flatnonzero(
             (np.abs(sol[2 * nc : 2 * nc + m]) > _TOL) & ~self.suppressed[self.n :]
         )
-        return [int(i) for i in touched_c] + [self.n + int(k) for k in touched_m]
+        y = np.where(supp_c | (np.abs(sol[:nc]) > _TOL), sol[:nc], 0.0)
+        point = np.where(self.computed, self.value[: self.n], 0.0)
+        point[C] += y
+        touched = [int(i) for i in touched_c] + [self.n + int(k) for k in touched_m]
+        return touched, point
 
 
 # -- the entry point --------------------------------------------------------------------------
@@ -672,29 +772,37 @@ def suppress(
             t.suppressed[j] = True
             t.reason[j] = "; ".join(parts)
 
-    # complementary suppression until the audit passes
-    t.compute_caps()
-    for _ in range(4):
-        failing = 0
-        for j in t.sensitive():
-            result = t.audit(j)
+    # complementary suppression, one sensitive item at a time (smallest count first). Withholding
+    # more only widens every feasible set (a withheld figure's true value satisfies the bounds
+    # that replace it), so an item once protected stays protected: one pass suffices.
+    audits: list[CellAudit] = []
+    for j in t.sensitive():
+        result = t.audit(j)
+        for _ in range(4):
             if result.protected:
-                continue
-            failing += 1
-            _protect_item(t, j, result)
-        if failing == 0:
-            break
-    audits = tuple(t.audit(j) for j in t.sensitive())
+                break
+            if not _protect_item(t, j, result):
+                # the move the rule asks for is impossible: cap the rule at what the public
+                # agency counts and reasons leave, then try again
+                t.compute_cap(j)
+            result = t.audit(j)
+        audits.append(result)
     if not all(r.protected for r in audits):  # fallback: not reached in the tests
         _suppress_everything(t)
-        audits = tuple(t.audit(j) for j in t.sensitive())
-    return _result(t, margin_list, audits)
+        audits = [t.audit(j) for j in t.sensitive()]
+    return _result(t, margin_list, tuple(audits))
 
 
-def _protect_item(t: _Table, j: int, current: CellAudit) -> None:
+def _protect_item(t: _Table, j: int, current: CellAudit) -> bool:
+    """Withhold what a min-cost change moving item ``j`` by the rule's width touches.
+
+    Returns ``False`` (withholding nothing more) if no such change exists and item ``j``'s cap
+    is not known yet.
+    """
     need = current.required_width
     v = float(t.value[j])
-    lb, ub = t.cap_interval.get(j, t.bounds(j))
+    capped = j in t.caps
+    lb, ub = t.cap_interval[j] if capped else t.bounds(j)
     moves: list[tuple[float, bool]] = []
     if need == 0:
         moves.append((1.0, False))  # only exact disclosure to prevent
@@ -707,16 +815,21 @@ def _protect_item(t: _Table, j: int, current: CellAudit) -> None:
             moves.append((-min(down, v - lb), True))
     label = t.label(j)
     for delta, bounded in moves:
-        touched = t.protect(j, delta, bounded=bounded)
-        if touched is None:
-            if bounded:
-                touched = t.protect(j, math.copysign(1.0, delta), bounded=bounded)
-            if touched is None:
-                _suppress_everything(t)
-                return
+        found = t.protect(j, delta, bounded=bounded)
+        if found is None and not capped:
+            return False
+        if found is None and bounded:
+            found = t.protect(j, math.copysign(1.0, delta), bounded=bounded)
+        if found is None:
+            _suppress_everything(t)
+            return True
+        touched, point = found
         for k in touched:
             t.suppressed[k] = True
             t.reason[k] = f"complementary: protects {label}"
+        if bounded:
+            t.add_point(point)  # feasible for the new pattern: certifies the move
+    return True
 
 
 def _suppress_everything(t: _Table) -> None:

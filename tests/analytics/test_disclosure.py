@@ -147,8 +147,12 @@ def test_one_dimension_with_total_needs_one_complement_the_smallest() -> None:
     assert d.mask.tolist() == [True, False, True, False]
     assert d.reason((2,)) == "complementary: protects (0,)"
     (audit,) = d.audit
-    # x0 + x2 = 17 with x2 >= 10 (not primary) and x0 >= 2 (two agencies): x0 in [2, 7]
-    assert (audit.lower, audit.upper) == pytest.approx((2.0, 7.0))
+    # x0 + x2 = 17 with x2 >= 10 (not primary) and x0 >= 2 (two agencies): x0 in [2, 7]; the
+    # audit certifies a sub-interval at least ceil(0.25 * 5) = 2 wide
+    assert 2.0 - 1e-9 <= audit.lower <= audit.upper <= 7.0 + 1e-9
+    assert audit.upper - audit.lower >= 2
+    # the independent attacker (non-negativity only) finds [0, 17]
+    assert attack(np.array([5, 50, 12, 60]), d)[(0,)][:2] == pytest.approx((0.0, 17.0))
 
 
 def test_a_margin_below_min_count_is_withheld_and_protected_by_another_margin() -> None:
