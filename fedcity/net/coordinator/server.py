@@ -78,6 +78,8 @@ class CoordinatorServer:
             raise AuthError("give either --insecure or --tls-cert/--tls-key, not both")
         credentials = enroll_credentials = None
         self._enrollment: tuple[Any, Any] | None = None
+        self._tls_files: tuple[Any, Any] = (config.tls_cert, config.tls_key)
+        """The server certificate and key in use (the dashboard serves HTTPS with them)."""
         if config.ca_dir is not None:
             credentials, enroll_credentials = self._mutual_tls(config)
         elif not config.insecure:
@@ -206,6 +208,7 @@ class CoordinatorServer:
             raise AuthError(str(exc)) from exc
         cert = config.tls_cert or folder.server_cert
         key = config.tls_key or folder.server_key
+        self._tls_files = (cert, key)
         if Path(key).exists():
             _check_secret(key, "TLS key file")
         self._enrollment = (ca, EnrollmentRegistry(folder.registry))
@@ -229,9 +232,7 @@ class CoordinatorServer:
                     self.auth,
                     host=self.config.dashboard_host,
                     port=self.config.dashboard_port,
-                    tls=None
-                    if self.config.insecure
-                    else (self.config.tls_cert, self.config.tls_key),
+                    tls=None if self.config.insecure else self._tls_files,
                 ).start()
                 self.dashboard_port = self._dashboard.port
             self._server.start()
