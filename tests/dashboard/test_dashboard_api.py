@@ -400,3 +400,33 @@ def test_a_running_job_live(tmp_path, key, data):
         assert page.count('<tr class="round">') == len(job["rounds"])
     finally:
         server.stop(grace=0)
+
+
+def test_https_dashboard_under_mutual_tls_uses_the_ca_folders_certificate(tmp_path):
+    """With --ca-dir the gRPC port wants client certificates; the dashboard serves HTTPS with
+    the CA folder's server certificate and still reads bearer tokens of the credentials."""
+    from fedcity.governance.enrollment import CADirectory
+    from fedcity.net.ceremony import deal_federation, read_token
+    from fedcity.net.coordinator import CoordinatorConfig, serve
+
+    files = deal_federation(tmp_path / "fed", list(AGENCIES), 2, key_bits=512)
+    folder = CADirectory.init(tmp_path / "ca", "riverside", ("localhost", "127.0.0.1"))
+    server = serve(
+        CoordinatorConfig(
+            listen="127.0.0.1:0",
+            db=tmp_path / "coordinator.sqlite",
+            federation=files.public,
+            credentials=files.credentials,
+            ca_dir=folder.root,
+            dashboard_port=0,
+        )
+    )
+    try:
+        url = f"https://127.0.0.1:{server.dashboard_port}/api/health"
+        trusted = ssl.create_default_context(cafile=str(folder.ca_cert))
+        token = read_token(files.scientist_tokens["analyst"])
+        r = httpx.get(url, headers={"authorization": f"Bearer {token}"}, verify=trusted)
+        assert r.status_code == 200 and r.json()["members"] == 3
+        assert httpx.get(url, verify=trusted).status_code == 401
+    finally:
+        server.stop(grace=0)
