@@ -34,7 +34,7 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from loopback import AGENCIES, DATASET, TOKENS, Agent, auth, channel, signing_keys, snapshot
 
@@ -168,7 +168,7 @@ def message_strategy(cls: Any, known_jobs: list[str], depth: int = 0) -> st.Sear
         if depth > 2 and f.type == FieldDescriptor.TYPE_MESSAGE:
             continue
         value = _field(f, known_jobs, depth)
-        if f.label == FieldDescriptor.LABEL_REPEATED:
+        if f.is_repeated:
             value = st.lists(value, max_size=3 if depth else 5)
         fields[f.name] = value
 
@@ -177,7 +177,7 @@ def message_strategy(cls: Any, known_jobs: list[str], depth: int = 0) -> st.Sear
         for name, value in values.items():
             f = cls.DESCRIPTOR.fields_by_name[name]
             target = getattr(msg, name)
-            if f.label == FieldDescriptor.LABEL_REPEATED:
+            if f.is_repeated:
                 target.extend(value)
             elif f.type == FieldDescriptor.TYPE_MESSAGE:
                 target.CopyFrom(value)
@@ -242,7 +242,9 @@ def fuzz_server(fuzz_files, key, data):
         decrypt_timeout=3600.0,
         max_wait=0.2,
         upload_timeout=CALL_TIMEOUT,
-        rate_limits={k: (1e6, 10**6) for k in ("heartbeat", "call", "transfer", "submit")},
+        rate_limits={
+            k: (1e6, 10**6) for k in ("heartbeat", "call", "transfer", "submit", "anonymous")
+        },
     )
     server = serve(config)
     _, _, tables = data
@@ -337,8 +339,10 @@ def _check_call(server_info, name: str, request: Any, metadata: Any, *, raw: boo
     before = snapshot(Path(db))
     try:
         _call(server_info["channel"], name, request, metadata, raw=raw)
+        event("OK")
     except grpc.RpcError as exc:
         code = exc.code()
+        event(f"{code.name}: {(exc.details() or '')[:48]}")  # --hypothesis-show-statistics
         if code == grpc.StatusCode.CANCELLED and name in STREAMING_RESPONSES:
             return  # our own cancel after the first event
         assert code in EXPECTED, f"{name}: {code.name}: {exc.details()}"
@@ -352,7 +356,21 @@ def test_every_rpc_is_fuzzed():
     assert set(AGENT_METHODS) | set(JOB_METHODS) == _service_methods()
 
 
-@pytest.mark.parametrize("name", sorted({**AGENT_METHODS, **JOB_METHODS}))
+DESTRUCTIVE = ("Defer", "Decline", "Leave", "CancelJob")
+"""Calls that may take an agency out of the job or end it: fuzzed last."""
+ORDER = [m for m in sorted({**AGENT_METHODS, **JOB_METHODS}) if m not in DESTRUCTIVE]
+ORDER += DESTRUCTIVE
+
+
+def _named_agency(request: Any) -> str | None:
+    """The agency a request names (its ``agency`` field or its first chunk's header)."""
+    if isinstance(request, list):
+        first = request[0] if request else None
+        return first.header.agency if first is not None and first.HasField("header") else None
+    return getattr(request, "agency", None)
+
+
+@pytest.mark.parametrize("name", ORDER)
 @FUZZ
 @given(data=st.data())
 def test_fuzzed_messages_get_precise_answers(fuzz_server, name, data):
@@ -370,8 +388,37 @@ def test_fuzzed_messages_get_precise_answers(fuzz_server, name, data):
             st.tuples(first, st.lists(strategy, max_size=2)).map(lambda t: [t[0], *t[1]]),
         )
     request = data.draw(strategy, label="request")
+    _steer(request, name, fuzz_server["jobs"], data)
     metadata = data.draw(_callers(name), label="metadata")
+    named = _named_agency(request)
+    if named in AGENCIES and data.draw(st.integers(0, 3), label="as itself"):
+        metadata = auth(named)  # mostly the agency the request names: past the identity check
     _check_call(fuzz_server, name, request, metadata)
+
+
+def _steer(request: Any, name: str, jobs: list[str], data: Any) -> None:
+    """Mostly make identifying fields valid, so the other fields reach deep into the handler."""
+    if isinstance(request, list):
+        targets = [request[0].header] if request and request[0].HasField("header") else []
+    else:
+        targets = [request]
+    for msg in targets:
+        fields = msg.DESCRIPTOR.fields_by_name
+        if "agency" in fields and data.draw(st.integers(0, 3), label="steer agency"):
+            msg.agency = data.draw(st.sampled_from(AGENCIES))
+        if "job_id" in fields and data.draw(st.integers(0, 2), label="steer job"):
+            msg.job_id = data.draw(st.sampled_from(jobs))
+        if "round" in fields and data.draw(st.booleans(), label="steer round"):
+            msg.round = data.draw(st.integers(0, 2))
+        if "kind" in fields and data.draw(st.integers(0, 3), label="steer kind"):
+            msg.kind = data.draw(
+                st.sampled_from([fpb.PAYLOAD_KIND_CONTRIBUTION, fpb.PAYLOAD_KIND_PARTIAL])
+            )
+        if name == "SubmitJob" and data.draw(st.booleans(), label="steer job type"):
+            msg.job_type = data.draw(
+                st.sampled_from(["logistic_regression", "ridge", "fedavg", "query"])
+            )
+            msg.dataset = DATASET
 
 
 @pytest.mark.parametrize("name", sorted({**AGENT_METHODS, **JOB_METHODS}))
@@ -389,6 +436,109 @@ def test_the_coordinator_still_serves_after_the_fuzzing(fuzz_server):
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     agent = AGENCIES[2]
     _call(ch, "Heartbeat", fpb.HeartbeatRequest(agency=agent), auth(agent))
+
+
+# -- enrollment (mutual TLS) ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def enroll_world(tmp_path_factory):
+    """A coordinator under mutual TLS with its enrollment port, invitations and one agency."""
+    from fedcity.governance.enrollment import CADirectory, EnrollmentRegistry
+    from fedcity.net.channel import open_channel
+    from fedcity.net.client import enroll
+
+    root = tmp_path_factory.mktemp("fuzz-enroll")
+    files = deal_federation(root / "fed", ["d1", "d2"], 2, key_bits=512)
+    folder = CADirectory.init(root / "ca", "fuzz", ("127.0.0.1",))
+    server = serve(
+        CoordinatorConfig(
+            listen="127.0.0.1:0",
+            db=root / "coordinator.sqlite",
+            federation=files.public,
+            credentials="",
+            ca_dir=folder.root,
+            enroll_listen="127.0.0.1:0",
+            rate_limits={k: (1e6, 10**6) for k in ("call", "submit", "anonymous")},
+        )
+    )
+    registry = EnrollmentRegistry(folder.registry)
+    token = registry.invite("d1", "agency")
+    key, cert, _ = enroll(
+        f"127.0.0.1:{server.enroll_port}",
+        ca_file=folder.ca_cert,
+        token=token,
+        name="d1",
+        out=root / "creds",
+    )
+    invited = {name: registry.invite(name, "scientist") for name in ("s1", "s2", "s3")}
+    enroll_channel = grpc.secure_channel(
+        f"127.0.0.1:{server.enroll_port}",
+        grpc.ssl_channel_credentials(root_certificates=folder.ca_cert.read_bytes()),
+    )
+    mtls = open_channel(
+        f"127.0.0.1:{server.port}", ca_file=folder.ca_cert, cert_file=cert, key_file=key
+    )
+    try:
+        yield {
+            "registry": folder.registry,
+            "tokens": invited,
+            "enroll": enroll_channel,
+            "mtls": mtls,
+        }
+    finally:
+        enroll_channel.close()
+        mtls.close()
+        registry.close()
+        server.stop(grace=0)
+
+
+def _registry_dump(path: Path) -> list[str]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
+def _check_enrollment_call(world: dict[str, Any], call: Any) -> None:
+    before = _registry_dump(world["registry"])
+    try:
+        call()
+    except grpc.RpcError as exc:
+        code = exc.code()
+        assert code in EXPECTED, f"{code.name}: {exc.details()}"
+        assert exc.details()
+        assert _registry_dump(world["registry"]) == before, "a refused call changed the registry"
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_enrollments_get_precise_answers(enroll_world, data):
+    from fedcity.v1 import federation_pb2_grpc as fpb_grpc
+
+    tokens = enroll_world["tokens"]
+    name = data.draw(st.sampled_from(sorted(tokens)) | _strings("name", []), label="name")
+    token = data.draw(
+        st.sampled_from(sorted(tokens.values()))
+        | st.text(max_size=60)
+        | oversized_sizes.map(lambda n: "t" * n),
+        label="token",
+    )
+    csr = data.draw(
+        st.sampled_from([CSR, make_csr("s1")[1]])
+        | _pem_mutations(CSR)
+        | oversized_sizes.map(lambda n: b"-" * n),
+        label="csr",
+    )
+    stub = fpb_grpc.EnrollmentServiceStub(enroll_world["enroll"])
+    request = fpb.EnrollRequest(token=token, name=name, csr_pem=csr)
+    _check_enrollment_call(enroll_world, lambda: stub.Enroll(request, timeout=CALL_TIMEOUT))
+    renew = fpb_grpc.EnrollmentServiceStub(enroll_world["mtls"])
+    _check_enrollment_call(
+        enroll_world,
+        lambda: renew.Renew(fpb.RenewRequest(csr_pem=csr), timeout=CALL_TIMEOUT),
+    )
 
 
 # -- parsers ----------------------------------------------------------------------------------
