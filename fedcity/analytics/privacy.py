@@ -342,6 +342,16 @@ class QueryNoisePlan:
             ) from None
 
     @property
+    def sensitivity_l2(self) -> float:
+        """L2 norm of one row's largest change of the whole query vector: ``√(Σ_k Δ_k²)``."""
+        return math.sqrt(sum(float(b.sensitivity) ** 2 for b in self.blocks))
+
+    @property
+    def sensitivity_l1(self) -> float:
+        """L1 norm of one row's largest change of the whole query vector: ``Σ_k Δ_k``."""
+        return float(sum(b.sensitivity for b in self.blocks))
+
+    @property
     def stddev_per_block(self) -> dict[str, float]:
         """Block name -> standard deviation of its summed noise in user units (at least)."""
         h = self.n_agencies_min - self.colluding
@@ -468,6 +478,8 @@ class QueryNoisePlan:
             "noise_multiplier": self.noise_multiplier,
             "n_agencies_min": self.n_agencies_min,
             "colluding": self.colluding,
+            "sensitivity_l2": self.sensitivity_l2,
+            "sensitivity_l1": self.sensitivity_l1,
             "stddev": self.stddev_per_block,
         }
 

@@ -140,6 +140,11 @@ def test_blocks_of_a_query_and_their_sensitivity() -> None:
     assert blocks["s:x"].sensitivity == 5000 and blocks["s:x"].unit == 0.01
     assert blocks["s:critical"].sensitivity == 1
     assert blocks["h:h"].length == 12 * 3 and blocks["h:h"].sensitivity == 1
+    plan = plan_query_noise(list(blocks.values()), epsilon=1.0, delta=1e-6, n_agencies_min=3)
+    # one row: +1 in n, presence, nn:critical, nn:x, one histogram bin; up to 1 in s:critical
+    # and up to 5000 units in s:x
+    assert plan.sensitivity_l1 == 5 + 1 + 5000
+    assert plan.sensitivity_l2 == pytest.approx(math.sqrt(6 + 5000**2))
     no_presence = query_blocks(AGGS, RANGES, cells=12, presence=False)
     assert "presence" not in {b.name for b in no_presence}
 
