@@ -796,3 +796,31 @@ def test_regression_ca_key_of_an_unknown_algorithm(dealt):
     broken = pem[:41] + b"/" + pem[42:]
     with pytest.raises(CAError, match="not an unencrypted PEM private key"):
         CertificateAuthority(broken, ca.cert_pem)
+
+
+# -- audit of the request fields --------------------------------------------------------------
+def test_a_decline_reason_reaches_the_scientist_without_control_characters(
+    files, key, data, servers
+):
+    from loopback import registered_agents, scientist, start, submit
+
+    server = start(files)
+    servers.append(server)
+    agents = registered_agents(server, key, data)
+    job = submit(server.port)
+    assert agents[0].fetch() is not None
+    reason = "bad data\x1b[2J\x1b[31m, see\nthe log\x00" + "x" * 100_000
+    agents[0].stub.Decline(
+        fpb.DeclineRequest(agency=AGENCIES[0], job_id=job.job_id, round=1, reason=reason),
+        metadata=auth(AGENCIES[0]),
+        timeout=10,
+    )
+    lines = (
+        scientist(server.port)
+        .JobLogs(fpb.JobRef(job_id=job.job_id), metadata=auth("analyst"), timeout=10)
+        .lines
+    )
+    text = "\n".join(lines)
+    assert "bad data\ufffd[2J\ufffd[31m, see the log\ufffd" in text
+    assert not any(c in text for c in "\x1b\x00")
+    assert len(text) < 10_000  # cut, not stored whole

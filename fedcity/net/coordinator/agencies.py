@@ -48,6 +48,17 @@ def _anchor_message(anchor: Anchor | None) -> fpb.AuditAnchor | None:
     )
 
 
+def _printable(text: str, limit: int = 4000) -> str:
+    """An agency's free text made safe to show to data scientists and in logs.
+
+    Control characters (a terminal's escape sequences among them) become U+FFFD, line breaks
+    and tabs a space; the text is cut at ``limit`` characters.
+    """
+    return "".join(
+        c if c.isprintable() else " " if c in "\n\r\t" else "\ufffd" for c in text[:limit]
+    )
+
+
 class AgencyCalls(CoordinatorState):
     """Register, heartbeat, long-poll for work, download aggregates, upload, decline."""
 
@@ -558,7 +569,7 @@ class AgencyCalls(CoordinatorState):
     def decline(self, principal: Principal, req: fpb.DeclineRequest) -> fpb.DeclineResponse:
         """The agency leaves the job (it will not run the assignment)."""
         self._require_self(principal, req.agency)
-        reason = _reason(req.reason or "declined without a reason")
+        reason = _reason(_printable(req.reason) or "declined without a reason")
         with self._lock:
             self._check_open()
             self._touch(req.agency)
