@@ -153,10 +153,19 @@ class AgencyNode:
         RejectedContribution
             Naming the rule (``[policy]`` key or sanity rule) and what was asked.
         """
-        if not task.dp:
-            return
         from fedcity.core.aggregation import PlaintextScheme
         from fedcity.privacy import DPFloor, FloorViolation
+
+        if not task.dp:
+            kind = task.request.kind
+            query_dp = kind.startswith("query.") and task.request.params.get("dp")
+            if self.dp_floor is not None and self.dp_floor.require_dp and not query_dp:
+                raise RejectedContribution(
+                    f"agency {self.name!r} refuses the privacy settings (rule require_dp): "
+                    f"policy: round {task.round} ({kind}) would release exact sums over its "
+                    "data; this agency requires differential privacy (require_dp = true)"
+                )
+            return
 
         if isinstance(self.scheme, PlaintextScheme):
             raise RejectedContribution(

@@ -204,8 +204,9 @@ class AgencyPolicy:
         Returns
         -------
         fedcity.privacy.DPFloor
-            ``min_noise_multiplier``, ``max_clip_norm``, ``min_noise_bound``, ``max_epsilon``
-            and ``max_delta`` of this policy (sanity checks apply even when all are unset).
+            ``min_noise_multiplier``, ``max_clip_norm``, ``min_noise_bound``, ``max_epsilon``,
+            ``max_delta`` and ``require_dp`` of this policy (with ``require_dp`` every round
+            must carry DP; sanity checks apply even when all are unset).
         """
         from fedcity.privacy import DPFloor
 
@@ -215,6 +216,7 @@ class AgencyPolicy:
             min_noise_bound=self.min_noise_bound,
             max_epsilon=self.max_epsilon,
             max_delta=self.max_delta,
+            require_dp=self.require_dp,
         )
 
     def needs_approval(self, job: JobFacts) -> bool:

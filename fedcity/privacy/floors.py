@@ -135,6 +135,9 @@ class DPFloor:
         Smallest packing ``noise_bound`` (quantization steps).
     max_epsilon, max_delta : float, optional
         Largest ``(ε, δ)`` of one job: the stated values and the ``ε`` the noise delivers.
+    require_dp : bool, default False
+        Every contribution must carry differential privacy: a round without it (an exact
+        release, e.g. preprocessing statistics or evaluation metrics) is refused.
 
     Raises
     ------
@@ -147,6 +150,7 @@ class DPFloor:
     min_noise_bound: int | None = None
     max_epsilon: float | None = None
     max_delta: float | None = None
+    require_dp: bool = False
 
     def __post_init__(self) -> None:
         for name, value, high in (
@@ -158,6 +162,8 @@ class DPFloor:
             v = None if value is None else _real(value)
             if value is not None and (v is None or not 0 < v <= high):
                 raise ValueError(f"{name} must be a number in (0, {high:g}], got {value!r}")
+        if not isinstance(self.require_dp, bool):
+            raise ValueError(f"require_dp must be True or False, got {self.require_dp!r}")
         if self.min_noise_bound is not None and _count(self.min_noise_bound, 0, 1 << 62) is None:
             raise ValueError(
                 f"min_noise_bound must be a non-negative integer, got {self.min_noise_bound!r}"

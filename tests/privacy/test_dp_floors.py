@@ -192,3 +192,23 @@ def test_noise_comes_from_the_os_csprng_unless_a_test_source_is_injected(
     monkeypatch.setattr(secrets, "token_bytes", counting)
     node.contribute(task)
     assert sum(calls) >= 8 * DIM  # every share value drawn from CSPRNG bytes
+
+
+def test_require_dp_refuses_exact_rounds_before_reading_data(keypair, dataset):
+    # Today a job declaring privacy could still be sent exact rounds (its preprocessing
+    # statistics were), and require_dp only looked at the job's declaration.
+    floor = AgencyPolicy.from_dict({"require_dp": True}).dp_floor()
+    assert floor.require_dp
+    exact = Task(
+        "job",
+        0,
+        TaskRequest("test.floor_count_reads", {}, DIM, clip=1.0),
+        _honest()[0].spec,
+    )
+    before = _Reads.n
+    with pytest.raises(RejectedContribution, match="rule require_dp"):
+        _node(keypair, dataset, dp_floor=floor).contribute(exact)
+    assert _Reads.n == before
+    task, _ = _honest()
+    _node(keypair, dataset, dp_floor=floor).contribute(task)  # a DP round: served
+    _node(keypair, dataset, dp_floor=DPFloor()).contribute(exact)  # no require_dp: served
