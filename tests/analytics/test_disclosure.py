@@ -362,6 +362,33 @@ def test_no_withheld_sensitive_cell_is_determined(
     assert all(a.protected for a in d.audit)
 
 
+@st.composite
+def small_cubes(draw: st.DrawFn) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    shape = tuple(draw(st.integers(2, 3)) for _ in range(3))
+    size = int(np.prod(shape))
+    cells = draw(
+        st.lists(
+            st.one_of(st.just(0), st.integers(1, 9), st.integers(10, 80)),
+            min_size=size,
+            max_size=size,
+        )
+    )
+    counts = np.array(cells, dtype=np.int64).reshape(shape)
+    agencies = np.minimum(counts, 2)
+    return counts, agencies
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_cubes())
+def test_no_withheld_sensitive_cell_is_determined_in_three_dimensions(
+    table: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]],
+) -> None:
+    counts, agencies = table
+    d = suppress(counts, agencies)
+    assert (d.mask >= ((counts > 0) & (counts < 10))).all()
+    assert_protected(counts, d)
+
+
 # -- bad input -------------------------------------------------------------------------------
 
 
