@@ -416,6 +416,7 @@ def _interrupt_when(args: list[str], ready: str, cwd: Path) -> subprocess.Comple
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each line as soon as it is printed
     )
     out = ""
     assert proc.stdout is not None
@@ -435,15 +436,27 @@ def test_demo_ctrl_c_stops_everything_with_one_line(tmp_path):
     run = tmp_path / "run"
     args = [PY, "-m", "fedcity.demo", "--key-bits", "512", "--agencies", "2", "--threshold",
             "2", "--rows", "400", "--out", str(run)]  # fmt: skip
-    proc = _interrupt_when(args, "4. job", REPO)
+    proc = _interrupt_when(args, "processes: coordinator on", REPO)  # agents connecting
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert last_line(proc.stderr) == (
         "demo interrupted (Ctrl-C): every process it started was stopped"
     )
     assert "coordinator stopped" in (run / "coordinator" / "coordinator.log").read_text()
-    for log in run.glob("agencies/*/agent.log"):
-        assert "stopped" in log.read_text(), log
+    for log in run.glob("agencies/*/agent.log"):  # stopped (or killed before it had started)
+        assert "Traceback" not in log.read_text(), log
+    left = [pid for pid, cmd in _commands() if str(run) in cmd]
+    assert not left, left  # no coordinator or agent of the run is left
+
+
+def _commands() -> list[tuple[int, str]]:
+    out = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append((int(path.parent.name), path.read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return out
 
 
 def test_example_ctrl_c_is_one_line(tmp_path):

@@ -179,7 +179,10 @@ def test_walkthrough_runs_verbatim(tmp_path):
         assert e.read_text().strip() == "0", (e.name, logs[e.name.replace(".exit", ".log")])
     for name, text in logs.items():
         assert "Traceback" not in text, (name, text)
-    # the agents echoed the paths they resolved
+    # the coordinator and the agents echoed the paths they resolved
+    assert re.search(
+        r"database +/\S+/federation/coordinator/coordinator\.sqlite\n", logs["bg1.log"]
+    ), logs["bg1.log"]
     agent_logs = [t for t in logs.values() if "registered with" in t]
     assert len(agent_logs) == 3
     for text in agent_logs:
