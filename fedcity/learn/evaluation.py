@@ -206,8 +206,9 @@ class FederatedEvaluation(Algorithm):
         Score histogram bins for ROC AUC (at most :data:`metrics.MAX_N_BINS`).
     coarse_bins : int, sequence of int, or None, default metrics.DEFAULT_LEVELS
         Histogram bins of the summary round, or of every round before the last (each level
-        dividing the next and ``n_bins``). ``None`` sends the full ``n_bins`` histograms in
-        one round at 52 bits, as earlier versions did.
+        dividing the next and ``n_bins``); the default keeps those of 64 and 1,024 that divide
+        a smaller ``n_bins``. ``None`` sends the full ``n_bins`` histograms in one round at
+        52 bits, as earlier versions did.
     calibration_bins : int, default metrics.DEFAULT_CALIBRATION_BINS
         Probability bins of the calibration curve.
 
@@ -244,6 +245,9 @@ class FederatedEvaluation(Algorithm):
                 raise ValueError(f"n_bins must be at most {metrics.MAX_N_BINS}, got {n_bins}")
             self.levels_: tuple[int, ...] = (n_bins,)
         else:
+            if coarse_bins is metrics.DEFAULT_LEVELS:  # the default adapts to n_bins
+                fit = [b for b in coarse_bins if b < n_bins and n_bins % b == 0]
+                coarse_bins = tuple(fit) or (n_bins,)
             coarse = (coarse_bins,) if isinstance(coarse_bins, int) else tuple(coarse_bins)
             if not coarse or len(coarse) > 8:
                 raise ValueError(f"coarse_bins must name 1 to 8 levels, got {coarse_bins!r}")

@@ -204,6 +204,9 @@ def test_regression_and_legacy_stay_one_round() -> None:
     request = legacy.next_request()
     assert request is not None and request.length == 16389 and "stage" not in request.params
     assert FederatedEvaluation({"type": "glm"}, "classification").max_rounds == 3
+    for n_bins, levels in ((512, (64, 512)), (64, (64,)), (96, (96,)), (2048, (64, 1024, 2048))):
+        ev = FederatedEvaluation({"type": "glm"}, "classification", n_bins=n_bins)
+        assert ev.levels_ == levels
     assert FederatedEvaluation({"type": "glm"}, "classification", coarse_bins=8192).max_rounds == 1
 
 
