@@ -499,3 +499,51 @@ def test_every_option_has_help_with_its_default():
             if not text or not ("default" in text or "required" in text or "with --" in text):
                 missing.append(f"{command} {'/'.join(action.option_strings)}: {action.help!r}")
     assert not missing, "\n".join(missing)
+
+
+# -- in process: the messages no loopback run above produces ------------------------------------
+def test_private_key_of_the_key_holder_given_to_another_agency(tmp_path):
+    from fedcity.net.agent import Agent, AgentError
+    from fedcity.net.agentconfig import AgentConfig
+    from fedcity.net.ceremony import deal_federation
+
+    files = deal_federation(tmp_path / "fed", ["a", "b"], 1, key_bits=512, key_holder="b")
+    folder = files.agency_configs["a"].parent
+    (folder / "data").mkdir()
+    for name in ("flood.csv", "flood_holdout.csv"):
+        (folder / "data" / name).write_text("x\n")
+    text = files.agency_configs["a"].read_text()
+    borrowed = folder / "borrowed.toml"
+    borrowed.write_text(
+        text.replace('key_file = "public-key.json"', 'key_file = "../b/private-key.json"')
+    )
+    with pytest.raises(AgentError, match=r"private key, which belongs to the key holder 'b'"):
+        Agent(AgentConfig.from_toml(borrowed))
+
+
+@pytest.mark.parametrize(
+    ("details", "needle"),
+    [
+        ("Tls handshake failed: CERTIFICATE_VERIFY_FAILED: certificate has expired", "expired"),
+        ("Peer name coordinator.example is not in peer certificate", "does not name"),
+    ],
+)
+def test_certificate_problems_are_named(details, needle):
+    from fedcity.net.channel import diagnose_connection
+
+    diagnosis = diagnose_connection("127.0.0.1:9", details, insecure=False, ca_file="ca.pem")
+    assert diagnosis is not None and diagnosis.fatal and needle in diagnosis.message
+
+
+def test_an_unrelated_failure_is_left_alone():
+    from fedcity.net.channel import diagnose_connection
+
+    with socket.socket() as server:  # a TCP port that answers neither TLS nor gRPC
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert diagnose_connection("not an address", "x", insecure=False, ca_file=None) is None
+        diagnosis = diagnose_connection(
+            f"127.0.0.1:{port}", "Socket closed", insecure=True, ca_file=None, timeout=0.5
+        )
+    assert diagnosis is None  # no handshake either way: nothing to say beyond gRPC's details
