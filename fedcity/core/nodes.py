@@ -153,7 +153,6 @@ class AgencyNode:
         RejectedContribution
             Naming the rule (``[policy]`` key or sanity rule) and what was asked.
         """
-        from fedcity.core.aggregation import PlaintextScheme
         from fedcity.privacy import DPFloor, FloorViolation
 
         if not task.dp:
@@ -167,7 +166,7 @@ class AgencyNode:
                 )
             return
 
-        if isinstance(self.scheme, PlaintextScheme):
+        if not getattr(self.scheme, "encrypted", True):
             raise RejectedContribution(
                 f"agency {self.name!r} refuses differential privacy without encryption: the "
                 "aggregator would see its contribution with only its own noise share"
@@ -233,8 +232,14 @@ class AgencyNode:
         ``summands`` label alone only catches an honest coordinator's mistakes; with a
         :attr:`verifier`, ``evidence`` (the round's signed contributions) is required and
         checked first, which stops a deviating coordinator from relabelling one contribution
-        as an aggregate (see docs/trust-model.md).
+        as an aggregate (see docs/trust-model.md). Under differential privacy the minimum is
+        at least the ``n_contributors`` the noise shares were calibrated for (``task.dp``):
+        fewer shares in a sum would carry less noise than the job's ``ε`` assumes.
         """
+        if task.dp:  # the noise was calibrated for this many shares: never decrypt fewer
+            n_dp = task.dp.get("n_contributors")
+            if isinstance(n_dp, int) and not isinstance(n_dp, bool):
+                summands_min = max(summands_min, n_dp)
         aggregate = self.scheme.aggregate_from_bytes(aggregate_bytes, task.spec, task.vector_length)
         summands = getattr(aggregate, "summands", summands_min)
         if summands < summands_min:

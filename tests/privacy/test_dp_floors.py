@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from fedcity.core import RejectedContribution, Task, TaskRequest, local_step
-from fedcity.core.aggregation import KeyHolderScheme, PlaintextScheme
+from fedcity.core.aggregation import KeyHolderScheme, PaillierScheme, PlaintextScheme
 from fedcity.core.nodes import AgencyNode
-from fedcity.crypto import decrypt_vector, generate_keypair
+from fedcity.crypto import deal_threshold_key, decrypt_vector, generate_keypair
 from fedcity.data.dataset import AgencyDataset, FeatureSpec
 from fedcity.governance.policy import AgencyPolicy, PolicyError
 from fedcity.learn.dp import DPPlan
@@ -212,3 +212,19 @@ def test_require_dp_refuses_exact_rounds_before_reading_data(keypair, dataset):
     task, _ = _honest()
     _node(keypair, dataset, dp_floor=floor).contribute(task)  # a DP round: served
     _node(keypair, dataset, dp_floor=DPFloor()).contribute(exact)  # no require_dp: served
+
+
+def test_an_agency_never_decrypts_fewer_shares_than_the_noise_was_calibrated_for(
+    keypair, dataset
+):
+    # The noise of each share is sigma²/n for n = n_contributors; a sum of fewer carries less.
+    task, _ = _honest()  # calibrated for 3 contributors
+    tpk, shares = deal_threshold_key(512, threshold=2, parties=3)
+    node = AgencyNode("a", dataset, PaillierScheme(tpk), share=shares[0])
+    scheme = node.scheme
+    two = [scheme.open(node.contribute(task), task.spec, DIM) for _ in range(2)]
+    aggregate = scheme.aggregate_to_bytes(scheme.add(two))
+    with pytest.raises(RejectedContribution, match=r"aggregate of 2 contribution.*at least 3"):
+        node.decrypt_share(task, aggregate, summands_min=2)
+    three = [*two, scheme.open(node.contribute(task), task.spec, DIM)]
+    node.decrypt_share(task, scheme.aggregate_to_bytes(scheme.add(three)), summands_min=2)
