@@ -80,7 +80,10 @@ class ImpliedPrivacy:
 def _real(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond float range (JSON allows any)
+        return None
     return v if math.isfinite(v) else None
 
 
@@ -242,6 +245,12 @@ class DPFloor:
             raise FloorViolation(
                 "delta", f"privacy: delta must be in (0, {MAX_DELTA:g}], got {dp.get('delta')!r}"
             )
+        adjacency = dp.get("adjacency", "zero_out")
+        if adjacency not in ("zero_out", "replace_one"):
+            raise FloorViolation(
+                "adjacency",
+                f"privacy: adjacency must be 'zero_out' or 'replace_one', got {adjacency!r}",
+            )
         bound = _count(noise_bound, 0, 1 << 62)
         tail = 1.0 if bound is None else tail_bound(noise, share, bound)
         if tail > MAX_TAIL_PROBABILITY:
@@ -278,7 +287,7 @@ class DPFloor:
             clip,
             float(step),
             int(dim),
-            str(dp.get("adjacency", "zero_out")),
+            str(adjacency),
         )
         if self.min_noise_multiplier is not None and (
             implied.noise_multiplier < self.min_noise_multiplier

@@ -214,9 +214,7 @@ def test_require_dp_refuses_exact_rounds_before_reading_data(keypair, dataset):
     _node(keypair, dataset, dp_floor=DPFloor()).contribute(exact)  # no require_dp: served
 
 
-def test_an_agency_never_decrypts_fewer_shares_than_the_noise_was_calibrated_for(
-    keypair, dataset
-):
+def test_an_agency_never_decrypts_fewer_shares_than_the_noise_was_calibrated_for(keypair, dataset):
     # The noise of each share is sigma²/n for n = n_contributors; a sum of fewer carries less.
     task, _ = _honest()  # calibrated for 3 contributors
     tpk, shares = deal_threshold_key(512, threshold=2, parties=3)
@@ -228,3 +226,26 @@ def test_an_agency_never_decrypts_fewer_shares_than_the_noise_was_calibrated_for
         node.decrypt_share(task, aggregate, summands_min=2)
     three = [*two, scheme.open(node.contribute(task), task.spec, DIM)]
     node.decrypt_share(task, scheme.aggregate_to_bytes(scheme.add(three)), summands_min=2)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"share": 10**400},
+        {"clip_norm": -(10**400)},
+        {"epsilon": "4"},
+        {"delta": None},
+        {"n_contributors": True},
+        {"rounds": 2.5},
+        {"adjacency": ["zero_out"]},
+    ],
+)
+def test_malformed_settings_are_refused_cleanly(change):
+    task, _ = _honest()
+    with pytest.raises(FloorViolation):
+        DPFloor().check(
+            {**task.dp, **change},
+            step=task.spec.step,
+            noise_bound=task.spec.noise_bound,
+            dim=DIM,
+        )
