@@ -12,6 +12,8 @@ import secrets
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedcity.core import RejectedContribution, Task, TaskRequest, local_step
 from fedcity.core.aggregation import KeyHolderScheme, PaillierScheme, PlaintextScheme
@@ -249,3 +251,25 @@ def test_malformed_settings_are_refused_cleanly(change):
             noise_bound=task.spec.noise_bound,
             dim=DIM,
         )
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    epsilon=st.floats(0.2, 50.0),
+    n=st.integers(1, 8),
+    rounds=st.integers(1, 30),
+    noise=st.sampled_from(["gaussian", "skellam"]),
+    shrink=st.floats(1.05, 1e4),
+)
+def test_honest_settings_pass_and_any_smaller_share_is_refused(epsilon, n, rounds, noise, shrink):
+    cfg = DPConfig(epsilon=epsilon, delta=1e-6, clip_norm=1.0, rounds=rounds, noise=noise)
+    plan = DPPlan(cfg, n_contributors_min=n)
+    request = TaskRequest("test.floor_ones", {}, DIM, clip=1.0, private=True)
+    spec = plan.spec_for(request, n, 512)
+    dp = plan.task_params(spec, n)
+    implied = DPFloor().check(dp, step=spec.step, noise_bound=spec.noise_bound, dim=DIM)
+    assert implied.epsilon <= epsilon * (1 + 1e-6)
+    weaker = {**dp, "share": dp["share"] / shrink}
+    with pytest.raises(FloorViolation) as info:
+        DPFloor().check(weaker, step=spec.step, noise_bound=spec.noise_bound, dim=DIM)
+    assert info.value.rule in {"stated_epsilon", "share"}
