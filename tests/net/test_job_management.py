@@ -11,6 +11,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from loopback import (
     AGENCIES,
     auth,
@@ -25,7 +26,7 @@ from loopback import (
 )
 
 from fedcity.net import messages
-from fedcity.net.client import Client
+from fedcity.net.client import Client, ClientError
 from fedcity.v1 import federation_pb2 as fpb
 from fedcity.v1 import federation_pb2_grpc as fpb_grpc
 
@@ -91,6 +92,7 @@ def test_the_cli_lists_explains_and_exports_jobs(
     drive(agents, lambda: runtime(server, job_id).state != "running")
     token = tmp_path / "token"
     token.write_text("token-of-analyst")
+    token.chmod(0o600)
     connect = [
         "--coordinator",
         f"127.0.0.1:{server.port}",
@@ -241,4 +243,8 @@ columns = {{ ward = "category", x = "integer" }}
         thread.join(timeout=20)
         assert not thread.is_alive()
         assert not next(a for a in client.agencies() if a.name == "d1").connected
+        # a new job leaves the departed agency out by default (it is not dropped later)
+        spec = {"table": "t", "aggregate": [{"name": "n", "func": "count"}]}
+        with pytest.raises(ClientError, match=r"0 agencies \[\] take part"):
+            client.submit_query(spec)
     assert json.loads(files.public.read_text())["agencies"]

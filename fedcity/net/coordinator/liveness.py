@@ -112,6 +112,10 @@ class Liveness:
         """``agency`` said it is leaving: it counts as gone until it calls again."""
         self._contact[agency] = float("-inf")
 
+    def departed(self, agency: str) -> bool:
+        """Whether ``agency`` said it was leaving and has not called since."""
+        return self._contact.get(agency) == float("-inf")
+
     def forgive(self, now: float) -> None:
         """Count every agency as heard from at ``now`` (after a pause of the coordinator)."""
         for agency, last in self._contact.items():

@@ -186,7 +186,14 @@ class ScientistCalls(CoordinatorState):
             raise StatusError(
                 Code.NOT_FOUND, f"unknown agencies {unknown}; the federation has {order}"
             )
-        participants = list(req.agencies) or holders
+        # by default every holder, except agencies whose agent said it stopped
+        participants = list(req.agencies) or [a for a in holders if not self.liveness.departed(a)]
+        if not participants:
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"0 agencies [] take part: every agency offering {what} ({holders}) stopped its "
+                "agent and has not come back",
+            )
         lacking = [a for a in participants if a not in holders]
         if lacking:
             raise StatusError(

@@ -593,7 +593,11 @@ class CoordinatorState:
             if self._alive(agency, now):
                 continue
             silent = self.liveness.silent_for(agency, now)
-            reason = f"stopped answering (no heartbeat for {silent:.1f} s)"
+            reason = (
+                "its agent stopped earlier and has not come back"
+                if self.liveness.departed(agency)
+                else f"stopped answering (no heartbeat for {silent:.1f} s)"
+            )
             log.warning("job %s: dropping %s (%s)", rt.id, agency, reason)
             self._apply(
                 rt,
