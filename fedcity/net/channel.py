@@ -189,7 +189,10 @@ def _speaks_tls(host: str, port: int, timeout: float) -> bool | None:
             context.wrap_socket(raw, server_hostname=host),
         ):
             return True
-    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+    except ssl.SSLError as exc:
+        # a TLS alert from the server (e.g. "certificate required" under mutual TLS) is TLS
+        return "ALERT" in str(exc.reason or exc).upper()
+    except (ConnectionResetError, BrokenPipeError):
         return False
     except OSError:
         return None
