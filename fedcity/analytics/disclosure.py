@@ -621,70 +621,55 @@ class _Table:
         C = np.flatnonzero(self.computed & ~self.fixed[: self.n])
         nc, m = C.size, self.m
         x = self.value[C]
-        Gc = self.G[:, C]
-        # variables: y (nc), t (nc), z (m), w (m)
-        nv = 2 * nc + 2 * m
-        total_cost = float(np.sum(x + 1.0)) + 1.0
-        cost = np.zeros(nv)
-        supp_c = self.suppressed[C]
-        cost[nc : 2 * nc] = np.where(supp_c, 0.0, x + 1.0)
         vm = self.value[self.n :]
-        cost[2 * nc + m :] = np.where(self.suppressed[self.n :], 0.0, vm + 1.0 + total_cost)
-        eye_c = sparse.identity(nc, format="csr")
+        supp_c = self.suppressed[C]
+        supp_m = self.suppressed[self.n :]
+        # variables: y = yp - yn (cells), z = zp - zn (margins), all >= 0; cost per unit of
+        # change: count + 1 for a released cell, more than all cells together for a released
+        # margin, 0 for what is already withheld
+        total_cost = float(np.sum(x + 1.0)) + 1.0
+        c_cell = np.where(supp_c, 0.0, x + 1.0)
+        c_margin = np.where(supp_m, 0.0, vm + 1.0 + total_cost)
+        cost = np.concatenate([c_cell, c_cell, c_margin, c_margin])
+        # margins follow their cells: G (yp - yn) - (zp - zn) = 0; and the target move
+        Gc = self.G[:, C]
         eye_m = sparse.identity(m, format="csr")
-        zm = sparse.csr_matrix((m, m))
-        zcm = sparse.csr_matrix((nc, m))
-        zmc = sparse.csr_matrix((m, nc))
-        # |y| <= t, |z| <= w
-        A_ub = sparse.vstack(
-            [
-                sparse.hstack([eye_c, -eye_c, zcm, zcm]),
-                sparse.hstack([-eye_c, -eye_c, zcm, zcm]),
-                sparse.hstack([zmc, zmc, eye_m, -eye_m]),
-                sparse.hstack([zmc, zmc, -eye_m, -eye_m]),
-            ]
-        ).tocsr()
-        b_ub = np.zeros(A_ub.shape[0])
-        # margins: z = G y ; target
-        target = np.zeros((1, nv))
+        target = np.zeros((1, 2 * nc + 2 * m))
         if item < self.n:
             pos = int(np.searchsorted(C, item))
-            target[0, pos] = 1.0
+            target[0, pos], target[0, nc + pos] = 1.0, -1.0
         else:
-            target[0, 2 * nc + (item - self.n)] = 1.0
+            k = item - self.n
+            target[0, 2 * nc + k], target[0, 2 * nc + m + k] = 1.0, -1.0
         A_eq = sparse.vstack(
-            [sparse.hstack([Gc, zmc, -eye_m, zm]), sparse.csr_matrix(target)]
+            [sparse.hstack([Gc, -Gc, -eye_m, eye_m]), sparse.csr_matrix(target)]
         ).tocsr()
         b_eq = np.zeros(A_eq.shape[0])
         b_eq[-1] = delta
-        bnds: list[tuple[float | None, float | None]] = []
-        for k in range(nc):
-            i = int(C[k])
-            if bounded:
-                lb, ub = self.bounds(i, as_complement=not self.suppressed[i])
-                bnds.append((lb - x[k], None if math.isinf(ub) else ub - x[k]))
-            else:
-                bnds.append((None, None))
-        bnds += [(0.0, None)] * nc
-        for k in range(m):
-            j = self.n + k
+        up: list[tuple[float, float | None]] = []
+        down: list[tuple[float, float | None]] = []
+        for k in range(nc + m):
+            j = int(C[k]) if k < nc else self.n + (k - nc)
+            v = x[k] if k < nc else vm[k - nc]
             if bounded:
                 lb, ub = self.bounds(j, as_complement=not self.suppressed[j])
-                bnds.append((lb - vm[k], None if math.isinf(ub) else ub - vm[k]))
+                up.append((0.0, None if math.isinf(ub) else max(0.0, ub - v)))
+                down.append((0.0, max(0.0, v - lb)))
             else:
-                bnds.append((None, None))
-        bnds += [(0.0, None)] * m
-        res = linprog(cost, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bnds, method="highs")
+                up.append((0.0, None))
+                down.append((0.0, None))
+        bnds = up[:nc] + down[:nc] + up[nc:] + down[nc:]
+        res = linprog(cost, A_eq=A_eq, b_eq=b_eq, bounds=bnds, method="highs")
         if res.status != 0:
             return None
         sol = res.x
-        touched_c = C[(np.abs(sol[:nc]) > _TOL) & ~supp_c]
-        touched_m = np.flatnonzero(
-            (np.abs(sol[2 * nc : 2 * nc + m]) > _TOL) & ~self.suppressed[self.n :]
-        )
-        y = np.where(supp_c | (np.abs(sol[:nc]) > _TOL), sol[:nc], 0.0)
+        y = sol[:nc] - sol[nc : 2 * nc]
+        z = sol[2 * nc : 2 * nc + m] - sol[2 * nc + m :]
+        moved_c = np.abs(y) > _TOL
+        touched_c = C[moved_c & ~supp_c]
+        touched_m = np.flatnonzero((np.abs(z) > _TOL) & ~supp_m)
         point = np.where(self.computed, self.value[: self.n], 0.0)
-        point[C] += y
+        point[C] += np.where(supp_c | moved_c, y, 0.0)
         touched = [int(i) for i in touched_c] + [self.n + int(k) for k in touched_m]
         return touched, point
 
