@@ -145,8 +145,11 @@ class AgencyNode:
             )
         return v
 
-    def check_dp(self, task: Task) -> None:
+    def check_dp(self, task: Task, *, declared_epsilon: float | None = None) -> None:
         """Refuse a task's DP settings that are absurd, inconsistent or below the floor.
+
+        ``declared_epsilon`` is the ``ε`` the job declared at submission, when known (the
+        agent passes it: its budget ledger charges that figure).
 
         Raises
         ------
@@ -179,6 +182,7 @@ class AgencyNode:
                 noise_bound=task.spec.noise_bound,
                 dim=task.request.length,
                 max_summands=task.spec.max_summands,
+                declared_epsilon=declared_epsilon,
             )
         except FloorViolation as exc:
             raise RejectedContribution(

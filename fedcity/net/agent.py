@@ -774,7 +774,7 @@ class Agent:
                 task = assignment_to_task(a)
                 if not task.request.kind.startswith("query."):  # queries name their table
                     self._select_dataset(a.dataset)
-                self.node.check_dp(task)  # [policy] DP floors: refused before any charge
+                self.node.check_dp(task, declared_epsilon=self._declared_epsilon(a))
                 self._charge(a, task)  # before anything is computed
                 out.payload = self.node.contribute(task)
                 out.payload_kind = fpb.PAYLOAD_KIND_CONTRIBUTION
@@ -842,6 +842,19 @@ class Agent:
             "job", job=a.job_id, round=int(a.round), body={"kind": a.kind, "dataset": a.dataset}
         )
         self._jobs_seen.add(a.job_id)
+
+    @staticmethod
+    def _declared_epsilon(a: fpb.Assignment) -> float | None:
+        """The ε a job declared at submission (what the ledger charges), if it states one.
+
+        The agency's DP floors are checked with it before any charge: the noise it is asked
+        to add must deliver no more than that.
+        """
+        try:
+            cost = job_privacy_cost(a.job.privacy_json) if a.HasField("job") else None
+        except LedgerError:
+            return None  # _charge refuses the job just after, naming the problem
+        return None if cost is None else cost[0]
 
     def _charge(self, a: fpb.Assignment, task: Task) -> None:
         """Charge a DP job's (ε, δ) to the dataset's budget, or refuse the job (nothing computed).

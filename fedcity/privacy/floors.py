@@ -180,6 +180,7 @@ class DPFloor:
         noise_bound: int,
         dim: int,
         max_summands: int | None = None,
+        declared_epsilon: float | None = None,
     ) -> ImpliedPrivacy:
         """Refuse settings that are absurd, inconsistent or below this floor.
 
@@ -196,6 +197,9 @@ class DPFloor:
             Values the contribution releases per round.
         max_summands : int, optional
             The packing's most summands: the stated ``n_contributors`` may not exceed it.
+        declared_epsilon : float, optional
+            The ``ε`` the job declared at submission (what the budget ledger charges); the
+            noise must deliver at most the smaller of it and the round's stated ``ε``.
 
         Returns
         -------
@@ -298,11 +302,15 @@ class DPFloor:
                 f"{implied.noise_multiplier:.4g} over {n} share(s); this agency requires at "
                 f"least min_noise_multiplier = {self.min_noise_multiplier:g}",
             )
-        if implied.epsilon > eps_stated * (1.0 + _RTOL):
+        limit = eps_stated
+        declared = None if declared_epsilon is None else _real(declared_epsilon)
+        if declared is not None and declared > 0:
+            limit = min(limit, declared)
+        if implied.epsilon > limit * (1.0 + _RTOL):
             raise FloorViolation(
                 "stated_epsilon",
                 f"privacy: the noise delivers epsilon = {implied.epsilon:.4g} over {rounds} "
-                f"release(s), more than the job states ({eps_stated:g}); the budget would be "
+                f"release(s), more than the job states ({limit:g}); the budget would be "
                 "under-charged",
             )
         worst = max(implied.epsilon, eps_stated)

@@ -273,3 +273,13 @@ def test_honest_settings_pass_and_any_smaller_share_is_refused(epsilon, n, round
     with pytest.raises(FloorViolation) as info:
         DPFloor().check(weaker, step=spec.step, noise_bound=spec.noise_bound, dim=DIM)
     assert info.value.rule in {"stated_epsilon", "share"}
+
+
+def test_noise_delivering_more_than_the_declared_epsilon_is_refused(keypair, dataset):
+    # The ledger charges the epsilon the job declared at submission; a round whose noise
+    # delivers more (whatever the round itself states) would under-charge it.
+    task, _ = _honest()  # epsilon 2 stated in the round
+    node = _node(keypair, dataset)
+    node.check_dp(task, declared_epsilon=2.0)
+    with pytest.raises(RejectedContribution, match=r"rule stated_epsilon.*states \(1\)"):
+        node.check_dp(task, declared_epsilon=1.0)
