@@ -309,6 +309,13 @@ def _check_tables(
             f"cell {i}: {a[i]} agencies but {int(c[i])} rows; each contributing agency has at "
             "least one row"
         )
+    orphan = known & (np.where(known, c, 0) > 0) & (a == 0)
+    if np.any(orphan):
+        i = _first(orphan)
+        raise DisclosureError(
+            f"cell {i}: {int(c[i])} rows but no contributing agency; a cell with rows has at "
+            "least one agency"
+        )
     return c, a
 
 

@@ -400,6 +400,7 @@ def test_no_withheld_sensitive_cell_is_determined_in_three_dimensions(
         ({"counts": [[1.5, 2]], "agencies": [[1, 1]]}, "non-negative integers"),
         ({"counts": [[1, 2]], "agencies": [[2, 1]]}, "cell (0, 0): 2 agencies but 1 rows"),
         ({"counts": [[1, 2]], "agencies": [[1, -1]]}, "agencies must be >= 0"),
+        ({"counts": [[1, 2]], "agencies": [[1, 0]]}, "cell (0, 1): 2 rows but no contributing"),
         ({"counts": [[1, 2]], "agencies": [[1, 1]], "min_count": 0}, "min_count must be"),
         ({"counts": [[1, 2]], "agencies": [[1, 1]], "min_agencies": 0}, "min_agencies"),
         ({"counts": [[1, 2]], "agencies": [[1, 1]], "protection": 1.5}, "protection must"),
