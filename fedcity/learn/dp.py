@@ -131,6 +131,11 @@ class DPPlan:
     ) -> None:
         if not isinstance(config, DPConfig):
             raise TypeError(f"privacy must be a DPConfig, got {type(config).__name__}")
+        if config.colluding >= n_contributors_min:
+            raise ValueError(
+                f"privacy: colluding={config.colluding} leaves no honest contributor among "
+                f"the {n_contributors_min} agencies every sum has (min_agencies)"
+            )
         if not encrypted:
             raise ValueError(
                 "differential privacy needs encryption: without it every agency's contribution "
@@ -214,8 +219,10 @@ class DPPlan:
             ``epsilon_record`` and ``epsilon_record_against_agency``: the same for one record
             of an agency (under zero-out, a changed record may move the agency's update
             anywhere within the clip ball: replace-one sensitivity); ``releases``,
-            ``n_contributors_min``, ``adjacency``. All ``ε`` at the job's ``δ``; ``inf`` where
-            nothing protects (one contributor, against itself).
+            ``n_contributors_min``, ``adjacency``, ``colluding`` (the coalition the noise was
+            calibrated against: with ``colluding >= 1``, ``epsilon_against_agency`` is within
+            the budget). All ``ε`` at the job's ``δ``; ``inf`` where nothing protects (one
+            contributor, against itself).
         """
         eps, delta = self.spent()
         out: dict[str, Any] = {
@@ -224,6 +231,7 @@ class DPPlan:
             "releases": 0 if self._accountant is None else self._accountant.releases,
             "n_contributors_min": self.n_contributors_min,
             "adjacency": self.config.adjacency,
+            "colluding": self.config.colluding,
         }
         noise, k = self._noise, out["releases"]
         if noise is None or k == 0:

@@ -635,6 +635,10 @@ class DPConfig:
         Planned number of releases (composition count).
     adjacency : {"zero_out", "replace_one"}, default "zero_out"
         Neighbouring relation (see the module notes).
+    colluding : int, default 0
+        Contributing agencies that may pool their noise shares with the reader of the sums
+        (each agency knows its own): the noise is calibrated on the other
+        ``n_contributors_min - colluding`` shares, so ``ε`` holds against such coalitions too.
 
     Raises
     ------
@@ -650,6 +654,7 @@ class DPConfig:
     noise_multiplier: float | None = None
     rounds: int = 1
     adjacency: Adjacency = "zero_out"
+    colluding: int = 0
 
     def __post_init__(self) -> None:
         if self.epsilon is not None:
@@ -677,6 +682,9 @@ class DPConfig:
                     f"noise_multiplier={self.noise_multiplier!r} is absurd: it must be in "
                     f"[{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}]"
                 )
+        _non_negative_int("colluding", self.colluding)
+        if self.colluding > 1000:
+            raise ValueError(f"colluding={self.colluding!r} exceeds 1000")
         _positive_int("rounds", self.rounds)
         if self.rounds > MAX_ROUNDS:
             raise ValueError(f"rounds={self.rounds!r} exceeds {MAX_ROUNDS}")

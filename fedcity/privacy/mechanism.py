@@ -66,9 +66,10 @@ class DistributedNoise:
     dim : int
         Number of values released per round (the vector length ``d``); the sensitivity grows
         with ``√d``.
-    colluding : int, default 0
+    colluding : int, optional
         Agencies that may collude with whoever reads the released sum; their noise is not
         counted, so each agency adds ``1/(n_contributors_min - colluding)`` of the variance.
+        Default ``config.colluding``.
 
     Attributes
     ----------
@@ -111,7 +112,7 @@ class DistributedNoise:
         n_contributors_min: int,
         *,
         dim: int,
-        colluding: int = 0,
+        colluding: int | None = None,
     ) -> None:
         if not isinstance(config, DPConfig):
             raise TypeError(f"config must be a DPConfig, got {type(config).__name__}")
@@ -120,6 +121,8 @@ class DistributedNoise:
         for name, value, low in (("n_contributors_min", n_contributors_min, 1), ("dim", dim, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if colluding is None:
+            colluding = config.colluding
         if isinstance(colluding, bool) or not isinstance(colluding, int) or colluding < 0:
             raise ValueError(f"colluding must be a non-negative integer, got {colluding!r}")
         if n_contributors_min > spec.max_summands:

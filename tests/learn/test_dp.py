@@ -168,3 +168,24 @@ def test_privacy_parameters_are_keyword_only_and_validated():
         DPConfig(epsilon=1.0, delta=2.0, clip_norm=1.0)
     with pytest.raises(TypeError, match="DPConfig"):
         DPPlan({"epsilon": 1.0}, n_contributors_min=3)
+
+
+def test_colluding_contributors_are_accounted_when_configured(diabetes, key_3_of_5, skewed_split):
+    frame, spec = diabetes
+    agencies = skewed_split(frame, spec, sort_by="bmi", sizes=(1, 1, 1, 1, 1))
+    with LocalFederation(agencies, threshold=3, min_agencies=3, key=key_3_of_5) as fed:
+        reports = {}
+        for colluding in (0, 1):
+            config = DPConfig(epsilon=2.0, delta=1e-6, clip_norm=1.0, rounds=2, colluding=colluding)
+            plan = DPPlan(config, n_contributors_min=fed.min_agencies)
+            fed.run(_Repeat(2), dp=plan)
+            reports[colluding] = plan.report()
+            assert plan.noise.calibration.n_contributors == 3 - colluding
+    # without colluders the budget holds only against outsiders; with one, also against
+    # any single contributing agency
+    assert reports[0]["epsilon_against_agency"] > 2.0 * (1 + 1e-6)
+    assert reports[1]["epsilon_against_agency"] <= 2.0 * (1 + 1e-6)
+    # the accountant's epsilon already assumes the colluding coalition (conservative)
+    assert reports[1]["epsilon_against_agency"] == pytest.approx(reports[1]["epsilon"])
+    with pytest.raises(ValueError, match="leaves no honest contributor"):
+        DPPlan(DPConfig(epsilon=1.0, delta=1e-6, clip_norm=1.0, colluding=3), n_contributors_min=3)
