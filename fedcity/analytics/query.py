@@ -57,6 +57,8 @@ __all__ = [
     "query_job_from_spec",
 ]
 
+MAX_PROTECTED_CELLS = 300
+"""Most cells one release may need to protect by complementary suppression (its cost)."""
 LIMB_CLIP = float(2**LIMB_BITS)
 """Packing clip of the presence round (its entries are 0 or 1)."""
 MAX_AGENCIES = 4096
@@ -115,8 +117,25 @@ def _suppress(
     agencies: npt.NDArray[np.int64],
     min_agencies: int,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.object_]]:
-    """Disclosure control: the full module (complementary suppression) when it applies."""
+    """Disclosure control: the full module (complementary suppression) when it applies.
+
+    Complementary suppression solves linear programs whose cost grows with the number of
+    cells to protect; it runs while the coordinator holds its state, so a release with more
+    than :data:`MAX_PROTECTED_CELLS` cells to protect fails with a clear message instead.
+    """
     min_count = spec.disclosure.min_count
+    computed = ~np.isnan(counts)
+    sensitive = int(
+        (computed & (counts > 0) & (counts < min_count)).sum()
+        + ((~computed | (counts > 0)) & (agencies > 0) & (agencies < min_agencies)).sum()
+    )
+    if counts.ndim >= 2 and sensitive > MAX_PROTECTED_CELLS:
+        raise JobFailed(
+            f"{sensitive} cells are below the disclosure thresholds (min_count={min_count}, "
+            f"min_agencies={min_agencies}); complementary suppression protects at most "
+            f"{MAX_PROTECTED_CELLS} per release: group by fewer levels, filter, or use "
+            "differential privacy"
+        )
     if counts.ndim >= 1:
         try:
             from fedcity.analytics import disclosure

@@ -60,6 +60,8 @@ MAX_NAME = 128
 MAX_SCHEMA_COLUMNS = 1024
 MAX_LEVELS = 10_000
 MAX_CELLS = 100_000
+MAX_CELLS_3D = 1_000
+"""Most cells of a query without DP grouped by three or more columns (suppression cost)."""
 MAX_AGGREGATES = 64
 MAX_BINS = 1_000
 MAX_WHERE = 32
@@ -774,6 +776,13 @@ class QuerySpec:
             raise QueryError(
                 f"group_by {[g.column for g in self.group_by]} makes {self.n_cells} cells; "
                 f"the limit is {MAX_CELLS}"
+            )
+        if len(self.group_by) >= 3 and not self.privacy and self.n_cells > MAX_CELLS_3D:
+            raise QueryError(
+                f"group_by {[g.column for g in self.group_by]} makes {self.n_cells} cells in "
+                f"{len(self.group_by)} dimensions; complementary suppression audits at most "
+                f"{MAX_CELLS_3D} cells in three or more dimensions (its linear programs grow "
+                "fast): group by fewer columns or levels, or use differential privacy"
             )
         grouped_dates = {g.column for g in self.group_by if g.by is not None}
         for f in self.where:

@@ -370,3 +370,42 @@ def test_run_query_reads_a_toml_file(tmp_path, permits, permit_tables):
     result = run_query(path, permit_tables, encrypted=False, threshold=3)
     sizes = permits.groupby("kind").size()
     assert result.frame.set_index("kind")["n"].to_dict() == sizes.to_dict()
+
+
+def test_releases_with_too_many_cells_to_protect_fail_clearly():
+    from fedcity.analytics.query import MAX_PROTECTED_CELLS, _suppress
+    from fedcity.analytics.spec import QuerySpec
+
+    levels = [str(i) for i in range(40)]
+    spec = QuerySpec.from_dict(
+        {
+            "table": "t",
+            "group_by": ["a", "b"],
+            "columns": {"a": {"levels": levels}, "b": {"levels": levels[:20]}},
+            "aggregate": [{"name": "n", "func": "count"}],
+        }
+    )
+    counts = np.full((40, 20), 50.0)
+    agencies = np.full((40, 20), 3)
+    counts.flat[: MAX_PROTECTED_CELLS + 1] = 3.0  # small cells to protect
+    with pytest.raises(JobFailed, match=r"301 cells are below the disclosure thresholds"):
+        _suppress(spec, counts, agencies, 2)
+    counts.flat[:] = 50.0
+    counts.flat[:5] = 3.0
+    mask, _ = _suppress(spec, counts, agencies, 2)
+    assert mask.sum() >= 5
+
+
+def test_large_three_dimensional_queries_without_dp_are_refused():
+    from fedcity.analytics.spec import QueryError, QuerySpec
+
+    levels = [str(i) for i in range(11)]
+    with pytest.raises(QueryError, match=r"1331 cells in 3 dimensions"):
+        QuerySpec.from_dict(
+            {
+                "table": "t",
+                "group_by": ["a", "b", "c"],
+                "columns": {c: {"levels": levels} for c in "abc"},
+                "aggregate": [{"name": "n", "func": "count"}],
+            }
+        )
