@@ -75,6 +75,12 @@ class ScientistCalls(CoordinatorState):
             raise StatusError(Code.INVALID_ARGUMENT, _reason(str(exc))) from exc
         if not req.dataset:
             raise StatusError(Code.INVALID_ARGUMENT, "dataset is required")
+        if privacy and req.evaluate_dataset:
+            raise StatusError(
+                Code.INVALID_ARGUMENT,
+                "a job with differential privacy cannot be evaluated: the evaluation's metrics "
+                "are released exactly, outside its privacy budget; leave evaluate_dataset empty",
+            )
         n_members = len(self.federation.agencies)
         if len(req.agencies) > n_members:
             raise StatusError(
