@@ -248,3 +248,18 @@ columns = {{ ward = "category", x = "integer" }}
         with pytest.raises(ClientError, match=r"0 agencies \[\] take part"):
             client.submit_query(spec)
     assert json.loads(files.public.read_text())["agencies"]
+
+
+def test_a_dp_job_with_an_evaluation_is_refused(files, key, data, servers):
+    server = start(files)
+    servers.append(server)
+    registered_agents(server, key, data)
+    details = refused(
+        Code.INVALID_ARGUMENT,
+        lambda: submit(
+            server.port,
+            privacy_json=json.dumps({"epsilon": 1.0, "delta": 1e-6}),
+            evaluate_dataset="inspections",
+        ),
+    )
+    assert "released exactly, outside its privacy budget" in details
