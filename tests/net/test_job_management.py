@@ -258,7 +258,7 @@ def test_a_dp_job_with_an_evaluation_is_refused(files, key, data, servers):
         Code.INVALID_ARGUMENT,
         lambda: submit(
             server.port,
-            privacy_json=json.dumps({"epsilon": 1.0, "delta": 1e-6}),
+            privacy_json=json.dumps({"epsilon": 1.0, "delta": 1e-6, "clip_norm": 1.0}),
             evaluate_dataset="inspections",
         ),
     )

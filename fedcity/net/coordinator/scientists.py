@@ -67,6 +67,12 @@ class ScientistCalls(CoordinatorState):
                 if req.privacy_json
                 else None
             )
+            if privacy and req.evaluate_dataset:
+                raise ValueError(
+                    "a job with differential privacy cannot be evaluated: the evaluation's "
+                    "metrics are released exactly, outside its privacy budget; leave "
+                    "evaluate_dataset empty"
+                )
             if query:  # validates before anything else
                 self._check_query(req, query_job_from_spec(params, privacy))
             else:
@@ -75,12 +81,7 @@ class ScientistCalls(CoordinatorState):
             raise StatusError(Code.INVALID_ARGUMENT, _reason(str(exc))) from exc
         if not req.dataset:
             raise StatusError(Code.INVALID_ARGUMENT, "dataset is required")
-        if privacy and req.evaluate_dataset:
-            raise StatusError(
-                Code.INVALID_ARGUMENT,
-                "a job with differential privacy cannot be evaluated: the evaluation's metrics "
-                "are released exactly, outside its privacy budget; leave evaluate_dataset empty",
-            )
+
         n_members = len(self.federation.agencies)
         if len(req.agencies) > n_members:
             raise StatusError(
