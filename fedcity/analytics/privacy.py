@@ -50,9 +50,10 @@ limbs (the limb sums would leak each agency's carries); the packing reserves
 
 Randomness comes from the operating system's CSPRNG (:func:`secrets.token_bytes`), turned into
 uniform doubles; the discrete Gaussian (Canonne–Kamath–Steinke 2020, Alg. 3, float acceptance
-tests as in :mod:`fedcity.privacy.noise`) and Skellam (difference of two Poisson draws:
-inversion below rate 10, Hörmann's PTRS above, with a log-pmf computed stably for rates up to
-2^50) samplers here draw from it, not from numpy's PCG64. Tests may pass ``random_bytes``.
+tests) and Skellam (difference of two Poisson draws: inversion below rate 10, Hörmann's PTRS
+above, with a log-pmf computed stably for rates up to 2^50) samplers of
+:mod:`fedcity.privacy.noise` (``csprng_discrete_gaussian``, ``csprng_poisson``) draw from it,
+not from numpy's PCG64; training noise uses the same samplers. Tests may pass ``random_bytes``.
 
 What the result states: ``epsilon``, ``delta``, the noise kind, the neighbouring relation and,
 per aggregate, the standard deviation of its noise in user units
@@ -71,7 +72,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import gammaln
 
 from fedcity.privacy.accountant import (
     DEFAULT_ORDERS,
@@ -87,6 +87,8 @@ from fedcity.privacy.noise import (
     MAX_TAIL_PROBABILITY,
     NoiseKind,
     bound_for_tail,
+    csprng_discrete_gaussian,
+    csprng_poisson,
     share_parameter,
     share_variance,
     tail_bound,
@@ -632,131 +634,6 @@ def plan_query_noise(
 
 
 # -- samplers on the OS CSPRNG -----------------------------------------------------------------
-def _uniform_open(n: int, random_bytes: RandomBytes) -> npt.NDArray[np.float64]:
-    """``n`` uniform doubles in the open interval (0, 1), 53 random bits each."""
-    raw = random_bytes(8 * n)
-    if len(raw) != 8 * n:
-        raise ValueError(f"random_bytes returned {len(raw)} bytes, {8 * n} asked")
-    k = np.frombuffer(raw, dtype=np.uint64) >> np.uint64(11)
-    out: npt.NDArray[np.float64] = (k.astype(np.float64) + 0.5) * 2.0**-53
-    return out
-
-
-def _discrete_gaussian(
-    sigma: float, n: int, bound: int, random_bytes: RandomBytes
-) -> npt.NDArray[np.int64]:
-    """CKS 2020 Alg. 3: discrete Laplace proposals of scale ``t``, Gaussian acceptance."""
-    t = math.floor(sigma) + 1
-    shift = sigma * sigma / t
-    two_var = 2.0 * sigma * sigma
-    out = np.empty(n, dtype=np.int64)
-    filled = 0
-    while filled < n:
-        batch = max(2 * (n - filled) + 16, 64)
-        u = _uniform_open(3 * batch, random_bytes)
-        # geometric on {0, 1, ...} with P(G >= k) = e^{-k/t}: floor(-t·log U)
-        g1 = np.floor(-t * np.log(u[:batch]))
-        g2 = np.floor(-t * np.log(u[batch : 2 * batch]))
-        y = g1 - g2
-        a = np.abs(y)
-        accept = (u[2 * batch :] < np.exp(-((a - shift) ** 2) / two_var)) & (a <= bound)
-        got = y[accept][: n - filled].astype(np.int64)
-        out[filled : filled + got.size] = got
-        filled += got.size
-    return out
-
-
-def _stirlerr(k: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """``log(k!) - ((k + 1/2)·log k - k + log √(2π))`` for ``k >= 1`` (Loader 2000)."""
-    out = np.empty_like(k)
-    small = k <= 15
-    ks = k[small]
-    out[small] = gammaln(ks + 1.0) - (ks + 0.5) * np.log(ks) + ks - 0.5 * math.log(2 * math.pi)
-    kl = k[~small]
-    kk = kl * kl
-    s0, s1, s2, s3, s4 = 1 / 12, 1 / 360, 1 / 1260, 1 / 1680, 1 / 1188
-    out[~small] = (s0 - (s1 - (s2 - (s3 - s4 / kk) / kk) / kk) / kk) / kl
-    return out
-
-
-def _log_poisson_centred(
-    j: npt.NDArray[np.float64], base: float, frac: float, lam: float
-) -> npt.NDArray[np.float64]:
-    """``log P(K = base + j)`` for ``K ~ Poisson(lam)``, ``lam = base + frac``, stably.
-
-    Loader's saddle-point form ``-stirlerr(k) - bd0(k, λ) - ½·log(2πk)`` with the deviance
-    ``bd0 = k·log(k/λ) + λ - k`` computed from ``d = k - λ = j - frac`` (series when small).
-    """
-    d = j - frac
-    k = base + j
-    out = np.full(j.shape, -np.inf)
-    pos = k >= 1
-    dd, kk = d[pos], k[pos]
-    near = np.abs(dd) < 0.1 * (kk + lam)
-    bd0 = np.empty_like(dd)
-    # far: k·log1p(d/λ) - d
-    bd0[~near] = kk[~near] * np.log1p(dd[~near] / lam) - dd[~near]
-    # near: v = d/(k + λ); bd0 = d·v + 2k·Σ_{i>=1} v^{2i+1}/(2i+1)
-    v = dd[near] / (kk[near] + lam)
-    s = dd[near] * v
-    ej = 2.0 * kk[near] * v
-    v2 = v * v
-    for i in range(1, 40):
-        ej = ej * v2
-        s = s + ej / (2 * i + 1)
-    bd0[near] = s
-    out[pos] = -_stirlerr(kk) - bd0 - 0.5 * np.log(2 * math.pi * kk)
-    out[k == 0] = -lam
-    return out
-
-
-def _poisson(lam: float, n: int, random_bytes: RandomBytes) -> npt.NDArray[np.int64]:
-    """Poisson(lam) draws from uniform doubles: inversion (lam < 10) or PTRS (Hörmann 1993)."""
-    out = np.empty(n, dtype=np.int64)
-    if n == 0:
-        return out
-    if lam < 10.0:
-        u = _uniform_open(n, random_bytes)
-        k = np.zeros(n, dtype=np.int64)
-        p = math.exp(-lam)
-        cdf = p
-        active = u > cdf
-        i = 0
-        while active.any() and i < 200:
-            i += 1
-            p *= lam / i
-            cdf += p
-            k[active] += 1
-            active &= u > cdf
-        return k
-    base = math.floor(lam)
-    frac = lam - base
-    slam = math.sqrt(lam)
-    b = 0.931 + 2.53 * slam
-    a = -0.059 + 0.02483 * b
-    log_inv_alpha = math.log(1.1239 + 1.1328 / (b - 3.4))
-    vr = 0.9277 - 3.6224 / (b - 2.0)
-    filled = 0
-    while filled < n:
-        batch = max(2 * (n - filled) + 16, 64)
-        uv = _uniform_open(2 * batch, random_bytes)
-        u = uv[:batch] - 0.5
-        v = uv[batch:]
-        us = 0.5 - np.abs(u)
-        j = np.floor((2.0 * a / us + b) * u + frac + 0.43)  # k - base, exact in float
-        quick = (us >= 0.07) & (v <= vr)
-        ok = (j + base >= 0) & ~((us < 0.013) & (v > us))
-        slow = ok & ~quick
-        accept = quick.copy()
-        if slow.any():
-            lhs = np.log(v[slow]) + log_inv_alpha - np.log(a / (us[slow] * us[slow]) + b)
-            accept[slow] = lhs <= _log_poisson_centred(j[slow], float(base), frac, lam)
-        got = j[accept][: n - filled].astype(np.int64) + np.int64(base)
-        out[filled : filled + got.size] = got
-        filled += got.size
-    return out
-
-
 def sample_share(
     noise: NoiseKind,
     parameter: float,
@@ -798,11 +675,11 @@ def sample_share(
     bd = _int("bound", bound, 0, 1 << 62)
     rb = secrets.token_bytes if random_bytes is None else random_bytes
     if noise == "gaussian":
-        return _discrete_gaussian(p, n, bd, rb)
-    out = _poisson(p, n, rb) - _poisson(p, n, rb)
+        return csprng_discrete_gaussian(p, n, bd, rb)
+    out = csprng_poisson(p, n, rb) - csprng_poisson(p, n, rb)
     bad = np.flatnonzero(np.abs(out) > bd)
     while bad.size:
-        redraw = _poisson(p, bad.size, rb) - _poisson(p, bad.size, rb)
+        redraw = csprng_poisson(p, bad.size, rb) - csprng_poisson(p, bad.size, rb)
         out[bad] = redraw
         bad = bad[np.abs(redraw) > bd]
     return out

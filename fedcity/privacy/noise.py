@@ -61,6 +61,8 @@ __all__ = [
     "NoiseKind",
     "RandomBytes",
     "bound_for_tail",
+    "csprng_discrete_gaussian",
+    "csprng_poisson",
     "discrete_gaussian_variance",
     "new_rng",
     "sample_discrete_gaussian",
@@ -159,7 +161,7 @@ def _uniform_open(n: int, random_bytes: RandomBytes) -> npt.NDArray[np.float64]:
     return out
 
 
-def _csprng_discrete_gaussian(
+def csprng_discrete_gaussian(
     sigma: float, n: int, bound: int, random_bytes: RandomBytes
 ) -> npt.NDArray[np.int64]:
     """CKS 2020 Alg. 3 on CSPRNG uniforms: discrete Laplace proposals, Gaussian acceptance."""
@@ -223,7 +225,7 @@ def _log_poisson_centred(
     return out
 
 
-def _csprng_poisson(lam: float, n: int, random_bytes: RandomBytes) -> npt.NDArray[np.int64]:
+def csprng_poisson(lam: float, n: int, random_bytes: RandomBytes) -> npt.NDArray[np.int64]:
     """Poisson(lam) from CSPRNG uniforms: inversion (lam < 10) or PTRS (Hörmann 1993)."""
     out = np.empty(n, dtype=np.int64)
     if n == 0:
@@ -313,7 +315,7 @@ def sample_discrete_gaussian(
     if not isinstance(source, np.random.Generator):
         if sigma > MAX_GAUSSIAN_SHARE:
             raise ValueError(f"sigma {sigma:.3g} exceeds the sampler's {MAX_GAUSSIAN_SHARE:.3g}")
-        return _csprng_discrete_gaussian(sigma, n, b, source)
+        return csprng_discrete_gaussian(sigma, n, b, source)
     gen = source
     t = math.floor(sigma) + 1
     p_geom = -math.expm1(-1.0 / t)  # success probability 1 - e^{-1/t}
@@ -370,10 +372,10 @@ def sample_skellam(
         if mu > MAX_SKELLAM_SHARE:
             raise ValueError(f"mu {mu:.3g} exceeds the sampler's {MAX_SKELLAM_SHARE:.3g}")
         rb = source
-        out = _csprng_poisson(mu, n, rb) - _csprng_poisson(mu, n, rb)
+        out = csprng_poisson(mu, n, rb) - csprng_poisson(mu, n, rb)
         bad = np.flatnonzero(np.abs(out) > b)
         while bad.size:
-            redraw = _csprng_poisson(mu, bad.size, rb) - _csprng_poisson(mu, bad.size, rb)
+            redraw = csprng_poisson(mu, bad.size, rb) - csprng_poisson(mu, bad.size, rb)
             out[bad] = redraw
             bad = bad[np.abs(redraw) > b]
         return out
