@@ -394,20 +394,7 @@ class ScientistCalls(CoordinatorState):
         row = self.store.job(job_id) if job_id else None
         if row is None:
             raise StatusError(Code.NOT_FOUND, f"no job {job_id!r}")
-        rt = JobRuntime(
-            row.id,
-            json.loads(row.spec),
-            row.state,
-            row.created,
-            row.failure,
-            row.result,
-            row.rounds_done,
-        )
-        if row.result:
-            history = json.loads(row.result).get("history", [])
-            rt.records = [json.dumps(r, sort_keys=True) for r in history]
-        rt.left = self.store.departures(job_id)
-        return rt
+        return self._stored_job(row, with_history=True)
 
     def status(self, principal: Principal, ref: fpb.JobRef) -> fpb.JobStatus:
         """One of the caller's jobs: state, progress, and which agencies left and why."""
@@ -431,18 +418,7 @@ class ScientistCalls(CoordinatorState):
             )
             out = fpb.ListJobsResponse()
             for row in rows:
-                rt = self._jobs.get(row.id) or self._recent.get(row.id)
-                if rt is None:
-                    rt = JobRuntime(
-                        row.id,
-                        json.loads(row.spec),
-                        row.state,
-                        row.created,
-                        row.failure,
-                        None,
-                        row.rounds_done,
-                    )
-                    rt.left = self.store.departures(row.id)
+                rt = self._stored_job(row)
                 status = rt.status()
                 status.failure = messages.clipped(status.failure, 300)
                 out.jobs.append(status)

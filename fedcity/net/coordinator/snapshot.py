@@ -343,18 +343,7 @@ class SnapshotCalls(CoordinatorState):
             out = []
             owner = None if principal.role == "operator" else principal.name
             for row in self.store.jobs_of(owner, limit):
-                rt = self._jobs.get(row.id) or self._recent.get(row.id)
-                if rt is None:
-                    rt = JobRuntime(
-                        row.id,
-                        json.loads(row.spec),
-                        row.state,
-                        row.created,
-                        row.failure,
-                        None,
-                        row.rounds_done,
-                    )
-                    rt.left = self.store.departures(row.id)
+                rt = self._stored_job(row)
                 out.append(_job_info(rt))
             return out
 

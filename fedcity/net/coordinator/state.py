@@ -51,7 +51,7 @@ from fedcity.net.coordinator.runtime import (
     record_json,
     replay,
 )
-from fedcity.net.store import JobUpdate, Store, StoreError
+from fedcity.net.store import JobRow, JobUpdate, Store, StoreError
 
 __all__ = ["STORAGE_ERRORS", "CoordinatorState"]
 
@@ -620,6 +620,26 @@ class CoordinatorState:
     def _check_open(self) -> None:
         if self._closed or self._stopping:
             raise StatusError(Code.UNAVAILABLE, "the coordinator is shutting down")
+
+    def _stored_job(self, row: JobRow, *, with_history: bool = False) -> JobRuntime:
+        """The running or recent job of a stored row, or a read-only view of the row."""
+        rt = self._jobs.get(row.id) or self._recent.get(row.id)
+        if rt is not None:
+            return rt
+        rt = JobRuntime(
+            row.id,
+            json.loads(row.spec),
+            row.state,
+            row.created,
+            row.failure,
+            row.result,
+            row.rounds_done,
+        )
+        if with_history and row.result:
+            history = json.loads(row.result).get("history", [])
+            rt.records = [json.dumps(r, sort_keys=True) for r in history]
+        rt.left = self.store.departures(row.id)
+        return rt
 
     @staticmethod
     def _require_role(principal: Principal, role: str, *also: str) -> None:
