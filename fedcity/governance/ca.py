@@ -114,7 +114,7 @@ def make_csr(name: str) -> tuple[bytes, bytes]:
 def _load_cert(pem: bytes, what: str) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CAError(f"{what} is not a PEM X.509 certificate: {exc}") from exc
 
 
@@ -127,14 +127,18 @@ def identity_of(cert_pem: bytes) -> Identity:
         Not a certificate, or no single common name and known role.
     """
     cert = _load_cert(cert_pem, "the certificate")
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    try:  # the certificate's fields are parsed on first access
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        serial, not_after = cert.serial_number, cert.not_valid_after_utc
+    except ValueError as exc:
+        raise CAError(f"the certificate cannot be parsed: {exc}") from exc
     if len(names) != 1 or len(units) != 1:
         raise CAError("the certificate does not carry exactly one name (CN) and one role (OU)")
     role = str(units[0].value)
     if role not in CERT_ROLES:
         raise CAError(f"the certificate's role {role!r} is not one of {list(CERT_ROLES)}")
-    return Identity(str(names[0].value), role, cert.serial_number, cert.not_valid_after_utc)
+    return Identity(str(names[0].value), role, serial, not_after)
 
 
 class CertificateAuthority:
@@ -276,18 +280,18 @@ class CertificateAuthority:
             )
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise CAError(f"the signing request is not a PEM CSR: {exc}") from exc
         try:
             valid = csr.is_signature_valid
             public_key = csr.public_key()
+            names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         except (InvalidSignature, ValueError, UnsupportedAlgorithm) as exc:
             raise CAError(
                 f"the signing request's key or signature cannot be checked: {exc}"
             ) from exc
         if not valid:
             raise CAError("the signing request's signature does not verify")
-        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if [str(n.value) for n in names] != [name]:
             asked = [str(n.value) for n in names]
             raise CAError(f"the signing request names {asked}, the invitation is for {name!r}")

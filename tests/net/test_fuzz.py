@@ -824,3 +824,23 @@ def test_a_decline_reason_reaches_the_scientist_without_control_characters(
     assert "bad data\ufffd[2J\ufffd[31m, see the log\ufffd" in text
     assert not any(c in text for c in "\x1b\x00")
     assert len(text) < 10_000  # cut, not stored whole
+
+
+def test_regression_every_one_byte_corruption_of_a_certificate_or_request_is_a_ca_error(dealt):
+    """Corrupt subjects, versions and keys surfaced as ValueError, InvalidVersion or
+    UnsupportedAlgorithm from the certificate library; now each is a CAError."""
+    ca, cert = dealt["ca"], dealt["cert"]
+    outcomes = set()
+    for pem, check in (
+        (cert, identity_of),
+        (cert, ca.verify),
+        (CSR, lambda b: ca.sign(b, name="district-01", role="agency")),
+    ):
+        for i in range(len(pem)):
+            for byte in b"SA/":
+                try:
+                    check(pem[:i] + bytes([byte]) + pem[i + 1 :])
+                    outcomes.add("accepted")
+                except CAError as exc:
+                    outcomes.add(str(exc).split(":")[0][:40])
+    assert "the certificate cannot be parsed" in outcomes
