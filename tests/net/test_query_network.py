@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from daemons import agency_toml, running_agents, tls_coordinator, wait_connected
 
 from fedcity.cli import main
 from fedcity.crypto.serde import encrypted_vector_from_bytes
-from fedcity.net.agent import Agent, AgentConfig
 from fedcity.net.ceremony import deal_federation, load_federation, read_token
 from fedcity.net.client import Client, ClientError
-from fedcity.net.coordinator import CoordinatorConfig, serve
 
 AGENCIES = ["d1", "d2", "d3"]
 SOLO_TOTAL = 7_654_321
@@ -90,93 +88,49 @@ def _frame(rng: np.random.Generator, agency: str) -> pd.DataFrame:
     return frame
 
 
-def _agency_toml(folder, agency: str, port: int, *, min_cell_count: int = 10) -> str:
-    path = folder / "agency.toml"
-    path.write_text(
-        f"""agency = "{agency}"
-coordinator = "127.0.0.1:{port}"
-token_file = "token"
-key_file = "share.json"
-signing_key_file = "signing-key.json"
-federation_file = "../../federation-public.json"
-ca_file = "../../tls/ca.pem"
-log_file = "served.jsonl"
-
+TABLE = """
 [tables.requests]
 path = "requests.csv"
-columns = {{ ward = "category", amount = "integer", days = "float", note = "text" }}
+columns = { ward = "category", amount = "integer", days = "float", note = "text" }
 
 [policy]
-min_cell_count = {min_cell_count}
 """
-    )
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("query")
     files = deal_federation(root, AGENCIES, 2, key_bits=512)
-    server = serve(
-        CoordinatorConfig(
-            listen="127.0.0.1:0",
-            db=root / "coordinator.sqlite",
-            federation=files.public,
-            credentials=files.credentials,
-            tls_cert=files.server_cert,
-            tls_key=files.server_key,
-            heartbeat_interval=0.5,
-            max_wait=1.0,
-            tick_interval=0.1,
-        )
-    )
+    server = tls_coordinator(root, files)
     rng = np.random.default_rng(11)
-    frames, agents, threads = {}, [], []
+    frames, configs = {}, []
     for agency in AGENCIES:
         folder = files.shares[agency].parent
         frames[agency] = _frame(rng, agency)
         frames[agency].to_csv(folder / "requests.csv", index=False)
         # d2 insists on cells of at least 12 rows (raising the federation's 10)
-        config = _agency_toml(
-            folder, agency, server.port, min_cell_count=12 if agency == "d2" else 10
+        floor = 12 if agency == "d2" else 10
+        configs.append(
+            agency_toml(folder, agency, server.port, TABLE + f"min_cell_count = {floor}")
         )
-        agent = Agent(AgentConfig.from_toml(config), fetch_wait_ms=500)
-        agents.append(agent)
-        threads.append(
-            threading.Thread(target=agent.run, kwargs={"handle_signals": False}, daemon=True)
-        )
-    for t in threads:
-        t.start()
     address = f"127.0.0.1:{server.port}"
     token = files.scientist_tokens["analyst"]
     client = Client(address, read_token(token), ca_file=files.ca_cert)
-    deadline = time.monotonic() + 30
-    while sum(a.connected for a in client.agencies()) < len(AGENCIES):
-        assert time.monotonic() < deadline, "agents did not connect"
-        time.sleep(0.1)
-    connect = [
-        "--coordinator",
-        address,
-        "--ca-file",
-        str(files.ca_cert),
-        "--token-file",
-        str(token),
-    ]
+    connect = ["--coordinator", address, "--ca-file", str(files.ca_cert)]
+    connect += ["--token-file", str(token)]
     try:
-        yield {
-            "root": root,
-            "files": files,
-            "client": client,
-            "connect": connect,
-            "frames": frames,
-            "db": root / "coordinator.sqlite",
-        }
+        with running_agents(configs):
+            wait_connected(client, len(AGENCIES))
+            yield {
+                "root": root,
+                "files": files,
+                "client": client,
+                "connect": connect,
+                "frames": frames,
+                "db": root / "coordinator.sqlite",
+            }
     finally:
         client.close()
-        for a in agents:
-            a.stop()
-        for t in threads:
-            t.join(timeout=10)
         server.stop(grace=1.0)
 
 

@@ -7,21 +7,17 @@ or computed, and the data scientist sees the rule named in ``fedcity job watch``
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
+from daemons import agency_toml, running_agents, tls_coordinator, wait_connected
 
 from fedcity.data.dataset import FeatureSpec
 from fedcity.governance.auditlog import read_log
 from fedcity.governance.ledger import Ledger
 from fedcity.learn.dp import public_preprocessing
-from fedcity.net.agent import Agent, AgentConfig
 from fedcity.net.ceremony import deal_federation, read_token
 from fedcity.net.client import Client
-from fedcity.net.coordinator import CoordinatorConfig, serve
 
 AGENCIES = ["f1", "f2", "f3"]
 FLOORS = {
@@ -31,49 +27,24 @@ FLOORS = {
 }
 
 
-def _config(folder, agency: str, port: int, policy: str) -> str:
-    path = folder / "agency.toml"
-    path.write_text(
-        f"""agency = "{agency}"
-coordinator = "127.0.0.1:{port}"
-token_file = "token"
-key_file = "share.json"
-signing_key_file = "signing-key.json"
-federation_file = "../../federation-public.json"
-ca_file = "../../tls/ca.pem"
-
+DATASET = """
 [datasets.visits]
 path = "visits.csv"
 numeric = ["x1", "x2"]
-categorical = {{ kind = ["a", "b"] }}
+categorical = { kind = ["a", "b"] }
 label = "y"
 
 [policy]
-{policy}
 """
-    )
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("floors")
     files = deal_federation(root, AGENCIES, 2, key_bits=512)
-    server = serve(
-        CoordinatorConfig(
-            listen="127.0.0.1:0",
-            db=root / "coordinator.sqlite",
-            federation=files.public,
-            credentials=files.credentials,
-            tls_cert=files.server_cert,
-            tls_key=files.server_key,
-            heartbeat_interval=0.5,
-            max_wait=1.0,
-            tick_interval=0.1,
-        )
-    )
+    server = tls_coordinator(root, files)
     rng = np.random.default_rng(5)
-    agents = []
+    configs = []
     for agency in AGENCIES:
         folder = files.shares[agency].parent
         n = 60
@@ -86,31 +57,19 @@ def federation(tmp_path_factory):
                 "y": (x1 + rng.normal(size=n) > 0).astype(int),
             }
         ).to_csv(folder / "visits.csv", index=False)
-        config = AgentConfig.from_toml(_config(folder, agency, server.port, FLOORS[agency]))
-        agents.append(Agent(config, fetch_wait_ms=500))
-    threads = [
-        threading.Thread(target=a.run, kwargs={"handle_signals": False}, daemon=True)
-        for a in agents
-    ]
-    for t in threads:
-        t.start()
+        body = DATASET + FLOORS[agency]
+        configs.append(agency_toml(folder, agency, server.port, body, log=False))
     client = Client(
         f"127.0.0.1:{server.port}",
         read_token(files.scientist_tokens["analyst"]),
         ca_file=files.ca_cert,
     )
-    deadline = time.monotonic() + 30
-    while sum(a.connected for a in client.agencies()) < len(AGENCIES):
-        assert time.monotonic() < deadline, "agents did not connect"
-        time.sleep(0.1)
     try:
-        yield {"client": client, "agents": {a.config.agency: a for a in agents}}
+        with running_agents(configs) as agents:
+            wait_connected(client, len(AGENCIES))
+            yield {"client": client, "agents": {a.config.agency: a for a in agents}}
     finally:
         client.close()
-        for a in agents:
-            a.stop()
-        for t in threads:
-            t.join(timeout=10)
         server.stop(grace=1.0)
 
 
