@@ -11,9 +11,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
-from daemons import agency_toml, running_agents, tls_coordinator, wait_connected
+from daemons import (
+    VISITS,
+    agency_toml,
+    running_agents,
+    tls_coordinator,
+    wait_connected,
+    write_visits,
+)
 
 from fedcity.governance.auditlog import read_log
 from fedcity.governance.ledger import Ledger
@@ -23,16 +29,13 @@ from fedcity.net.client import Client
 AGENCIES = ["t1", "t2", "t3"]
 
 
-BODY = """
-[datasets.visits]
-path = "visits.csv"
-numeric = ["x1", "x2"]
-categorical = { kind = ["a", "b"] }
-label = "y"
-
+BODY = (
+    VISITS
+    + """
 [policy]
 budget = { epsilon = 0.5, delta = 1e-5, period = "total" }
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +47,7 @@ def federation(tmp_path_factory):
     configs = []
     for agency in AGENCIES:
         folder = files.shares[agency].parent
-        n = 80
-        x1, x2 = rng.normal(size=n), rng.normal(size=n)
-        pd.DataFrame(
-            {
-                "x1": x1,
-                "x2": x2,
-                "kind": rng.choice(["a", "b"], n),
-                "y": (x1 + rng.normal(size=n) > 0).astype(int),
-            }
-        ).to_csv(folder / "visits.csv", index=False)
+        write_visits(folder / "visits.csv", rng, 80)
         configs.append(agency_toml(folder, agency, server.port, BODY, log=False))
     client = Client(
         f"127.0.0.1:{server.port}",

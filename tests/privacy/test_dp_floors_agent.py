@@ -8,9 +8,15 @@ or computed, and the data scientist sees the rule named in ``fedcity job watch``
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
-from daemons import agency_toml, running_agents, tls_coordinator, wait_connected
+from daemons import (
+    VISITS,
+    agency_toml,
+    running_agents,
+    tls_coordinator,
+    wait_connected,
+    write_visits,
+)
 
 from fedcity.data.dataset import FeatureSpec
 from fedcity.governance.auditlog import read_log
@@ -27,15 +33,12 @@ FLOORS = {
 }
 
 
-DATASET = """
-[datasets.visits]
-path = "visits.csv"
-numeric = ["x1", "x2"]
-categorical = { kind = ["a", "b"] }
-label = "y"
-
+DATASET = (
+    VISITS
+    + """
 [policy]
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +50,7 @@ def federation(tmp_path_factory):
     configs = []
     for agency in AGENCIES:
         folder = files.shares[agency].parent
-        n = 60
-        x1, x2 = rng.normal(size=n), rng.normal(size=n)
-        pd.DataFrame(
-            {
-                "x1": x1,
-                "x2": x2,
-                "kind": rng.choice(["a", "b"], n),
-                "y": (x1 + rng.normal(size=n) > 0).astype(int),
-            }
-        ).to_csv(folder / "visits.csv", index=False)
+        write_visits(folder / "visits.csv", rng, 60)
         body = DATASET + FLOORS[agency]
         configs.append(agency_toml(folder, agency, server.port, body, log=False))
     client = Client(

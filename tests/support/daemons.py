@@ -87,6 +87,29 @@ def wait_until(check: Callable[[], T], what: str, timeout: float = 30.0) -> T:
 
 def wait_connected(client: Any, n: int, timeout: float = 30.0) -> None:
     """Until ``n`` agencies are connected to the client's coordinator."""
-    wait_until(
-        lambda: sum(a.connected for a in client.agencies()) >= n, f"{n} agents", timeout
-    )
+    wait_until(lambda: sum(a.connected for a in client.agencies()) >= n, f"{n} agents", timeout)
+
+
+VISITS = """
+[datasets.visits]
+path = "visits.csv"
+numeric = ["x1", "x2"]
+categorical = { kind = ["a", "b"] }
+label = "y"
+"""
+"""The ``visits`` training dataset of :func:`write_visits`, as declared in agency.toml."""
+
+
+def write_visits(path: Path, rng: Any, n: int) -> None:
+    """A small logistic dataset (x1, x2, kind, y) for networked training tests."""
+    import pandas as pd
+
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    pd.DataFrame(
+        {
+            "x1": x1,
+            "x2": x2,
+            "kind": rng.choice(["a", "b"], n),
+            "y": (x1 + rng.normal(size=n) > 0).astype(int),
+        }
+    ).to_csv(path, index=False)
