@@ -562,7 +562,7 @@ class _Validator:
                 label,
             )
         for column, kind in columns.items():
-            if kind not in COLUMN_TYPES:
+            if not isinstance(kind, str) or kind not in COLUMN_TYPES:
                 raise self.fail(
                     "columns",
                     f"column {column!r} has type {kind!r}; types: {sorted(COLUMN_TYPES)}",

@@ -800,6 +800,17 @@ def test_regression_agent_config_paths_the_os_cannot_use(dealt, value, match):
     assert "key 'token_file'" in str(info.value) and len(str(info.value)) < 600
 
 
+def test_regression_agent_config_column_type_that_is_not_a_string(dealt):
+    path = dealt["config"]
+    doc = tomllib.loads(path.read_text())
+    doc.pop("datasets", None)
+    doc["tables"] = {
+        "t": {"path": str(dealt["root"] / "t.csv"), "columns": {"ward": "category", "x": []}}
+    }
+    with pytest.raises(ConfigError, match=r"column 'x' has type \[\]; types:"):
+        AgentConfig.from_dict(doc, base=path.parent)
+
+
 def test_regression_ca_key_of_an_unknown_algorithm(dealt):
     ca = dealt["ca"]
     pem = ca.key_pem
@@ -838,6 +849,7 @@ def test_a_decline_reason_reaches_the_scientist_without_control_characters(
     assert len(text) < 10_000  # cut, not stored whole
 
 
+@pytest.mark.filterwarnings("ignore:Parsed a serial number")
 def test_regression_every_one_byte_corruption_of_a_certificate_or_request_is_a_ca_error(dealt):
     """Corrupt subjects, versions and keys surfaced as ValueError, InvalidVersion or
     UnsupportedAlgorithm from the certificate library; now each is a CAError."""
