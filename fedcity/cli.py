@@ -269,6 +269,9 @@ def build_parser() -> _Parser:
     from fedcity.governance.cli import add_ca_commands, add_enroll_command
 
     add_ca_commands(commands, _Parser)
+    from fedcity.governance.cli import add_renew_command
+
+    add_renew_command(commands, _Parser)
     add_enroll_command(
         commands, "login", "enroll as a data scientist or operator (mutual TLS)", _Parser
     ).set_defaults(action="enroll")
@@ -935,6 +938,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys_deal(args)
     if args.command == "coordinator":
         return _coordinator_store(args)
+    if args.command == "renew":
+        from fedcity.governance.cli import run_renew
+
+        return run_renew(args)
     if args.command == "agent" and args.action in ("pending", "approve", "deny"):
         from fedcity.governance.cli import run_approval
 

@@ -131,6 +131,32 @@ def run_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_renew_command(commands: Any, parser_class: type[argparse.ArgumentParser]) -> Any:
+    """Add ``fedcity renew``: a fresh certificate (and key) before the current one expires."""
+    renew = commands.add_parser(
+        "renew", help="renew your certificate before it expires (mutual TLS)"
+    )
+    renew.add_argument(
+        "--coordinator", required=True, metavar="HOST:PORT", help="its main port (required)"
+    )
+    renew.add_argument("--ca-file", type=Path, required=True, help="ca.pem (required)")
+    renew.add_argument("--cert-file", type=Path, required=True, help="replaced (required)")
+    renew.add_argument("--key-file", type=Path, required=True, help="replaced (required)")
+    renew.set_defaults(action="renew")
+    return renew
+
+
+def run_renew(args: argparse.Namespace) -> int:
+    """Run ``fedcity renew``; returns the exit code."""
+    from fedcity.net.client import renew
+
+    role = renew(
+        args.coordinator, ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file
+    )
+    print(f"renewed ({role}): {args.cert_file} and a new key in {args.key_file}")
+    return 0
+
+
 def run_enroll(args: argparse.Namespace) -> int:
     """Run ``fedcity agent enroll`` or ``fedcity login``; returns the exit code."""
     from fedcity.net.client import enroll

@@ -707,3 +707,47 @@ def enroll(
     write_secret(key_path, key_pem)
     cert_path.write_bytes(bytes(reply.certificate_pem))
     return key_path, cert_path, str(reply.role)
+
+
+def renew(
+    address: str,
+    *,
+    ca_file: str | os.PathLike[str],
+    cert_file: str | os.PathLike[str],
+    key_file: str | os.PathLike[str],
+    timeout: float = 30.0,
+) -> str:
+    """Renew a certificate before it expires: a new key made here, the same name and role.
+
+    Calls ``Renew`` over mutual TLS with the current certificate, then replaces ``key_file``
+    and ``cert_file`` (the key owner-only). Returns the role.
+
+    Raises
+    ------
+    ClientError
+        The coordinator refused (a revoked certificate, no CA).
+    """
+    from fedcity.governance.ca import identity_of, make_csr
+    from fedcity.secretfiles import write_secret
+
+    try:
+        name = identity_of(Path(cert_file).read_bytes()).name
+    except OSError as exc:
+        raise ClientError(f"cannot read {cert_file}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ClientError(f"{cert_file}: {exc}") from exc
+    key_pem, csr_pem = make_csr(name)
+    channel = open_channel(address, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    try:
+        stub = fpb_grpc.EnrollmentServiceStub(channel)  # type: ignore[no-untyped-call]
+        reply = stub.Renew(fpb.RenewRequest(csr_pem=csr_pem), timeout=timeout)
+    except grpc.RpcError as exc:
+        raise ClientError(
+            f"renewal refused: {exc.code().name}: {exc.details()}", code=exc.code()
+        ) from None
+    finally:
+        channel.close()
+    write_secret(Path(key_file), key_pem)
+    Path(cert_file).write_bytes(bytes(reply.certificate_pem))
+    return str(reply.role)
+

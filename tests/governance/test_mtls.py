@@ -300,6 +300,15 @@ def test_the_operator_and_scientist_commands(tmp_path, capsys):
         assert main(["ca", "list", "--dir", str(ca_dir)]) == 0
         listed = capsys.readouterr().out
         assert "analyst" in listed and "valid" in listed
+        before = (creds / "cert.pem").read_bytes()
+        renew = ["renew", "--coordinator", f"127.0.0.1:{server.port}"]
+        renew += ["--ca-file", str(ca_dir / "ca.pem"), "--cert-file", str(creds / "cert.pem")]
+        renew += ["--key-file", str(creds / "key.pem")]
+        assert main(renew) == 0
+        assert (creds / "cert.pem").read_bytes() != before
+        assert (creds / "key.pem").stat().st_mode & 0o077 == 0
+        assert main(["agencies", "list", *connect, "--json"]) == 0  # the renewed pair works
+        capsys.readouterr()
         assert main(["ca", "revoke", "analyst", "--dir", str(ca_dir)]) == 0
         capsys.readouterr()
         assert main(["agencies", "list", *connect]) == 1
