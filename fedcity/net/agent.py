@@ -177,6 +177,18 @@ class AgentError(RuntimeError):
     """The agent cannot go on: unreadable key material or data, wrong federation, bad token."""
 
 
+def _retry_after(exc: grpc.RpcError) -> float:
+    """The wait a rate-limited call was told (trailing ``retry-after-ms``), at most 60 s."""
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailers or ():
+        if key == "retry-after-ms":
+            try:
+                return min(60.0, max(0.0, int(value) / 1000.0))
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
+
+
 def _check_secret(path: Path, what: str) -> None:
     """Refuse a secret file its group or others may read or write (the agent does not start)."""
     try:
@@ -641,7 +653,7 @@ class Agent:
                     ) from None
                 explained = self._explain(code, details)
                 self._registered = False
-                delay = self._backoff(attempt)
+                delay = max(self._backoff(attempt), _retry_after(exc))
                 attempt += 1
                 log.warning(
                     "coordinator %s: %s; retrying in %.1f s",

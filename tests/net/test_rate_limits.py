@@ -271,3 +271,20 @@ def test_calls_without_credentials_are_limited_per_peer_address(files, servers):
         assert _heartbeat(stub, name).heartbeat_interval_ms > 0
     clock.advance(1.0)
     refused(Code.UNAUTHENTICATED, anonymous)
+
+
+def test_the_agent_waits_at_least_what_the_refusal_says(files, servers):
+    from fedcity.net.agent import _retry_after
+
+    clock = ManualClock()
+    server = start(files, rate_clock=clock, rate_limits={"heartbeat": (0.25, 1)})
+    servers.append(server)
+    stub = fpb_grpc.AgentServiceStub(channel(server.port))
+    _heartbeat(stub, AGENCIES[0])
+    with pytest.raises(grpc.RpcError) as info:
+        _heartbeat(stub, AGENCIES[0])
+    assert _retry_after(info.value) == pytest.approx(4.0)  # one token per 4 s
+    with pytest.raises(grpc.RpcError) as other:  # any other refusal: no hint
+        stub.Heartbeat(fpb.HeartbeatRequest(agency="x"), metadata=auth(AGENCIES[1]), timeout=5)
+    assert other.value.code() == Code.PERMISSION_DENIED
+    assert _retry_after(other.value) == 0.0
