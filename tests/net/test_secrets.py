@@ -268,3 +268,24 @@ def test_a_whole_federation_at_debug_logs_no_secret(setup, tmp_path, caplog, cap
         for form in forms:
             assert len(form) >= 16, (what, form)  # long enough not to match by chance
             assert form not in text, f"the {what} appears in the logs"
+
+
+def test_the_coordinator_refuses_a_database_others_can_read(setup, tmp_path):
+    from fedcity.net.store import StoreError
+
+    files = setup.files
+    config = CoordinatorConfig(
+        listen="127.0.0.1:0",
+        db=tmp_path / "c.sqlite",
+        federation=files.public,
+        credentials=files.credentials,
+        insecure=True,
+    )
+    serve(config).stop(grace=0)  # creates the database, owner-only
+    db = tmp_path / "c.sqlite"
+    assert mode(db) == 0o600
+    db.chmod(0o644)  # e.g. restored with a plain cp
+    with pytest.raises(StoreError, match=f"chmod 600 {db}.*audit signing key"):
+        serve(config)
+    db.chmod(0o600)
+    serve(config).stop(grace=0)

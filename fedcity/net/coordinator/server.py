@@ -315,7 +315,16 @@ def _check_files(config: CoordinatorConfig) -> None:
             check_tls_pair(config.tls_cert, config.tls_key)
     if not config.insecure and config.tls_key and _Path(config.tls_key).exists():
         _check_secret(config.tls_key, "TLS key file (--tls-key)")
-    folder = _Path(config.db).absolute().parent
+    db = _Path(config.db)
+    if db.is_file():
+        try:
+            check_private(db, "--db")
+        except SecretFileError as exc:
+            raise StoreError(
+                f"{exc}; the database holds the coordinator's secrets (its audit signing key, "
+                "the key-holder mode's blinding key)"
+            ) from exc
+    folder = db.absolute().parent
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise StoreError(
