@@ -681,6 +681,7 @@ def _self_signed(tmp_path):
             serialization.NoEncryption(),
         )
     )
+    key_path.chmod(0o600)  # a key others can read is refused at start
     return str(cert_path), str(key_path)
 
 
