@@ -284,7 +284,9 @@ def diagnose_connection(
             f"the coordinator at {address} does not speak TLS (it was started with "
             "--insecure): connect with --insecure (insecure = true in agency.toml; loopback "
             "only), or restart it with --tls-cert and --tls-key",
-            fatal=True,
+            # not fatal for a daemon: a proxy or load balancer in front of a coordinator that
+            # is not up yet closes the handshake the same way, and the coordinator may come
+            fatal=False,
         )
     return None
 
