@@ -198,6 +198,14 @@ def build_parser() -> _Parser:
         "collude (see docs/trust-model.md; default: a threshold key, --threshold)",
     )
     deal.add_argument(
+        "--committee",
+        type=_names,
+        default=None,
+        metavar="A,B,C",
+        help="a decryption committee: only these agencies get a share (--threshold of them "
+        "decrypt), the others only encrypt; for large federations (default: every agency)",
+    )
+    deal.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="folder to write (required)"
     )
     deal.add_argument(
@@ -535,6 +543,7 @@ def _keys_deal(args: argparse.Namespace) -> int:
             key_holder=args.key_holder,
             coordinator=args.coordinator,
             data_dir=args.data_dir,
+            committee=args.committee,
         )
     print(f"federation written to {files.root}")
     print(f"  public (everyone):        {files.public}, {files.ca_cert}")

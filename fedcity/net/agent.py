@@ -71,7 +71,14 @@ from fedcity.core.errors import RejectedContribution
 from fedcity.core.integrity import ContributionVerifier, Evidence
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.tasks import Task
-from fedcity.crypto import CryptoError, KeyShare, PrivateKey, PublicKey, WorkerPool
+from fedcity.crypto import (
+    CryptoError,
+    KeyShare,
+    PrivateKey,
+    PublicKey,
+    ThresholdPublicKey,
+    WorkerPool,
+)
 from fedcity.crypto.keys import read_json_file
 from fedcity.crypto.signing import SigningKey
 from fedcity.data.dataset import AgencyDataset, DataError
@@ -147,22 +154,25 @@ REJECTION_CODES = frozenset(
 MAX_DELIVERY_ATTEMPTS = 5
 """Tries for a payload the coordinator keeps failing on with other errors (INTERNAL, ...)."""
 
-_AGENCY_KEY_FORMATS: dict[str, Callable[[dict[str, Any]], KeyShare | PrivateKey | PublicKey]] = {
+AgencyKey = KeyShare | PrivateKey | PublicKey | ThresholdPublicKey
+_AGENCY_KEY_FORMATS: dict[str, Callable[[dict[str, Any]], AgencyKey]] = {
     "fedcity.paillier.key-share": KeyShare.from_json_dict,
     "fedcity.paillier.private-key": PrivateKey.from_json_dict,
     "fedcity.paillier.public-key": PublicKey.from_json_dict,
+    "fedcity.paillier.threshold-public-key": ThresholdPublicKey.from_json_dict,
 }
-"""Key files an agent loads: a threshold share, or the key holder's private or public key."""
+"""Key files an agent loads: a threshold share, the threshold public key (an agency outside
+the decryption committee), or the key holder's private or public key."""
 
 
-def _load_agency_key(path: Path) -> KeyShare | PrivateKey | PublicKey:
+def _load_agency_key(path: Path) -> AgencyKey:
     """Read an agency's key file once and build the key its ``format`` names."""
     try:
         data = read_json_file(path)
         kind = data.get("format")
         if kind in _AGENCY_KEY_FORMATS:
             key = _AGENCY_KEY_FORMATS[kind](data)
-            if not isinstance(key, PublicKey):  # a share or private key is a secret
+            if isinstance(key, KeyShare | PrivateKey):  # a share or private key is a secret
                 _check_secret(path, "key file")
             return key
     except CryptoError as exc:
@@ -303,6 +313,9 @@ class Agent:
         elif isinstance(key, PrivateKey):
             self.share, self.key_id = key, key.public_key.key_id
             scheme = KeyHolderScheme(key.public_key)
+        elif isinstance(key, ThresholdPublicKey):  # outside the decryption committee
+            self.share, self.key_id = None, key.key_id
+            scheme = PaillierScheme(key)
         else:
             self.share, self.key_id = None, key.key_id
             scheme = KeyHolderScheme(key)

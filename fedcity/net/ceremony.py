@@ -386,7 +386,11 @@ class FederationFiles:
 
 
 def _layout(
-    root: Path, agencies: Sequence[str], scientists: Sequence[str], key_holder: str | None
+    root: Path,
+    agencies: Sequence[str],
+    scientists: Sequence[str],
+    key_holder: str | None,
+    committee: Sequence[str] | None = None,
 ) -> FederationFiles:
     if key_holder is not None:
         shares = {key_holder: root / "agencies" / key_holder / "private-key.json"}
@@ -394,8 +398,13 @@ def _layout(
             a: root / "agencies" / a / "public-key.json" for a in agencies if a != key_holder
         }
     else:
-        shares = {a: root / "agencies" / a / "share.json" for a in agencies}
-        public_keys = {}
+        members = agencies if committee is None else committee
+        shares = {a: root / "agencies" / a / "share.json" for a in members}
+        public_keys = {  # outside the committee: the threshold public key only
+            a: root / "agencies" / a / "threshold-public-key.json"
+            for a in agencies
+            if a not in members
+        }
     return FederationFiles(
         root=root,
         public=root / "federation-public.json",
@@ -425,6 +434,7 @@ def deal_federation(
     key_holder: str | None = None,
     coordinator: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
+    committee: Sequence[str] | None = None,
 ) -> FederationFiles:
     """Deal a threshold key, tokens and TLS material for a new federation.
 
@@ -455,6 +465,12 @@ def deal_federation(
         Folder of the sample data (``fedcity data synth --out DIR``): each ``agency.toml``
         declares ``DIR/<agency>/flood.csv`` (as a path relative to the TOML file). Default: the
         template points at ``data/flood.csv`` inside the agency's folder, to be replaced.
+    committee : sequence of str, optional
+        A decryption committee: only these agencies (``threshold`` of them decrypt) receive
+        a share; every other agency receives the threshold public key and only encrypts.
+        Threshold decryption by every agency does not scale to hundreds of agencies; a
+        committee of ``m`` keeps each round's decryption work at ``t`` of ``m`` members.
+        Default: every agency holds a share.
 
     Returns
     -------
@@ -485,6 +501,21 @@ def deal_federation(
         raise CeremonyError(f"key_bits must be an integer, got {key_bits!r}")
     if key_bits < 256 or key_bits % 16:
         raise CeremonyError(f"key_bits must be a multiple of 16 and >= 256, got {key_bits}")
+    if committee is not None:
+        committee = [_check_name(c, "committee member") for c in committee]
+        strangers = sorted(set(committee) - set(agencies))
+        if strangers or len(set(committee)) != len(committee) or not committee:
+            raise CeremonyError(
+                f"the committee must list distinct agencies of the federation, got {committee}"
+                + (f" ({strangers} are not agencies)" if strangers else "")
+            )
+        if key_holder is not None:
+            raise CeremonyError("a key-holder federation has no decryption committee")
+        if not 1 <= threshold <= len(committee):
+            raise CeremonyError(
+                f"threshold must lie in [1, {len(committee)}] for a committee of "
+                f"{len(committee)}, got {threshold}"
+            )
     if key_holder is not None:
         if key_holder not in agencies:
             raise CeremonyError(f"key holder {key_holder!r} is not one of the agencies {agencies}")
@@ -513,7 +544,7 @@ def deal_federation(
             "hosts (--tls-hosts) or dial one of them (--coordinator)"
         )
     root = Path(out_dir)
-    files = _layout(root, agencies, scientists, key_holder)
+    files = _layout(root, agencies, scientists, key_holder, committee)
     existing = [str(p) for p in files.all_paths() if p.exists() or p.is_symlink()]
     if existing:
         raise CeremonyError(
@@ -524,13 +555,18 @@ def deal_federation(
         log.warning("dealing a %d-bit key: use at least 2048 bits outside tests", key_bits)
     public: dict[str, Any] = {"format": FEDERATION_FORMAT, "version": FEDERATION_VERSION}
     if key_holder is None:
-        tpk, shares = deal_threshold_key(key_bits, threshold=threshold, parties=len(agencies))
+        members = list(agencies if committee is None else committee)
+        tpk, shares = deal_threshold_key(key_bits, threshold=threshold, parties=len(members))
         key_id = tpk.key_id
         public["threshold_public_key"] = tpk.to_json_dict()
-        public["agencies"] = {a: s.index for a, s in zip(agencies, shares, strict=True)}
-        keys: dict[str, KeyShare | PrivateKey | PublicKey] = dict(
-            zip(agencies, shares, strict=True)
-        )
+        index = {a: s.index for a, s in zip(members, shares, strict=True)}
+        public["agencies"] = {a: index.get(a, 0) for a in agencies}  # 0: not a member
+        if committee is not None:
+            public["committee"] = members
+        keys: dict[str, KeyShare | PrivateKey | PublicKey | ThresholdPublicKey] = {
+            a: tpk for a in agencies
+        }
+        keys.update(zip(members, shares, strict=True))
     else:
         pk, sk = generate_keypair(key_bits)
         key_id = pk.key_id
@@ -555,7 +591,7 @@ def deal_federation(
     for a in agencies:
         key = keys[a]
         try:
-            if isinstance(key, KeyShare):
+            if isinstance(key, KeyShare | ThresholdPublicKey):
                 key.save(files.key_file(a))
             else:
                 save_key(key, files.key_file(a))
@@ -589,6 +625,7 @@ def deal_federation(
             None if data_dir is None else Path(data_dir),
             files.agency_configs[a].parent,
             key_holder=key_holder,
+            committee_member=a in files.shares,
         )
         _write_new(files.agency_configs[a], text.encode("utf-8"), secret=False)
     for s in scientists:
@@ -635,6 +672,7 @@ def agency_template(
     folder: Path,
     *,
     key_holder: str | None = None,
+    committee_member: bool = True,
 ) -> str:
     """The commented ``agency.toml`` the ceremony writes into an agency's folder.
 
@@ -651,6 +689,8 @@ def agency_template(
         The agency's folder (relative data paths are computed from it).
     key_holder : str, optional
         The key holder's name in a key-holder federation.
+    committee_member : bool, default True
+        Whether the agency holds a share (False: outside the decryption committee).
 
     Returns
     -------
@@ -677,7 +717,9 @@ def agency_template(
         for c, levels in spec.categorical.items()
     )
     columns = ", ".join(f"{c} = {_toml_string(t)}" for c, t in sample_columns().items())
-    if key_holder is None:
+    if key_holder is None and not committee_member:
+        key_note = "the threshold public key: this agency encrypts, the committee decrypts"
+    elif key_holder is None:
         key_note = "this agency's share of the threshold key (secret)"
     elif key_holder == agency:
         key_note = "the federation's private key: this agency is the key holder (secret)"
@@ -828,6 +870,8 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
     agencies = _agency_indices(p, data)
     seen: dict[int, str] = {}
     for name, index in agencies.items():
+        if index == 0:  # outside the decryption committee: encrypts only
+            continue
         if not 1 <= index <= tpk.parties:
             raise CeremonyError(
                 f"{p}: agencies[{name!r}] = {index} lies outside the key's share indices "
@@ -838,6 +882,10 @@ def load_federation(path: str | os.PathLike[str]) -> Federation:
                 f"{p}: agencies {seen[index]!r} and {name!r} both claim share {index}"
             )
         seen[index] = name
+    if len(seen) < tpk.threshold:
+        raise CeremonyError(
+            f"{p}: only {len(seen)} agencies hold a share, fewer than the threshold {tpk.threshold}"
+        )
     signing_keys = _signing_keys(p, data, agencies)
     return Federation(tpk.public_key, agencies, threshold_key=tpk, signing_keys=signing_keys)
 

@@ -217,7 +217,10 @@ def _mutated(fed, tmp_path, mutate):
         (lambda d: d.update(agencies=[]), "agencies must be a non-empty object"),
         (lambda d: d.update(agencies={}), "agencies must be a non-empty object"),
         (lambda d: d["agencies"].update({"district-01": 4}), r"outside the key's share indices"),
-        (lambda d: d["agencies"].update({"district-01": 0}), r"outside the key's share indices"),
+        (  # index 0: outside the decryption committee; too few members left to decrypt
+            lambda d: d["agencies"].update(dict.fromkeys(d["agencies"], 0)),
+            r"only 0 agencies hold a share, fewer than the threshold",
+        ),
         (lambda d: d["agencies"].update({"district-01": "1"}), "must be an integer"),
         (lambda d: d["agencies"].update({"district-01": True}), "must be an integer"),
         (lambda d: d["agencies"].update({"district-01": 2}), "both claim share 2"),

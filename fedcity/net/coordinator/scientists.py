@@ -237,6 +237,14 @@ class ScientistCalls(CoordinatorState):
                 f"agency {holder!r} holds the federation's decryption key and must take part "
                 f"in every job; the job names {participants}",
             )
+        holders_of_shares = self.federation.share_index_of(participants)
+        if holder is None and len(holders_of_shares) < t:
+            raise StatusError(
+                Code.FAILED_PRECONDITION,
+                f"the job's agencies include {len(holders_of_shares)} member(s) of the "
+                f"decryption committee ({sorted(holders_of_shares)}); decrypting needs "
+                f"t={t}: add committee members to --agencies",
+            )
         n = len(participants)
         min_agencies = int(req.min_agencies) or max(t, min(2, n))
         need = max(min_agencies, t)
