@@ -36,7 +36,6 @@ creates each file exclusively.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import ipaddress
 import json
@@ -51,9 +50,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedcity.core.aggregation import AggregationScheme, KeyHolderScheme, PaillierScheme
 from fedcity.crypto import (
@@ -218,99 +214,18 @@ def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
 def _make_tls(hosts: Sequence[str], label: str) -> tuple[bytes, bytes, bytes]:
     """A fresh CA and a server certificate for ``hosts``; returns (ca pem, cert pem, key pem).
 
-    The CA's private key is discarded when this function returns.
+    The certificates come from :class:`fedcity.governance.ca.CertificateAuthority` (the same
+    X.509 code as the enrollment CA). The CA's private key is discarded when this function
+    returns: a ceremony's CA signs nothing else.
     """
     if not hosts:
         raise CeremonyError("tls_hosts must name at least one host")
-    san = _san(hosts)
-    now = dt.datetime.now(dt.UTC)
-    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=CERT_DAYS)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedcity"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"fedcity federation CA {label}"),
-        ]
-    )
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedcity"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, hosts[0]),
-                ]
-            )
-        )
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(san, critical=False)
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(server_key.public_key()), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    del ca_key
-    return (
-        ca_cert.public_bytes(serialization.Encoding.PEM),
-        server_cert.public_bytes(serialization.Encoding.PEM),
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    _san(hosts)  # every host an IP address or a DNS name, or a CeremonyError naming it
+    from fedcity.governance.ca import CertificateAuthority
+
+    ca = CertificateAuthority.create(f"fedcity-{label}", days=CERT_DAYS)
+    key_pem, cert_pem = ca.server_certificate(tuple(str(h) for h in hosts), days=CERT_DAYS)
+    return ca.cert_pem, cert_pem, key_pem
 
 
 # -- the ceremony -------------------------------------------------------------------------------
