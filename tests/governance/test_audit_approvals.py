@@ -8,19 +8,18 @@ and every log still cross-checks clean.
 
 from __future__ import annotations
 
-import threading
-import time
+from contextlib import ExitStack
 
 import numpy as np
 import pandas as pd
+from daemons import agency_toml, running_agents, tls_coordinator, wait_connected, wait_until
 
 from fedcity.cli import main
 from fedcity.governance.audit import cross_check
 from fedcity.governance.auditlog import coordinator_log_path, read_log
-from fedcity.net.agent import Agent, AgentConfig
+from fedcity.net.agent import AgentConfig
 from fedcity.net.ceremony import deal_federation, load_federation, read_token
 from fedcity.net.client import Client
-from fedcity.net.coordinator import CoordinatorConfig, serve
 
 AGENCIES = ["d1", "d2", "d3"]
 SPEC = {
@@ -32,85 +31,51 @@ SPEC = {
 }
 
 
-def _config(folder, agency: str, port: int) -> str:
-    path = folder / "agency.toml"
-    approval = 'approval = ["query"]\n' if agency == "d2" else ""
-    path.write_text(
-        f"""agency = "{agency}"
-coordinator = "127.0.0.1:{port}"
-token_file = "token"
-key_file = "share.json"
-signing_key_file = "signing-key.json"
-federation_file = "../../federation-public.json"
-ca_file = "../../tls/ca.pem"
-
+TABLE = """
 [tables.requests]
 path = "requests.csv"
-columns = {{ ward = "category" }}
+columns = { ward = "category" }
 
 [policy]
-{approval}"""
-    )
-    return str(path)
-
-
-def _until(check, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
+"""
 
 
 def test_approvals_and_denials_are_audited(tmp_path):
     files = deal_federation(tmp_path, AGENCIES, 2, key_bits=512)
     db = tmp_path / "coordinator.sqlite"
-    server = serve(
-        CoordinatorConfig(
-            listen="127.0.0.1:0",
-            db=db,
-            federation=files.public,
-            credentials=files.credentials,
-            tls_cert=files.server_cert,
-            tls_key=files.server_key,
-            heartbeat_interval=0.5,
-            max_wait=1.0,
-            tick_interval=0.1,
-        )
-    )
+    server = tls_coordinator(tmp_path, files)
     rng = np.random.default_rng(4)
-    configs, agents = {}, []
+    configs = {}
     for agency in AGENCIES:
         folder = files.shares[agency].parent
         pd.DataFrame({"ward": rng.choice(["w1", "w2"], 50)}).to_csv(
             folder / "requests.csv", index=False
         )
-        configs[agency] = _config(folder, agency, server.port)
-        agents.append(Agent(AgentConfig.from_toml(configs[agency]), fetch_wait_ms=500))
-    threads = [
-        threading.Thread(target=a.run, kwargs={"handle_signals": False}, daemon=True)
-        for a in agents
-    ]
-    for t in threads:
-        t.start()
+        approval = 'approval = ["query"]' if agency == "d2" else ""
+        path = agency_toml(folder, agency, server.port, TABLE + approval, log=False)
+        configs[agency] = str(path)
     client = Client(
         f"127.0.0.1:{server.port}",
         read_token(files.scientist_tokens["analyst"]),
         ca_file=files.ca_cert,
     )
+    stack = ExitStack()
+    stack.enter_context(running_agents(list(configs.values())))
     try:
-        _until(lambda: sum(a.connected for a in client.agencies()) == 3, "three agents")
+        wait_connected(client, len(AGENCIES))
         approved = client.submit_query(SPEC)
-        _until(lambda: client.status(approved).waiting, "d2 to hold the first query")
+        wait_until(lambda: client.status(approved).waiting, "d2 to hold the first query")
         d2 = ["--config", configs["d2"]]
         assert main(["agent", "approve", approved, *d2, "--by", "clerk"]) == 0
-        _until(lambda: client.status(approved).state == "succeeded", "the first query")
+        wait_until(lambda: client.status(approved).state == "succeeded", "the first query")
         denied = client.submit_query(SPEC)
-        _until(lambda: client.status(denied).waiting, "d2 to hold the second query")
+        wait_until(lambda: client.status(denied).waiting, "d2 to hold the second query")
         assert main(["agent", "deny", denied, *d2, "--by", "clerk", "--reason", "not now"]) == 0
-        _until(lambda: client.status(denied).state != "running", "the second query")
+        wait_until(lambda: client.status(denied).state != "running", "the second query")
         audit = AgentConfig.from_toml(configs["d2"]).audit_file
-        _until(lambda: any(r.type == "deny" for r in read_log(audit)), "d2 to record the denial")
+        wait_until(
+            lambda: any(r.type == "deny" for r in read_log(audit)), "d2 to record the denial"
+        )
         records = read_log(audit)
         first = [r for r in records if r.job == approved]
         assert [r.type for r in first][:3] == ["job", "approve", "contribution"]
@@ -126,9 +91,6 @@ def test_approvals_and_denials_are_audited(tmp_path):
         )
         assert all(s.ok for s in summaries), [str(f) for s in summaries for f in s.findings]
     finally:
+        stack.close()
         client.close()
-        for a in agents:
-            a.stop()
-        for t in threads:
-            t.join(timeout=10)
         server.stop(grace=1.0)

@@ -11,20 +11,19 @@ do not change.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
 from auditkit import rewrite
+from daemons import agency_toml, running_agents, tls_coordinator, wait_connected
 
 from fedcity.cli import main
 from fedcity.crypto.signing import SigningKey
 from fedcity.governance.audit import COORDINATOR, cross_check
 from fedcity.governance.auditlog import coordinator_log_path, read_log
 from fedcity.governance.ledger import Ledger
-from fedcity.net.agent import Agent, AgentConfig
 from fedcity.net.ceremony import deal_federation, load_federation, read_token
 from fedcity.net.client import Client
 from fedcity.net.coordinator import CoordinatorConfig, serve
@@ -44,26 +43,14 @@ SPEC = {
 }
 
 
-def _agency_toml(folder, agency: str, port: int) -> str:
-    path = folder / "agency.toml"
-    path.write_text(
-        f"""agency = "{agency}"
-coordinator = "127.0.0.1:{port}"
-token_file = "token"
-key_file = "share.json"
-signing_key_file = "signing-key.json"
-federation_file = "../../federation-public.json"
-ca_file = "../../tls/ca.pem"
-
+TABLE = """
 [tables.requests]
 path = "requests.csv"
-columns = {{ ward = "category", amount = "integer" }}
+columns = { ward = "category", amount = "integer" }
 
 [policy]
-budget = {{ epsilon = 1.5, delta = 1e-5, period = "month" }}
+budget = { epsilon = 1.5, delta = 1e-5, period = "month" }
 """
-    )
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -71,56 +58,31 @@ def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("governance")
     files = deal_federation(root, AGENCIES, 2, key_bits=512)
     db = root / "coordinator.sqlite"
-    server = serve(
-        CoordinatorConfig(
-            listen="127.0.0.1:0",
-            db=db,
-            federation=files.public,
-            credentials=files.credentials,
-            tls_cert=files.server_cert,
-            tls_key=files.server_key,
-            heartbeat_interval=0.5,
-            max_wait=1.0,
-            tick_interval=0.1,
-        )
-    )
+    server = tls_coordinator(root, files)
     rng = np.random.default_rng(5)
-    agents, threads, configs = [], [], {}
+    configs = {}
     for agency in AGENCIES:
         folder = files.shares[agency].parent
         n = 90
         pd.DataFrame(
             {"ward": rng.choice(["w1", "w2", "w3"], n), "amount": rng.integers(0, 5000, n)}
         ).to_csv(folder / "requests.csv", index=False)
-        configs[agency] = _agency_toml(folder, agency, server.port)
-        agent = Agent(AgentConfig.from_toml(configs[agency]), fetch_wait_ms=500)
-        agents.append(agent)
-        threads.append(
-            threading.Thread(target=agent.run, kwargs={"handle_signals": False}, daemon=True)
-        )
-    for t in threads:
-        t.start()
+        configs[agency] = str(agency_toml(folder, agency, server.port, TABLE, log=False))
     address = f"127.0.0.1:{server.port}"
     client = Client(address, read_token(files.scientist_tokens["analyst"]), ca_file=files.ca_cert)
-    deadline = time.monotonic() + 30
-    while sum(a.connected for a in client.agencies()) < len(AGENCIES):
-        assert time.monotonic() < deadline, "agents did not connect"
-        time.sleep(0.1)
     try:
-        yield {
-            "root": root,
-            "files": files,
-            "client": client,
-            "db": db,
-            "configs": configs,
-            "agents": {a.config.agency: a for a in agents},
-        }
+        with running_agents(list(configs.values())) as agents:
+            wait_connected(client, len(AGENCIES))
+            yield {
+                "root": root,
+                "files": files,
+                "client": client,
+                "db": db,
+                "configs": configs,
+                "agents": {a.config.agency: a for a in agents},
+            }
     finally:
         client.close()
-        for a in agents:
-            a.stop()
-        for t in threads:
-            t.join(timeout=10)
         server.stop(grace=1.0)
 
 
