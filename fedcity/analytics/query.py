@@ -55,6 +55,7 @@ __all__ = [
     "QueryJob",
     "basic_suppression",
     "query_job_from_spec",
+    "query_steps",
 ]
 
 MAX_PROTECTED_CELLS = 300
@@ -756,6 +757,21 @@ class QueryJob:
         return QueryResult.from_algorithm(
             algorithm, history=list(history), job_id=job_id, seconds=seconds
         )
+
+
+def query_steps(job: QueryJob) -> tuple[str, ...]:
+    """The vetted local steps a query will ask agencies to run, in order.
+
+    A query with differential privacy runs one noisy cells round (no presence round);
+    quantiles add refinement rounds.
+    """
+    noisy = bool(job.privacy or job.spec.privacy)
+    quantiles = any(a.func == "quantile" for a in job.spec.aggregates)
+    return (
+        (() if noisy else ("query.presence",))
+        + ("query.cells",)
+        + (("query.quantile",) if quantiles else ())
+    )
 
 
 def query_job_from_spec(

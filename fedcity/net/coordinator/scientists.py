@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-from fedcity.analytics.query import QueryJob, query_job_from_spec
+from fedcity.analytics.query import QueryJob, query_job_from_spec, query_steps
 from fedcity.analytics.spec import QueryError, QuerySpec, TableSchema
 from fedcity.core.errors import JobFailed
 from fedcity.learn.jobs import JOB_TYPES, job_from_spec, job_steps
@@ -73,10 +73,12 @@ class ScientistCalls(CoordinatorState):
                     "metrics are released exactly, outside its privacy budget; leave "
                     "evaluate_dataset empty"
                 )
-            if query:  # validates before anything else
-                self._check_query(req, query_job_from_spec(params, privacy))
+            job: Any  # validated before anything else, and built once
+            if query:
+                job = query_job_from_spec(params, privacy)
+                self._check_query(req, job)
             else:
-                job_from_spec(req.job_type, params, privacy)
+                job = job_from_spec(req.job_type, params, privacy)
         except ValueError as exc:
             raise StatusError(Code.INVALID_ARGUMENT, _reason(str(exc))) from exc
         if not req.dataset:
@@ -101,7 +103,7 @@ class ScientistCalls(CoordinatorState):
             raise StatusError(Code.INVALID_ARGUMENT, f"agencies listed twice: {repeated}")
         with self._lock:
             self._check_open()
-            spec = self._job_spec(req, params, privacy, principal)
+            spec = self._job_spec(req, params, privacy, principal, job)
             job_id = uuid.uuid4().hex[:12]
             rt = JobRuntime(job_id, spec, "running", time.time())
             try:
@@ -158,7 +160,7 @@ class ScientistCalls(CoordinatorState):
                 f"this federation's minimum is {floor} (disclosure.min_count)"
             )
 
-    def _query_participants(self, req: fpb.JobSpec, params: dict[str, Any]) -> dict[str, Any]:
+    def _query_participants(self, req: fpb.JobSpec, spec: QuerySpec) -> dict[str, Any]:
         """Holders of the query's table, each schema checked against the query (lock held)."""
         order = list(self.federation.agencies)
         holders = [a for a in order if req.dataset in self._tables.get(a, {})]
@@ -170,7 +172,6 @@ class ScientistCalls(CoordinatorState):
                 f"(tables offered: {offered[:20]})",
             )
         participants = self._participants(req, holders, f"table {req.dataset!r}")
-        spec = QuerySpec.from_dict(params)
         for agency in participants:
             schema = TableSchema(req.dataset, self._tables[agency][req.dataset])
             try:
@@ -215,12 +216,13 @@ class ScientistCalls(CoordinatorState):
         params: dict[str, Any],
         privacy: dict[str, Any] | None,
         principal: Principal,
+        job: Any,
     ) -> dict[str, Any]:
         """Resolve participants and check they can run the job together (lock held)."""
         order = list(self.federation.agencies)
         query: dict[str, Any] = {}
         if req.job_type == QUERY_JOB_TYPE:
-            query = self._query_participants(req, params)
+            query = self._query_participants(req, job.spec)
             participants = query["agencies"]
         else:
             holders = [a for a in order if req.dataset in self._datasets.get(a, {})]
@@ -254,7 +256,7 @@ class ScientistCalls(CoordinatorState):
                 f"{n} agencies {participants} take part; the job needs at least {need} "
                 f"(min_agencies={min_agencies}, key threshold t={t})",
             )
-        self._check_steps(req, params, privacy, participants)
+        self._check_steps(job, participants, evaluate=bool(req.evaluate_dataset))
         self._check_differencing(req, participants)
         if query:
             record = self._spec_record(req, params, privacy, principal, participants, min_agencies)
@@ -318,23 +320,12 @@ class ScientistCalls(CoordinatorState):
             "submitted_by": principal.name,
         }
 
-    def _check_steps(
-        self,
-        req: fpb.JobSpec,
-        params: dict[str, Any],
-        privacy: dict[str, Any] | None,
-        participants: list[str],
-    ) -> None:
+    def _check_steps(self, job: Any, participants: list[str], *, evaluate: bool) -> None:
         """Refuse a job whose steps some participant's policy does not allow (lock held)."""
-        if req.job_type == QUERY_JOB_TYPE:
-            query = query_job_from_spec(params, privacy)
-            quantiles = any(a.func == "quantile" for a in query.spec.aggregates)
-            noisy = bool(query.privacy or query.spec.privacy)  # one noisy round, no presence
-            needed = (() if noisy else ("query.presence",)) + ("query.cells",)
-            needed += ("query.quantile",) if quantiles else ()
+        if isinstance(job, QueryJob):
+            needed = query_steps(job)
         else:
-            job = job_from_spec(req.job_type, params, privacy)
-            needed = job_steps(job, evaluate=bool(req.evaluate_dataset))
+            needed = job_steps(job, evaluate=evaluate)
         refusals = []
         for agency in participants:
             allowed = self._kinds.get(agency)
