@@ -55,7 +55,13 @@ from fedcity.crypto.threshold import (
     raw_combine,
     verify_partial_decryption,
 )
-from fedcity.crypto.vector import EncryptedVector, decrypt_vector, encrypt_vector
+from fedcity.crypto.vector import (
+    EncryptedVector,
+    Openings,
+    decrypt_vector,
+    encrypt_vector,
+    encrypt_vector_with_openings,
+)
 
 __all__ = [
     "BLINDING_KEY_BYTES",
@@ -70,6 +76,7 @@ __all__ = [
     "KeyShare",
     "MalformedCiphertextError",
     "NotEnoughSharesError",
+    "Openings",
     "PackingSpec",
     "PartialDecryption",
     "PrivateKey",
@@ -84,6 +91,7 @@ __all__ = [
     "deal_threshold_key",
     "decrypt_vector",
     "encrypt_vector",
+    "encrypt_vector_with_openings",
     "generate_keypair",
     "keyholder_decrypt",
     "load_key",

@@ -230,6 +230,19 @@ class PublicKey:
             raise ValueError("plaintext must lie in [0, n)")
         return (1 + self.n * m) * self.table.pow_random() % self.nsquare
 
+    def _raw_encrypt_opened(self, plaintext: int | mpz) -> tuple[mpz, mpz]:
+        """:meth:`_raw_encrypt` that also returns its DJN exponent: ``(c, a)``.
+
+        ``c = (1 + n·m)·h_s^a mod n²`` with ``a`` uniform in ``[0, 2^exponent_bits)``, the same
+        distribution as :meth:`_raw_encrypt`. ``a`` opens ``c``: keep it secret (see
+        :class:`fedcity.crypto.vector.Openings`).
+        """
+        m = mpz(plaintext)
+        if not 0 <= m < self.n:
+            raise ValueError("plaintext must lie in [0, n)")
+        a = nt.random_bits(self.exponent_bits)
+        return (1 + self.n * m) * self.table.pow(a) % self.nsquare, a
+
     def raw_add(self, c1: int | mpz, c2: int | mpz) -> int:
         """Homomorphic addition of two bare ciphertexts (no validation); a Python ``int``."""
         return int(mpz(c1) * mpz(c2) % self.nsquare)

@@ -40,6 +40,17 @@ def _encrypt_chunk(key: PublicKey, width: int, blob: bytes) -> bytes:
     return bytes(out)
 
 
+def _encrypt_chunk_opened(key: PublicKey, width: int, blob: bytes) -> bytes:
+    """:func:`_encrypt_chunk` returning each ciphertext followed by its DJN exponent."""
+    pk = _KEYS.setdefault(key.key_id, key)
+    out = bytearray()
+    cw, aw = pk.ciphertext_bytes, (pk.exponent_bits + 7) // 8
+    for off in range(0, len(blob), width):
+        c, a = pk._raw_encrypt_opened(int.from_bytes(blob[off : off + width], "big"))
+        out += int(c).to_bytes(cw, "big") + int(a).to_bytes(aw, "big")
+    return bytes(out)
+
+
 def _partial_chunk(share: KeyShare, blob: bytes) -> bytes:
     cached = _SHARES.setdefault((share.threshold_key.key_id, share.index), share)
     cw = cached.threshold_key.public_key.ciphertext_bytes
@@ -135,6 +146,38 @@ class WorkerPool:
             _encrypt_chunk, [public_key] * len(blobs), [width] * len(blobs), blobs
         )
         return _unblob(b"".join(results), public_key.ciphertext_bytes)
+
+    def raw_encrypt_many_opened(
+        self, public_key: PublicKey, plaintexts: Sequence[int]
+    ) -> list[tuple[mpz, mpz]]:
+        """:meth:`raw_encrypt_many` that also returns each DJN exponent: ``[(c, a), ...]``.
+
+        The exponents (secrets that open the ciphertexts) travel from the workers over the
+        pool's local pipes only; see :class:`fedcity.crypto.vector.Openings`.
+        """
+        if not plaintexts:
+            return []
+        for m in plaintexts:
+            if not 0 <= m < public_key.n:
+                raise ValueError("plaintext must lie in [0, n)")
+        width = public_key.n_bytes
+        blobs = [
+            b"".join(int(m).to_bytes(width, "big") for m in chunk)
+            for chunk in _split(plaintexts, self.workers)
+        ]
+        results = self._executor.map(
+            _encrypt_chunk_opened, [public_key] * len(blobs), [width] * len(blobs), blobs
+        )
+        blob = b"".join(results)
+        cw, aw = public_key.ciphertext_bytes, (public_key.exponent_bits + 7) // 8
+        step = cw + aw
+        return [
+            (
+                mpz(int.from_bytes(blob[i : i + cw], "big")),
+                mpz(int.from_bytes(blob[i + cw : i + step], "big")),
+            )
+            for i in range(0, len(blob), step)
+        ]
 
     def raw_partial_decrypt_many(self, share: KeyShare, ciphertexts: Sequence[mpz]) -> list[mpz]:
         """Partially decrypt ciphertexts with ``share`` across the workers, in order."""

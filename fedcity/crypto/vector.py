@@ -3,13 +3,22 @@
 An :class:`EncryptedVector` remembers its key, its :class:`PackingSpec`, its length and how many
 unit-weight vectors were summed into it (``summands``), so additions that would overflow a slot,
 mix keys or mix layouts are refused before they happen, and decryption knows how to decode.
+
+Openings (for range proofs, :mod:`fedcity.crypto.rangeproof`): :func:`encrypt_vector_with_openings`
+is :func:`encrypt_vector` that also returns an :class:`Openings` — per ciphertext ``i`` the packed
+plaintext integer ``m_i`` and the DJN exponent ``a_i`` with ``c_i = (1 + n·m_i)·h_s^{a_i} mod n²``
+(``Openings.plaintext(i)``, ``Openings.exponent(i)``, ``Openings.check(vector)``). Whoever holds an
+opening can decrypt that ciphertext, so an ``Openings`` lives in memory only: its ``repr`` shows
+neither value, and pickling, copying or ``__getstate__`` raise ``TypeError``. With a
+:class:`~fedcity.crypto.WorkerPool` the exponents are drawn in the workers and come back over
+the pool's local pipes (never to disk), so openings are exact on both paths.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +36,13 @@ from fedcity.crypto.packing import PackingSpec
 if TYPE_CHECKING:
     from fedcity.crypto.parallel import WorkerPool
 
-__all__ = ["EncryptedVector", "decrypt_vector", "encrypt_vector"]
+__all__ = [
+    "EncryptedVector",
+    "Openings",
+    "decrypt_vector",
+    "encrypt_vector",
+    "encrypt_vector_with_openings",
+]
 
 
 class EncryptedVector:
@@ -173,6 +188,130 @@ class EncryptedVector:
         return len(self.ciphertexts) * self.public_key.ciphertext_bytes
 
 
+class Openings:
+    """Plaintext integers and DJN exponents of the ciphertexts of one encryption.
+
+    Made by :func:`encrypt_vector_with_openings`. Ciphertext ``i`` of the matching
+    :class:`EncryptedVector` is ``(1 + n·plaintext(i))·h_s^exponent(i) mod n²``. Holding an
+    opening means being able to decrypt: keep it in memory, prove with it
+    (:func:`fedcity.crypto.rangeproof.prove_slot_ranges`) and drop it. The ``repr`` shows only
+    the count and key id; pickling and copying raise ``TypeError``.
+
+    Attributes
+    ----------
+    key_id : bytes
+        Id of the key the ciphertexts are under.
+    """
+
+    __slots__ = ("_exponents", "_plaintexts", "key_id")
+
+    def __init__(self, key_id: bytes, plaintexts: Sequence[int], exponents: Sequence[mpz]) -> None:
+        if len(plaintexts) != len(exponents):
+            raise ValueError(
+                f"{len(plaintexts)} plaintexts but {len(exponents)} exponents in an opening"
+            )
+        self.key_id = key_id
+        self._plaintexts = [int(m) for m in plaintexts]
+        self._exponents = [mpz(a) for a in exponents]
+
+    def __len__(self) -> int:
+        return len(self._plaintexts)
+
+    def __repr__(self) -> str:
+        return f"<Openings ciphertexts={len(self)} key={self.key_id.hex()[:8]}>"
+
+    def _index(self, i: int) -> int:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(self):
+            raise IndexError(f"ciphertext index {i!r} outside [0, {len(self)})")
+        return i
+
+    def plaintext(self, i: int) -> int:
+        """The packed plaintext integer of ciphertext ``i``."""
+        return self._plaintexts[self._index(i)]
+
+    def exponent(self, i: int) -> mpz:
+        """The DJN exponent ``a`` of ciphertext ``i``."""
+        return self._exponents[self._index(i)]
+
+    def check(self, vector: EncryptedVector) -> None:
+        """Raise unless re-encrypting every opening reproduces ``vector``'s ciphertexts.
+
+        Raises
+        ------
+        KeyMismatchError
+            ``vector`` is under another key.
+        MalformedCiphertextError
+            Counts differ, or ciphertext ``i`` does not match its opening (``i`` named).
+        """
+        pk = vector.public_key
+        if pk.key_id != self.key_id:
+            raise KeyMismatchError(
+                f"openings are for key {self.key_id.hex()[:8]}, vector is under "
+                f"{pk.key_id.hex()[:8]}"
+            )
+        if len(vector.ciphertexts) != len(self):
+            raise MalformedCiphertextError(
+                f"{len(self)} openings for {len(vector.ciphertexts)} ciphertexts"
+            )
+        for i, c in enumerate(vector.ciphertexts):
+            m, a = self._plaintexts[i], self._exponents[i]
+            if not 0 <= m < pk.n or a < 0 or a.bit_length() > pk.exponent_bits:
+                raise MalformedCiphertextError(f"opening {i} is out of range for the key")
+            if (1 + pk.n * m) * pk.table.pow(a) % pk.nsquare != c:
+                raise MalformedCiphertextError(f"opening {i} does not reproduce ciphertext {i}")
+
+    def clear(self) -> None:
+        """Drop the references to the plaintexts and exponents (best effort in Python)."""
+        self._plaintexts = []
+        self._exponents = []
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError("Openings hold decryption secrets and are never pickled or copied")
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("Openings hold decryption secrets and are never pickled or copied")
+
+    def __getstate__(self) -> NoReturn:
+        raise TypeError("Openings hold decryption secrets and are never serialized")
+
+    def __copy__(self) -> NoReturn:
+        raise TypeError("Openings hold decryption secrets and are never copied")
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        raise TypeError("Openings hold decryption secrets and are never copied")
+
+
+def _encrypt(
+    public_key: PublicKey,
+    x: npt.ArrayLike,
+    spec: PackingSpec,
+    pool: WorkerPool | None,
+    noise: npt.ArrayLike | None,
+    opened: bool,
+) -> tuple[EncryptedVector, Openings | None]:
+    """The one encryption path of :func:`encrypt_vector` and its opened sibling."""
+    if spec.n_length != public_key.n_length:
+        raise SpecMismatchError(
+            f"packing spec is for {spec.n_length}-bit keys, key has {public_key.n_length} bits"
+        )
+    q = spec.quantize(x, noise)
+    plaintexts = spec.pack(q)
+    openings: Openings | None = None
+    if not opened:
+        if pool is not None:
+            cts = pool.raw_encrypt_many(public_key, plaintexts)
+        else:
+            cts = [public_key._raw_encrypt(m) for m in plaintexts]
+    else:
+        if pool is not None:
+            pairs = pool.raw_encrypt_many_opened(public_key, plaintexts)
+        else:
+            pairs = [public_key._raw_encrypt_opened(m) for m in plaintexts]
+        cts = [c for c, _ in pairs]
+        openings = Openings(public_key.key_id, plaintexts, [a for _, a in pairs])
+    return EncryptedVector(public_key, spec, len(q), 1, cts, validate=False), openings
+
+
 def encrypt_vector(
     public_key: PublicKey,
     x: npt.ArrayLike,
@@ -200,17 +339,31 @@ def encrypt_vector(
     EncryptedVector
         With ``summands == 1``.
     """
-    if spec.n_length != public_key.n_length:
-        raise SpecMismatchError(
-            f"packing spec is for {spec.n_length}-bit keys, key has {public_key.n_length} bits"
-        )
-    q = spec.quantize(x, noise)
-    plaintexts = spec.pack(q)
-    if pool is not None:
-        cts = pool.raw_encrypt_many(public_key, plaintexts)
-    else:
-        cts = [public_key._raw_encrypt(m) for m in plaintexts]
-    return EncryptedVector(public_key, spec, len(q), 1, cts, validate=False)
+    return _encrypt(public_key, x, spec, pool, noise, opened=False)[0]
+
+
+def encrypt_vector_with_openings(
+    public_key: PublicKey,
+    x: npt.ArrayLike,
+    spec: PackingSpec,
+    *,
+    pool: WorkerPool | None = None,
+    noise: npt.ArrayLike | None = None,
+) -> tuple[EncryptedVector, Openings]:
+    """:func:`encrypt_vector` that also returns the :class:`Openings` of its ciphertexts.
+
+    Same parameters, same ciphertext distribution and cost (plus keeping the exponents).
+    The openings let the encryptor later prove facts about its own ciphertexts, e.g. that
+    every slot is in range (:mod:`fedcity.crypto.rangeproof`).
+
+    Returns
+    -------
+    (EncryptedVector, Openings)
+    """
+    vector, openings = _encrypt(public_key, x, spec, pool, noise, opened=True)
+    if openings is None:  # pragma: no cover - _encrypt always opens when asked
+        raise RuntimeError("encryption returned no openings")
+    return vector, openings
 
 
 def decode_plaintexts(
