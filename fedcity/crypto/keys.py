@@ -225,10 +225,19 @@ class PublicKey:
 
     def _raw_encrypt(self, plaintext: int | mpz) -> mpz:
         """:meth:`raw_encrypt` as ``mpz``, for fedcity's own vectors (no conversion)."""
+        return self._raw_encrypt_with(plaintext, self.table.pow_random())
+
+    def _raw_encrypt_with(self, plaintext: int | mpz, power: mpz) -> mpz:
+        """``(1 + n·m)·power mod n²``: encryption with ready randomness ``power = h_s^a``.
+
+        The one multiplication every encryption ends with; ``power`` comes fresh from the
+        fixed-base table or precomputed from a :class:`fedcity.crypto.pool.RandomnessPool`,
+        and must never be used twice.
+        """
         m = mpz(plaintext)
         if not 0 <= m < self.n:
             raise ValueError("plaintext must lie in [0, n)")
-        return (1 + self.n * m) * self.table.pow_random() % self.nsquare
+        return (1 + self.n * m) * power % self.nsquare
 
     def _raw_encrypt_opened(self, plaintext: int | mpz) -> tuple[mpz, mpz]:
         """:meth:`_raw_encrypt` that also returns its DJN exponent: ``(c, a)``.
@@ -237,11 +246,8 @@ class PublicKey:
         distribution as :meth:`_raw_encrypt`. ``a`` opens ``c``: keep it secret (see
         :class:`fedcity.crypto.vector.Openings`).
         """
-        m = mpz(plaintext)
-        if not 0 <= m < self.n:
-            raise ValueError("plaintext must lie in [0, n)")
         a = nt.random_bits(self.exponent_bits)
-        return (1 + self.n * m) * self.table.pow(a) % self.nsquare, a
+        return self._raw_encrypt_with(plaintext, self.table.pow(a)), a
 
     def raw_add(self, c1: int | mpz, c2: int | mpz) -> int:
         """Homomorphic addition of two bare ciphertexts (no validation); a Python ``int``."""

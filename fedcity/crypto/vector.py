@@ -35,6 +35,7 @@ from fedcity.crypto.packing import PackingSpec
 
 if TYPE_CHECKING:
     from fedcity.crypto.parallel import WorkerPool
+    from fedcity.crypto.pool import RandomnessPool
 
 __all__ = [
     "EncryptedVector",
@@ -288,27 +289,46 @@ def _encrypt(
     pool: WorkerPool | None,
     noise: npt.ArrayLike | None,
     opened: bool,
+    randomness: RandomnessPool | None = None,
 ) -> tuple[EncryptedVector, Openings | None]:
-    """The one encryption path of :func:`encrypt_vector` and its opened sibling."""
+    """The one encryption path of :func:`encrypt_vector` and its opened sibling.
+
+    Randomness from ``randomness`` seals the first ciphertexts (one multiplication each); the
+    rest, if any, are encrypted as without a pool (in workers with ``pool``, else in process).
+    Without workers the pool computes what it lacks itself, so everything is "take, multiply".
+    """
     if spec.n_length != public_key.n_length:
         raise SpecMismatchError(
             f"packing spec is for {spec.n_length}-bit keys, key has {public_key.n_length} bits"
         )
+    if randomness is not None and randomness.key_id != public_key.key_id:
+        raise KeyMismatchError(
+            f"randomness pool is for key {randomness.key_id.hex()[:8]}, encrypting under "
+            f"{public_key.key_id.hex()[:8]}"
+        )
     q = spec.quantize(x, noise)
     plaintexts = spec.pack(q)
-    openings: Openings | None = None
-    if not opened:
+    ready: list[tuple[mpz, mpz]] = []  # (a, h_s^a), each used once, here
+    if randomness is not None:  # with workers: the pool covers what it holds, workers the rest
+        k = len(plaintexts)
+        ready = randomness.take_pooled(k) if pool is not None else randomness.take(k)
+    cts = [public_key._raw_encrypt_with(m, r) for m, (_, r) in zip(plaintexts, ready, strict=False)]
+    exponents = [a for a, _ in ready] if opened else []
+    del ready
+    rest = plaintexts[len(cts) :]
+    if rest and not opened:
         if pool is not None:
-            cts = pool.raw_encrypt_many(public_key, plaintexts)
+            cts += pool.raw_encrypt_many(public_key, rest)
         else:
-            cts = [public_key._raw_encrypt(m) for m in plaintexts]
-    else:
+            cts += [public_key._raw_encrypt(m) for m in rest]
+    elif rest:
         if pool is not None:
-            pairs = pool.raw_encrypt_many_opened(public_key, plaintexts)
+            pairs = pool.raw_encrypt_many_opened(public_key, rest)
         else:
-            pairs = [public_key._raw_encrypt_opened(m) for m in plaintexts]
-        cts = [c for c, _ in pairs]
-        openings = Openings(public_key.key_id, plaintexts, [a for _, a in pairs])
+            pairs = [public_key._raw_encrypt_opened(m) for m in rest]
+        cts += [c for c, _ in pairs]
+        exponents += [a for _, a in pairs]
+    openings = Openings(public_key.key_id, plaintexts, exponents) if opened else None
     return EncryptedVector(public_key, spec, len(q), 1, cts, validate=False), openings
 
 
@@ -319,6 +339,7 @@ def encrypt_vector(
     *,
     pool: WorkerPool | None = None,
     noise: npt.ArrayLike | None = None,
+    randomness: RandomnessPool | None = None,
 ) -> EncryptedVector:
     """Clip, quantize, pack and encrypt a 1-D float vector.
 
@@ -333,13 +354,22 @@ def encrypt_vector(
     noise : array_like of int, optional
         Integer noise in quantization steps, within ``spec.noise_bound`` (for distributed
         differential privacy; see :meth:`PackingSpec.quantize`).
+    randomness : RandomnessPool, optional
+        Precomputed randomness for ``public_key`` (:mod:`fedcity.crypto.pool`): each
+        ciphertext then costs one multiplication; what the pool lacks is computed fresh
+        (with ``pool``: by the workers). Each pair is used once and dropped.
 
     Returns
     -------
     EncryptedVector
         With ``summands == 1``.
+
+    Raises
+    ------
+    KeyMismatchError
+        ``randomness`` belongs to another key.
     """
-    return _encrypt(public_key, x, spec, pool, noise, opened=False)[0]
+    return _encrypt(public_key, x, spec, pool, noise, opened=False, randomness=randomness)[0]
 
 
 def encrypt_vector_with_openings(
@@ -349,10 +379,12 @@ def encrypt_vector_with_openings(
     *,
     pool: WorkerPool | None = None,
     noise: npt.ArrayLike | None = None,
+    randomness: RandomnessPool | None = None,
 ) -> tuple[EncryptedVector, Openings]:
     """:func:`encrypt_vector` that also returns the :class:`Openings` of its ciphertexts.
 
-    Same parameters, same ciphertext distribution and cost (plus keeping the exponents).
+    Same parameters, same ciphertext distribution and cost (plus keeping the exponents; with
+    ``randomness`` the exponents are the pool's, handed out once and kept only here).
     The openings let the encryptor later prove facts about its own ciphertexts, e.g. that
     every slot is in range (:mod:`fedcity.crypto.rangeproof`).
 
@@ -360,7 +392,9 @@ def encrypt_vector_with_openings(
     -------
     (EncryptedVector, Openings)
     """
-    vector, openings = _encrypt(public_key, x, spec, pool, noise, opened=True)
+    vector, openings = _encrypt(
+        public_key, x, spec, pool, noise, opened=True, randomness=randomness
+    )
     if openings is None:  # pragma: no cover - _encrypt always opens when asked
         raise RuntimeError("encryption returned no openings")
     return vector, openings
