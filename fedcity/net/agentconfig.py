@@ -15,6 +15,8 @@ Configuration (TOML; relative paths are relative to the file)::
     audit_file = "district-01.audit.sqlite"    # signed audit log (this is the default)
     ledger_file = "district-01.ledger.sqlite"  # privacy-budget ledger (this is the default)
     crypto_workers = 1                   # worker processes for encryption and decryption
+    randomness_pool = 4096               # most encryption randomness pairs precomputed while
+                                         # idle (0: off; ~0.8 KiB each at 2048 bits)
 
     [datasets.inspections]
     path = "data/district-01.csv"        # .csv, .parquet or .pq
@@ -60,10 +62,22 @@ from fedcity.governance.ledger import Budget, LedgerError
 from fedcity.governance.policy import AgencyPolicy, PolicyError
 from fedcity.net.channel import AddressError, is_loopback, parse_address
 
-__all__ = ["MAX_CRYPTO_WORKERS", "AgentConfig", "ConfigError", "DatasetConfig", "TableConfig"]
+__all__ = [
+    "DEFAULT_RANDOMNESS_POOL",
+    "MAX_CRYPTO_WORKERS",
+    "MAX_RANDOMNESS_POOL",
+    "AgentConfig",
+    "ConfigError",
+    "DatasetConfig",
+    "TableConfig",
+]
 
 MAX_CRYPTO_WORKERS = 64
 """Most worker processes an agent may start for its cryptography."""
+DEFAULT_RANDOMNESS_POOL = 4096
+"""Default bound of the agent's precomputed encryption randomness (about 3.2 MiB at 2048 bits)."""
+MAX_RANDOMNESS_POOL = 1 << 18
+"""Largest ``randomness_pool`` accepted (about 200 MiB at 2048 bits, 280 MiB at 3072)."""
 
 _TOP_KEYS = frozenset(
     {
@@ -83,6 +97,7 @@ _TOP_KEYS = frozenset(
         "ledger_file",
         "approvals_file",
         "crypto_workers",
+        "randomness_pool",
         "datasets",
         "tables",
         "policy",
@@ -198,6 +213,11 @@ class AgentConfig:
     crypto_workers : int
         Worker processes for encryption and (partial) decryption while the agent runs
         (1: in the agent's own process). Set it to the cores the agency's machine can spare.
+    randomness_pool : int
+        Most encryption randomness pairs (:class:`~fedcity.crypto.pool.RandomnessPool`) the
+        agent precomputes while idle between rounds, in memory only and each used once; it
+        tops up to the ciphertext count of its recent uploads, at most this many. 0 turns it
+        off. About 0.8 KiB per pair at 2048 bits.
     source : Path or None
         The TOML file it was read from.
     """
@@ -217,6 +237,7 @@ class AgentConfig:
     min_summands: int = 2
     min_cell_count: int = 10
     crypto_workers: int = 1
+    randomness_pool: int = DEFAULT_RANDOMNESS_POOL
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     audit_file: Path | None = None
@@ -335,6 +356,17 @@ class AgentConfig:
                 f"{where}: key 'crypto_workers' must be an integer in "
                 f"[1, {MAX_CRYPTO_WORKERS}], got {crypto_workers!r}"
             )
+        randomness_pool = data.get("randomness_pool", DEFAULT_RANDOMNESS_POOL)
+        if (
+            isinstance(randomness_pool, bool)
+            or not isinstance(randomness_pool, int)
+            or not 0 <= randomness_pool <= MAX_RANDOMNESS_POOL
+        ):
+            raise ConfigError(
+                f"{where}: key 'randomness_pool' must be an integer in "
+                f"[0, {MAX_RANDOMNESS_POOL}] (precomputed randomness pairs; 0: off), "
+                f"got {randomness_pool!r}"
+            )
 
         raw_sets = data.get("datasets", {})
         raw_tables = data.get("tables", {})
@@ -437,6 +469,7 @@ class AgentConfig:
             log_file=log_file,
             min_summands=min_summands,
             crypto_workers=crypto_workers,
+            randomness_pool=randomness_pool,
             source=source,
         )
 
