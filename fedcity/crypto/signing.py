@@ -14,7 +14,7 @@ key::
     b"fedcity.v1.contribution\0"
     || len(job_id) || job_id          UTF-8
     || len(round)  || round           8 bytes, unsigned big-endian
-    || len(kind)   || kind            ASCII, "contribution" or "partial"
+    || len(kind)   || kind            ASCII, "contribution", "partial" or "range-proof"
     || len(agency) || agency          UTF-8
     || len(key_id) || key_id          the federation key's id (16 bytes)
     || len(digest) || digest          SHA-256 of the payload (32 bytes)
@@ -59,8 +59,9 @@ __all__ = [
 
 DOMAIN = b"fedcity.v1.contribution\x00"
 """Prefix of every encoded statement (domain separation)."""
-KINDS = ("contribution", "partial")
-"""Payload kinds a statement may name."""
+KINDS = ("contribution", "partial", "range-proof")
+"""Payload kinds a statement may name (``"range-proof"``: an answer to a range audit,
+:mod:`fedcity.core.audit`)."""
 SIGNATURE_BYTES = 64
 """Length of an Ed25519 signature."""
 PUBLIC_KEY_BYTES = 32
@@ -101,7 +102,7 @@ class Statement:
     round : int
         The round the payload belongs to, ``0 <= round < 2**64``.
     kind : str
-        ``"contribution"`` or ``"partial"``.
+        ``"contribution"``, ``"partial"`` or ``"range-proof"``.
     agency : str
         The uploading agency's name.
     key_id : bytes
