@@ -26,6 +26,7 @@ from fedcity.core.rounds import overflow_flag
 from fedcity.core.tasks import LOCAL_STEPS, Task
 
 if TYPE_CHECKING:
+    from fedcity.crypto.pool import RandomnessPool
     from fedcity.data.dataset import AgencyDataset
     from fedcity.privacy import DPFloor
 
@@ -73,6 +74,10 @@ class AgencyNode:
         they are the sum of enough agencies' signed contributions.
     tables : mapping of str to LocalTable, optional
         Analytics tables by name; steps named ``query.*`` read ``tables[params["table"]]``.
+    randomness : RandomnessPool, optional
+        Encryption randomness precomputed for the scheme's public key
+        (:mod:`fedcity.crypto.pool`); sealing takes from it (each pair once) and computes
+        fresh what it lacks. The agent daemon fills it while idle between rounds.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class AgencyNode:
         verifier: ContributionVerifier | None = None,
         tables: Mapping[str, Any] | None = None,
         dp_floor: DPFloor | None = None,
+        randomness: RandomnessPool | None = None,
     ) -> None:
         self.name = name
         self.dataset = dataset
@@ -100,6 +106,8 @@ class AgencyNode:
         self.rng = rng
         """Test-only noise source; None (the default): the OS CSPRNG."""
         self.dp_floor = dp_floor
+        self.randomness = randomness
+        """Precomputed encryption randomness used when sealing (None: computed fresh)."""
         self.timings = LocalTimings()
         self.served: list[tuple[str, int, str]] = []
         """(job id, round, kind) of every task this agency answered: its local log."""
