@@ -67,6 +67,15 @@ class Algorithm(ABC):
         """Upper bound on rounds, for progress bars (None if unknown)."""
         return None
 
+    def precision_bits_for(self, request: TaskRequest, clip: float) -> int:
+        """Packing precision of ``request`` at the packing bound ``clip`` actually used.
+
+        The bound is ``request.clip`` unless the federation widened it after an agency had to
+        clip; an algorithm that chooses its precision from an accuracy (FedAvg) returns more
+        bits for a wider bound. The default is ``request.precision_bits``.
+        """
+        return request.precision_bits
+
     def on_overflow(self, request: TaskRequest) -> bool:
         """Some agency's values exceed the largest packing bound for ``request``.
 

@@ -74,6 +74,10 @@ class Chain(Algorithm):
         """Forward to the running stage."""
         return self.current.on_overflow(request)
 
+    def precision_bits_for(self, request: TaskRequest, clip: float) -> int:
+        """Forward to the running stage."""
+        return self.current.precision_bits_for(request, clip)
+
 
 class JobDriver:
     """One job at the coordinator.
@@ -249,7 +253,8 @@ class JobDriver:
         if self.dp is not None and request.private:
             return self.dp.spec_for(request, n, self.n_length)  # type: ignore[no-any-return]
         headroom = (max(n, 1) - 1).bit_length()
-        precision = min(request.precision_bits, _MAX_SLOT_BITS - headroom - 1, 52)
+        declared = self.algorithm.precision_bits_for(request, clip)
+        precision = min(declared, _MAX_SLOT_BITS - headroom - 1, 52)
         return PackingSpec(
             clip=clip, precision_bits=precision, max_summands=max(n, 1), n_length=self.n_length
         )

@@ -110,6 +110,13 @@ from fedcity.learn.algorithm import Algorithm, RoundRecord
 from fedcity.learn.design import Preprocessing, design_matrix
 from fedcity.learn.evaluation import model_predictor
 from fedcity.learn.jobs import _Job
+from fedcity.learn.precision import (
+    MAX_PRECISION_BITS,
+    MIN_PRECISION_BITS,
+    SECAGG_PLUS_ACCURACY,
+    check_accuracy,
+    precision_for,
+)
 
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset
@@ -265,6 +272,32 @@ def _check_training(rounds: object, local_epochs: object, mu: object, seed: obje
         raise ValueError(f"mu must be a finite number >= 0 (0 is FedAvg), got {mu!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _check_precision(clip: object, accuracy: object, precision_bits: object) -> float | None:
+    """Validate the packing parameters; the accuracy in force (None: fixed precision)."""
+    if (
+        isinstance(clip, bool)
+        or not isinstance(clip, int | float)
+        or not math.isfinite(clip)
+        or clip <= 0
+    ):
+        raise ValueError(f"clip must be positive and finite, got {clip!r}")
+    if precision_bits is None:
+        return check_accuracy(SECAGG_PLUS_ACCURACY if accuracy is None else accuracy, clip)
+    if accuracy is not None:
+        raise ValueError(
+            f"give accuracy ({accuracy!r}) or precision_bits ({precision_bits!r}), not both: "
+            "the accuracy chooses the precision"
+        )
+    if isinstance(precision_bits, bool) or not isinstance(precision_bits, int):
+        raise ValueError(f"precision_bits must be an integer, got {precision_bits!r}")
+    if not MIN_PRECISION_BITS <= precision_bits <= MAX_PRECISION_BITS:
+        raise ValueError(
+            f"precision_bits must lie in [{MIN_PRECISION_BITS}, {MAX_PRECISION_BITS}], "
+            f"got {precision_bits}"
+        )
+    return None
 
 
 def _describe(estimator: object) -> tuple[str, dict[str, Any]]:
@@ -804,8 +837,16 @@ class FederatedAveraging(Algorithm):
     clip : float, default 64.0
         Initial packing bound; the federation widens it (×256) when an agency had to clip,
         and later rounds keep the widened bound.
-    precision_bits : int, default 40
-        Fixed-point precision of the packing.
+    accuracy : float, optional
+        Largest rounding error of one packed value (absolute; the values are the weighted
+        parameters ``(n_i/W)·θ_i``). The precision is the fewest bits that honour it at the
+        round's clip (:func:`fedcity.learn.precision.precision_for`), recomputed when the
+        clip widens. Default :data:`~fedcity.learn.precision.SECAGG_PLUS_ACCURACY`
+        (``2^-19``: the quantization step of Flower's SecAgg+, ``2·8/2^22``), which is 26
+        bits at the default clip. Mutually exclusive with ``precision_bits``.
+    precision_bits : int, optional
+        A fixed precision in [8, 52] instead (40 was the default before the accuracy
+        policy); it does not grow when the clip widens.
 
     Attributes
     ----------
@@ -840,16 +881,12 @@ class FederatedAveraging(Algorithm):
         classes: Sequence[float | int] | None = None,
         seed: int = 0,
         clip: float = 64.0,
-        precision_bits: int = 40,
+        accuracy: float | None = None,
+        precision_bits: int | None = None,
     ) -> None:
         name, hyper = _describe(estimator)
         _check_training(rounds, local_epochs, mu, seed)
-        if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
-            raise ValueError(f"clip must be positive and finite, got {clip!r}")
-        if isinstance(precision_bits, bool) or not isinstance(precision_bits, int):
-            raise ValueError(f"precision_bits must be an integer, got {precision_bits!r}")
-        if not 8 <= precision_bits <= 52:
-            raise ValueError(f"precision_bits must lie in [8, 52], got {precision_bits}")
+        self.accuracy = _check_precision(clip, accuracy, precision_bits)
         self.estimator_name = name
         self.hyperparameters = hyper
         self.pre = preprocessing
@@ -858,7 +895,7 @@ class FederatedAveraging(Algorithm):
         self.mu = float(mu)
         self.seed = seed
         self.clip = float(clip)
-        self.precision_bits = precision_bits
+        self.fixed_precision_bits = precision_bits
         declared = _check_classes(name, classes)
         self.classes_: npt.NDArray[Any] | None = None
         self.shapes_: list[tuple[int, ...]] = []
@@ -875,6 +912,20 @@ class FederatedAveraging(Algorithm):
     def is_classifier(self) -> bool:
         """Whether the estimator is a classifier."""
         return self.estimator_name in _CLASSIFIERS
+
+    @property
+    def precision_bits(self) -> int:
+        """Precision of the next averaging round (at the current clip)."""
+        if self.fixed_precision_bits is not None:
+            return self.fixed_precision_bits
+        assert self.accuracy is not None
+        return precision_for(self.clip, self.accuracy)
+
+    def precision_bits_for(self, request: TaskRequest, clip: float) -> int:
+        """The averaging rounds' precision at the (possibly widened) ``clip``."""
+        if request.kind != "fedavg.local" or self.accuracy is None:
+            return request.precision_bits
+        return precision_for(clip, self.accuracy)
 
     @property
     def max_rounds(self) -> int:
@@ -1039,13 +1090,22 @@ class FedAvgJob(_Job):
     classes : sequence of numbers, optional
         A classifier's labels; learned from a secure label count (labels 0..63) if omitted.
     seed : int, default 0
+    clip : float, default 64.0
+        Initial packing bound of the weighted parameters (widened ×256 when an agency clips).
+    accuracy : float, optional
+        Largest rounding error per packed value; chooses the precision from the clip
+        (default: SecAgg+'s step, ``2^-19``; see :mod:`fedcity.learn.precision`).
+    precision_bits : int, optional
+        A fixed precision in [8, 52] instead of ``accuracy`` (e.g. 40, the former default).
 
     Raises
     ------
     ValueError
         Another estimator class, hyperparameters that cannot travel or FedAvg cannot honour
         (``early_stopping``, ``solver="lbfgs"``, ``average``, ``class_weight``), ``rounds`` or
-        ``local_epochs`` below 1, negative ``mu``, or invalid ``classes``.
+        ``local_epochs`` below 1, negative ``mu``, invalid ``classes``, a non-positive
+        ``clip`` or ``accuracy``, an accuracy not below the clip or needing more than 52
+        bits, both ``accuracy`` and ``precision_bits``, or ``precision_bits`` outside [8, 52].
     """
 
     def __init__(
@@ -1057,22 +1117,34 @@ class FedAvgJob(_Job):
         mu: float = 0.0,
         classes: Sequence[float | int] | None = None,
         seed: int = 0,
+        clip: float = 64.0,
+        accuracy: float | None = None,
+        precision_bits: int | None = None,
     ) -> None:
         name, _ = _describe(estimator)
         _check_training(rounds, local_epochs, mu, seed)
+        _check_precision(clip, accuracy, precision_bits)
         self.classes = _check_classes(name, classes)
         self.estimator = estimator
         self.rounds = rounds
         self.local_epochs = local_epochs
         self.mu = mu
         self.seed = seed
+        self.clip = clip
+        self.accuracy = accuracy
+        self.precision_bits = precision_bits
         self.algorithm_: FederatedAveraging | None = None
 
     def __repr__(self) -> str:
+        packing = (
+            f"precision_bits={self.precision_bits}"
+            if self.precision_bits is not None
+            else f"accuracy={self.accuracy}"
+        )
         return (
             f"FedAvgJob({self.estimator!r}, rounds={self.rounds}, "
             f"local_epochs={self.local_epochs}, mu={self.mu}, classes={self.classes}, "
-            f"seed={self.seed})"
+            f"seed={self.seed}, clip={self.clip}, {packing})"
         )
 
     def _algorithm(self, pre: Preprocessing) -> Algorithm:
@@ -1084,6 +1156,9 @@ class FedAvgJob(_Job):
             mu=self.mu,
             classes=self.classes,
             seed=self.seed,
+            clip=self.clip,
+            accuracy=self.accuracy,
+            precision_bits=self.precision_bits,
         )
         return self.algorithm_
 

@@ -505,7 +505,21 @@ def _fedavg_builder(params: dict[str, Any], privacy: DPConfig | None) -> _Job:
 
     if privacy is not None:
         raise ValueError("fedavg jobs do not support differential privacy; leave privacy empty")
-    _no_unknown("fedavg", params, ["estimator", "rounds", "local_epochs", "mu", "classes", "seed"])
+    _no_unknown(
+        "fedavg",
+        params,
+        [
+            "estimator",
+            "rounds",
+            "local_epochs",
+            "mu",
+            "classes",
+            "seed",
+            "clip",
+            "accuracy",
+            "precision_bits",
+        ],
+    )
     spec = params.get("estimator")
     if not isinstance(spec, Mapping) or not isinstance(spec.get("class"), str):
         raise ValueError(
