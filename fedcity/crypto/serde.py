@@ -223,18 +223,22 @@ def encrypted_vector_from_bytes(data: bytes, public_key: PublicKey) -> Encrypted
 def partial_decryption_to_proto(
     partial: PartialDecryption, public_key: PublicKey
 ) -> pb.PartialDecryption:
-    """Encode a partial decryption with its proof."""
+    """Encode a partial decryption with its proof (no ``proof`` field when sent without)."""
     w = public_key.ciphertext_bytes
-    return pb.PartialDecryption(
+    msg = pb.PartialDecryption(
         key_id=partial.key_id,
         share_index=partial.share_index,
         vector_digest=partial.vector_digest,
         partials=b"".join(_fixed(c, w) for c in partial.partials),
-        proof=pb.EqualityProof(
-            challenge=partial.challenge,
-            response=_fixed(partial.response, (int(partial.response).bit_length() + 7) // 8),
-        ),
     )
+    if partial.proven:
+        msg.proof.CopyFrom(
+            pb.EqualityProof(
+                challenge=partial.challenge,
+                response=_fixed(partial.response, (int(partial.response).bit_length() + 7) // 8),
+            )
+        )
+    return msg
 
 
 _PROOF_SLACK_BYTES = 2048
@@ -253,8 +257,17 @@ def partial_decryption_from_proto(
     partials = _split_fixed(msg.partials, public_key.ciphertext_bytes, "partial decryption")
     for i, c in enumerate(partials):
         public_key.check_ciphertext(c, position=i)
-    if len(msg.vector_digest) != 32 or len(msg.proof.challenge) != 32:
-        raise MalformedCiphertextError("partial decryption: digest and challenge must be 32 bytes")
+    if len(msg.vector_digest) != 32:
+        raise MalformedCiphertextError("partial decryption: the digest must be 32 bytes")
+    if not msg.HasField("proof"):  # sent without proof (optimistic combination)
+        return PartialDecryption(
+            key_id=msg.key_id,
+            share_index=msg.share_index,
+            vector_digest=msg.vector_digest,
+            partials=tuple(partials),
+        )
+    if len(msg.proof.challenge) != 32:
+        raise MalformedCiphertextError("partial decryption: the challenge must be 32 bytes")
     limit = public_key.ciphertext_bytes + _PROOF_SLACK_BYTES
     if len(msg.proof.response) > limit:
         raise MalformedCiphertextError(

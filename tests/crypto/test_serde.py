@@ -361,11 +361,34 @@ def test_partial_decryption_errors(
         (lambda m: set_partials(m, m.partials[:w] + b"\xff" * w), "position 1 is outside"),
         (lambda m: setattr(m, "vector_digest", b"\x00" * 31), "32 bytes"),
         (lambda m: setattr(m.proof, "challenge", b"\x00" * 33), "32 bytes"),
-        (lambda m: m.ClearField("proof"), "32 bytes"),
     ]
     for fn, message in cases:
         with pytest.raises(MalformedCiphertextError, match=message):
             serde.partial_decryption_from_bytes(edit(fn), pk)
+
+
+def test_partial_without_proof_round_trips_and_never_verifies(
+    threshold_2of3: ThresholdKey, partial_bytes: tuple[bytes, EncryptedVector]
+) -> None:
+    """No ``proof`` field: an unproven partial (optimistic combination), never a valid one."""
+    tpk, _ = threshold_2of3
+    data, vec = partial_bytes
+    msg = pb.PartialDecryption.FromString(data)
+    msg.ClearField("proof")
+    bare = serde.partial_decryption_from_bytes(msg.SerializeToString(), tpk.public_key)
+    proven = serde.partial_decryption_from_bytes(data, tpk.public_key)
+    assert not bare.proven and proven.proven
+    assert bare.partials == proven.partials
+    assert not verify_partial_decryption(tpk, vec, bare)
+    again = serde.partial_decryption_to_bytes(bare, tpk.public_key)
+    assert not pb.PartialDecryption.FromString(again).HasField("proof")
+    back = serde.partial_decryption_from_bytes(again, tpk.public_key)
+    assert (back.share_index, back.vector_digest, back.partials, back.proven) == (
+        bare.share_index,
+        bare.vector_digest,
+        bare.partials,
+        False,
+    )
 
 
 def test_partial_with_bad_index_parses_but_fails_verification(
