@@ -123,7 +123,14 @@ class MaskedSpec:
         object.__setattr__(self, "quantizer", quantizer)
         need = (self.max_summands * quantizer.levels + 1) << self.scale_bits
         if need > self.params.p:
-            fit = self.params.log_p - self.scale_bits - (self.max_summands - 1).bit_length()
+            fit = max(
+                (
+                    b
+                    for b in range(1, 53)
+                    if (self.max_summands * ((1 << b) - 1) + 1) << self.scale_bits <= self.params.p
+                ),
+                default=0,
+            )
             raise ValueError(
                 f"{self.max_summands} summands of {self.precision_bits}-bit values scaled by "
                 f"2^{self.scale_bits} need {need.bit_length()} bits; {self.params.name} has "
