@@ -674,10 +674,10 @@ def _locate_failure(
         raise RangeProofError(
             "the link proof does not verify: the ciphertext's plaintext is not the sum of the "
             "proven in-range slots (a slot out of range, non-zero padding or bits above the "
-            "last slot), or the proof is for another context, key or ciphertext"
+            "last slot), or the proof is for another context, key, layout or ciphertext"
         )
     raise RangeProofError(
         f"bit proof of {_where(layout, lo // 2)} does not verify (branch {lo % 2}): the "
-        "committed value is not a bit, or the proof is for another context, key or ciphertext "
-        "(which fails at the first bit)"
+        "committed value is not a bit, or the proof is for another context, key, layout or "
+        "ciphertext (which fails at the first bit)"
     )

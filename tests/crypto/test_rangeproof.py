@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -482,3 +484,20 @@ def test_culprit_among_contributors_is_the_one_that_cannot_prove(
             verdicts[name] = str(exc)
     assert verdicts["A"] == verdicts["C"] == "ok"
     assert "link proof does not verify" in verdicts["B"]
+
+
+def test_a_stored_version_1_proof_still_verifies() -> None:
+    """Known answer: a proof made once and stored pins the wire format and the verifier."""
+    data = json.loads((Path(__file__).parent / "data" / "rangeproof_v1.json").read_text())
+    pk = PublicKey.from_json_dict(data["public_key"])
+    layout = SlotLayout(**data["layout"])
+    c = int(data["ciphertext"], 16)
+    proof = bytes.fromhex(data["proof"])
+    context = data["context"].encode()
+    assert max_proof_bytes(pk, layout) == len(proof) == 8146
+    for _ in range(3):
+        verify_slot_ranges(pk, c, proof, layout, context)
+    with pytest.raises(RangeProofError, match="does not verify"):
+        verify_slot_ranges(pk, c, proof, layout, context[:-1])
+    with pytest.raises(RangeProofError, match="another context, key, layout or ciphertext"):
+        verify_slot_ranges(pk, c, proof, SlotLayout(5, 3, 21), context)
