@@ -354,6 +354,8 @@ class Agent:
             self.randomness = RandomnessPool(scheme.public_key, config.randomness_pool)
         self._idle = threading.Event()
         """Set while a FetchWork long poll waits: the time the pool is topped up."""
+        self._pool_wake = threading.Event()
+        """Wakes the precompute thread: idle time began, an upload was noted, or stop."""
         self._upload_sizes: OrderedDict[str, tuple[int, float]] = OrderedDict()
         """Job → (ciphertexts of its last contribution, when): the pool's target."""
         self._sizes_lock = threading.Lock()
@@ -501,6 +503,7 @@ class Agent:
             self._stop_reason = reason
         self._stop.set()
         self._wake_heartbeat.set()
+        self._pool_wake.set()
 
     @property
     def stopping(self) -> bool:
@@ -822,6 +825,7 @@ class Agent:
             done.set()
 
         self._idle.set()
+        self._pool_wake.set()
         future.add_done_callback(finished)
         try:
             while not done.wait(0.2):  # wakes regularly so signals and stop() are seen
@@ -922,6 +926,7 @@ class Agent:
                 self._upload_sizes.move_to_end(job_id)
                 while len(self._upload_sizes) > _POOL_JOBS:
                     self._upload_sizes.popitem(last=False)
+            self._pool_wake.set()
 
     def pool_target(self) -> int:
         """Pairs the pool should hold: the recent uploads' ciphertexts, at most its bound."""
@@ -943,11 +948,10 @@ class Agent:
             return self._stop.is_set() or not self._idle.is_set()
 
         while not self._stop.is_set() and self._running.is_set():
-            if not self._idle.wait(0.5):
-                continue
             target = self.pool_target()
-            if len(pool) >= target:
-                self._stop.wait(0.5)
+            if not self._idle.is_set() or len(pool) >= target:
+                self._pool_wake.wait(0.5)
+                self._pool_wake.clear()
                 continue
             try:
                 pool.fill_to(target, max_seconds=1.0, stop=interrupted)
