@@ -72,7 +72,7 @@ def test_pooled_agents_release_the_same_model(federation):
     try:
         for pool in ("64", "0"):
             with running_agents(_configs(files, server.port, pool)) as agents:
-                wait_until(lambda: all(a.registrations for a in agents), "agents registered")  # noqa: B023
+                wait_until(lambda: all(a.registrations for a in agents), "agents registered")
                 job = client.submit("logistic_regression", {"C": 1.0}, "visits")
                 events = list(client.watch(job, timeout=120))
                 assert events[-1].state == "succeeded", events[-1]
