@@ -13,6 +13,8 @@ calls are:
   decryption of blinded aggregates (faster; rests on the key holder and the coordinator not
   colluding);
 - :mod:`fedcity.crypto.serde` — the ``fedcity.v1`` wire format;
+- :func:`prove_slot_ranges` / :func:`verify_slot_ranges` — zero-knowledge proofs that a
+  contributor's packed ciphertext holds only in-range slots (naming an overflowing agency);
 - :mod:`fedcity.crypto.signing` — Ed25519 signatures binding every upload to its job, round,
   kind, agency and key.
 
@@ -45,6 +47,13 @@ from fedcity.crypto.keyholder import (
 from fedcity.crypto.keys import KeyKind, PrivateKey, PublicKey, generate_keypair, load_key, save_key
 from fedcity.crypto.packing import PackingSpec
 from fedcity.crypto.parallel import WorkerPool
+from fedcity.crypto.rangeproof import (
+    RangeProofError,
+    SlotLayout,
+    max_proof_bytes,
+    prove_slot_ranges,
+    verify_slot_ranges,
+)
 from fedcity.crypto.threshold import (
     KeyShare,
     PartialDecryption,
@@ -81,6 +90,8 @@ __all__ = [
     "PartialDecryption",
     "PrivateKey",
     "PublicKey",
+    "RangeProofError",
+    "SlotLayout",
     "SlotRangeError",
     "SpecMismatchError",
     "SummandLimitError",
@@ -95,11 +106,14 @@ __all__ = [
     "generate_keypair",
     "keyholder_decrypt",
     "load_key",
+    "max_proof_bytes",
     "partial_decrypt",
+    "prove_slot_ranges",
     "raw_combine",
     "raw_unblind_decode",
     "save_key",
     "unblind_vector",
     "verify_keyholder_decryption",
     "verify_partial_decryption",
+    "verify_slot_ranges",
 ]
