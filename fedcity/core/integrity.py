@@ -23,21 +23,29 @@ not see the contributions themselves (it holds the private key and could decrypt
 the evidence then carries digests and signatures only, and steps 1-3 are checked, not
 step 4 (see ``docs/trust-model.md``).
 
+A decryptor accepts a *second* aggregate for a (job, round) it already checked only with a
+range-audit justification (:mod:`fedcity.core.audit`): otherwise a coordinator could read an
+honest agency's contribution as the difference of two aggregates.
+
 Everything here is sans-IO: the agent daemon fetches the evidence and hands it over.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcity.core.aggregation import AggregationScheme, KeyHolderScheme, PaillierScheme
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.tasks import Task
 from fedcity.crypto import CryptoError, EncryptedVector
 from fedcity.crypto.signing import Statement, VerifyKey
+
+if TYPE_CHECKING:
+    from fedcity.core.audit import Justification
 
 __all__ = [
     "ContributionVerifier",
@@ -102,9 +110,14 @@ class ContributionVerifier:
         The federation key's id, which every signature covers.
     """
 
+    _REMEMBERED = 4096
+    """(job, round) pairs whose accepted contributor set is remembered (oldest forgotten)."""
+
     def __init__(self, verify_keys: Mapping[str, VerifyKey], key_id: bytes) -> None:
         self.verify_keys = dict(verify_keys)
         self.key_id = bytes(key_id)
+        self.accepted: OrderedDict[tuple[str, int], dict[str, str]] = OrderedDict()
+        """(job, round) → contributor → hex digest of the aggregate this agency accepted."""
 
     def check(
         self,
@@ -114,6 +127,7 @@ class ContributionVerifier:
         evidence: Evidence,
         *,
         summands_min: int,
+        justification: Justification | None = None,
     ) -> dict[str, str]:
         """Accept ``aggregate`` or raise :class:`RejectedContribution` naming the mismatch.
 
@@ -129,6 +143,9 @@ class ContributionVerifier:
         summands_min : int
             The fewest contributions the aggregate may hold.
 
+        justification : Justification, optional
+            Required when this agency already accepted another aggregate of the same round
+            (a range audit excluded an agency); re-verified here.
         Returns
         -------
         dict of str to str
@@ -167,7 +184,34 @@ class ContributionVerifier:
             self._check_signature(task, c, where)
         if isinstance(scheme, PaillierScheme):
             self._check_product(scheme, task, aggregate, evidence.contributions, where)
-        return evidence.digests()
+        digests = evidence.digests()
+        key = (task.job_id, task.round)
+        previous = self.accepted.get(key)
+        if previous != digests and (justification is not None or previous is not None):
+            from fedcity.core.audit import check_justification
+
+            if justification is None:
+                raise RejectedContribution(
+                    f"this agency already helped decrypt another aggregate of {where} "
+                    f"({', '.join(sorted(previous or {}))}); a second one "
+                    f"({', '.join(sorted(digests))}) needs a range-audit justification and none "
+                    "was given"
+                )
+            check_justification(
+                scheme,
+                self.verify_keys,
+                self.key_id,
+                task,
+                {c.agency: c.payload for c in evidence.contributions},
+                justification,
+                seen=previous,
+            )
+        if previous != digests:
+            self.accepted[key] = digests
+            self.accepted.move_to_end(key)
+            while len(self.accepted) > self._REMEMBERED:
+                self.accepted.popitem(last=False)
+        return digests
 
     def _check_signature(self, task: Task, c: SignedContribution, where: str) -> None:
         if c.payload is not None and hashlib.sha256(c.payload).digest() != c.digest:

@@ -20,13 +20,16 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcity.core.aggregation import AggregationScheme, DecryptionKey
+from fedcity.core.audit import OpeningsKeeper
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.integrity import ContributionVerifier, Evidence
 from fedcity.core.rounds import overflow_flag
 from fedcity.core.tasks import LOCAL_STEPS, Task
 
 if TYPE_CHECKING:
+    from fedcity.core.audit import Justification, OutOfRange, RangeAnswer
     from fedcity.crypto.pool import RandomnessPool
+    from fedcity.crypto.signing import SigningKey
     from fedcity.data.dataset import AgencyDataset
     from fedcity.privacy import DPFloor
 
@@ -115,6 +118,8 @@ class AgencyNode:
         self.verified: list[tuple[str, int, dict[str, str]]] = []
         """(job id, round, contributor → SHA-256) of every aggregate checked before decrypting."""
 
+        self.openings = OpeningsKeeper()
+        """Openings of its recent encrypted contributions, in memory only (range audits)."""
     def __repr__(self) -> str:
         n = "-" if self.dataset is None else self.dataset.n_samples
         return f"<AgencyNode {self.name!r} n={n} tables={sorted(self.tables)}>"
@@ -223,13 +228,48 @@ class AgencyNode:
             flag = overflow_flag(task.spec.clip)
             over = bool((np.abs(v) > task.spec.clip).any())
             v = np.append(v, flag if over else 0.0)
-        payload = self.scheme.seal(v, task.spec, noise)
+        payload = self._seal(task, v, noise)
         self.timings.encryption += time.perf_counter() - start
         self.timings.bytes_sent += len(payload)
         self.served.append((task.job_id, task.round, task.request.kind))
         return payload
 
     def decrypt_share(
+    def _seal(self, task: Task, v: npt.NDArray[np.float64], noise: Any) -> bytes:
+        """Seal; with Paillier, keep the ciphertexts' openings for a range audit."""
+        public_key = getattr(self.scheme, "public_key", None)
+        if public_key is None or not getattr(self.scheme, "encrypted", False):
+            return self.scheme.seal(v, task.spec, noise)
+        from fedcity.crypto import encrypt_vector_with_openings, serde
+
+        pool = getattr(self.scheme, "pool", None)
+        vector, openings = encrypt_vector_with_openings(
+            public_key, v, task.spec, pool=pool, noise=noise, randomness=self.randomness
+        )
+        payload = serde.encrypted_vector_to_bytes(vector)
+        self.openings.keep(task.job_id, task.round, payload, vector, openings)
+        return payload
+
+    def answer_range_audit(
+        self, task: Task, evidence: OutOfRange, *, signing_key: SigningKey, key_id: bytes
+    ) -> RangeAnswer:
+        """Prove, and sign, that ciphertext ``i`` of this agency's contribution is in range.
+
+        Refuses (:class:`RejectedContribution`) an audit whose evidence does not show the
+        aggregate out of range, or a round whose opening it no longer keeps
+        (:func:`fedcity.core.audit.answer_audit`).
+        """
+        from fedcity.core.audit import answer_audit
+
+        start = time.perf_counter()
+        try:
+            return answer_audit(
+                self.name, signing_key, key_id, self.openings, self.scheme, task, evidence
+            )
+        finally:
+            extra = self.timings.extra
+            extra["range_proof"] = extra.get("range_proof", 0.0) + time.perf_counter() - start
+
         self,
         task: Task,
         aggregate_bytes: bytes,
@@ -237,6 +277,7 @@ class AgencyNode:
         summands_min: int,
         evidence: Evidence | None = None,
     ) -> bytes:
+        justification: Justification | None = None,
         """Partially decrypt an aggregate of at least ``summands_min`` contributions.
 
         An agency refuses to help decrypt anything that is not an aggregate of enough
@@ -268,7 +309,12 @@ class AgencyNode:
             start = time.perf_counter()
             try:
                 digests = self.verifier.check(
-                    self.scheme, task, aggregate, evidence, summands_min=summands_min
+                    self.scheme,
+                    task,
+                    aggregate,
+                    evidence,
+                    summands_min=summands_min,
+                    justification=justification,
                 )
             except RejectedContribution as exc:
                 raise RejectedContribution(

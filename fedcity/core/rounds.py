@@ -3,7 +3,8 @@
 ::
 
     COLLECTING --close()--> DECRYPTING --release()--> RELEASED
-         |                       |
+         |                       |    \
+         |                       |     +--(out of range)--> AUDITING (driver: fedcity.core.audit)
          +------- fail() --------+--> FAILED
 
 In ``COLLECTING`` the round accepts one contribution per participating agency. A second
@@ -16,22 +17,83 @@ naming its share. ``release()`` combines ``t`` of them.
 Every refusal raises before anything is stored, so stored state never changes on bad input.
 The round stores only what it received (bytes) and what it derived (the aggregate); with
 :class:`~fedcity.core.aggregation.PaillierScheme` both are ciphertexts.
+
+Decryption groups (threshold key only)
+--------------------------------------
+:meth:`AggregationRound.plan_decryption` splits the aggregate's ``k`` ciphertexts into
+``g = ⌊ℓ/t⌋`` contiguous parts when ``ℓ ≥ 2t`` share holders are available, and gives each
+part to a disjoint group of ``t`` holders (:attr:`AggregationRound.part_of`); each holder
+decrypts about ``k/g`` ciphertexts instead of ``k``. Each part is combined from ``t``
+partials of its own group. A holder that drops out, stays silent or is named a cheater is
+replaced by :meth:`~AggregationRound.reassign` (only its part moves). With fewer than
+``2t`` holders there is one part, the whole aggregate, and any ``t`` holders may answer as
+before. A part is itself the sum of the same contributions' ciphertexts at the same
+positions (addition is ciphertext-wise), so a decryptor checks its part against the signed
+contributions' ciphertexts ``start..stop-1`` only (``ContributionVerifier.check(part=...)``).
+
+Optimistic combination (``PaillierScheme(optimistic=True)``)
+-------------------------------------------------------------
+Partials may arrive without proof; :meth:`~AggregationRound.release` combines first. A
+combined value that is not a decryption (``raw_combine(check=True)``), or a decoded slot out
+of range, makes it ask the part's unproven decryptors for their proofs
+(:class:`ProofsNeeded`, :attr:`~AggregationRound.proofs_asked`); a proof that fails, or
+values that differ from the first answer, name the holder in
+:attr:`~AggregationRound.cheaters` and remove its partial, and its part is reassigned.
+
+**Contract for range audits.** :meth:`~AggregationRound.release` raises
+:class:`~fedcity.crypto.SlotRangeError` only when every partial combined into the failing
+ciphertext's part carries a verified proof; until then it raises :class:`ProofsNeeded`
+(a :class:`ProtocolError`), never ``SlotRangeError``. So ``SlotRangeError`` keeps meaning
+"a contribution is out of range", and :meth:`~AggregationRound.decryptors_of` names the
+``t`` agencies whose (proven) partials decrypted that ciphertext.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from fedcity.core.aggregation import AggregationScheme
+from fedcity.core.aggregation import AggregationScheme, PaillierScheme
 from fedcity.core.errors import JobFailed, ProtocolError, RejectedContribution
 from fedcity.core.tasks import Task
+from fedcity.crypto.errors import InvalidPartialDecryptionError, SlotRangeError
+from fedcity.crypto.threshold import split_parts
+from fedcity.crypto.vector import decode_plaintexts
 
-__all__ = ["AggregationRound", "RoundPhase", "overflow_flag"]
+__all__ = [
+    "AggregationRound",
+    "DecryptionPart",
+    "ProofsNeeded",
+    "RoundPhase",
+    "overflow_flag",
+]
+
+
+@dataclass(frozen=True)
+class DecryptionPart:
+    """Ciphertexts ``start..stop-1`` of an aggregate, decrypted by one group of ``t``."""
+
+    index: int
+    start: int
+    stop: int
+
+
+class ProofsNeeded(ProtocolError):
+    """The combination failed its check; these agencies must prove their partials first.
+
+    Attributes
+    ----------
+    agencies : tuple of str
+    """
+
+    def __init__(self, message: str, *, agencies: Sequence[str]) -> None:
+        super().__init__(message)
+        self.agencies = tuple(agencies)
 
 
 def overflow_flag(clip: float) -> float:
@@ -88,6 +150,16 @@ class AggregationRound:
         self.aggregate_bytes: bytes | None = None
         self.released: npt.NDArray[np.float64] | None = None
         self.failure: str | None = None
+        self.parts: list[DecryptionPart] = []
+        """The decryption plan (:meth:`plan_decryption`); empty: the whole aggregate."""
+        self.part_of: dict[str, int] = {}
+        """Agency → index of the part it is asked to decrypt."""
+        self.cheaters: dict[str, str] = {}
+        """Agencies whose partial was shown wrong by the proof exchange → why."""
+        self.proofs_asked: dict[str, int] = {}
+        """Agencies asked to prove their partial (optimistic combination) → part index."""
+        self._part_vectors: dict[int, Any] = {}
+        self._combined: dict[int, list[str]] = {}
 
     # -- collecting --------------------------------------------------------------------------
     def submit(self, agency: str, payload: bytes) -> bool:
@@ -176,7 +248,12 @@ class AggregationRound:
             if self.partials[agency] == payload:
                 return False
             raise RejectedContribution(f"agency {agency!r} already sent a partial decryption")
-        verified = self.scheme.open_partial(payload, self.aggregate, verify=verify)
+        if agency in self.cheaters:
+            raise RejectedContribution(
+                f"agency {agency!r} sent a wrong partial decryption to this round "
+                f"({self.cheaters[agency]}); it is not asked again"
+            )
+        verified = self.scheme.open_partial(payload, self._target(agency), verify=verify)
         expected = self.share_index_of.get(agency)
         index = getattr(verified, "share_index", None)
         if expected is not None and index is not None and index != expected:
@@ -194,8 +271,180 @@ class AggregationRound:
 
     @property
     def ready(self) -> bool:
-        """Enough verified partial decryptions to release."""
-        return self.phase is RoundPhase.DECRYPTING and len(self._verified) >= self.scheme.threshold
+        """Enough accepted partial decryptions of every part to release, no proof awaited."""
+        if self.phase is not RoundPhase.DECRYPTING or self.proofs_asked:
+            return False
+        if len(self.parts) > 1:
+            return all(len(self.members(p.index)) >= self.scheme.threshold for p in self.parts)
+        return len(self._verified) >= self.scheme.threshold
+
+    # -- decryption groups -------------------------------------------------------------------
+    def plan_decryption(self, holders: Sequence[str]) -> dict[str, DecryptionPart]:
+        """Split the aggregate among disjoint groups of ``t`` of ``holders`` (in order).
+
+        With ``ℓ = len(holders) ≥ 2t``, ``⌊ℓ/t⌋`` parts (at most one per ciphertext), the
+        first ``t`` holders decrypt part 0, the next ``t`` part 1, and so on; the rest are
+        spares for :meth:`reassign`. Otherwise one part (the whole aggregate), given to the
+        first ``t`` holders. Returns agency → its part.
+
+        Raises
+        ------
+        ProtocolError
+            Not decrypting, not a threshold scheme, already planned or partials arrived.
+        """
+        if self.phase is not RoundPhase.DECRYPTING:
+            raise ProtocolError(f"round is {self.phase.value}; only a decrypting round is planned")
+        if not isinstance(self.scheme, PaillierScheme):
+            raise ProtocolError("decryption groups need a threshold key (PaillierScheme)")
+        if self.parts or self.partials:
+            raise ProtocolError("the round's decryption is already planned or under way")
+        names = list(dict.fromkeys(holders))
+        if self.share_index_of:
+            strangers = [a for a in names if a not in self.share_index_of]
+            if strangers:
+                raise ProtocolError(f"{strangers} hold no key share of this round")
+        t = self.scheme.threshold
+        groups = len(names) // t if len(names) >= 2 * t else 1
+        k = len(self.aggregate.ciphertexts)
+        self.parts = [DecryptionPart(i, a, b) for i, (a, b) in enumerate(split_parts(k, groups))]
+        for p in self.parts:
+            for a in names[p.index * t : (p.index + 1) * t]:
+                self.part_of[a] = p.index
+        return {a: self.parts[i] for a, i in self.part_of.items()}
+
+    def part_for(self, agency: str) -> DecryptionPart | None:
+        """The part ``agency`` decrypts; None: the whole aggregate (one part, or no plan)."""
+        if len(self.parts) <= 1:
+            return None
+        i = self.part_of.get(agency)
+        return None if i is None else self.parts[i]
+
+    def members(self, part: int) -> list[str]:
+        """Agencies with an accepted partial of ``part``, proven ones first, then by name."""
+        if len(self.parts) <= 1:
+            names = list(self._verified)
+        else:
+            names = [a for a in self._verified if self.part_of.get(a) == part]
+        return sorted(names, key=lambda a: (not getattr(self._verified[a], "proven", True), a))
+
+    def reassign(self, agency: str, holders: Sequence[str]) -> str | None:
+        """Give ``agency``'s part to the first of ``holders`` with no part; None if none.
+
+        Only for an agency without an accepted partial (dropped, silent, or named a
+        cheater); its part is unchanged otherwise.
+        """
+        p = self.part_of.get(agency)
+        if p is None or (agency in self._verified and agency not in self.cheaters):
+            return None
+        del self.part_of[agency]
+        for h in holders:
+            free = h != agency and h not in self.part_of and h not in self.cheaters
+            if (
+                free
+                and h not in self._verified
+                and (not self.share_index_of or h in self.share_index_of)
+            ):
+                self.part_of[h] = p
+                return h
+        return None
+
+    def decryptors_of(self, ciphertext: int) -> list[str]:
+        """The agencies whose partials were combined into ``ciphertext`` at the last release."""
+        return list(self._combined.get(self._part_index(ciphertext), []))
+
+    def _part_index(self, ciphertext: int) -> int:
+        for p in self.parts:
+            if p.start <= ciphertext < p.stop:
+                return p.index
+        return 0
+
+    def _target(self, agency: str) -> Any:
+        """What ``agency`` decrypts: its part of the aggregate, or the whole of it."""
+        if len(self.parts) <= 1:
+            return self.aggregate
+        i = self.part_of.get(agency)
+        if i is None:
+            raise RejectedContribution(
+                f"agency {agency!r} was not asked to decrypt a part of round {self.task.round}"
+            )
+        return self._part_vector(i)
+
+    def _part_vector(self, i: int) -> Any:
+        if len(self.parts) <= 1:
+            return self.aggregate
+        if i not in self._part_vectors:
+            p = self.parts[i]
+            assert isinstance(self.scheme, PaillierScheme)
+            self._part_vectors[i] = self.scheme.part(self.aggregate, p.start, p.stop)
+        return self._part_vectors[i]
+
+    # -- optimistic combination --------------------------------------------------------------
+    def submit_proof(self, agency: str, payload: bytes) -> bool:
+        """``agency``'s proven partial, asked for after a failed combination.
+
+        Returns True when the proof verifies for the values first sent. Otherwise the agency
+        is named in :attr:`cheaters`, its partial is removed, and False is returned: its part
+        must be reassigned (:meth:`reassign`).
+        """
+        if agency not in self.proofs_asked:
+            raise ProtocolError(f"agency {agency!r} was not asked to prove a partial decryption")
+        part = self.proofs_asked[agency]
+        first = self._verified[agency]
+        reason = ""
+        try:
+            proven = self.scheme.open_partial(payload, self._part_vector(part), verify=True)
+        except RejectedContribution as exc:
+            reason = str(exc)
+        else:
+            if not proven.proven:
+                reason = "it sent no proof when asked for one"
+            elif proven.partials != first.partials or proven.share_index != first.share_index:
+                reason = "its proven partial differs from the one it first sent"
+        del self.proofs_asked[agency]
+        if not reason:
+            self._verified[agency] = proven
+            self.partials[agency] = bytes(payload)
+            return True
+        self.cheaters[agency] = reason
+        del self._verified[agency]
+        del self.partials[agency]
+        return False
+
+    def _ask_proofs(self, part: int, chosen: Sequence[str], why: str) -> None:
+        """Raise :class:`ProofsNeeded` for the unproven partials among ``chosen``."""
+        unproven = [a for a in chosen if not getattr(self._verified[a], "proven", True)]
+        if not unproven:
+            return
+        for a in unproven:
+            self.proofs_asked[a] = part
+        raise ProofsNeeded(
+            f"round {self.task.round}: {why}; asking {unproven} to prove their partial decryptions",
+            agencies=unproven,
+        )
+
+    def _release_threshold(self) -> npt.NDArray[np.float64]:
+        assert isinstance(self.scheme, PaillierScheme)
+        t = self.scheme.threshold
+        plaintexts: list[int] = []
+        parts = self.parts or [DecryptionPart(0, 0, len(self.aggregate.ciphertexts))]
+        for p in parts:
+            chosen = self.members(p.index)[:t]
+            try:
+                values = self.scheme.combine(
+                    self._part_vector(p.index), [self._verified[a] for a in chosen]
+                )
+            except InvalidPartialDecryptionError:
+                self._ask_proofs(p.index, chosen, f"part {p.index} does not combine")
+                raise
+            self._combined[p.index] = chosen
+            plaintexts.extend(values)
+        agg = self.aggregate
+        try:
+            return decode_plaintexts(agg.spec, plaintexts, agg.length, agg.summands)
+        except SlotRangeError as exc:
+            i = self._part_index(exc.ciphertext)
+            self._ask_proofs(i, self._combined[i], f"ciphertext {exc.ciphertext} is out of range")
+            raise
 
     def release(self) -> npt.NDArray[np.float64]:
         """Combine partial decryptions; returns the step's output (overflow slot removed).
@@ -204,14 +453,22 @@ class AggregationRound:
         ------
         ProtocolError
             Not enough verified partial decryptions yet.
+        ProofsNeeded
+            Optimistic combination failed its check: :attr:`proofs_asked` lists who must
+            prove (:meth:`submit_proof`) before the round can be released.
+        SlotRangeError
+            A slot is out of range although every partial combined into it is proven.
         """
         if not self.ready:
             raise ProtocolError(
                 f"{len(self._verified)} verified partial decryption(s), "
                 f"{self.scheme.threshold} needed"
             )
-        partials = [self._verified[a] for a in self.decryptors]
-        self.released = self.scheme.release(self.aggregate, partials)
+        if isinstance(self.scheme, PaillierScheme):
+            self.released = self._release_threshold()
+        else:
+            partials = [self._verified[a] for a in self.decryptors]
+            self.released = self.scheme.release(self.aggregate, partials)
         self.phase = RoundPhase.RELEASED
         return self.released[: self.task.request.length]
 

@@ -13,6 +13,7 @@ the exact state after a restart.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,9 +22,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedcity.core.aggregation import AggregationScheme
-from fedcity.core.errors import JobFailed, ProtocolError
-from fedcity.core.rounds import AggregationRound, RoundPhase
+from fedcity.core import audit as range_audit
+from fedcity.core.aggregation import AggregationScheme, KeyHolderScheme
+from fedcity.core.errors import JobFailed, ProtocolError, RejectedContribution
+from fedcity.core.rounds import AggregationRound, ProofsNeeded, RoundPhase
 from fedcity.core.tasks import Task, TaskRequest
 from fedcity.crypto import PackingSpec
 from fedcity.crypto.errors import SlotRangeError
@@ -97,6 +99,10 @@ class JobDriver:
         Key size (packing layouts are built for it).
     dp : DPPlan, optional
         Applied to requests marked ``private``.
+    audit : AuditSettings, optional
+        Run a range audit (:mod:`fedcity.core.audit`) when an aggregate decrypts out of range:
+        the culprit is excluded and the round re-aggregated. Without it such a round fails
+        the job.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class JobDriver:
         share_index_of: Mapping[str, int],
         n_length: int,
         dp: Any = None,
+        audit: range_audit.AuditSettings | None = None,
     ) -> None:
         self.job_id = job_id
         self.algorithm = algorithm
@@ -128,6 +135,11 @@ class JobDriver:
         self._clip = 0.0
         self._retried = False
         self._seconds: dict[str, float] = {}
+        self.audit_settings = audit
+        self.audits: dict[int, range_audit.RangeAudit] = {}
+        """Round → its range audit (at most one per round)."""
+        self.exclusions: list[range_audit.Exclusion] = []
+        """Agencies excluded by range audits, in order."""
 
     # -- inspection ---------------------------------------------------------------------------
     @property
@@ -138,9 +150,35 @@ class JobDriver:
     @property
     def round(self) -> AggregationRound | None:
         """The open round, if any."""
-        if self.rounds and self.rounds[-1].phase in (RoundPhase.COLLECTING, RoundPhase.DECRYPTING):
+        if self.rounds and self.rounds[-1].phase in (
+            RoundPhase.COLLECTING,
+            RoundPhase.DECRYPTING,
+            RoundPhase.AUDITING,
+        ):
             return self.rounds[-1]
         return None
+
+    @property
+    def auditing(self) -> range_audit.RangeAudit | None:
+        """The open round's range audit while it runs."""
+        rnd = self.round
+        if rnd is None or rnd.phase is not RoundPhase.AUDITING:
+            return None
+        return self.audits.get(rnd.task.round)
+
+    def awaiting_range_answers(self) -> list[str]:
+        """Active contributors that still owe the open round's audit an answer."""
+        audit = self.auditing
+        return [] if audit is None else audit.awaiting
+
+    def justification(
+        self, round_: int, signatures: Mapping[str, bytes]
+    ) -> range_audit.Justification | None:
+        """Why round ``round_``'s aggregate is a second one (None: it is the first)."""
+        audit = self.audits.get(round_)
+        if audit is None or audit.outcome is None or not audit.outcome.excluded:
+            return None
+        return audit.justification(signatures)
 
     @property
     def task(self) -> Task | None:
@@ -163,7 +201,10 @@ class JobDriver:
         return [
             a
             for a in self.agencies
-            if a in self.share_index_of and a not in self.dropped and a not in rnd.partials
+            if a in self.share_index_of
+            and a not in self.dropped
+            and a not in rnd.partials
+            and a not in rnd.cheaters
         ]
 
     # -- events -------------------------------------------------------------------------------
@@ -207,6 +248,20 @@ class JobDriver:
         if rnd.ready:
             self._release(rnd)
         return stored
+
+    def submit_proof(self, agency: str, payload: bytes) -> bool:
+        """A proven partial asked for after an optimistic combination failed its check.
+
+        Returns False when the proof named ``agency`` a cheater (see
+        :meth:`AggregationRound.submit_proof`); its part then needs another decryptor.
+        Releases when nothing else is awaited.
+        """
+        rnd = self._open_round()
+        with self._timed("verification"):
+            valid = rnd.submit_proof(agency, payload)
+        if rnd.ready:
+            self._release(rnd)
+        return valid
 
     def fail_decryption(self) -> None:
         """No further partial decryption will come for the open round: fail the job."""
@@ -304,6 +359,8 @@ class JobDriver:
         with self._timed("combination"):
             try:
                 released = rnd.release()
+            except ProofsNeeded:
+                return  # optimistic combination: the round waits for rnd.proofs_asked
             except SlotRangeError as exc:
                 self.failure = (
                     f"round {rnd.task.round} ({rnd.task.request.kind}): the aggregate of "

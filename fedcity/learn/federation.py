@@ -39,6 +39,7 @@ from fedcity.crypto import (
     deal_threshold_key,
     generate_keypair,
 )
+from fedcity.crypto.pool import MAX_POOL_SIZE, RandomnessPool
 from fedcity.learn.algorithm import Algorithm, RoundRecord
 from fedcity.learn.driver import JobDriver
 
@@ -84,6 +85,10 @@ class LocalFederation:
         threshold mode.
     workers : int, optional
         Worker processes for encryption and partial decryption (default: in process).
+    randomness_pool : int, default 0
+        Give every agency a :class:`~fedcity.crypto.pool.RandomnessPool` of this many pairs
+        (0: none). Nothing fills them during a job (one process has no idle time between
+        rounds); call :meth:`precompute_randomness` to stand for the agencies' idle time.
     seed : int, optional
         Seeds differential-privacy noise, for reproducible tests only.
     """
@@ -102,7 +107,14 @@ class LocalFederation:
         key_holder: str | None = None,
         workers: int | None = None,
         seed: int | None = None,
+        randomness_pool: int = 0,
     ) -> None:
+        if isinstance(randomness_pool, bool) or not isinstance(randomness_pool, int):
+            raise ValueError(f"randomness_pool must be an integer, got {randomness_pool!r}")
+        if not 0 <= randomness_pool <= MAX_POOL_SIZE:
+            raise ValueError(
+                f"randomness_pool must lie in [0, {MAX_POOL_SIZE}], got {randomness_pool}"
+            )
         if not datasets:
             raise ValueError("a federation needs at least one agency")
         names = [d.agency for d in datasets]
@@ -179,7 +191,12 @@ class LocalFederation:
             node_rng = (
                 np.random.default_rng([seed, i]) if rng is not None and seed is not None else None
             )
-            self.agencies[d.agency] = AgencyNode(d.agency, d, scheme, share=s, rng=node_rng)
+            randomness = None
+            if randomness_pool and isinstance(scheme, PaillierScheme | KeyHolderScheme):
+                randomness = RandomnessPool(scheme.public_key, randomness_pool)
+            self.agencies[d.agency] = AgencyNode(
+                d.agency, d, scheme, share=s, rng=node_rng, randomness=randomness
+            )
         self.share_index_of = {
             name: node.share.index if isinstance(node.share, KeyShare) else 1
             for name, node in self.agencies.items()
@@ -201,6 +218,25 @@ class LocalFederation:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def precompute_randomness(self, count: int | None = None) -> int:
+        """Fill every agency's randomness pool (what agencies do while idle between rounds).
+
+        Parameters
+        ----------
+        count : int, optional
+            Pairs to add per agency at most (default: until its pool is full).
+
+        Returns
+        -------
+        int
+            Pairs added over all agencies (0 without ``randomness_pool``).
+        """
+        return sum(
+            node.randomness.refill(count)
+            for node in self.agencies.values()
+            if node.randomness is not None
+        )
 
     # -- fault injection for tests and simulations ------------------------------------------
     def schedule_dropout(self, agency: str, *, at_round: int) -> None:
