@@ -106,6 +106,9 @@ class RoundPhase(Enum):
 
     COLLECTING = "collecting"
     DECRYPTING = "decrypting"
+    AUDITING = "auditing"
+    """The aggregate decrypted out of range; contributors prove their ranges (the driver
+    replaces the round with a re-aggregation of the remaining contributions)."""
     RELEASED = "released"
     FAILED = "failed"
 

@@ -362,6 +362,8 @@ class JobDriver:
             except ProofsNeeded:
                 return  # optimistic combination: the round waits for rnd.proofs_asked
             except SlotRangeError as exc:
+                if self._begin_audit(rnd, exc):
+                    return
                 self.failure = (
                     f"round {rnd.task.round} ({rnd.task.request.kind}): the aggregate of "
                     f"{sorted(rnd.contributors)} decrypts out of range ({exc}); at least one of "
@@ -407,6 +409,127 @@ class JobDriver:
         self._guard(lambda: self.algorithm.update(request, released, record))
         self.records.append(record)
         self._next()
+
+    # -- range audits -------------------------------------------------------------------------
+    def _begin_audit(self, rnd: AggregationRound, exc: SlotRangeError) -> bool:
+        """Enter the AUDITING phase for ``rnd``; False when no audit is possible."""
+        r = rnd.task.round
+        if self.audit_settings is None or r in self.audits or not self.scheme.encrypted:
+            return False
+        ciphertext = getattr(exc, "ciphertext", None)
+        if not isinstance(ciphertext, int):
+            return False
+        # with decryption groups, the partials combined into ciphertext i's part
+        combined = getattr(rnd, "decryptors_of", None)
+        used = (combined(ciphertext) if combined is not None else []) or rnd.decryptors[
+            : self.scheme.threshold
+        ]
+        part = None
+        for p in getattr(rnd, "parts", ()):
+            if len(rnd.parts) > 1 and p.start <= ciphertext < p.stop:
+                part = (p.start, p.stop)
+        unblinded = mask = 0
+        if isinstance(self.scheme, KeyHolderScheme):
+            unblinded = int(rnd.aggregate.vector.ciphertexts[ciphertext])
+            mask = int(rnd.aggregate.masks[ciphertext])
+        evidence = range_audit.OutOfRange(
+            self.job_id,
+            r,
+            ciphertext,
+            rnd.aggregate_bytes or b"",
+            tuple((a, rnd.partials[a]) for a in used),
+            tuple((a, hashlib.sha256(rnd.contributions[a]).digest()) for a in rnd.contributors),
+            unblinded,
+            mask,
+            part,
+        )
+        self.audits[r] = range_audit.RangeAudit(
+            rnd.task,
+            evidence,
+            dict(rnd.contributions),
+            elimination=not isinstance(self.scheme, KeyHolderScheme),
+        )
+        rnd.phase = RoundPhase.AUDITING
+        return True
+
+    def verify_range_answer(self, answer: range_audit.RangeAnswer) -> bool:
+        """Verify an answer to the open audit (signature raises, proof → bool); no state change.
+
+        Pure: the coordinator runs it outside its lock, then calls
+        :meth:`submit_range_answer` with the verdict.
+        """
+        audit = self.auditing
+        settings = self.audit_settings
+        if audit is None or settings is None:
+            raise ProtocolError(f"job {self.job_id} has no range audit open")
+        payload = audit.contributions.get(answer.agency)
+        key = settings.verify_keys.get(answer.agency)
+        if payload is None or key is None:
+            raise RejectedContribution(
+                f"agency {answer.agency!r} did not contribute to round {audit.task.round}"
+            )
+        return range_audit.verify_answer(
+            self.scheme, key, settings.key_id, audit.task, audit.ciphertext, payload, answer
+        )
+
+    def submit_range_answer(
+        self, answer: range_audit.RangeAnswer, *, valid: bool | None = None
+    ) -> bool:
+        """Record an answer to the open audit; closes it when every contributor answered.
+
+        ``valid`` is the verdict of :meth:`verify_range_answer` when the caller already ran
+        it (None: verified here). Returns False for an identical repeat.
+        """
+        audit = self.auditing
+        if audit is None:
+            raise ProtocolError(f"job {self.job_id} has no range audit open")
+        if valid is None:
+            valid = self.verify_range_answer(answer)
+        stored = audit.record(answer, valid)
+        if stored and audit.complete:
+            self.close_audit()
+        return stored
+
+    def close_audit(self) -> None:
+        """Decide the open audit (deadline passed or all answered) and go on or fail."""
+        audit = self.auditing
+        rnd = self.round
+        if audit is None or rnd is None or self.audit_settings is None:
+            raise ProtocolError(f"job {self.job_id} has no range audit open")
+        outcome = audit.decide(seconds=self.audit_settings.seconds)
+        for exclusion in outcome.excluded:
+            self.exclusions.append(exclusion)
+            self.dropped.add(exclusion.agency)
+        excluded = ", ".join(e.reason for e in outcome.excluded)
+        if outcome.failure is not None:
+            rnd.phase = RoundPhase.FAILED
+            self.failure = outcome.failure + (f" ({excluded})" if excluded else "")
+            raise JobFailed(self.failure)
+        names = {e.agency for e in outcome.excluded}
+        remaining = [a for a in rnd.contributors if a not in names]
+        again = AggregationRound(
+            rnd.task,
+            self.scheme,
+            participants=remaining,
+            min_contributors=self.min_agencies,
+            share_index_of=self.share_index_of,
+        )
+        for a in remaining:
+            again.submit(a, rnd.contributions[a])
+        rnd.phase = RoundPhase.FAILED
+        rnd.failure = excluded
+        self.rounds[-1] = again
+        if len(remaining) < max(self.min_agencies, 1):
+            again.phase = RoundPhase.FAILED
+            self.failure = (
+                f"{excluded}; {len(remaining)} contributor(s) remain for round "
+                f"{rnd.task.round}, the job needs at least {self.min_agencies}"
+            )
+            raise JobFailed(self.failure)
+        with self._timed("aggregation"):
+            self._guard(again.close)
+        if again.ready:
+            self._release(again)
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:

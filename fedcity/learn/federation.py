@@ -26,6 +26,7 @@ from fedcity.core.aggregation import (
     PaillierScheme,
     PlaintextScheme,
 )
+from fedcity.core.audit import AuditSettings, Exclusion
 from fedcity.core.errors import AgencyUnavailable, JobFailed, RejectedContribution
 from fedcity.core.nodes import AgencyNode
 from fedcity.core.rounds import AggregationRound
@@ -40,6 +41,7 @@ from fedcity.crypto import (
     generate_keypair,
 )
 from fedcity.crypto.pool import MAX_POOL_SIZE, RandomnessPool
+from fedcity.crypto.signing import SigningKey
 from fedcity.learn.algorithm import Algorithm, RoundRecord
 from fedcity.learn.driver import JobDriver
 
@@ -57,6 +59,7 @@ class _JobState:
     rounds: list[AggregationRound] = field(default_factory=list)
     dropped: set[str] = field(default_factory=set)
     dp_rounds: int = 0
+    exclusions: list[Exclusion] = field(default_factory=list)
 
 
 class LocalFederation:
@@ -204,6 +207,10 @@ class LocalFederation:
         }
         self._dropouts: dict[str, int] = {}
         self.jobs: dict[str, _JobState] = {}
+        self.signing_keys = {name: SigningKey.generate() for name in self.agencies}
+        """Each agency's Ed25519 key (it signs its range-audit answers)."""
+        self.audit_seconds = 120.0
+        """Range-audit answer deadline (in process: agencies answer at once or not at all)."""
 
     def close(self) -> None:
         """Stop worker processes, if any."""
@@ -285,6 +292,7 @@ class LocalFederation:
             share_index_of=self.share_index_of,
             n_length=self.key_bits if self.encrypted else 2048,
             dp=dp,
+            audit=self._audit_settings(),
         )
         for name in state.dropped:
             driver.drop(name)
@@ -296,6 +304,8 @@ class LocalFederation:
             aggregate = driver.close_collection()
             if driver.task is task:  # encrypted: ask share holders until t answered
                 self._decrypt(driver, task, aggregate, state)
+            if driver.auditing is not None:  # out of range: find the culprit, re-aggregate
+                self._audit(driver, task, state)
             state.dropped |= driver.dropped
             for record in driver.records[seen:]:
                 state.history.append(record)
@@ -325,10 +335,54 @@ class LocalFederation:
             driver.add_seconds("encryption", node.timings.encryption - before[1])
             driver.submit_contribution(name, payload)
 
+    def _audit_settings(self) -> AuditSettings | None:
+        public_key = getattr(self.scheme, "public_key", None)
+        if not self.encrypted or public_key is None:
+            return None
+        return AuditSettings(
+            {name: key.public_key for name, key in self.signing_keys.items()},
+            public_key.key_id,
+            self.audit_seconds,
+        )
+
+    def _audit(self, driver: JobDriver, task: Task, state: _JobState) -> None:
+        """Ask every contributor for its range proof, decide, decrypt the re-aggregation."""
+        audit = driver.auditing
+        settings = driver.audit_settings
+        assert audit is not None and settings is not None
+        before = len(driver.exclusions)
+        for name in audit.awaiting:
+            node = self.agencies[name]
+            try:
+                self._check_alive(name, state)
+                answer = node.answer_range_audit(
+                    task,
+                    audit.evidence,
+                    signing_key=self.signing_keys[name],
+                    key_id=settings.key_id,
+                )
+            except (AgencyUnavailable, RejectedContribution):
+                continue  # silent: the decision rule decides what that means
+            try:
+                driver.submit_range_answer(answer)
+            except RejectedContribution:
+                continue  # an answer that does not even carry its own valid signature
+        try:
+            if driver.auditing is not None:
+                driver.close_audit()
+        finally:
+            state.exclusions.extend(driver.exclusions[before:])
+            state.dropped |= driver.dropped
+        rnd = driver.round
+        if rnd is not None and driver.task is task:  # the re-aggregated round
+            state.rounds.append(rnd)
+            assert rnd.aggregate_bytes is not None
+            self._decrypt(driver, task, rnd.aggregate_bytes, state)
+
     def _decrypt(self, driver: JobDriver, task: Task, aggregate: bytes, state: _JobState) -> None:
         for name in driver.decryption_candidates():
-            if driver.task is not task:
-                return  # released (and maybe the next round opened)
+            if driver.task is not task or driver.auditing is not None:
+                return  # released (and maybe the next round opened), or being audited
             node = self.agencies[name]
             before = node.timings.partial_decryption
             try:
@@ -339,7 +393,7 @@ class LocalFederation:
                 continue
             driver.add_seconds("partial_decryption", node.timings.partial_decryption - before)
             driver.submit_partial(name, partial)
-        if driver.task is task:
+        if driver.task is task and driver.auditing is None:
             driver.fail_decryption()
 
     def active_agencies(self, job_id: str) -> list[str]:
