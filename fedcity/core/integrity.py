@@ -128,6 +128,7 @@ class ContributionVerifier:
         *,
         summands_min: int,
         justification: Justification | None = None,
+        part: tuple[int, int] | None = None,
     ) -> dict[str, str]:
         """Accept ``aggregate`` or raise :class:`RejectedContribution` naming the mismatch.
 
@@ -142,10 +143,16 @@ class ContributionVerifier:
         evidence : Evidence
         summands_min : int
             The fewest contributions the aggregate may hold.
-
         justification : Justification, optional
             Required when this agency already accepted another aggregate of the same round
             (a range audit excluded an agency); re-verified here.
+        part : (int, int), optional
+            ``(start, stop)``: this agency decrypts only ciphertexts ``start..stop-1`` (a
+            decryption group's part), so only they are compared with the product of the
+            contributions' ciphertexts at the same positions. That is sound because the
+            coordinator adds ciphertext by ciphertext: the part of the sum is the sum of the
+            parts, and what this agency decrypts is checked in full.
+
         Returns
         -------
         dict of str to str
@@ -183,7 +190,7 @@ class ContributionVerifier:
         for c in evidence.contributions:
             self._check_signature(task, c, where)
         if isinstance(scheme, PaillierScheme):
-            self._check_product(scheme, task, aggregate, evidence.contributions, where)
+            self._check_product(scheme, task, aggregate, evidence.contributions, where, part)
         digests = evidence.digests()
         key = (task.job_id, task.round)
         previous = self.accepted.get(key)
@@ -237,6 +244,7 @@ class ContributionVerifier:
         aggregate: EncryptedVector,
         contributions: Sequence[SignedContribution],
         where: str,
+        part: tuple[int, int] | None = None,
     ) -> None:
         opened = []
         for c in contributions:
@@ -251,6 +259,14 @@ class ContributionVerifier:
                 raise RejectedContribution(
                     f"the contribution of {c.agency!r} to {where}: {exc}"
                 ) from exc
+        offset = 0
+        if part is not None:  # only the ciphertexts this agency decrypts
+            offset = part[0]
+            try:
+                aggregate = scheme.part(aggregate, *part)
+                opened = [scheme.part(v, *part) for v in opened]
+            except ValueError as exc:
+                raise RejectedContribution(f"the part asked of {where}: {exc}") from exc
         try:
             total = scheme.add(opened)
         except CryptoError as exc:
@@ -258,7 +274,7 @@ class ContributionVerifier:
         if total.ciphertexts != aggregate.ciphertexts:
             pairs = zip(total.ciphertexts, aggregate.ciphertexts, strict=False)
             shorter = min(len(total.ciphertexts), len(aggregate.ciphertexts))
-            first = next((i for i, (a, b) in enumerate(pairs) if a != b), shorter)
+            first = offset + next((i for i, (a, b) in enumerate(pairs) if a != b), shorter)
             raise RejectedContribution(
                 f"the aggregate of {where} is not the product of the {len(opened)} signed "
                 f"contributions of {', '.join(c.agency for c in contributions)} (ciphertext "
