@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from fedcity.crypto.parallel import WorkerPool
 
 __all__ = [
+    "MAX_PREPARED",
     "SCHEME_NAME",
     "KeyReuseError",
     "KeySumDecryptor",
@@ -66,6 +67,8 @@ __all__ = [
 
 SCHEME_NAME = "lwr-masked"
 MAX_AGENCIES = 1 << 16
+MAX_PREPARED = 4
+"""Rounds a :class:`MaskingAgent` may hold prepared (key, mask, ``Enc(k)``) at once."""
 _MAX_LENGTH = khprf.MAX_LENGTH
 
 
@@ -200,7 +203,12 @@ class MaskingAgent:
 
     The agent refuses to mask twice for the same (job, round) and refuses a key it has used
     before (keys are drawn internally; ``key=`` exists for reproducible tests and replays).
-    The key never leaves :meth:`mask` except encrypted.
+    The key never leaves the agent except encrypted.
+
+    Nothing but the final addition depends on the update: :meth:`prepare` draws the key,
+    evaluates ``F_k(x)`` and encrypts the key ahead of time (e.g. while local training runs),
+    and :meth:`mask` then only quantizes and adds. At most :data:`MAX_PREPARED` rounds are
+    held prepared at a time.
 
     Parameters
     ----------
@@ -224,12 +232,71 @@ class MaskingAgent:
             raise ValueError(f"agency must be a non-empty string, got {agency!r}")
         if not isinstance(public_key, PublicKey):
             raise ValueError(f"public_key must be a PublicKey, got {type(public_key).__name__}")
+        if not isinstance(spec, MaskedSpec):
+            raise ValueError(f"spec must be a MaskedSpec, got {type(spec).__name__}")
         self.agency = agency
         self.public_key = public_key
         self.spec = spec
         self.pool = pool
         self._rounds: set[tuple[str, int]] = set()
         self._key_digests: set[bytes] = set()
+        self._prepared: dict[tuple[str, int], tuple[npt.NDArray[np.uint32], EncryptedVector]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<MaskingAgent {self.agency!r} {self.spec.params.name} "
+            f"rounds={len(self._rounds)} prepared={len(self._prepared)}>"
+        )
+
+    def _check_round(self, job: str, round_index: int) -> bytes:
+        x = khprf.prf_input(job, round_index)
+        if (job, round_index) in self._rounds:
+            raise KeyReuseError(
+                f"agency {self.agency!r} already masked an update for job {job!r} round "
+                f"{round_index}; a round takes one contribution under one fresh key"
+            )
+        return x
+
+    def prepare(
+        self, *, job: str, round_index: int, length: int, key: npt.ArrayLike | None = None
+    ) -> None:
+        """Draw the round's key, evaluate its mask for ``length`` values and encrypt it.
+
+        Raises
+        ------
+        KeyReuseError
+            The round was already masked or prepared, or ``key`` was used before.
+        ValueError
+            ``length`` is outside ``[1, 2^26]``, :data:`MAX_PREPARED` rounds are already
+            prepared, or the key does not fit the parameter set.
+        """
+        params = self.spec.params
+        x = self._check_round(job, round_index)
+        if (job, round_index) in self._prepared:
+            raise KeyReuseError(f"job {job!r} round {round_index} is already prepared")
+        if len(self._prepared) >= MAX_PREPARED:
+            raise ValueError(f"{MAX_PREPARED} rounds are already prepared; mask one first")
+        if (
+            isinstance(length, bool)
+            or not isinstance(length, int)
+            or not 1 <= length <= _MAX_LENGTH
+        ):
+            raise ValueError(
+                f"update length must be an integer in [1, {_MAX_LENGTH}], got {length!r}"
+            )
+        k = khprf.generate_key(params) if key is None else khprf.check_key(params, key)
+        kd = hashlib.sha256(k.astype("<u4").tobytes()).digest()
+        if kd in self._key_digests:
+            raise KeyReuseError(
+                f"agency {self.agency!r}: this PRF key was already used in an earlier round; "
+                "keys are fresh per round (a reused key lets sums over different subsets "
+                "isolate one agency's key)"
+            )
+        mask = khprf.evaluate(params, k, x, length)
+        enc = khprf.encrypt_key(self.public_key, params, k, self.spec.max_summands, pool=self.pool)
+        self._key_digests.add(kd)
+        self._prepared[(job, round_index)] = (mask, enc)
+        del k
 
     def mask(
         self,
@@ -241,40 +308,38 @@ class MaskingAgent:
     ) -> MaskedContribution:
         """Quantize, mask and seal ``update`` for ``(job, round_index)``.
 
+        Uses the mask made by :meth:`prepare` if there is one (``key`` must then be None),
+        otherwise prepares it now.
+
         Raises
         ------
         KeyReuseError
             This agent already masked for ``(job, round_index)``, or ``key`` was used before.
         ValueError
-            The update is not a finite 1-D vector of at most 2^26 values, or the key does not
-            fit the parameter set (:class:`~fedcity.crypto.khprf.PRFKeyError`).
+            The update is not a finite 1-D vector of at most 2^26 values, its length differs
+            from the prepared one, or the key does not fit the parameter set
+            (:class:`~fedcity.crypto.khprf.PRFKeyError`).
         """
-        params = self.spec.params
-        x = khprf.prf_input(job, round_index)
-        if (job, round_index) in self._rounds:
-            raise KeyReuseError(
-                f"agency {self.agency!r} already masked an update for job {job!r} round "
-                f"{round_index}; a round takes one contribution under one fresh key"
-            )
+        self._check_round(job, round_index)
         u = self.spec.quantizer.quantize(update)
         if not 1 <= len(u) <= _MAX_LENGTH:
             raise ValueError(f"update length {len(u)} outside [1, {_MAX_LENGTH}]")
-        k = khprf.generate_key(params) if key is None else khprf.check_key(params, key)
-        kd = hashlib.sha256(k.astype("<u4").tobytes()).digest()
-        if kd in self._key_digests:
-            raise KeyReuseError(
-                f"agency {self.agency!r}: this PRF key was already used in an earlier round; "
-                "keys are fresh per round (a reused key lets sums over different subsets "
-                "isolate one agency's key)"
+        prepared = self._prepared.get((job, round_index))
+        if prepared is None:
+            self.prepare(job=job, round_index=round_index, length=len(u), key=key)
+        elif key is not None:
+            raise ValueError(f"job {job!r} round {round_index} was prepared with its own key")
+        elif len(prepared[0]) != len(u):
+            raise ValueError(
+                f"update has {len(u)} values; job {job!r} round {round_index} was prepared "
+                f"for {len(prepared[0])}"
             )
-        mask = khprf.evaluate(params, k, x, len(u))
+        mask, enc = self._prepared.pop((job, round_index))
+        params = self.spec.params
         y = ((u.astype(np.uint32) << np.uint32(self.spec.scale_bits)) + mask) & np.uint32(
             params.p - 1
         )
-        enc = khprf.encrypt_key(self.public_key, params, k, self.spec.max_summands, pool=self.pool)
         self._rounds.add((job, round_index))
-        self._key_digests.add(kd)
-        del k
         return MaskedContribution(self.agency, job, round_index, y, enc)
 
 

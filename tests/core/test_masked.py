@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.masked import (
+    MAX_PREPARED,
     KeyReuseError,
     KeySumDecryptor,
     MaskedAggregator,
@@ -129,7 +130,6 @@ def test_every_round_gets_a_fresh_key_and_reuse_is_refused(holder):
 def test_a_masked_vector_looks_nothing_like_its_update(holder):
     pk, _ = holder
     spec = MaskedSpec(precision_bits=16, max_summands=4, params=SMALL)
-    rng = np.random.default_rng(5)
     d = 8192
     update = np.sin(np.arange(d) / 50.0)  # a strongly structured update
     c = MaskingAgent("a", pk, spec).mask(update, job="j", round_index=0)
@@ -145,7 +145,6 @@ def test_a_masked_vector_looks_nothing_like_its_update(holder):
     # a second agency with the same update gets an unrelated masked vector
     y2 = MaskingAgent("b", pk, spec).mask(update, job="j", round_index=0).masked
     assert np.mean(c.masked == y2) < 0.01
-    del rng
 
 
 def test_coordinator_visible_bytes_hold_no_plain_encoding_of_the_update(holder):
@@ -297,3 +296,35 @@ def test_run_masked_round_validates_its_inputs(key_3of6):
             job="j",
             round_index=0,
         )
+
+
+def test_prepared_masks_give_the_same_sums_and_keep_the_rules(key_3of6):
+    tpk = key_3of6[0]
+    pk = tpk.public_key
+    spec = MaskedSpec(max_summands=6, params=SMALL)
+    ups = _updates(3, 50, 8)
+    agents = {name: MaskingAgent(name, pk, spec) for name in ups}
+    for agent in agents.values():
+        agent.prepare(job="job", round_index=4, length=50)  # before the update exists
+    agg = MaskedAggregator(pk, spec, job="job", round_index=4, length=50)
+    for name, u in ups.items():
+        agg.add(agents[name].mask(u, job="job", round_index=4))
+    got = agg.unmask_integers(_key_sum(key_3of6, spec, agg, rnd=4))
+    assert np.array_equal(got, sum(spec.quantizer.quantize(u) for u in ups.values()))
+    a = agents["agency-0"]
+    with pytest.raises(KeyReuseError, match="already masked"):
+        a.prepare(job="job", round_index=4, length=50)
+    a.prepare(job="job", round_index=5, length=50)
+    with pytest.raises(KeyReuseError, match="already prepared"):
+        a.prepare(job="job", round_index=5, length=50)
+    with pytest.raises(ValueError, match="prepared for 50"):
+        a.mask(np.zeros(49), job="job", round_index=5)
+    with pytest.raises(ValueError, match="its own key"):
+        a.mask(np.zeros(50), job="job", round_index=5, key=khprf.generate_key(SMALL))
+    for r in range(6, 6 + MAX_PREPARED - 1):
+        a.prepare(job="job", round_index=r, length=5)
+    with pytest.raises(ValueError, match="already prepared"):
+        a.prepare(job="job", round_index=99, length=5)
+    with pytest.raises(ValueError, match="length"):
+        MaskingAgent("z", pk, spec).prepare(job="job", round_index=0, length=0)
+    assert "prepared=4" in repr(a) and "SMALL" not in repr(a)
