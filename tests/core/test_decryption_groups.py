@@ -191,9 +191,7 @@ def test_a_decryptor_checks_its_part_against_the_signed_contributions(key_2of5, 
     vec.ciphertexts[second.start] = single.ciphertexts[second.start]
     forged = serde.encrypted_vector_to_bytes(vec)
     fresh = AgencyNode("agency-2", None, scheme, share=nodes["agency-2"].share)
-    fresh.verifier = ContributionVerifier(
-        {a: k.public_key for a, k in signing.items()}, key_id
-    )
+    fresh.verifier = ContributionVerifier({a: k.public_key for a, k in signing.items()}, key_id)
     # ... is caught by the group decrypting that part, naming the absolute position
     with pytest.raises(RejectedContribution, match=f"ciphertext {second.start} differs"):
         fresh.decrypt_share(

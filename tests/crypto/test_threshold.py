@@ -531,3 +531,115 @@ def test_2048_bit_threshold_aggregation() -> None:
     # another pair of shares gives the identical result
     pair = [partial_decrypt(shares[1], total), partials[1]]
     np.testing.assert_array_equal(combine_partial_decryptions(tpk, total, pair), out)
+
+
+# -- decryption parts, partials without proof, the combination check -------------------------
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 300), groups=st.integers(1, 40))
+def test_split_parts_cover_every_ciphertext_exactly_once(k: int, groups: int) -> None:
+    from fedcity.crypto.threshold import split_parts
+
+    parts = split_parts(k, groups)
+    assert len(parts) == min(k, groups)
+    assert [j for a, b in parts for j in range(a, b)] == list(range(k))
+    sizes = [b - a for a, b in parts]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize(("k", "groups"), [(0, 1), (3, 0), (True, 1), (3, 1.5)])
+def test_split_parts_validation(k: Any, groups: Any) -> None:
+    from fedcity.crypto.threshold import split_parts
+
+    with pytest.raises(ValueError, match="positive integer"):
+        split_parts(k, groups)
+
+
+def test_parts_of_a_sum_are_sums_of_parts_and_decrypt_to_its_slice(
+    threshold_3of5: ThresholdKey,
+    vector_3of5: tuple[EncryptedVector, np.ndarray, list[PartialDecryption]],
+    spec: PackingSpec,
+) -> None:
+    from fedcity.crypto.threshold import split_parts, vector_part
+
+    tpk, shares = threshold_3of5
+    total, expected, _ = vector_3of5
+    rng = np.random.default_rng(11)
+    a, b = (encrypt_vector(tpk.public_key, rng.uniform(-1, 1, 60), spec) for _ in range(2))
+    slots = spec.slots_per_ciphertext
+    pieces = []
+    for start, stop in split_parts(len(total.ciphertexts), 2):
+        assert (
+            vector_part(a + b, start, stop).ciphertexts
+            == (vector_part(a, start, stop) + vector_part(b, start, stop)).ciphertexts
+        )
+        part = vector_part(total, start, stop)
+        assert part.length == min(stop * slots, total.length) - start * slots
+        got = combine_partial_decryptions(
+            tpk, part, [partial_decrypt(s, part) for s in shares[1:4]]
+        )
+        pieces.append(got)
+    np.testing.assert_allclose(np.concatenate(pieces), expected, atol=_tol(spec, 3))
+    with pytest.raises(ValueError, match="non-empty range"):
+        vector_part(total, 1, 1)
+
+
+def test_a_partial_without_proof_is_proven_later_for_the_same_values(
+    threshold_3of5: ThresholdKey,
+    vector_3of5: tuple[EncryptedVector, np.ndarray, list[PartialDecryption]],
+) -> None:
+    from fedcity.crypto.threshold import prove_partial_decryption
+
+    tpk, shares = threshold_3of5
+    total, _, proven = vector_3of5
+    bare = partial_decrypt(shares[0], total, prove=False)
+    assert not bare.proven and bare.partials == proven[0].partials
+    assert not verify_partial_decryption(tpk, total, bare)
+    later = prove_partial_decryption(shares[0], total, bare)
+    assert later.proven and later.partials == bare.partials
+    assert verify_partial_decryption(tpk, total, later)
+    # proving values that are not this share's partials gives a proof that fails
+    wrong = _forged(
+        bare, partials=(bare.partials[0] * 4 % tpk.public_key.nsquare, *bare.partials[1:])
+    )
+    assert not verify_partial_decryption(
+        tpk, total, prove_partial_decryption(shares[0], total, wrong)
+    )
+    with pytest.raises(ValueError, match="does not belong"):
+        prove_partial_decryption(shares[1], total, bare)
+
+
+def test_the_combination_check_catches_garbage_but_not_a_crafted_shift(
+    threshold_3of5: ThresholdKey,
+) -> None:
+    """``raw_combine(check=True)``: a value that is not a decryption raises, naming no
+    share; a partial multiplied by (1+n)^y combines to a shifted plaintext (only proofs
+    catch that, as the docstring says)."""
+    tpk, shares = threshold_3of5
+    pk = tpk.public_key
+    n, nsq = pk.n, pk.nsquare
+    m = 987654321
+    c = pk.raw_encrypt(m)
+    honest = {s.index: [s.raw_partial_decrypt(c)] for s in shares[:3]}
+    assert raw_combine(tpk, honest, check=True) == [m]
+    garbage = dict(honest)
+    garbage[1] = [honest[1][0] * 3 % nsq]
+    with pytest.raises(InvalidPartialDecryptionError, match="do not combine") as info:
+        raw_combine(tpk, garbage, check=True)
+    assert info.value.share_indices == ()
+    shifted = dict(honest)
+    shifted[1] = [honest[1][0] * gmpy2.powmod(1 + n, 12345, nsq) % nsq]
+    out = raw_combine(tpk, shifted, check=True)  # passes the check ...
+    assert out != [m]  # ... with a plaintext the cheater moved
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(0, 2**500), subset=st.sampled_from(list(itertools.combinations(range(5), 3))))
+def test_every_t_subset_decrypts_under_the_combination_check(
+    threshold_3of5: ThresholdKey, m: int, subset: tuple[int, ...]
+) -> None:
+    tpk, shares = threshold_3of5
+    pk = tpk.public_key
+    m %= pk.n
+    c = pk.raw_encrypt(m)
+    chosen = {shares[i].index: [shares[i].raw_partial_decrypt(c)] for i in subset}
+    assert raw_combine(tpk, chosen, check=True) == [m]
