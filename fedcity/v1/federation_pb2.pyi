@@ -40,6 +40,8 @@ class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Action.ValueTy
     """run the vetted step, seal, upload"""
     ACTION_PARTIAL_DECRYPT: _Action.ValueType  # 2
     """fetch the aggregate, partially decrypt, upload"""
+    ACTION_RANGE_PROOF: _Action.ValueType  # 3
+    """range audit: fetch the out-of-range evidence, prove that"""
 
 class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
 
@@ -48,6 +50,8 @@ ACTION_CONTRIBUTE: Action.ValueType  # 1
 """run the vetted step, seal, upload"""
 ACTION_PARTIAL_DECRYPT: Action.ValueType  # 2
 """fetch the aggregate, partially decrypt, upload"""
+ACTION_RANGE_PROOF: Action.ValueType  # 3
+"""range audit: fetch the out-of-range evidence, prove that"""
 Global___Action: _TypeAlias = Action  # noqa: Y015
 
 class _PayloadKind:
@@ -65,6 +69,10 @@ class _PayloadKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PayloadKi
     """server to agent"""
     PAYLOAD_KIND_EVIDENCE: _PayloadKind.ValueType  # 4
     """server to agent: ContributionEvidence bytes"""
+    PAYLOAD_KIND_RANGE_PROOF: _PayloadKind.ValueType  # 5
+    """agent to server: RangeProofAnswer bytes"""
+    PAYLOAD_KIND_AUDIT_EVIDENCE: _PayloadKind.ValueType  # 6
+    """server to agent: OutOfRangeEvidence bytes"""
 
 class PayloadKind(_PayloadKind, metaclass=_PayloadKindEnumTypeWrapper): ...
 
@@ -77,6 +85,10 @@ PAYLOAD_KIND_AGGREGATE: PayloadKind.ValueType  # 3
 """server to agent"""
 PAYLOAD_KIND_EVIDENCE: PayloadKind.ValueType  # 4
 """server to agent: ContributionEvidence bytes"""
+PAYLOAD_KIND_RANGE_PROOF: PayloadKind.ValueType  # 5
+"""agent to server: RangeProofAnswer bytes"""
+PAYLOAD_KIND_AUDIT_EVIDENCE: PayloadKind.ValueType  # 6
+"""server to agent: OutOfRangeEvidence bytes"""
 Global___PayloadKind: _TypeAlias = PayloadKind  # noqa: Y015
 
 class _JobState:
@@ -328,6 +340,7 @@ class Assignment(_message.Message):
     SUMMANDS_MIN_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     action: Global___Action.ValueType
@@ -348,6 +361,8 @@ class Assignment(_message.Message):
     """an agency refuses to decrypt smaller aggregates"""
     dataset: _builtins.str
     """the JobSpec's dataset: the table this job's steps read as"""
+    attempt: _builtins.int
+    """PARTIAL_DECRYPT: 0 for a round's first aggregate, 1 for its"""
     @_builtins.property
     def spec(self) -> _crypto_pb2.PackingSpec: ...
     @_builtins.property
@@ -376,10 +391,11 @@ class Assignment(_message.Message):
         summands_min: _builtins.int = ...,
         dataset: _builtins.str = ...,
         job: Global___JobInfo | None = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "clip", b"clip", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job", b"job", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "clip", b"clip", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job", b"job", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -555,24 +571,219 @@ class ContributionEvidence(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     @_builtins.property
     def contributions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedContribution]: ...
+    @_builtins.property
+    def justification(self) -> Global___RangeAuditJustification:
+        """Set when this aggregate is a round's second one: a range audit excluded an agency and the
+        round was re-aggregated without it. A decryptor accepts a second aggregate of a round
+        only with this justification, which it re-verifies (fedcity.core.audit).
+        """
+
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         round: _builtins.int = ...,
         contributions: _abc.Iterable[Global___SignedContribution] | None = ...,
+        justification: Global___RangeAuditJustification | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributions", b"contributions", "job_id", b"job_id", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributions", b"contributions", "job_id", b"job_id", "justification", b"justification", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ContributionEvidence: _TypeAlias = ContributionEvidence  # noqa: Y015
+
+@_typing.final
+class NamedBytes(_message.Message):
+    """An agency and bytes: a partial decryption, or a contribution's SHA-256."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENCY_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    agency: _builtins.str
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        agency: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamedBytes: _TypeAlias = NamedBytes  # noqa: Y015
+
+@_typing.final
+class OutOfRangeEvidence(_message.Message):
+    """Evidence that a round's aggregate decrypts out of range (fedcity.core.audit.OutOfRange)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    AGGREGATE_FIELD_NUMBER: _builtins.int
+    PARTIALS_FIELD_NUMBER: _builtins.int
+    CONTRIBUTORS_FIELD_NUMBER: _builtins.int
+    UNBLINDED_FIELD_NUMBER: _builtins.int
+    MASK_FIELD_NUMBER: _builtins.int
+    PART_START_FIELD_NUMBER: _builtins.int
+    PART_STOP_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    round: _builtins.int
+    ciphertext: _builtins.int
+    """the audited ciphertext index"""
+    aggregate: _builtins.bytes
+    """EncryptedVector bytes: what was decrypted (key holder: the"""
+    unblinded: _builtins.bytes
+    """key holder only: ciphertext i before blinding (big-endian)"""
+    mask: _builtins.bytes
+    """key holder only: its blinding mask (big-endian)"""
+    part_start: _builtins.int
+    """decryption groups: the partials decrypt ciphertexts"""
+    part_stop: _builtins.int
+    """part_start..part_stop-1 (both 0: the whole aggregate)"""
+    @_builtins.property
+    def partials(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedBytes]:
+        """blinded aggregate)
+        the t partial decryptions combined, with proofs
+        """
+
+    @_builtins.property
+    def contributors(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedBytes]:
+        """contributor and the SHA-256 of its contribution"""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        ciphertext: _builtins.int = ...,
+        aggregate: _builtins.bytes = ...,
+        partials: _abc.Iterable[Global___NamedBytes] | None = ...,
+        contributors: _abc.Iterable[Global___NamedBytes] | None = ...,
+        unblinded: _builtins.bytes = ...,
+        mask: _builtins.bytes = ...,
+        part_start: _builtins.int = ...,
+        part_stop: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate", b"aggregate", "ciphertext", b"ciphertext", "contributors", b"contributors", "job_id", b"job_id", "mask", b"mask", "part_start", b"part_start", "part_stop", b"part_stop", "partials", b"partials", "round", b"round", "unblinded", b"unblinded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutOfRangeEvidence: _TypeAlias = OutOfRangeEvidence  # noqa: Y015
+
+@_typing.final
+class RangeProofAnswer(_message.Message):
+    """One contributor's signed answer to a range audit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENCY_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_SHA256_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    agency: _builtins.str
+    ciphertext: _builtins.int
+    contribution_sha256: _builtins.bytes
+    proof: _builtins.bytes
+    """fedcity.crypto.rangeproof bytes, bounded by max_proof_bytes"""
+    signature: _builtins.bytes
+    """Ed25519 over Statement(kind "range-proof"); see"""
+    def __init__(
+        self,
+        *,
+        agency: _builtins.str = ...,
+        ciphertext: _builtins.int = ...,
+        contribution_sha256: _builtins.bytes = ...,
+        proof: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "ciphertext", b"ciphertext", "contribution_sha256", b"contribution_sha256", "proof", b"proof", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RangeProofAnswer: _TypeAlias = RangeProofAnswer  # noqa: Y015
+
+@_typing.final
+class ExcludedContribution(_message.Message):
+    """An excluded agency's signed contribution and why it was excluded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENCY_FIELD_NUMBER: _builtins.int
+    HOW_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    agency: _builtins.str
+    how: _builtins.str
+    """"failed" (its proof fails) or "eliminated" (every other"""
+    payload: _builtins.bytes
+    """contributor proved its range)
+    its contribution (EncryptedVector bytes)
+    """
+    signature: _builtins.bytes
+    """its contribution signature"""
+    def __init__(
+        self,
+        *,
+        agency: _builtins.str = ...,
+        how: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency", b"agency", "how", b"how", "payload", b"payload", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExcludedContribution: _TypeAlias = ExcludedContribution  # noqa: Y015
+
+@_typing.final
+class RangeAuditJustification(_message.Message):
+    """Why a round's second aggregate may be decrypted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUT_OF_RANGE_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def out_of_range(self) -> Global___OutOfRangeEvidence: ...
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___RangeProofAnswer]: ...
+    @_builtins.property
+    def excluded(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExcludedContribution]: ...
+    def __init__(
+        self,
+        *,
+        out_of_range: Global___OutOfRangeEvidence | None = ...,
+        answers: _abc.Iterable[Global___RangeProofAnswer] | None = ...,
+        excluded: _abc.Iterable[Global___ExcludedContribution] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["out_of_range", b"out_of_range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "excluded", b"excluded", "out_of_range", b"out_of_range"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RangeAuditJustification: _TypeAlias = RangeAuditJustification  # noqa: Y015
 
 @_typing.final
 class AuditAnchor(_message.Message):

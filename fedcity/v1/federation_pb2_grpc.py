@@ -82,6 +82,11 @@ class AgentServiceStub:
                 request_serializer=fedcity_dot_v1_dot_federation__pb2.DeferRequest.SerializeToString,
                 response_deserializer=fedcity_dot_v1_dot_federation__pb2.DeferResponse.FromString,
                 _registered_method=True)
+        self.FetchAuditEvidence = channel.unary_stream(
+                '/fedcity.v1.AgentService/FetchAuditEvidence',
+                request_serializer=fedcity_dot_v1_dot_federation__pb2.AggregateRef.SerializeToString,
+                response_deserializer=fedcity_dot_v1_dot_federation__pb2.Chunk.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -156,6 +161,16 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchAuditEvidence(self, request, context):
+        """Download the evidence that a round's aggregate decrypts out of range (one
+        OutOfRangeEvidence, chunked), for a RANGE_PROOF assignment: the agency recombines the
+        audited ciphertext itself before it proves anything. Only for the round's contributors,
+        while its range audit runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +218,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Defer,
                     request_deserializer=fedcity_dot_v1_dot_federation__pb2.DeferRequest.FromString,
                     response_serializer=fedcity_dot_v1_dot_federation__pb2.DeferResponse.SerializeToString,
+            ),
+            'FetchAuditEvidence': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchAuditEvidence,
+                    request_deserializer=fedcity_dot_v1_dot_federation__pb2.AggregateRef.FromString,
+                    response_serializer=fedcity_dot_v1_dot_federation__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -451,6 +471,33 @@ class AgentService:
             '/fedcity.v1.AgentService/Defer',
             fedcity_dot_v1_dot_federation__pb2.DeferRequest.SerializeToString,
             fedcity_dot_v1_dot_federation__pb2.DeferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchAuditEvidence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedcity.v1.AgentService/FetchAuditEvidence',
+            fedcity_dot_v1_dot_federation__pb2.AggregateRef.SerializeToString,
+            fedcity_dot_v1_dot_federation__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,
