@@ -16,9 +16,10 @@ Statement and proof
 *Bits.* Let ``K = upper.bit_length()`` and the bit weights ``ω_k = 2^k`` for ``k < K-1`` and
 ``ω_{K-1} = upper - 2^(K-1) + 1``. The sums ``Σ_k b_k ω_k`` over bits ``b_k ∈ {0, 1}`` are
 exactly the integers of ``[0, upper]`` (the first ``K-1`` bits give ``[0, 2^(K-1) - 1]``, the
-last adds ``[ω_{K-1}, upper]``, and ``ω_{K-1} ≤ 2^(K-1)``). So one set of ``K`` bits per value
-slot proves the exact range, also when ``upper + 1`` is not a power of two (the weighted top bit
-replaces a second decomposition of ``upper - x``; same soundness, half the bits). For
+last adds ``[ω_{K-1}, upper]``, and ``ω_{K-1} ≤ 2^(K-1)``; Schoenmakers, "Interval proofs
+revisited", 2005). So one set of ``K`` bits per value slot proves the exact range, also when
+``upper + 1`` is not a power of two (the weighted top bit replaces a second decomposition of
+``upper - x``; same soundness, half the bits and no second link). For
 ``upper = 2^K - 1`` the weights are plain binary. The prover commits to every bit of every
 value slot as ``E_jk = g^{b_jk} · h^{α_jk}`` with fresh ``α_jk`` of ``eb`` bits (an ordinary
 DJN encryption of the bit). Padding slots and bits above the last value slot get no bits.

@@ -168,6 +168,20 @@ def test_threshold_key_and_its_paillier_key(
     assert np.abs(combine_partial_decryptions(tpk, vector, partials) - x).max() <= spec.step
 
 
+def test_short_exponent_key() -> None:
+    pk, sk = generate_keypair(512, short_exponent=True)
+    layout = SlotLayout(8, 5, 200)
+    c, m, a = _encrypt_slots(pk, layout, [1, 200, 3, 0, 9])
+    assert a < 1 << pk.exponent_bits < 1 << (pk.n_length // 2)
+    proof = prove_slot_ranges(pk, c, m, a, layout, CTX)
+    verify_slot_ranges(pk, c, proof, layout, CTX)
+    c, m, a = _encrypt_slots(pk, layout, [1, 201, 3, 0, 9])
+    bits = _bit_values(layout, [1, 200, 3, 0, 9])
+    with pytest.raises(RangeProofError, match="link proof does not verify"):
+        verify_slot_ranges(pk, c, _cheat(pk, c, a, bits, layout), layout, CTX)
+    assert sk.raw_decrypt(c) == m
+
+
 def test_contribution_layouts_cover_the_padding(spec: PackingSpec) -> None:
     s = spec.slots_per_ciphertext
     assert SlotLayout.for_contribution(spec, 2 * s + 3, 0) == SlotLayout(
