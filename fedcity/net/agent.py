@@ -45,6 +45,12 @@ pool up to the ciphertext count of the agency's uploads of the last ten minutes,
 ciphertext. It stops computing the moment work arrives or the agent stops (checked between
 pairs, about 0.5 ms each at 2048 bits), runs beside the heartbeat thread without waiting for
 it, holds its pairs in memory only, hands each out once and drops the pool on shutdown.
+A contribution is sealed whole before its upload starts, on purpose: the first chunk's header
+carries the payload's size, SHA-256 and the agency's signature of it (the coordinator checks
+the signature before it reads on), the audit log records that SHA-256 before anything is sent,
+and a retry re-sends the same bytes. Streaming chunks while sealing would move the digest and
+signature into a trailer (another wire format); with a warm pool sealing is a few
+milliseconds (``benchmarks/bench_pool.py``), all that streaming could overlap.
 
 The configuration file is described in :mod:`fedcity.net.agentconfig`.
 """
