@@ -341,6 +341,8 @@ class Assignment(_message.Message):
     DATASET_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    PART_START_FIELD_NUMBER: _builtins.int
+    PART_STOP_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     action: Global___Action.ValueType
@@ -363,6 +365,12 @@ class Assignment(_message.Message):
     """the JobSpec's dataset: the table this job's steps read as"""
     attempt: _builtins.int
     """PARTIAL_DECRYPT: 0 for a round's first aggregate, 1 for its"""
+    part_start: _builtins.int
+    """re-aggregation after a range audit excluded an agency
+    PARTIAL_DECRYPT with decryption groups: check and decrypt only ciphertexts
+    part_start..part_stop-1 of the aggregate; part_stop = 0: the whole aggregate.
+    """
+    part_stop: _builtins.int
     @_builtins.property
     def spec(self) -> _crypto_pb2.PackingSpec: ...
     @_builtins.property
@@ -392,10 +400,12 @@ class Assignment(_message.Message):
         dataset: _builtins.str = ...,
         job: Global___JobInfo | None = ...,
         attempt: _builtins.int = ...,
+        part_start: _builtins.int = ...,
+        part_stop: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "clip", b"clip", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job", b"job", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "clip", b"clip", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job", b"job", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "part_start", b"part_start", "part_stop", b"part_stop", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
