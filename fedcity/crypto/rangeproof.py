@@ -295,7 +295,7 @@ def _header(pk: PublicKey, layout: SlotLayout, ciphertext: mpz, context: bytes) 
             pk.exponent_bits.to_bytes(4, "big"),
             layout.slot_bits.to_bytes(8, "big"),
             layout.n_values.to_bytes(8, "big"),
-            layout.upper.to_bytes(8, "big"),
+            layout.upper.to_bytes(max(8, (layout.slot_bits + 7) // 8), "big"),
             nt.int_to_bytes(ciphertext, pk.ciphertext_bytes),
         ]
     )

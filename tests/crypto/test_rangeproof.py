@@ -215,6 +215,16 @@ def test_exact_bounds(keypair: KeyPair, upper: int) -> None:
         verify_slot_ranges(pk, c, _cheat(pk, c, a, bits, layout), layout, CTX)
 
 
+def test_wide_slots(keypair: KeyPair) -> None:
+    pk, _ = keypair
+    layout = SlotLayout(100, 2, (1 << 99) + 12345)
+    c, m, a = _encrypt_slots(pk, layout, [layout.upper, (1 << 99) - 1])
+    verify_slot_ranges(pk, c, prove_slot_ranges(pk, c, m, a, layout, CTX), layout, CTX)
+    c, m, a = _encrypt_slots(pk, layout, [layout.upper + 1, 0])
+    with pytest.raises(RangeProofError, match="value slot 0 holds"):
+        prove_slot_ranges(pk, c, m, a, layout, CTX)
+
+
 def test_weighted_bits_cover_exactly_zero_to_upper() -> None:
     for upper in [1, 2, 5, 6, 7, 8, 100, 1000, 1023, 1024]:
         layout = SlotLayout(11, 1, upper)
