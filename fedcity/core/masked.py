@@ -599,11 +599,27 @@ def run_masked_round(
     min_contributions : int, optional
         Default: ``min(2, len(updates))``.
 
+    Returns
+    -------
+    numpy.ndarray of float64
+        ``Σ clip(update)`` up to the quantization error (at most ``n·clip/L`` per value).
+
     Raises
     ------
     ValueError
         No updates, updates of different lengths, fewer than ``t`` shares, or any error of the
         steps above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fedcity.crypto import deal_threshold_key
+    >>> tpk, shares = deal_threshold_key(512, threshold=2, parties=3)  # tests only; use 2048
+    >>> spec = MaskedSpec(precision_bits=16, max_summands=3)
+    >>> updates = {"a": np.full(5, 0.25), "b": np.full(5, -0.5), "c": np.full(5, 0.125)}
+    >>> total = run_masked_round(updates, tpk, shares, spec, job="demo", round_index=0)
+    >>> bool(np.allclose(total, -0.125, atol=1e-4))
+    True
     """
     if not updates:
         raise ValueError("a masked round needs at least one update")

@@ -221,8 +221,8 @@ def expand_matrix(params: LWRParams, x: bytes, block: int, rows: int) -> npt.NDA
     h.update(params.name.encode() + b"\x00")
     h.update(len(x).to_bytes(4, "big") + x + block.to_bytes(4, "big"))
     raw = h.digest(4 * rows * params.dimension)
-    a = np.frombuffer(raw, dtype="<u4").reshape(rows, params.dimension).astype(np.uint32)
-    return _u32(params, a)
+    a: npt.NDArray[np.uint32] = np.frombuffer(raw, dtype="<u4").reshape(rows, params.dimension)
+    return _u32(params, a)  # read-only view of the digest when q = 2^32 (no copy)
 
 
 def check_key(
