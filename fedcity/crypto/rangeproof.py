@@ -72,7 +72,8 @@ probability above ``2^-64`` then each defect ``D_i = h^{z_i}·(A_i X_i^{e_i})^{-
 modulo that order), so ``D_i^{d_i} = 1`` for some ``d_i < 2^65``. Raising both extracted
 equations to ``d_i·d'_i`` gives ``X^{Δe·d_i·d'_i}`` an ``n``-th residue with every prime factor
 of the exponent below ``2^128 < min(p, q)``: the conclusion ``μ = 0`` stands. A failing batch is
-re-checked equation by equation to name the slot and bit.
+bisected (halves re-checked with fresh weights, about twice the cost of one batch) to name the
+slot and bit, so a forged proof costs the verifier little more than an honest one.
 
 Wire format (version 1, every integer fixed-width big-endian; ``CB = 2·⌈|n|/8⌉``)::
 
