@@ -40,9 +40,30 @@ agency) is printed next to (a)'s download.
 The CPU used by other processes meanwhile is read from ``/proc`` and printed: on a shared
 machine it shows in every timing.
 
+``--secagg`` (issue 13) runs a different comparison instead, all in one invocation with
+interleaved repetitions (default 4, the order of the modes rotating per repetition), 3 FedAvg
+rounds per job: fedcity threshold 3-of-10 and fedcity key holder as in (a) and (d) (both
+clusters stay up; each job is a fresh ``"fedavg"`` submission), Flower SecAgg+
+(``SecAggPlusWorkflow`` with 10 shares and reconstruction threshold 3, ``secaggplus_mod``)
+and plain Flower (legacy ``DefaultWorkflow``), both in Flower's simulation engine (one
+``run_simulation`` process, Ray started once, its ServerApp running what this driver asks
+over an authenticated local pipe), with the same clients (the ``MLPClassifier`` step of (c)),
+model sizes, initial weights and rows. Per round it reports wall time (median and minimum),
+the CPU seconds of the slowest agency (fedcity: its agent process from /proc, the nice-19
+randomness-pool thread apart; Flower: each client's CPU over its messages, timed in a mod
+around ``secaggplus_mod``), server CPU, bytes per agency (fedcity: on the wire; Flower:
+serialized messages through the Grid, counted by ``bench_flower.py``'s counting Grid), the
+cores used by the measured system, this benchmark and other processes, the load average, the
+settings fedcity actually used (read from the run) and per-operation costs, and the issue's
+targets as ratios against SecAgg+ measured in the same run. Before each job it waits (up to
+``--settle`` s) for its own processes to go quiet, so agents finish idle work first. BLAS
+runs one thread per process (``OMP_NUM_THREADS=1`` etc.) on both sides.
+
 Examples
 --------
     python benchmarks/bench_network.py                      # 2048-bit key, 3 rounds, ~10 min
+    python benchmarks/bench_network.py --secagg --out /tmp/secagg.md   # issue 13, ~6 min
+    python benchmarks/bench_network.py --secagg --key-bits 1024 --rows 300 --reps 1  # smoke
     python benchmarks/bench_network.py --quick              # 1024-bit, 300 rows, 2 rounds
     python benchmarks/bench_network.py --rounds 5 --out /tmp/network.md
 """
