@@ -417,8 +417,8 @@ def prove_slot_ranges(
     for j, x in enumerate(values):
         if x > layout.upper:
             raise RangeProofError(
-                f"value slot {j} holds {x} > upper={layout.upper}: refusing to prove a false "
-                "statement"
+                f"value slot {j} exceeds upper={layout.upper}: refusing to prove a false "
+                "statement (the value itself is not echoed)"
             )
     return _prove(pk, c, a, _bit_values(layout, values), layout, bytes(context), dims)
 

@@ -200,8 +200,9 @@ def test_exact_bounds(keypair: KeyPair, upper: int) -> None:
     verify_slot_ranges(pk, c, prove_slot_ranges(pk, c, m, a, layout, CTX), layout, CTX)
     # upper + 1: the honest prover refuses, naming the slot
     c, m, a = _encrypt_slots(pk, layout, [0, upper + 1, 0, 0])
-    with pytest.raises(RangeProofError, match=rf"value slot 1 holds {upper + 1} > upper"):
+    with pytest.raises(RangeProofError, match=rf"value slot 1 exceeds upper={upper}:") as err:
         prove_slot_ranges(pk, c, m, a, layout, CTX)
+    assert str(upper + 1) not in str(err.value)  # the value is not echoed
     # cheater 1: the bits of upper with the lowest one raised to 2 (sums to upper + 1)
     bits = _bit_values(layout, [0, upper, 0, 0])
     k = layout.bits_per_slot
@@ -221,7 +222,7 @@ def test_wide_slots(keypair: KeyPair) -> None:
     c, m, a = _encrypt_slots(pk, layout, [layout.upper, (1 << 99) - 1])
     verify_slot_ranges(pk, c, prove_slot_ranges(pk, c, m, a, layout, CTX), layout, CTX)
     c, m, a = _encrypt_slots(pk, layout, [layout.upper + 1, 0])
-    with pytest.raises(RangeProofError, match="value slot 0 holds"):
+    with pytest.raises(RangeProofError, match="value slot 0 exceeds upper"):
         prove_slot_ranges(pk, c, m, a, layout, CTX)
 
 
@@ -492,7 +493,7 @@ def test_culprit_among_contributors_is_the_one_that_cannot_prove(
         c = vector.ciphertexts[i]
         try:
             if name == "B":  # the culprit's honest software refuses; it tries to cheat instead
-                with pytest.raises(RangeProofError, match="value slot 3 holds"):
+                with pytest.raises(RangeProofError, match="value slot 3 exceeds upper"):
                     prove_slot_ranges(pk, c, m_bad, a_bad, layout, context)
                 values = _slot_values(layout, m_bad)
                 values[3] = layout.upper
