@@ -544,6 +544,12 @@ class KeySumDecryptor:
                 raise RejectedContribution(
                     f"contribution from {c.agency!r} is for job {c.job!r} round {c.round_index}"
                 )
+            ek = c.encrypted_key
+            if ek.summands != 1 or ek.length != aggregate.length or ek.spec != aggregate.spec:
+                raise RejectedContribution(
+                    f"contribution from {c.agency!r}: its encrypted key is not one key in the "
+                    f"aggregate's layout (summands {ek.summands}, length {ek.length})"
+                )
         if aggregate.public_key.key_id != self.share.threshold_key.key_id:
             raise RejectedContribution("the key sum is not under this decryptor's key")
         if aggregate.summands != len(contributions):

@@ -244,6 +244,16 @@ def test_decryptors_check_the_key_sum_and_decrypt_one_per_round(key_3of6):
         dec.partial([contribs[0], contribs[0]], aggregate, job="job", round_index=0)
     with pytest.raises(RejectedContribution, match="round 0"):
         dec.partial(contribs, aggregate, job="job", round_index=1)
+    doubled = MaskedContribution(
+        "agency-9", "job", 0, contribs[0].masked, contribs[0].encrypted_key * 2
+    )
+    with pytest.raises(RejectedContribution, match="not one key"):
+        dec.partial(
+            [contribs[1], doubled],
+            contribs[1].encrypted_key + doubled.encrypted_key,
+            job="job",
+            round_index=0,
+        )
     dec.partial(contribs, aggregate, job="job", round_index=0)
     dec.partial(contribs, aggregate, job="job", round_index=0)  # the same sum again is fine
     subset = sum(c.encrypted_key for c in contribs[:3])
