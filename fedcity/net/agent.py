@@ -566,6 +566,7 @@ class Agent:
             finally:
                 self._running.clear()
                 self._wake_heartbeat.set()
+                self._pool_wake.set()
                 beat.join(timeout=5)  # no heartbeat may follow the goodbye
                 if precompute is not None:
                     precompute.join(timeout=5)
