@@ -7,6 +7,8 @@ the one agents without a pool release (quantization is deterministic, the random
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import numpy as np
@@ -83,6 +85,11 @@ def test_pooled_agents_release_the_same_model(federation):
                     assert all(a.randomness is None for a in agents)
                     continue
                 pools = [a.randomness for a in agents]
+                threads = [t for t in threading.enumerate() if t.name.startswith("precompute-")]
+                assert len(threads) == len(AGENCIES)
+                if sys.platform.startswith("linux"):  # the lowest priority, for that thread only
+                    assert {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threads} == {19}
+                    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
                 assert all(p is not None and len(p) <= 64 for p in pools)
                 # every agency sealed later rounds from randomness computed while it waited
                 assert all(p is not None and p.pooled > 0 for p in pools), pools
