@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", type=int, nargs="+", default=[22, 40])
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--quick", action="store_true", help="1024-bit key, one repeat")
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each precision, wait up to SECONDS for other processes to go quiet",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.bits, args.repeats = 1024, 1
@@ -96,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ratios: list[list[str]] = []
     context = b"bench|job=0123456789ab|round=7|agency=A|ciphertext=0"
     for precision in args.precisions:
+        waited = MONITOR.wait_idle(args.wait_idle)
+        if waited is not None:
+            print(f"precision {precision}: other processes used {waited:.2f} cores at the start")
         spec = PackingSpec(
             clip=64.0, precision_bits=precision, max_summands=SUMMANDS, n_length=args.bits
         )
