@@ -12,9 +12,11 @@ bins, brackets) is bound as a parameter or passed as a registered relation, and 
 aggregates in place, so no row ever enters Python.
 
 Exactness: every quantity is an exact non-negative integer (row counts, fixed-point sums offset
-by the clip's lower bound, sums of squares, bin counts), split into base-``2^b`` limbs so that
-each vector entry stays far below the packing's exact range; ``b`` is chosen from the number of
-agencies by :func:`limb_bits_for` (see :mod:`fedcity.analytics.query`).
+by the clip's lower bound, sums of squares, bin counts), split into base-``2^b`` limbs; ``b``
+is chosen by the coordinator (see :mod:`fedcity.analytics.query`). Without differential
+privacy the vector is packed at its integers' own width
+(:class:`~fedcity.learn.precision.ExactIntegers`, task parameters ``value_bits`` and
+``unit_bits``); under differential privacy ``b`` comes from :func:`limb_bits_for`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fedcity.analytics.spec import (
     TableSchema,
 )
 from fedcity.core.tasks import local_step
+from fedcity.learn.precision import ExactIntegers
 
 __all__ = [
     "LIMB_BITS",
@@ -182,6 +185,24 @@ def _limb_bits(params: Mapping[str, Any]) -> int:
     if not MIN_LIMB_BITS <= bits <= MAX_LIMB_BITS:
         raise QueryError(f"limb_bits must lie in [{MIN_LIMB_BITS}, {MAX_LIMB_BITS}], got {bits}")
     return bits
+
+
+def _exact(params: Mapping[str, Any], values: Any) -> npt.NDArray[np.float64]:
+    """The step's integers as the coordinator asked them packed.
+
+    With ``value_bits`` and ``unit_bits`` in the task (every round without differential
+    privacy): the floats of :class:`~fedcity.learn.precision.ExactIntegers`, which the
+    packing quantizes back to exactly these integers at their own width. Without: the
+    integers as floats.
+    """
+    if "unit_bits" not in params and "value_bits" not in params:
+        return np.asarray(values, dtype=np.float64)
+    bits, unit = params.get("value_bits", 0), params.get("unit_bits", -1)
+    try:
+        codec = ExactIntegers(bits, unit)
+        return codec.encode(np.asarray(values, dtype=np.float64))
+    except ValueError as exc:
+        raise QueryError(f"exact packing (value_bits={bits!r}, unit_bits={unit!r}): {exc}") from exc
 
 
 def eligible_from_ranges(ranges: Sequence[Sequence[int]], n_cells: int) -> list[int]:
@@ -646,7 +667,7 @@ def presence_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float
     for cell, vals in agg.values.items():
         if vals[0] > 0:
             out[cell] = 1.0
-    return out
+    return _exact(params, out)
 
 
 @local_step("query.cells")
@@ -673,7 +694,7 @@ def cells_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]
         for q, v in zip(quantities, vals, strict=True):
             out.extend(to_limbs(v, q.n_limbs(bits), bits))
     out.extend(to_limbs(agg.out_of_domain, -(-ROW_BITS // bits), bits))
-    return np.asarray(out, dtype=np.float64)
+    return _exact(params, out)
 
 
 @local_step("query.quantile")
@@ -701,4 +722,4 @@ def quantile_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float
         k, limbs = int(t[4]), int(t[5])
         for j in range(k):
             out.extend(to_limbs(counts.get((tid, j), 0), limbs, bits))
-    return np.asarray(out, dtype=np.float64)
+    return _exact(params, out)

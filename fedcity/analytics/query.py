@@ -11,14 +11,20 @@
    column within the brackets that hold the ranks pandas interpolates between; repeated until
    every bracket is narrower than the requested tolerance.
 
-Exactness. Every vector entry is an integer in ``[0, 2^b)`` and the packing clip is ``2^b``,
-with ``b`` chosen after the presence round from the number ``s`` of contributing agencies
-(:func:`~fedcity.analytics.local.limb_bits_for`: 40 bits up to 32 agencies, 34 bits at
-:data:`MAX_AGENCIES`); the request asks for 52-bit precision, so a sum of ``s`` entries decodes
-with an error below 1/4 and the driver's rounding recovers the exact integer sum of every limb;
-the limbs recombine exactly in Python integers. Means, variances (``ddof=1``, as pandas),
-standard deviations and ratios are computed from these exact integers with rational arithmetic
-and rounded once to float.
+Exactness and packing. Every vector entry is an integer in ``[0, 2^w)``, and without
+differential privacy it is packed at that width: :class:`~fedcity.learn.precision.ExactIntegers`
+quantizes each integer to itself, so a slot takes ``w + ceil(log2 s)`` bits for ``s``
+contributing agencies, the least any packing of such integers can (``w = 1`` in the presence
+round; ``w = b``, the limb size, in the cells round; in a quantile round the bit length of the
+largest row count among its cells, whose bin counts cannot exceed it, when one limb per bin
+suffices). The limb size ``b`` in [24, 40] is chosen after the presence round: the one that packs
+the cells round into the fewest bits (``b + ceil(log2 s) <= 53`` keeps every released sum exact
+in float64). The released sums decode exactly, and the limbs recombine exactly in Python
+integers. Under differential privacy the noised entries keep the former float layout (clip
+``2^b``, 52-bit precision, ``b`` from :func:`~fedcity.analytics.local.limb_bits_for`), whose
+rounding error stays below 1/4. Means, variances (``ddof=1``, as pandas), standard deviations
+and ratios are computed from these exact integers with rational arithmetic and rounded once to
+float.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import numpy.typing as npt
 
 from fedcity.analytics.local import (
     LIMB_BITS,
+    MAX_LIMB_BITS,
+    MIN_LIMB_BITS,
     ROW_BITS,
     Quantity,
     cell_quantities,
@@ -45,6 +53,7 @@ from fedcity.analytics.spec import QueryError, QuerySpec, TableSchema
 from fedcity.core.errors import JobFailed
 from fedcity.core.tasks import TaskRequest
 from fedcity.learn.algorithm import Algorithm, RoundRecord
+from fedcity.learn.precision import ExactIntegers
 
 if TYPE_CHECKING:
     from fedcity.analytics.result import QueryResult
@@ -60,8 +69,6 @@ __all__ = [
 
 MAX_PROTECTED_CELLS = 300
 """Most cells one release may need to protect by complementary suppression (its cost)."""
-LIMB_CLIP = float(2**LIMB_BITS)
-"""Packing clip of the presence round (its entries are 0 or 1)."""
 MAX_AGENCIES = 4096
 """Most agencies whose limb sums stay exact (see the module notes)."""
 MAX_VECTOR = 4_000_000
@@ -355,27 +362,52 @@ class QueryAlgorithm(Algorithm):
     def _ood_limbs(self) -> int:
         return 1 if self.plan_ is not None else -(-ROW_BITS // self.limb_bits_)
 
-    def _request(self, kind: str, extra: Mapping[str, Any], length: int, label: str) -> TaskRequest:
+    def _request(
+        self,
+        kind: str,
+        extra: Mapping[str, Any],
+        length: int,
+        label: str,
+        value_bits: int | None = None,
+    ) -> TaskRequest:
         params = {"table": self.spec.table, "spec": self.params_spec, **extra}
         if kind != "query.presence" or self.plan_ is not None:
             params["limb_bits"] = self.limb_bits_
         if self.plan_ is not None:
             params["dp"] = self.plan_.task_params()
+            return TaskRequest(
+                kind,
+                params,
+                length,
+                clip=float(2**self.limb_bits_),
+                precision_bits=52,
+                integer_valued=True,
+                label=label,
+            )
+        # exact integers at their own width (module notes, "Packing")
+        width = value_bits if value_bits is not None else self.limb_bits_
+        codec = ExactIntegers.for_summands(width, self._max_summands)
+        params["value_bits"] = codec.bits
+        params["unit_bits"] = codec.unit_bits
         return TaskRequest(
             kind,
             params,
             length,
-            clip=LIMB_CLIP if kind == "query.presence" else float(2**self.limb_bits_),
-            precision_bits=52,
-            integer_valued=True,
+            clip=codec.clip,
+            precision_bits=codec.precision_bits,
             label=label,
         )
+
+    @property
+    def _max_summands(self) -> int:
+        """Most contributors a round can have: the presence round's, once known."""
+        return MAX_AGENCIES if self.n_contributors_ is None else max(self.n_contributors_, 1)
 
     def next_request(self) -> TaskRequest | None:
         """Presence, then cells, then quantile rounds until every bracket is narrow enough."""
         if self._stage == "presence":
             return self._request(
-                "query.presence", {}, self.spec.n_cells, "query: agencies per cell"
+                "query.presence", {}, self.spec.n_cells, "query: agencies per cell", 1
             )
         if self._stage == "cells":
             if self.plan_ is not None:
@@ -407,11 +439,19 @@ class QueryAlgorithm(Algorithm):
             length = sum(t[4] * t[5] for t in self._targets)
             if length > MAX_VECTOR:
                 raise JobFailed(f"a quantile round would need {length} entries (> {MAX_VECTOR})")
+            # one limb per bin count (below the cell's row count) packs at the counts' width
+            single = all(t[5] == 1 for t in self._targets)
+            width = (
+                max(max(1, self._cell_rows(t[1]).bit_length()) for t in self._targets)
+                if single
+                else self.limb_bits_
+            )
             return self._request(
                 "query.quantile",
                 {"targets": [list(t) for t in self._targets]},
                 length,
                 f"query: quantile refinement {self.quantile_rounds_ + 1}",
+                width,
             )
         return None
 
@@ -436,8 +476,16 @@ class QueryAlgorithm(Algorithm):
         n = len(record.contributors)
         if n > MAX_AGENCIES:
             raise JobFailed(f"{n} agencies exceed the {MAX_AGENCIES} a query can sum exactly")
-        ints = [int(v) for v in np.rint(released)]
-        bits = int(request.params.get("limb_bits", 1))
+        if "unit_bits" in request.params:
+            codec = ExactIntegers(request.params["value_bits"], request.params["unit_bits"])
+            try:
+                ints = codec.decode(released, n)
+            except ValueError as exc:
+                raise JobFailed(f"{request.kind}: {exc}") from exc
+            bits = codec.bits
+        else:
+            ints = [int(v) for v in np.rint(released)]
+            bits = int(request.params.get("limb_bits", 1))
         top = n * ((1 << bits) - 1)
         low = -top if self.plan_ is not None else 0
         bad = [i for i, v in enumerate(ints) if not low <= v <= top]
@@ -461,12 +509,34 @@ class QueryAlgorithm(Algorithm):
 
     def _on_presence(self, ints: list[int], n: int) -> None:
         self.n_contributors_ = n
-        # later rounds have at most these contributors: the largest exact limb for them
-        self.limb_bits_ = limb_bits_for(max(n, 1))
-        self.per_cell = self._per_cell()
         self.agencies_ = np.asarray(ints, dtype=np.int64).reshape(self.spec.dims or ())
         self.eligible_ = [i for i, a in enumerate(ints) if a >= self.min_agencies]
+        # later rounds have at most these contributors: the limb size that packs the cells
+        # round into the fewest bits at their headroom
+        self.limb_bits_ = self._best_limb_bits(max(n, 1))
+        self.per_cell = self._per_cell()
         self._stage = "cells"
+
+    def _best_limb_bits(self, agencies: int) -> int:
+        """Limb size in [MIN_LIMB_BITS, MAX_LIMB_BITS] with the fewest cells-round bits.
+
+        Each limb takes ``bits + h`` bits of a plaintext (``h = ceil(log2 agencies)``); sums
+        stay exact in float64 while ``bits + h <= 53``. Ties go to the larger limb.
+        """
+        h = (agencies - 1).bit_length()
+        top = min(MAX_LIMB_BITS, 53 - h)
+        cells = len(self.eligible_)
+
+        def cost(bits: int) -> tuple[int, int]:
+            limbs = cells * sum(q.n_limbs(bits) for q in self.quantities)
+            limbs += -(-ROW_BITS // bits)
+            return limbs * (bits + h), -bits
+
+        return min(range(MIN_LIMB_BITS, top + 1), key=cost)
+
+    def _cell_rows(self, cell: int) -> int:
+        assert self.totals_ is not None
+        return int(self.totals_.values[cell][0])
 
     def _on_cells(self, ints: list[int]) -> None:
         values: dict[int, tuple[int, ...]] = {}

@@ -31,13 +31,19 @@ Slot efficiency
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "MAX_PRECISION_BITS",
+    "MAX_UNIT_BITS",
     "MIN_PRECISION_BITS",
     "SECAGG_PLUS_ACCURACY",
     "SECAGG_PLUS_CLIP",
     "SECAGG_PLUS_LEVELS",
+    "ExactIntegers",
     "check_accuracy",
     "precision_for",
     "slot_efficiency",
@@ -151,3 +157,143 @@ def slot_efficiency(values: int, ciphertexts: int, theory: int) -> float:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     return -(-values // theory) / ciphertexts
+
+
+MAX_UNIT_BITS = 13
+"""Finest unit of :class:`ExactIntegers` (room for ``2^13 - 1`` summands)."""
+
+
+@dataclass(frozen=True)
+class ExactIntegers:
+    """Integers in ``[0, 2^bits)`` packed at their own width and summed exactly.
+
+    A :class:`~fedcity.crypto.PackingSpec` with ``precision_bits = bits`` and
+    ``clip = (2^bits - 1)·u/2`` has the step ``u``, so an integer ``x`` sent as the float
+    ``x·u - clip`` is quantized to exactly ``x``: a slot of ``bits + ceil(log2 K)`` bits, the
+    theoretical width (:func:`theoretical_slots`), where a float layout needs a sign bit and
+    ``log2 K + 2`` more bits of precision to round a sum of ``K`` values back exactly.
+    The released sum of ``s`` vectors is ``Σx·u - s·clip`` (exact in float64), which
+    :meth:`decode` turns back into integers.
+
+    The unit ``u = 2^-unit_bits`` keeps the round's overflow indicator readable: an agency
+    that did not clip sends 0 there, which sits half a step between two levels and decodes to
+    ``u/2`` (to ``-u/2`` for one-bit values, whose 0 rounds down). The indicator's threshold
+    is ``min(1, clip)/2``; :meth:`for_summands` takes ``2^unit_bits > K`` and widens values
+    narrower than ``log2(2K + 1)`` bits so that ``K·u/2`` stays below it.
+
+    Parameters
+    ----------
+    bits : int
+        Width of every value, 1 to 48.
+    unit_bits : int
+        ``u = 2^-unit_bits``, 0 to :data:`MAX_UNIT_BITS`; see :meth:`for_summands`.
+
+    Examples
+    --------
+    >>> codec = ExactIntegers.for_summands(30, 5)
+    >>> codec.precision_bits, codec.unit_bits
+    (30, 3)
+    >>> ExactIntegers.for_summands(2, 5).precision_bits  # 2^4 - 1 > 2·5
+    4
+    """
+
+    bits: int
+    unit_bits: int
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.bits, bool)
+            or not isinstance(self.bits, int)
+            or not 1 <= self.bits <= 48
+        ):
+            raise ValueError(
+                f"exact integer width must be an integer in [1, 48], got {self.bits!r}"
+            )
+        if (
+            isinstance(self.unit_bits, bool)
+            or not isinstance(self.unit_bits, int)
+            or not 0 <= self.unit_bits <= MAX_UNIT_BITS
+        ):
+            raise ValueError(
+                f"unit_bits must be an integer in [0, {MAX_UNIT_BITS}], got {self.unit_bits!r}"
+            )
+
+    @classmethod
+    def for_summands(cls, bits: int, summands: int) -> ExactIntegers:
+        """The codec for ``bits``-bit values summed over at most ``summands`` vectors.
+
+        Raises
+        ------
+        ValueError
+            ``summands`` is not a positive integer or exceeds ``2^(MAX_UNIT_BITS - 1)``.
+        """
+        if isinstance(summands, bool) or not isinstance(summands, int) or summands < 1:
+            raise ValueError(f"summands must be a positive integer, got {summands!r}")
+        unit_bits = summands.bit_length()  # 2^unit_bits > summands
+        if unit_bits > MAX_UNIT_BITS:
+            raise ValueError(
+                f"{summands} summands exceed the {(1 << MAX_UNIT_BITS) - 1} exact packings allow"
+            )
+        if bits == 1:
+            return cls(1, 0)
+        # 2^width - 1 > 2·summands keeps the quiet overflow slot below its threshold
+        return cls(max(bits, (2 * summands + 1).bit_length()), unit_bits)
+
+    @property
+    def precision_bits(self) -> int:
+        """The packing precision: the values' own width."""
+        return self.bits
+
+    @property
+    def unit(self) -> float:
+        """The quantization step ``u`` (one integer)."""
+        return 2.0**-self.unit_bits
+
+    @property
+    def clip(self) -> float:
+        """The packing clip ``(2^bits - 1)·u/2``."""
+        return ((1 << self.bits) - 1) * self.unit / 2.0
+
+    def encode(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Integers in ``[0, 2^bits)`` as the floats to pack (``x·u - clip``).
+
+        Raises
+        ------
+        ValueError
+            A value that is not an integer in range (its position is named).
+        """
+        arr = np.asarray(values)
+        if arr.ndim != 1:
+            raise ValueError(f"expected a 1-D vector of integers, got shape {arr.shape}")
+        as_float = arr.astype(np.float64)
+        bad = ~np.isfinite(as_float) | (as_float != np.floor(as_float))
+        bad |= (as_float < 0) | (as_float > (1 << self.bits) - 1)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"value at position {pos} is {np.asarray(arr[pos]).item()!r}; exact packing "
+                f"takes integers in [0, 2^{self.bits})"
+            )
+        out: npt.NDArray[np.float64] = as_float * self.unit - self.clip
+        return out
+
+    def decode(self, released: npt.ArrayLike, summands: int) -> list[int]:
+        """The exact integer sums from a round's released values (``summands`` contributors).
+
+        Raises
+        ------
+        ValueError
+            A released value that is not a whole number of units: not a sum of this codec's
+            values.
+        """
+        arr = np.asarray(released, dtype=np.float64)
+        scaled = (arr + summands * self.clip) / self.unit
+        ints = np.rint(scaled)
+        off = np.flatnonzero(np.abs(scaled - ints) > 1e-6)
+        if off.size:
+            pos = int(off[0])
+            raise ValueError(
+                f"released value {pos} ({arr[pos]!r}) is not a sum of {summands} exactly "
+                "packed integers"
+            )
+        return [int(v) for v in ints]

@@ -20,6 +20,7 @@ from fedcity.analytics import (
 from fedcity.analytics.local import cell_quantities
 from fedcity.core.errors import JobFailed
 from fedcity.crypto.serde import encrypted_vector_from_bytes
+from fedcity.learn.precision import ExactIntegers
 
 FULL = {
     "table": "permits",
@@ -158,12 +159,20 @@ def test_coordinator_sees_ciphertext_and_never_ineligible_cells(permits, permit_
     d6 = [DISTRICTS.index("D6") * 3 + k for k in range(3)]
     presence, cells = rounds[0], rounds[1]
     assert presence.released is not None
-    assert all(int(presence.released[c]) <= 1 for c in d6)  # at most agency-0
+    codec = ExactIntegers(
+        presence.task.request.params["value_bits"], presence.task.request.params["unit_bits"]
+    )
+    per_cell_agencies = codec.decode(
+        presence.released[: presence.task.request.length], len(presence.contributors)
+    )
+    assert all(per_cell_agencies[c] <= 1 for c in d6)  # at most agency-0
     eligible = [c for r in cells.task.request.params["cells"] for c in range(r[0], r[1])]
     assert not set(d6) & set(eligible)
     typed = QuerySpec.from_dict(spec).validate_against(SCHEMA)
     bits = cells.task.request.params["limb_bits"]
-    assert bits == 40  # five agencies
+    # five agencies (3 headroom bits): 36-bit limbs hold every row count in one limb and
+    # pack these quantities into the fewest bits
+    assert bits == 36 and cells.task.spec.slot_bits == 36 + 3
     per_cell = sum(q.n_limbs(bits) for q in cell_quantities(typed))
     assert cells.task.request.length == len(eligible) * per_cell + 1
     own = fed.agencies["agency-0"].tables["permits"].aggregate(typed)

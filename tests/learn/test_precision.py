@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import log_loss
 from sklearn.neural_network import MLPClassifier
 
 from fedcity.core.tasks import TaskRequest
-from fedcity.crypto import deal_threshold_key
+from fedcity.crypto import PackingSpec, deal_threshold_key
 from fedcity.data import DataUnavailable, real
 from fedcity.data.dataset import AgencyDataset, FeatureSpec
 from fedcity.learn import LocalFederation
@@ -31,6 +31,7 @@ from fedcity.learn.fedavg import FedAvgJob, FederatedAveraging
 from fedcity.learn.jobs import job_from_spec
 from fedcity.learn.precision import (
     SECAGG_PLUS_ACCURACY,
+    ExactIntegers,
     check_accuracy,
     precision_for,
     slot_efficiency,
@@ -251,3 +252,65 @@ def test_default_request_is_declared_with_the_policy():
     request = algo.next_request()
     assert isinstance(request, TaskRequest)
     assert request.precision_bits == precision_for(algo.clip, SECAGG_PLUS_ACCURACY)
+
+
+# -- exact integers at their own width ------------------------------------------------------------
+@settings(max_examples=80, deadline=None)
+@given(
+    bits=st.integers(1, 40),
+    summands=st.integers(1, 8191),
+    data=st.data(),
+)
+def test_exact_integers_sum_exactly_at_their_width(bits, summands, data):
+    codec = ExactIntegers.for_summands(bits, summands)
+    spec = PackingSpec(clip=codec.clip, precision_bits=codec.precision_bits, max_summands=summands)
+    headroom = (summands - 1).bit_length()
+    # the theoretical width, nothing more (values narrower than log2(2s + 1) bits are widened
+    # to it so that the round's overflow indicator stays readable)
+    width = max(bits, (2 * summands + 1).bit_length()) if bits > 1 else 1
+    assert codec.bits == width and spec.slot_bits == width + headroom
+    top = (1 << bits) - 1
+    rows = data.draw(
+        st.lists(st.lists(st.integers(0, top), min_size=4, max_size=4), min_size=1, max_size=6)
+    )
+    # the remaining summands send the largest value everywhere (the widest sum)
+    rows = rows[:summands] + [[top] * 4] * (summands - len(rows[:summands]))
+    total = np.zeros(4, dtype=np.uint64)
+    for row in rows:
+        q = spec.quantize(codec.encode(row))
+        assert q.tolist() == row  # each integer quantizes to itself
+        total += q
+    released = spec.dequantize(spec.unpack(spec.pack(total), 4, summands), summands)
+    assert codec.decode(released, summands) == [sum(col) for col in zip(*rows, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("bits", "summands"), [(1, 5), (2, 5), (3, 1), (4, 7), (24, 3), (36, 5), (40, 8191)]
+)
+def test_exact_integers_keep_the_overflow_indicator_readable(bits, summands):
+    """An agency sends 0 in the round's overflow slot (min(1, clip) if it clipped)."""
+    codec = ExactIntegers.for_summands(bits, summands)
+    spec = PackingSpec(clip=codec.clip, precision_bits=codec.precision_bits, max_summands=summands)
+    flag = min(1.0, spec.clip)
+    zero = spec.quantize(np.zeros(1))
+    quiet = spec.dequantize(zero * np.uint64(summands), summands)[0]
+    assert quiet < 0.5 * flag  # no false overflow (AggregationRound.overflowed's threshold)
+    if bits > 1:  # one clipping agency is seen
+        raised = spec.quantize(np.array([flag])) + zero * np.uint64(summands - 1)
+        assert spec.dequantize(raised, summands)[0] > 0.5 * flag
+
+
+def test_exact_integers_validate():
+    with pytest.raises(ValueError, match=r"exact integer width must be an integer in \[1, 48\]"):
+        ExactIntegers(0, 0)
+    with pytest.raises(ValueError, match=r"unit_bits must be an integer in \[0, 13\]"):
+        ExactIntegers(30, 14)
+    with pytest.raises(ValueError, match="summands exceed the 8191"):
+        ExactIntegers.for_summands(30, 8192)
+    codec = ExactIntegers.for_summands(8, 3)
+    with pytest.raises(ValueError, match="position 1 is 256; exact packing takes integers in"):
+        codec.encode([3, 256])
+    with pytest.raises(ValueError, match=r"position 0 is 1\.5"):
+        codec.encode([1.5])
+    with pytest.raises(ValueError, match="not a sum of 3 exactly packed integers"):
+        codec.decode([0.3], 3)
