@@ -50,8 +50,12 @@ the same commitments and challenges ``e ≠ e'`` take a branch ``t`` with ``Δe 
 exponent), so ``X_t^{Δe}`` is an ``n``-th residue. Write ``X_t = g^μ·r^n``; then
 ``μ·Δe ≡ 0 (mod n)``, and ``gcd(Δe, n) = 1`` because ``0 < |Δe| < 2^128`` is smaller than both
 prime factors of ``n`` (keys of at least 512 bits are required for exactly this). Hence
-``μ = 0``: ``E`` encrypts 0 or 1, and likewise ``Y`` encrypts 0. The extracted fact is what
-the statement needs; knowledge of the exponent itself is not claimed. Soundness assumes the
+``μ = 0``: ``E`` encrypts 0 or 1, and likewise ``Y`` encrypts 0. Knowledge: for each bit
+exactly one branch has differing challenges (if both did, ``E`` would encrypt both 0 and 1), and
+that branch *is* the bit; so the extractor obtains every bit and with the link the plaintext
+``m = Σ b_jk·ω_k·2^{w·j}``. The proof is thus a proof of knowledge of the plaintext, bound to
+``context`` (an agency that copied someone else's ciphertext cannot make it without knowing
+that plaintext); knowledge of the DJN exponent is not claimed. Soundness assumes the
 key's ``h_s`` is an ``n``-th residue, which the key ceremony guarantees (the verifier cannot
 check it without the factors). The forking lemma turns this into a soundness error of about
 ``q / 2^128`` for ``q`` hash queries, plus the batch error below.
