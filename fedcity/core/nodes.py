@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from fedcity.core.aggregation import AggregationScheme, DecryptionKey
+from fedcity.core.aggregation import AggregationScheme, DecryptionKey, PaillierScheme
 from fedcity.core.audit import OpeningsKeeper
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.integrity import ContributionVerifier, Evidence
@@ -115,6 +115,7 @@ class AgencyNode:
         self.served: list[tuple[str, int, str]] = []
         """(job id, round, kind) of every task this agency answered: its local log."""
         self.verifier = verifier
+        self._unproven: dict[tuple[str, int], tuple[Any, bytes]] = {}
         self.verified: list[tuple[str, int, dict[str, str]]] = []
         """(job id, round, contributor → SHA-256) of every aggregate checked before decrypting."""
         self.openings = OpeningsKeeper()
@@ -277,8 +278,14 @@ class AgencyNode:
         summands_min: int,
         evidence: Evidence | None = None,
         justification: Justification | None = None,
+        part: tuple[int, int] | None = None,
     ) -> bytes:
         """Partially decrypt an aggregate of at least ``summands_min`` contributions.
+
+        With ``part = (start, stop)`` (a decryption group's share of the work, threshold key
+        only) only ciphertexts ``start..stop-1`` are checked against the evidence and
+        partially decrypted. A partial sent without proof (optimistic combination) is kept
+        so that :meth:`prove_share` can prove it if the coordinator asks.
 
         An agency refuses to help decrypt anything that is not an aggregate of enough
         agencies, so the coordinator cannot use it to read a single contribution. The
@@ -315,6 +322,7 @@ class AgencyNode:
                     evidence,
                     summands_min=summands_min,
                     justification=justification,
+                    part=part,
                 )
             except RejectedContribution as exc:
                 raise RejectedContribution(
@@ -326,8 +334,37 @@ class AgencyNode:
                     time.perf_counter() - start
                 )
             self.verified.append((task.job_id, task.round, digests))
+        if part is not None:
+            if not isinstance(self.scheme, PaillierScheme):
+                raise RejectedContribution("only a threshold aggregate is decrypted in parts")
+            try:
+                aggregate = self.scheme.part(aggregate, *part)
+            except ValueError as exc:
+                raise RejectedContribution(f"agency {self.name!r}: {exc}") from exc
         start = time.perf_counter()
         payload = self.scheme.partial(self.share, aggregate)
+        self.timings.partial_decryption += time.perf_counter() - start
+        self.timings.bytes_sent += len(payload)
+        if getattr(self.scheme, "optimistic", False):
+            self._unproven[(task.job_id, task.round)] = (aggregate, payload)
+            while len(self._unproven) > 8:
+                del self._unproven[next(iter(self._unproven))]
+        return payload
+
+    def prove_share(self, task: Task) -> bytes:
+        """The proof exchange: this agency's last partial of ``task``'s round, now proven.
+
+        Proves only what this agency itself sent (kept by :meth:`decrypt_share`), for the
+        aggregate (part) it checked then; costs the proof, not the partial decryption.
+        """
+        kept = self._unproven.get((task.job_id, task.round))
+        if kept is None or not isinstance(self.scheme, PaillierScheme):
+            raise RejectedContribution(
+                f"agency {self.name!r} sent no unproven partial decryption for round "
+                f"{task.round} of job {task.job_id}"
+            )
+        start = time.perf_counter()
+        payload = self.scheme.prove(self.share, *kept)
         self.timings.partial_decryption += time.perf_counter() - start
         self.timings.bytes_sent += len(payload)
         return payload

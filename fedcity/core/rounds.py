@@ -256,6 +256,8 @@ class AggregationRound:
                 f"agency {agency!r} sent a wrong partial decryption to this round "
                 f"({self.cheaters[agency]}); it is not asked again"
             )
+        if not verify and agency not in self.part_of:
+            self._adopt_part(agency, payload)
         verified = self.scheme.open_partial(payload, self._target(agency), verify=verify)
         expected = self.share_index_of.get(agency)
         index = getattr(verified, "share_index", None)
@@ -330,30 +332,83 @@ class AggregationRound:
             names = [a for a in self._verified if self.part_of.get(a) == part]
         return sorted(names, key=lambda a: (not getattr(self._verified[a], "proven", True), a))
 
+    def assigned(self, part: int) -> list[str]:
+        """Agencies asked to decrypt ``part`` (answered or not), sorted."""
+        return sorted(a for a, p in self.part_of.items() if p == part)
+
+    def unassign(self, agency: str) -> bool:
+        """Take ``agency``'s part away (dropped, silent, or named a cheater).
+
+        An agency whose partial was accepted keeps it (returns False).
+        """
+        if agency not in self.part_of or (agency in self._verified and agency not in self.cheaters):
+            return False
+        del self.part_of[agency]
+        return True
+
+    def assign_spare(self, part: int, holders: Sequence[str]) -> str | None:
+        """Ask the first of ``holders`` without a part or a partial to decrypt ``part``."""
+        for h in holders:
+            free = h not in self.part_of and h not in self.cheaters and h not in self._verified
+            if free and (not self.share_index_of or h in self.share_index_of):
+                self.part_of[h] = part
+                return h
+        return None
+
     def reassign(self, agency: str, holders: Sequence[str]) -> str | None:
         """Give ``agency``'s part to the first of ``holders`` with no part; None if none.
 
         Only for an agency without an accepted partial (dropped, silent, or named a
-        cheater); its part is unchanged otherwise.
+        cheater); :meth:`unassign` then :meth:`assign_spare`.
         """
         p = self.part_of.get(agency)
-        if p is None or (agency in self._verified and agency not in self.cheaters):
+        if p is None or not self.unassign(agency):
             return None
-        del self.part_of[agency]
-        for h in holders:
-            free = h != agency and h not in self.part_of and h not in self.cheaters
-            if (
-                free
-                and h not in self._verified
-                and (not self.share_index_of or h in self.share_index_of)
-            ):
-                self.part_of[h] = p
-                return h
-        return None
+        return self.assign_spare(p, [h for h in holders if h != agency])
+
+    def decryption_target(self, agency: str) -> Any:
+        """What ``agency``'s partial must decrypt: its part, or the whole aggregate.
+
+        Raises :class:`RejectedContribution` for an agency without a part of a split round.
+        """
+        return self._target(agency)
 
     def decryptors_of(self, ciphertext: int) -> list[str]:
         """The agencies whose partials were combined into ``ciphertext`` at the last release."""
         return list(self._combined.get(self._part_index(ciphertext), []))
+
+    def _adopt_part(self, agency: str, payload: bytes) -> None:
+        """Replay after a restart: recover the plan from a stored partial of a part.
+
+        The plan is not stored; a partial of a part names the part's digest, which is found
+        among the ``⌊ℓ/t⌋``-way splits of the aggregate (hashing only).
+        """
+        if not isinstance(self.scheme, PaillierScheme) or self.aggregate is None:
+            return
+        from fedcity.crypto import CryptoError, serde
+
+        try:
+            pd = serde.partial_decryption_from_bytes(payload, self.scheme.public_key)
+        except CryptoError:
+            return  # refused by open_partial with the precise reason
+        k = len(self.aggregate.ciphertexts)
+        if len(pd.partials) == k:
+            return
+        t = self.scheme.threshold
+        holders = len(self.share_index_of) or self.scheme.threshold_key.parties
+        candidates = [len(self.parts)] if len(self.parts) > 1 else range(2, holders // t + 1)
+        for g in candidates:
+            for i, (a, b) in enumerate(split_parts(k, g)):
+                if b - a != len(pd.partials):
+                    continue
+                if self.scheme.part(self.aggregate, a, b).digest() == pd.vector_digest:
+                    if len(self.parts) <= 1:
+                        self.parts = [
+                            DecryptionPart(j, x, y) for j, (x, y) in enumerate(split_parts(k, g))
+                        ]
+                        self._part_vectors.clear()
+                    self.part_of[agency] = i
+                    return
 
     def _part_index(self, ciphertext: int) -> int:
         for p in self.parts:

@@ -888,6 +888,8 @@ class Agent:
                     aggregate,
                     summands_min=max(int(a.summands_min), self.config.min_summands),
                     evidence=evidence,
+                    # decryption groups: only this part is checked and decrypted
+                    part=(int(a.part_start), int(a.part_stop)) if a.part_stop else None,
                 )
                 out.payload_kind = fpb.PAYLOAD_KIND_PARTIAL
                 out.verified = self.node.verified.pop()[2]

@@ -214,6 +214,9 @@ class AgencyCalls(CoordinatorState):
                     rnd.task, action, summands_min=int(rt.spec["min_agencies"])
                 )
                 assignment.dataset = rt.spec["dataset"]
+                part = rnd.part_for(agency) if action == fpb.ACTION_PARTIAL_DECRYPT else None
+                if part is not None:  # decryption groups: this agency's part only
+                    assignment.part_start, assignment.part_stop = part.start, part.stop
                 assignment.job.CopyFrom(
                     fpb.JobInfo(
                         job_type=str(rt.spec["job_type"]),
@@ -457,7 +460,10 @@ class AgencyCalls(CoordinatorState):
                 raise StatusError(
                     Code.FAILED_PRECONDITION, f"round {round_} of job {rt.id} is not open"
                 )
-            aggregate = driver.rounds[round_].aggregate
+            try:  # its part of the aggregate (decryption groups), or the whole
+                aggregate = driver.rounds[round_].decryption_target(agency)
+            except RejectedContribution as exc:
+                raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
         try:
             self.scheme.open_partial(payload, aggregate, verify=True)
         except RejectedContribution as exc:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
+from fedcity.core.aggregation import PaillierScheme
 from fedcity.core.errors import JobFailed, ProtocolError
 from fedcity.core.rounds import AggregationRound, RoundPhase
 from fedcity.crypto import BLINDING_KEY_BYTES
@@ -480,6 +481,8 @@ class CoordinatorState:
         r = rnd.task.round
         asked = rt.asked.setdefault(r, {})
         candidates = sorted(driver.decryption_candidates(), key=lambda a: not self._alive(a, now))
+        if self._split(rnd, [a for a in candidates if self._alive(a, now)]):
+            return self._ask_groups(rt, rnd, candidates, now)
         need = self.scheme.threshold - len(rnd.partials)
         fresh = [
             a for a in candidates if a in asked and now - asked[a] < self.config.decrypt_timeout
@@ -497,6 +500,66 @@ class CoordinatorState:
             except JobFailed as exc:
                 self._fail(rt, str(exc))
             return []
+        return fresh
+
+    def _split(self, rnd: AggregationRound, alive: list[str]) -> bool:
+        """Whether ``rnd`` is decrypted by disjoint groups (planned now if possible).
+
+        A threshold round is split when, as decryption starts, at least ``2t`` share
+        holders are connected (:meth:`AggregationRound.plan_decryption`): each group of
+        ``t`` decrypts ``1/⌊ℓ/t⌋`` of the ciphertexts. With fewer, the round is decrypted
+        whole by any ``t`` of them, as before.
+        """
+        if len(rnd.parts) > 1:
+            return True
+        t = self.scheme.threshold
+        if (
+            not isinstance(self.scheme, PaillierScheme)
+            or rnd.parts
+            or rnd.partials
+            or t < 1
+            or len(alive) < 2 * t
+        ):
+            return False
+        rnd.plan_decryption(alive)
+        return len(rnd.parts) > 1
+
+    def _ask_groups(
+        self, rt: JobRuntime, rnd: AggregationRound, candidates: list[str], now: float
+    ) -> list[str]:
+        """Decryption groups: fill every part to ``t`` decryptors, replacing stale ones.
+
+        A decryptor that dropped out, was named a cheater, sent an invalid partial or stayed
+        silent ``decrypt_timeout`` loses its part to a holder not asked yet; the job fails
+        when a part cannot be filled.
+        """
+        driver = rt.driver
+        assert driver is not None
+        asked = rt.asked.setdefault(rnd.task.round, {})
+        live = set(candidates)
+        for a in list(rnd.part_of):
+            if a in rnd.partials:
+                continue
+            stale = a not in live or (a in asked and now - asked[a] >= self.config.decrypt_timeout)
+            if stale:
+                rnd.unassign(a)
+        spares = [a for a in candidates if a not in asked]
+        for p in rnd.parts:
+            while len(rnd.assigned(p.index)) < self.scheme.threshold:
+                if rnd.assign_spare(p.index, spares) is None:
+                    try:
+                        driver.fail_decryption()
+                    except JobFailed as exc:
+                        self._fail(rt, str(exc))
+                    return []
+        fresh = []
+        for a, _ in sorted(rnd.part_of.items()):
+            if a in rnd.partials:
+                continue
+            if a not in asked:
+                asked[a] = now
+                self._changed.notify_all()
+            fresh.append(a)
         return fresh
 
     def tick(self, now: float | None = None) -> None:
