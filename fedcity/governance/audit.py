@@ -83,6 +83,8 @@ RECORD_TYPES = frozenset(
         "enroll",  # enrollment of an agency or a scientist
         "approve",  # a job approved by an agency's administrator
         "deny",  # a job denied by an agency's administrator
+        "range-proof",  # a range-audit answer sent (agent) or accepted (coordinator)
+        "exclusion",  # a range audit's outcome: agencies excluded from a round, or none
     }
 )
 """Record types; the body's fields depend on the type."""

@@ -84,6 +84,7 @@ from fedcity.core.aggregation import (
     KeyHolderScheme,
     PaillierScheme,
 )
+from fedcity.core.audit import Justification, OutOfRange
 from fedcity.core.errors import RejectedContribution
 from fedcity.core.integrity import ContributionVerifier, Evidence
 from fedcity.core.nodes import AgencyNode
@@ -111,6 +112,7 @@ from fedcity.governance.ledger import (
     privacy_cost,
 )
 from fedcity.governance.policy import JobFacts, PolicyRefusal
+from fedcity.net import rangeaudit
 from fedcity.net.agentconfig import (
     MAX_CRYPTO_WORKERS,
     AgentConfig,
@@ -274,10 +276,12 @@ class _Outgoing:
     failures: int = 0
     signature: bytes = b""
     verified: dict[str, str] = field(default_factory=dict)
+    attempt: int = 0
+    """1 for the decryption of a round re-aggregated after a range audit."""
 
     @property
-    def key(self) -> tuple[str, int, int]:
-        return (self.job_id, self.round, self.action)
+    def key(self) -> tuple[str, int, int, int]:
+        return (self.job_id, self.round, self.action, self.attempt)
 
     @property
     def declined(self) -> bool:
@@ -287,12 +291,14 @@ class _Outgoing:
 _UPLOAD_KINDS: dict[int, str] = {
     int(fpb.PAYLOAD_KIND_CONTRIBUTION): "contribution",
     int(fpb.PAYLOAD_KIND_PARTIAL): "partial",
+    int(fpb.PAYLOAD_KIND_RANGE_PROOF): "range-proof",
 }
 """Audit record type of each uploaded payload kind."""
 
 _ACTION_NAMES: dict[int, str] = {
     int(fpb.ACTION_CONTRIBUTE): "contribute",
     int(fpb.ACTION_PARTIAL_DECRYPT): "partial_decrypt",
+    int(fpb.ACTION_RANGE_PROOF): "range_proof",
 }
 
 
@@ -420,7 +426,9 @@ class Agent:
         self._registered = False
         self._heartbeat_s = 5.0
         self._pending: _Outgoing | None = None
-        self._sent: OrderedDict[tuple[str, int, int], _Outgoing] = OrderedDict()
+        self._sent: OrderedDict[tuple[str, int, int, int], _Outgoing] = OrderedDict()
+        self._justifications: dict[tuple[str, int], Justification] = {}
+        """Range-audit justifications shown with a re-aggregated round's evidence."""
         self._stub: Any = None
         self._log_lock = threading.Lock()
 
@@ -850,7 +858,7 @@ class Agent:
             self._stop.wait(response.retry_after_ms / 1000.0)
 
     def _serve(self, a: fpb.Assignment) -> None:
-        key = (a.job_id, a.round, int(a.action))
+        key = (a.job_id, a.round, int(a.action), int(a.attempt))
         previous = self._sent.get(key)
         if previous is not None:  # the same assignment again: resend the same bytes
             log.info("job %s round %d: assignment repeated; re-sending", a.job_id, a.round)
@@ -858,7 +866,7 @@ class Agent:
             self._deliver(previous)
             return
         start = time.perf_counter()
-        out = _Outgoing(a.job_id, int(a.round), int(a.action), a.kind)
+        out = _Outgoing(a.job_id, int(a.round), int(a.action), a.kind, attempt=int(a.attempt))
         try:
             self._audit_job(a)
             if self._hold_for_approval(a):
@@ -888,11 +896,22 @@ class Agent:
                     aggregate,
                     summands_min=max(int(a.summands_min), self.config.min_summands),
                     evidence=evidence,
+                    justification=self._justifications.pop((a.job_id, int(a.round)), None),
                     # decryption groups: only this part is checked and decrypted
                     part=(int(a.part_start), int(a.part_stop)) if a.part_stop else None,
                 )
                 out.payload_kind = fpb.PAYLOAD_KIND_PARTIAL
                 out.verified = self.node.verified.pop()[2]
+            elif a.action == fpb.ACTION_RANGE_PROOF:  # a range audit (fedcity.core.audit)
+                task = assignment_to_task(a)
+                answer = self.node.answer_range_audit(
+                    task,
+                    self._fetch_audit_evidence(a),
+                    signing_key=self._signing_key,
+                    key_id=self.key_id,
+                )
+                out.payload = rangeaudit.answer_to_bytes(answer)
+                out.payload_kind = fpb.PAYLOAD_KIND_RANGE_PROOF
             else:
                 raise MessageError(f"unknown action {int(a.action)}")
         except grpc.RpcError:
@@ -907,6 +926,13 @@ class Agent:
             )
         if not out.payload and not out.reason:
             out.reason = f"agency {self.config.agency!r}: the local step produced no payload"
+        if a.action == fpb.ACTION_RANGE_PROOF and not out.payload:
+            # not a departure: an audit the agency cannot justify or prove goes unanswered
+            # (the coordinator's decision rule decides what silence means)
+            log.warning(
+                "job %s round %d: range audit not answered: %s", a.job_id, a.round, out.reason
+            )
+            return
         if out.payload:
             out.signature = sign_upload(
                 self._signing_key,
@@ -1130,6 +1156,29 @@ class Agent:
             )
         return payload
 
+    def _fetch_audit_evidence(self, a: fpb.Assignment) -> OutOfRange:
+        """The evidence that a round this agency contributed to decrypts out of range."""
+        members = len(self.federation.agencies)
+        task = assignment_to_task(a)
+        pk = self._scheme.public_key
+        aggregate = task.spec.n_ciphertexts(task.vector_length) * pk.ciphertext_bytes + 4096
+        bound = rangeaudit.audit_bound(aggregate, members, rangeaudit.proof_bound(pk, task))
+        stream = self._stub.FetchAuditEvidence(
+            fpb.AggregateRef(job_id=a.job_id, round=a.round),
+            timeout=self.rpc_timeout,
+            metadata=self._metadata,
+        )
+        header, payload = assemble(stream, max_bytes=bound)
+        if header.kind != fpb.PAYLOAD_KIND_AUDIT_EVIDENCE:
+            raise MessageError(f"expected range-audit evidence, got payload kind {header.kind}")
+        evidence = rangeaudit.out_of_range_from_bytes(payload, max_agencies=members)
+        if evidence.job_id != a.job_id or evidence.round != a.round:
+            raise MessageError(
+                f"asked for the range-audit evidence of job {a.job_id} round {a.round}, got "
+                f"job {evidence.job_id} round {evidence.round}"
+            )
+        return evidence
+
     def _fetch_evidence(self, a: fpb.Assignment, aggregate_bytes: int) -> Evidence:
         """The round's signed contributions, bounded by the federation's size."""
         members = len(self.federation.agencies)
@@ -1138,7 +1187,12 @@ class Agent:
             timeout=self.rpc_timeout,
             metadata=self._metadata,
         )
-        header, payload = assemble(stream, max_bytes=evidence_bound(aggregate_bytes, members))
+        bound = evidence_bound(aggregate_bytes, members)
+        max_proof = 0
+        if a.attempt:  # a re-aggregated round: its evidence carries a range-audit justification
+            max_proof = rangeaudit.proof_bound(self._scheme.public_key, assignment_to_task(a))
+            bound += rangeaudit.audit_bound(aggregate_bytes, members, max_proof)
+        header, payload = assemble(stream, max_bytes=bound)
         if header.kind != fpb.PAYLOAD_KIND_EVIDENCE:
             raise MessageError(f"expected contribution evidence, got payload kind {header.kind}")
         if header.job_id != a.job_id or header.round != a.round:
@@ -1146,7 +1200,18 @@ class Agent:
                 f"asked for the contributions of job {a.job_id} round {a.round}, got job "
                 f"{header.job_id} round {header.round}"
             )
-        return evidence_from_bytes(payload, max_contributions=members)
+        evidence = evidence_from_bytes(payload, max_contributions=members)
+        if a.attempt:
+            msg = fpb.ContributionEvidence.FromString(payload)  # parsed above: valid
+            if msg.HasField("justification"):
+                self._justifications[(a.job_id, int(a.round))] = (
+                    rangeaudit.justification_from_proto(
+                        msg.justification, max_agencies=members, max_proof=max_proof
+                    )
+                )
+                while len(self._justifications) > 16:
+                    del self._justifications[next(iter(self._justifications))]
+        return evidence
 
     def _remember(self, out: _Outgoing) -> None:
         self._sent[out.key] = out

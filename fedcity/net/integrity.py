@@ -41,6 +41,7 @@ __all__ = [
 UPLOAD_KINDS: dict[int, str] = {
     fpb.PAYLOAD_KIND_CONTRIBUTION: "contribution",
     fpb.PAYLOAD_KIND_PARTIAL: "partial",
+    fpb.PAYLOAD_KIND_RANGE_PROOF: "range-proof",
 }
 """Payload kinds an agency uploads, with the name its signature statement uses."""
 _ENTRY_OVERHEAD = 256

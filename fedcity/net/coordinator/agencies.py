@@ -15,7 +15,7 @@ from fedcity.core.errors import ProtocolError, RejectedContribution
 from fedcity.core.integrity import Evidence, SignedContribution, withholds_payloads
 from fedcity.core.rounds import AggregationRound, RoundPhase
 from fedcity.governance.audit import Anchor, AuditError
-from fedcity.net import integrity, messages
+from fedcity.net import integrity, messages, rangeaudit
 from fedcity.net.auth import Principal
 from fedcity.net.coordinator.config import (
     Code,
@@ -209,11 +209,17 @@ class AgencyCalls(CoordinatorState):
                 if agency not in given and agency in self._ask_decryptors(rt, rnd, now):
                     given.add(agency)
                     action = fpb.ACTION_PARTIAL_DECRYPT
+            elif rnd.phase is RoundPhase.AUDITING:  # range audit (fedcity.core.audit)
+                given = rt.audit_handed.setdefault(r, set())
+                if agency in driver.awaiting_range_answers() and agency not in given:
+                    given.add(agency)
+                    action = fpb.ACTION_RANGE_PROOF
             if action is not None:
                 assignment = messages.task_to_assignment(
                     rnd.task, action, summands_min=int(rt.spec["min_agencies"])
                 )
                 assignment.dataset = rt.spec["dataset"]
+                assignment.attempt = 1 if r in driver.audits else 0  # re-aggregated after an audit
                 part = rnd.part_for(agency) if action == fpb.ACTION_PARTIAL_DECRYPT else None
                 if part is not None:  # decryption groups: this agency's part only
                     assignment.part_start, assignment.part_stop = part.start, part.stop
@@ -320,7 +326,14 @@ class AgencyCalls(CoordinatorState):
                     for a in rnd.contributors
                 ),
             )
-            return integrity.evidence_to_bytes(evidence)
+            data = integrity.evidence_to_bytes(evidence)
+            justification = rt.driver.justification(ref.round, signatures)
+            if justification is not None:  # a second aggregate: why it may be decrypted
+                extra = fpb.ContributionEvidence(
+                    justification=rangeaudit.justification_to_proto(justification)
+                )
+                data += extra.SerializeToString()  # concatenated messages merge
+            return data
 
     def upload(self, principal: Principal, stream: Iterator[fpb.Chunk]) -> fpb.UploadResponse:
         """Receive a contribution or partial decryption; store it before acknowledging."""

@@ -72,6 +72,9 @@ class CoordinatorConfig:
     decrypt_timeout : float
         An agency asked to partially decrypt has this long before others are asked; when
         every share holder was asked and none of the missing answered in time, the job fails.
+    audit_timeout : float
+        Contributors have this long to answer a range audit (a round whose aggregate decrypted
+        out of range, :mod:`fedcity.core.audit`) with their signed range proof.
     max_wait : float
         Cap on a FetchWork long poll.
     tick_interval : float
@@ -135,6 +138,7 @@ class CoordinatorConfig:
     liveness_timeout: float | None = None
     collect_timeout: float = 60.0
     decrypt_timeout: float = 60.0
+    audit_timeout: float = 120.0
     max_wait: float = 10.0
     tick_interval: float = 0.5
     max_workers: int = 64
@@ -156,6 +160,7 @@ class CoordinatorConfig:
             "heartbeat_interval",
             "collect_timeout",
             "decrypt_timeout",
+            "audit_timeout",
             "tick_interval",
             "upload_timeout",
         ):

@@ -437,6 +437,13 @@ def _parser() -> argparse.ArgumentParser:
         help="other share holders are asked to decrypt after this (default %(default)s)",
     )
     p.add_argument(
+        "--audit-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="contributors have this long to answer a range audit (default %(default)s)",
+    )
+    p.add_argument(
         "--max-workers",
         type=int,
         default=64,
@@ -557,6 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             liveness_timeout=args.liveness_timeout,
             collect_timeout=args.collect_timeout,
             decrypt_timeout=args.decrypt_timeout,
+            audit_timeout=args.audit_timeout,
             max_workers=args.max_workers,
             max_streams=args.max_streams,
             max_streams_per_principal=args.max_streams_per_principal,

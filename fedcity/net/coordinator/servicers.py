@@ -146,6 +146,15 @@ class _Servicers(fpb_grpc.AgentServiceServicer, fpb_grpc.JobServiceServicer):
             fpb.PAYLOAD_KIND_EVIDENCE,
         )
 
+    def FetchAuditEvidence(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._download(
+            request,
+            context,
+            "audit evidence download",
+            self.core.audit_evidence,
+            fpb.PAYLOAD_KIND_AUDIT_EVIDENCE,
+        )
+
     def Upload(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:
             principal = self._who(context)

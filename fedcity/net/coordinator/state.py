@@ -30,7 +30,7 @@ from fedcity.crypto.signing import SigningKey
 from fedcity.data.dataset import FeatureSpec
 from fedcity.governance.audit import COORDINATOR, Anchor, AuditError
 from fedcity.governance.auditlog import AuditLog, coordinator_log_path
-from fedcity.learn.driver import Chain
+from fedcity.learn.driver import Chain, JobDriver
 from fedcity.learn.evaluation import FederatedEvaluation
 from fedcity.learn.jobs import result_to_json
 from fedcity.net import integrity, messages
@@ -182,7 +182,7 @@ class CoordinatorState:
                 spec = json.loads(job_row.spec)
                 rt = JobRuntime(job_row.id, spec, "running", job_row.created)
                 try:
-                    build(rt, self.federation, self.scheme)
+                    build(rt, self.federation, self.scheme, audit_seconds=self.config.audit_timeout)
                     replay(rt, self.store.events(rt.id), self.clock())
                 except Exception as exc:  # a job that cannot be rebuilt fails, others go on
                     log.exception("job %s cannot be rebuilt from the store", rt.id)
@@ -343,7 +343,7 @@ class CoordinatorState:
         """Rebuild a job from the store after a failed write (memory and disk agree again)."""
         fresh = JobRuntime(rt.id, rt.spec, "running", rt.created)
         try:
-            build(fresh, self.federation, self.scheme)
+            build(fresh, self.federation, self.scheme, audit_seconds=self.config.audit_timeout)
             replay(fresh, self.store.events(rt.id), self.clock())
         except Exception:
             log.exception("job %s cannot be reloaded; it stays paused until a restart", rt.id)
@@ -461,7 +461,78 @@ class CoordinatorState:
             if rnd.phase is RoundPhase.DECRYPTING:
                 self._ask_decryptors(rt, rnd, now)
                 return
+            if rnd.phase is RoundPhase.AUDITING:
+                if self._advance_audit(rt, now):
+                    continue
+                return
             return
+
+    # -- range audits (fedcity.core.audit) ------------------------------------------------
+    def _advance_audit(self, rt: JobRuntime, now: float) -> bool:
+        """Close the open range audit once its deadline passed; True if the job moved on.
+
+        An audit every contributor answered closed when the last answer was stored.
+        """
+        driver = rt.driver
+        assert driver is not None
+        audit = driver.auditing
+        if audit is None:
+            return False
+        r = audit.task.round
+        opened = rt.audit_opened.setdefault(r, now)
+        if now - opened < self.config.audit_timeout:
+            return False
+        log.warning(
+            "job %s round %d: range-audit deadline passed; %s did not answer",
+            rt.id,
+            r,
+            ", ".join(audit.awaiting),
+        )
+        before = len(driver.exclusions)
+        # stored as the audited round's "close" (the schema's event types are fixed); replay
+        # tells it from the collection's close by the round's phase
+        self._apply(rt, "close", driver.close_audit, round_=r, payload=b"range audit closed")
+        self._after_audit(rt, driver, r, before)
+        return rt.running
+
+    def _after_audit(self, rt: JobRuntime, driver: JobDriver, r: int, before: int) -> None:
+        """Record an audit's outcome once it closed: exclusions leave the job, with reasons.
+
+        ``driver`` is the job's driver when the audit closed (a failed job no longer holds
+        it); ``before`` is how many exclusions it held before.
+        """
+        audit = driver.audits.get(r)
+        outcome = None if audit is None else audit.outcome
+        if outcome is None:
+            return
+        exclusions = driver.exclusions[before:]
+        self._audit(
+            "exclusion",
+            job=rt.id,
+            round=r,
+            body={
+                "excluded": {e.agency: e.how for e in exclusions},
+                "silent": [] if outcome is None else list(outcome.silent),
+                "failure": "" if outcome is None else (outcome.failure or "")[:_MAX_REASON],
+            },
+        )
+        for e in exclusions:
+            log.warning("job %s: %s", rt.id, e.reason)
+            if not rt.running:
+                rt.left.setdefault(e.agency, e.reason)
+                continue
+            assert rt.driver is not None
+            self._apply(
+                rt,
+                "drop",
+                partial(rt.driver.drop, e.agency),
+                agency=e.agency,
+                round_=r,
+                payload=e.reason.encode(),
+            )
+        # the re-aggregated round is decrypted afresh: ask decryptors again
+        rt.asked.pop(r, None)
+        rt.decrypt_handed.pop(r, None)
 
     def _advance_quietly(self, rt: JobRuntime) -> None:
         """:meth:`_advance` after an input was stored; a failure is left to the next tick."""
