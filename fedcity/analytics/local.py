@@ -13,10 +13,10 @@ aggregates in place, so no row ever enters Python.
 
 Exactness: every quantity is an exact non-negative integer (row counts, fixed-point sums offset
 by the clip's lower bound, sums of squares, bin counts), split into base-``2^b`` limbs; ``b``
-is chosen by the coordinator (see :mod:`fedcity.analytics.query`). Without differential
-privacy the vector is packed at its integers' own width
-(:class:`~fedcity.learn.precision.ExactIntegers`, task parameters ``value_bits`` and
-``unit_bits``); under differential privacy ``b`` comes from :func:`limb_bits_for`.
+is chosen by the coordinator (see :mod:`fedcity.analytics.query`; under differential privacy
+by :func:`limb_bits_for`). The vector is packed at its integers' own width
+(:class:`~fedcity.learn.precision.ExactIntegers`, task parameters ``value_bits``,
+``unit_bits`` and, for noised entries, ``value_offset``).
 """
 
 from __future__ import annotations
@@ -190,17 +190,20 @@ def _limb_bits(params: Mapping[str, Any]) -> int:
 def _exact(params: Mapping[str, Any], values: Any) -> npt.NDArray[np.float64]:
     """The step's integers as the coordinator asked them packed.
 
-    With ``value_bits`` and ``unit_bits`` in the task (every round without differential
-    privacy): the floats of :class:`~fedcity.learn.precision.ExactIntegers`, which the
-    packing quantizes back to exactly these integers at their own width. Without: the
-    integers as floats.
+    With ``value_bits`` and ``unit_bits`` in the task: the floats of
+    :class:`~fedcity.learn.precision.ExactIntegers`, which the packing quantizes back to
+    exactly these integers (plus ``value_offset``, which makes noised entries non-negative)
+    at their own width. Without: the integers as floats.
     """
     if "unit_bits" not in params and "value_bits" not in params:
         return np.asarray(values, dtype=np.float64)
     bits, unit = params.get("value_bits", 0), params.get("unit_bits", -1)
+    offset = params.get("value_offset", 0)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise QueryError(f"value_offset must be a non-negative integer, got {offset!r}")
     try:
         codec = ExactIntegers(bits, unit)
-        return codec.encode(np.asarray(values, dtype=np.float64))
+        return codec.encode(np.asarray(values, dtype=np.float64) + float(offset))
     except ValueError as exc:
         raise QueryError(f"exact packing (value_bits={bits!r}, unit_bits={unit!r}): {exc}") from exc
 
@@ -688,7 +691,7 @@ def cells_step(params: Mapping[str, Any], table: Any) -> npt.NDArray[np.float64]
             blocks.extend(block_of(q) for q in quantities)
         out.append(agg.out_of_domain)
         blocks.append("n")
-        return np.asarray(_noised(params, out, blocks, tab.agency), dtype=np.float64)
+        return _exact(params, _noised(params, out, blocks, tab.agency))
     for cell in cells:
         vals = agg.values.get(cell, zero)
         for q, v in zip(quantities, vals, strict=True):

@@ -19,12 +19,13 @@ round; ``w = b``, the limb size, in the cells round; in a quantile round the bit
 largest row count among its cells, whose bin counts cannot exceed it, when one limb per bin
 suffices). The limb size ``b`` in [24, 40] is chosen after the presence round: the one that packs
 the cells round into the fewest bits (``b + ceil(log2 s) <= 53`` keeps every released sum exact
-in float64). The released sums decode exactly, and the limbs recombine exactly in Python
-integers. Under differential privacy the noised entries keep the former float layout (clip
-``2^b``, 52-bit precision, ``b`` from :func:`~fedcity.analytics.local.limb_bits_for`), whose
-rounding error stays below 1/4. Means, variances (``ddof=1``, as pandas), standard deviations
-and ratios are computed from these exact integers with rational arithmetic and rounded once to
-float.
+in float64). Under differential privacy there is no presence round: ``b`` comes from
+:func:`~fedcity.analytics.local.limb_bits_for` for :data:`MAX_AGENCIES`, the noised entries in
+``±(2^b - 1)`` travel shifted by ``2^b - 1`` (``w = b + 1``, task parameter ``value_offset``),
+and the headroom is sized for :data:`MAX_AGENCIES`. The released sums decode exactly, and the
+limbs recombine exactly in Python integers. Means, variances (``ddof=1``, as pandas),
+standard deviations and ratios are computed from these exact integers with rational arithmetic
+and rounded once to float.
 """
 
 from __future__ import annotations
@@ -373,19 +374,13 @@ class QueryAlgorithm(Algorithm):
         params = {"table": self.spec.table, "spec": self.params_spec, **extra}
         if kind != "query.presence" or self.plan_ is not None:
             params["limb_bits"] = self.limb_bits_
+        width = value_bits if value_bits is not None else self.limb_bits_
         if self.plan_ is not None:
             params["dp"] = self.plan_.task_params()
-            return TaskRequest(
-                kind,
-                params,
-                length,
-                clip=float(2**self.limb_bits_),
-                precision_bits=52,
-                integer_valued=True,
-                label=label,
-            )
-        # exact integers at their own width (module notes, "Packing")
-        width = value_bits if value_bits is not None else self.limb_bits_
+            # noised entries lie in ±(2^b - 1): shifted by 2^b - 1 they are b + 1 bits wide
+            params["value_offset"] = (1 << self.limb_bits_) - 1
+            width = self.limb_bits_ + 1
+        # exact integers at their own width (module notes, "Exactness and packing")
         codec = ExactIntegers.for_summands(width, self._max_summands)
         params["value_bits"] = codec.bits
         params["unit_bits"] = codec.unit_bits
@@ -482,7 +477,9 @@ class QueryAlgorithm(Algorithm):
                 ints = codec.decode(released, n)
             except ValueError as exc:
                 raise JobFailed(f"{request.kind}: {exc}") from exc
-            bits = codec.bits
+            offset = int(request.params.get("value_offset", 0))
+            ints = [v - n * offset for v in ints]
+            bits = int(request.params.get("limb_bits", codec.bits))
         else:
             ints = [int(v) for v in np.rint(released)]
             bits = int(request.params.get("limb_bits", 1))
