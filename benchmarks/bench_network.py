@@ -1329,6 +1329,14 @@ def report_secagg(
     def total(r: RoundCost) -> float:
         return r.up + r.down
 
+    def payload_up(m: str, p: int) -> float:
+        """Upload payloads the agents logged for the job's FedAvg rounds (a check of ↑)."""
+        cs = costs[m, p]
+        if m not in ("threshold", "keyholder") or not cs:
+            return 0.0
+        n = sum(len(c.rounds) for c in cs) * AGENCIES
+        return sum(r["bytes"] for c in cs for r in c.log) / n
+
     out = [
         "Wall time per FedAvg round, median (minimum) over "
         f"{args.reps} × {args.rounds} rounds, and ratio of medians to SecAgg+:\n"
@@ -1413,9 +1421,23 @@ def report_secagg(
                     fmt_b(med(m, p, lambda r: r.down)),
                     fmt_b(med(m, p, total)),
                     ratio2(med(m, p, total), sa),
+                    fmt_b(payload_up(m, p)),
                 ]
             )
-    out.append(markdown(["parameters", "mode", "↑ up", "↓ down", "total", "÷ SecAgg+"], rows))
+    out.append(
+        markdown(
+            [
+                "parameters",
+                "mode",
+                "↑ up",
+                "↓ down",
+                "total",
+                "÷ SecAgg+",
+                "fedcity ↑ payloads (task logs: uploads + decryptions), per agency per round",
+            ],
+            rows,
+        )
+    )
 
     checks: list[tuple[str, float, float]] = []
     small, large = min(sizes), max(sizes)
