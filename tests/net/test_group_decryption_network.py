@@ -140,3 +140,70 @@ def test_restart_mid_decryption_recovers_the_parts_from_the_stored_partials(
     assert again.part_for(AGENCIES[1]) == plan[AGENCIES[1]]  # found from its digest
     drive(agents, lambda: job_state(second.port, job_id) == fpb.JOB_STATE_SUCCEEDED)
     PART_LOG.clear()
+
+
+def test_real_agent_daemons_decrypt_their_parts_over_tls(tmp_path):
+    """Four agent daemons, t = 2: two groups of two, each decrypting half the ciphertexts."""
+    import sqlite3
+
+    from daemons import agency_toml, running_agents, tls_coordinator, wait_connected, wait_until
+
+    from fedcity.analytics.spec import QuerySpec
+    from fedcity.net.ceremony import deal_federation, load_federation, read_token
+    from fedcity.net.client import Client
+
+    names = ["g1", "g2", "g3", "g4"]
+    levels = [f"w{i:02d}" for i in range(40)]  # 40 cells: several ciphertexts at 512 bits
+    spec = QuerySpec.from_dict(
+        {
+            "table": "requests",
+            "group_by": ["ward"],
+            "columns": {"ward": {"levels": levels}},
+            "aggregate": [{"name": "n", "func": "count"}],
+        }
+    )
+    files = deal_federation(tmp_path, names, 2, key_bits=512)
+    server = tls_coordinator(tmp_path, files)
+    configs = []
+    for i, agency in enumerate(names):
+        folder = files.shares[agency].parent
+        rows = "\n".join(levels[(i + j) % 40] for j in range(800))
+        (folder / "requests.csv").write_text("ward\n" + rows + "\n")
+        body = '[tables.requests]\npath = "requests.csv"\ncolumns = { ward = "category" }\n'
+        configs.append(agency_toml(folder, agency, server.port, body))
+    client = Client(
+        f"127.0.0.1:{server.port}",
+        read_token(files.scientist_tokens["analyst"]),
+        ca_file=files.ca_cert,
+    )
+    try:
+        with running_agents(configs):
+            wait_connected(client, len(names))
+            job = client.submit_query(spec)
+            wait_until(lambda: client.status(job).state != "running", "the query", 60)
+            assert client.status(job).state == "succeeded", client.status(job).failure
+            counts = client.query_result(job).frame["n"].tolist()
+    finally:
+        client.close()
+        server.stop(grace=1.0)
+    assert counts == [80] * 40  # 4 agencies × 800 rows spread evenly over 40 wards
+    pk = load_federation(files.public).threshold_key
+    with sqlite3.connect(tmp_path / "coordinator.sqlite") as db:
+        rows = db.execute(
+            "SELECT type, agency, round, payload FROM events WHERE job_id = ? AND type IN "
+            "('close', 'partial')",
+            (job,),
+        ).fetchall()
+    partials = [(a, r, p) for t, a, r, p in rows if t == "partial"]
+    split = [
+        (a, r, len(serde.partial_decryption_from_bytes(p, pk.public_key).partials))
+        for a, r, p in partials
+    ]
+    by_round: dict[int, list[tuple[str, int]]] = {}
+    for a, r, n in split:
+        by_round.setdefault(r, []).append((a, n))
+    assert any(len(v) == 4 for v in by_round.values())  # a split round: both groups of two
+    for v in by_round.values():
+        if len(v) == 4:
+            sizes = sorted(n for _, n in v)
+            assert sizes[0] == sizes[1] and sizes[2] == sizes[3] and sizes[0] + sizes[2] >= 2
