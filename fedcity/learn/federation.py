@@ -296,6 +296,13 @@ class LocalFederation:
         )
         for name in state.dropped:
             driver.drop(name)
+        try:
+            return self._drive(driver, state, progress)
+        finally:  # openings are kept only while their job runs
+            for node in self.agencies.values():
+                node.openings.forget(job_id)
+
+    def _drive(self, driver: JobDriver, state: _JobState, progress: Any) -> list[RoundRecord]:
         seen = 0
         task = driver.start()
         while task is not None:

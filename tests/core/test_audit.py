@@ -94,6 +94,7 @@ def test_local_federation_excludes_the_culprit_and_trains_on_the_honest(
     assert how in exclusion.reason
     assert exclusion.reason.startswith("agency-1 was excluded from round 0: its contribution")
     assert "agency-1" in state.dropped
+    assert all(node.openings.rounds(state.job_id) == [] for node in fed.agencies.values())
     assert all("agency-1" not in r.contributors for r in state.history)
     honest = [d for d in three_datasets if d.agency != "agency-1"]
     alone = _fit(LocalFederation(honest, threshold=2, key_bits=512))

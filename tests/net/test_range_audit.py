@@ -8,6 +8,7 @@ code makes an agent malicious.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -23,6 +24,7 @@ from fedcity.crypto import EncryptedVector, serde
 from fedcity.crypto.signing import SigningKey
 from fedcity.net.ceremony import deal_federation, read_token
 from fedcity.net.client import Client
+from fedcity.net.coordinator.runtime import JobRuntime, build, record_json, replay
 
 AGENCIES = ["r1", "r2", "r3"]
 
@@ -81,7 +83,7 @@ def _run(federation: dict[str, Any], culprit: str, cls: type[AgencyNode], **subm
     with running_agents(federation["configs"]) as agents:
         wait_until(lambda: all(a.registrations for a in agents), "agents registered")
         for a in agents:
-            if a.config.agency == culprit:
+            if a.config.agency in culprit.split(","):
                 a.node.__class__ = cls  # test-only: this daemon now overflows one slot
         job = client.submit("logistic_regression", {"C": 1.0, "max_iter": 4}, "visits", **submit)
         events = list(client.watch(job, timeout=120))
@@ -105,10 +107,9 @@ def _excluded(federation: dict[str, Any], culprit: str, cls: type[AgencyNode], w
     assert status.departures == {culprit: reason}  # job status
     assert any(reason in line for line in client.logs(job))  # job logs
     result = client.result(job)
-    assert result["history"] and all(
-        culprit not in r["contributors"] for r in result["history"]
-    )
+    assert result["history"] and all(culprit not in r["contributors"] for r in result["history"])
     assert all(len(r["contributors"]) == 2 for r in result["history"])
+    _replays_to_the_same_outcome(federation, job, culprit)
     # the model is the one the two honest agencies train alone
     honest = [a for a in AGENCIES if a != culprit]
     with running_agents(federation["configs"]) as agents:
@@ -120,6 +121,26 @@ def _excluded(federation: dict[str, Any], culprit: str, cls: type[AgencyNode], w
     assert client.result(alone)["model"] == result["model"]
 
 
+def _replays_to_the_same_outcome(federation: dict[str, Any], job: str, culprit: str) -> None:
+    """The stored events (answers stored as the audited round's partials, the deadline as its
+    close, the exclusion as a drop) rebuild the same exclusions and rounds after a restart."""
+    core = federation["server"].coordinator
+    done = core._recent[job]
+    fresh = JobRuntime(job, done.spec, "running", done.created)
+    build(fresh, core.federation, core.scheme, audit_seconds=core.config.audit_timeout)
+    with pytest.raises(ValueError, match="finished, yet it is stored as running"):
+        replay(fresh, core.store.events(job), 0.0)
+    driver = fresh.driver
+    assert driver is not None
+    assert [e.agency for e in driver.exclusions] == [culprit]
+
+    def untimed(records: list[str]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in records]
+
+    assert untimed([record_json(r) for r in driver.records]) == untimed(done.records)
+    assert fresh.left == done.left
+
+
 def test_a_failing_range_proof_names_and_excludes_the_culprit(federation):
     _excluded(federation, "r2", LyingOverflow, "range proof failed")
 
@@ -128,3 +149,11 @@ def test_a_silent_culprit_is_excluded_by_elimination(federation):
     _excluded(
         federation, "r3", SilentOverflow, "did not prove its range; every other contributor did"
     )
+
+
+def test_two_silent_culprits_fail_the_job_naming_both(federation):
+    _, events = _run(federation, "r1,r3", SilentOverflow)
+    final = events[-1]
+    assert final.state == "failed", final
+    assert "r1, r3 did not answer the range audit within 2 s" in final.failure
+    assert final.departures == {}  # nobody can be singled out: nobody is excluded

@@ -107,7 +107,7 @@ class ScientistCalls(CoordinatorState):
             job_id = uuid.uuid4().hex[:12]
             rt = JobRuntime(job_id, spec, "running", time.time())
             try:
-                build(rt, self.federation, self.scheme)
+                build(rt, self.federation, self.scheme, audit_seconds=self.config.audit_timeout)
             except JobFailed as exc:
                 raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
             except ValueError as exc:
