@@ -112,8 +112,10 @@ from fedcity.learn.evaluation import model_predictor
 from fedcity.learn.jobs import _Job
 from fedcity.learn.precision import (
     MAX_PRECISION_BITS,
+    MAX_UNIT_BITS,
     MIN_PRECISION_BITS,
     SECAGG_PLUS_ACCURACY,
+    ExactIntegers,
     check_accuracy,
     precision_for,
 )
@@ -150,7 +152,7 @@ _MAX_PARAMETERS = 5_000_000
 _MAX_LOCAL_EPOCHS = 10_000
 _SGD_PROX_CHUNK = 32
 _LOSS_CAP = 1e6
-_COUNT_CLIP = float(2**40)
+_COUNT_SUMMANDS = (1 << MAX_UNIT_BITS) - 1  # agencies a label count is packed for
 
 
 # --------------------------------------------------------------------------------------------
@@ -672,7 +674,19 @@ def _label_counts(params: Mapping[str, Any], data: AgencyDataset) -> FloatArray:
     y = data.y()
     integral = (y == np.rint(y)) & (y >= 0) & (y < k)
     counts = np.bincount(y[integral].astype(np.int64), minlength=k).astype(np.float64)
-    return np.append(counts, float((~integral).sum()))
+    out = np.append(counts, float((~integral).sum()))
+    if "unit_bits" not in params:
+        return out
+    # exact integers at the width of the job's row count (fedcity.learn.precision)
+    codec = ExactIntegers(
+        _int_param(params, "value_bits", 1, 48), _int_param(params, "unit_bits", 0, MAX_UNIT_BITS)
+    )
+    if out.max() > (1 << codec.bits) - 1:
+        raise ValueError(
+            f"{int(out.max())} rows of one label exceed the {codec.bits}-bit count the "
+            "coordinator asked for (the rows changed since the statistics round?)"
+        )
+    return codec.encode(out)
 
 
 def _expected_shapes(
@@ -957,13 +971,19 @@ class FederatedAveraging(Algorithm):
     def next_request(self) -> TaskRequest | None:
         """A label count first if needed, then ``rounds`` local-training rounds."""
         if self._count_labels and self.classes_ is None:
+            # counts of rows, at most the released row count: exact at that width
+            width = max(1, int(self.pre.n_samples).bit_length())
+            codec = ExactIntegers.for_summands(width, _COUNT_SUMMANDS)
             return TaskRequest(
                 "fedavg.label_counts",
-                {"max_classes": MAX_LABEL_CLASSES},
+                {
+                    "max_classes": MAX_LABEL_CLASSES,
+                    "value_bits": codec.bits,
+                    "unit_bits": codec.unit_bits,
+                },
                 MAX_LABEL_CLASSES + 1,
-                clip=_COUNT_CLIP,
-                precision_bits=52,
-                integer_valued=True,
+                clip=codec.clip,
+                precision_bits=codec.precision_bits,
                 label="FedAvg: label counts",
             )
         if self.rounds_done_ >= self.rounds:
@@ -994,7 +1014,8 @@ class FederatedAveraging(Algorithm):
     def update(self, request: TaskRequest, released: FloatArray, record: RoundRecord) -> None:
         """Learn the classes, or average the contributors' models."""
         if request.kind == "fedavg.label_counts":
-            counts = np.rint(released).astype(np.int64)
+            codec = ExactIntegers(request.params["value_bits"], request.params["unit_bits"])
+            counts = np.asarray(codec.decode(released, len(record.contributors)), dtype=np.int64)
             if counts[-1] > 0:
                 raise ValueError(
                     f"{counts[-1]} label(s) are not integers in [0, {MAX_LABEL_CLASSES}); "

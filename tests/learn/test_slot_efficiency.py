@@ -95,12 +95,15 @@ def test_evaluation_rounds_fill_their_ciphertexts(glm_run, key):
 
 def test_fedavg_rounds_fill_their_ciphertexts_at_the_policys_precision(agencies, key):
     with LocalFederation(agencies, threshold=3, key=key) as fed:
-        job = FedAvgJob(MLPClassifier(hidden_layer_sizes=(196,)), rounds=1, classes=[0, 1])
+        job = FedAvgJob(MLPClassifier(hidden_layer_sizes=(196,)), rounds=1)  # counts labels
         result = job.fit(fed)
         rounds = list(fed.jobs[result.job_id_].rounds)
     algorithm = job.algorithm_
     assert algorithm is not None
-    seen = _check(rounds, algorithm, key[0].public_key, ["fedavg.local"])
+    seen = _check(rounds, algorithm, key[0].public_key, ["fedavg.label_counts", "fedavg.local"])
+    # label counts: exact integers at the row count's width (2,000 rows: 11 bits, widened to
+    # 14 so that the overflow indicator stays readable for up to 8,191 agencies), not 52 bits
+    assert seen["fedavg.label_counts"][0].width == 14
     local = seen["fedavg.local"][0]
     assert local.values == 9_997 + 3 + 1 and local.summands == 10
     # the declared precision is the policy's (26 bits at clip 64), not a fixed 40
