@@ -284,13 +284,21 @@ class AggregationRound:
         return len(self._verified) >= self.scheme.threshold
 
     # -- decryption groups -------------------------------------------------------------------
-    def plan_decryption(self, holders: Sequence[str]) -> dict[str, DecryptionPart]:
+    def plan_decryption(
+        self, holders: Sequence[str], *, spares: int = 0
+    ) -> dict[str, DecryptionPart]:
         """Split the aggregate among disjoint groups of ``t`` of ``holders`` (in order).
 
-        With ``ℓ = len(holders) ≥ 2t``, ``⌊ℓ/t⌋`` parts (at most one per ciphertext), the
-        first ``t`` holders decrypt part 0, the next ``t`` part 1, and so on; the rest are
-        spares for :meth:`reassign`. Otherwise one part (the whole aggregate), given to the
-        first ``t`` holders. Returns agency → its part.
+        With ``g = ⌊(ℓ - spares)/t⌋ ≥ 2`` (``ℓ = len(holders)``), ``g`` parts (at most one
+        per ciphertext): the first ``t`` holders decrypt part 0, the next ``t`` part 1, and
+        so on; the rest (at least ``spares``) replace decryptors that fail
+        (:meth:`reassign`). Otherwise one part (the whole aggregate), given to the first
+        ``t`` holders. Returns agency → its part.
+
+        Each holder decrypts one part per round, so a split round completes while failed
+        decryptors can be replaced by holders not asked yet: it tolerates ``ℓ - g·t``
+        failures, where decrypting the whole aggregate by any ``t`` tolerates ``ℓ - t``.
+        ``spares`` trades per-agency work for that tolerance.
 
         Raises
         ------
@@ -309,7 +317,9 @@ class AggregationRound:
             if strangers:
                 raise ProtocolError(f"{strangers} hold no key share of this round")
         t = self.scheme.threshold
-        groups = len(names) // t if len(names) >= 2 * t else 1
+        if isinstance(spares, bool) or not isinstance(spares, int) or spares < 0:
+            raise ValueError(f"spares must be a non-negative integer, got {spares!r}")
+        groups = max(1, (len(names) - spares) // t)
         k = len(self.aggregate.ciphertexts)
         self.parts = [DecryptionPart(i, a, b) for i, (a, b) in enumerate(split_parts(k, groups))]
         for p in self.parts:

@@ -300,3 +300,32 @@ def test_without_optimistic_mode_an_unproven_partial_is_refused(key_2of5):
     payload = nodes["agency-0"].decrypt_share(task, agg, summands_min=3)
     with pytest.raises(RejectedContribution, match="carries no proof"):
         strict.open_partial(payload, rnd.aggregate)
+
+
+def test_spares_are_kept_out_of_the_groups(key_2of5):
+    _, _, _, rnd, _, _, _ = _world(key_2of5, optimistic=False)
+    with pytest.raises(ValueError, match="spares"):
+        rnd.plan_decryption(list(NAMES), spares=-1)
+    plan = rnd.plan_decryption(list(NAMES), spares=2)  # ⌊(5-2)/2⌋ = 1: decrypted whole
+    assert len(rnd.parts) == 1 and sorted(plan) == list(NAMES[:2])
+
+
+def test_a_restarted_round_recovers_the_plan_from_stored_partials(key_2of5):
+    """Replay (``verify=False``) of partials of parts, without the plan: found by digest."""
+    scheme, nodes, task, rnd, agg, payloads, expected = _world(key_2of5, optimistic=False)
+    rnd.plan_decryption(list(NAMES))
+    stored = {a: _decrypt(nodes, task, rnd, agg, a) for a in rnd.part_of}
+    again = AggregationRound(
+        task,
+        scheme,
+        participants=list(NAMES),
+        min_contributors=3,
+        share_index_of=dict(rnd.share_index_of),
+    )
+    for n in NAMES:
+        again.submit(n, payloads[n])
+    again.close()
+    for a, payload in stored.items():
+        again.submit_partial(a, payload, verify=False)
+    assert again.parts == rnd.parts and again.part_of == rnd.part_of
+    np.testing.assert_allclose(again.release(), expected, atol=_tol(task))

@@ -1,8 +1,10 @@
 """Decryption groups over the network: each share holder decrypts only its part.
 
-With a 1-of-3 key, three share holders form ``⌊3/1⌋ = 3`` disjoint groups; the coordinator
-hands each its part (``Assignment.part_start/part_stop``), checks the partial against that
-part, and combines the parts. The model equals the in-process federation's.
+With a 1-of-3 key, three share holders form ``⌊(3-1)/1⌋ = 2`` disjoint groups and one holder
+stays in reserve; the coordinator hands each decryptor its part
+(``Assignment.part_start/part_stop``), checks the partial against that part, moves a silent
+decryptor's part to the reserve, and combines the parts. The model equals the in-process
+federation's.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ def key():
 
 class PartAgent(Agent):
     """The in-test agent, decrypting the part it is assigned (as the agent daemon does)."""
+
+    silent_decrypt = False
+
+    def step(self, wait_ms: int = 0) -> int | None:
+        if not self.silent_decrypt:
+            return super().step(wait_ms)
+        a = self.fetch(wait_ms)
+        if a is None or a.action == fpb.ACTION_PARTIAL_DECRYPT:
+            return None  # takes the assignment, never answers
+        kind, payload = self.compute(a)
+        assert self.upload(a.job_id, a.round, kind, payload).stored
+        return int(a.action)
 
     def compute(self, a: fpb.Assignment) -> tuple[int, bytes]:
         if a.action != fpb.ACTION_PARTIAL_DECRYPT:
@@ -90,11 +104,11 @@ def test_each_holder_decrypts_only_its_part_and_the_model_is_unchanged(files, ke
     for r in rounds:
         entries = sorted((e for e in log if e[0] == r), key=lambda e: e[2])
         k = entries[0][4]
-        if k < 3:  # fewer ciphertexts than groups: min(3, k) parts (1: the whole, unsplit)
-            assert len(entries) == k
+        if k < 2:  # one ciphertext: decrypted whole, by one holder
+            assert len(entries) == 1
             continue
         split += 1
-        assert sorted(e[1] for e in entries) == list(AGENCIES)  # three disjoint groups
+        assert sorted(e[1] for e in entries) == list(AGENCIES[:2])  # 2 groups, 1 in reserve
         covered = [j for e in entries for j in range(e[2], e[3])]
         assert covered == list(range(k))  # every ciphertext decrypted exactly once
         assert all(e[5] == e[3] - e[2] < k for e in entries)  # each sent its part only
@@ -126,7 +140,7 @@ def test_restart_mid_decryption_recovers_the_parts_from_the_stored_partials(
     PART_LOG.clear()
     drive(agents, decrypting)
     rnd = runtime(first, job_id).driver.round
-    assert len(rnd.parts) == 3
+    assert len(rnd.parts) == 2
     plan = {a: rnd.part_for(a) for a in AGENCIES}
     assert agents[1].step() == fpb.ACTION_PARTIAL_DECRYPT
     first.stop(grace=0)
@@ -142,8 +156,40 @@ def test_restart_mid_decryption_recovers_the_parts_from_the_stored_partials(
     PART_LOG.clear()
 
 
+def test_a_silent_decryptors_part_moves_to_the_reserve(files, key, data, servers):
+    """Deadlines on an injected clock: after ``decrypt_timeout`` the part is reassigned."""
+    from fedcity.net.coordinator import ManualClock
+
+    _, _, tables = data
+    with LocalFederation(tables, threshold=1, key=key) as fed:
+        local = LogisticRegressionJob(C=0.5).fit(fed)
+    clock = ManualClock()
+    server = start(files, clock=clock, decrypt_timeout=1.0, liveness_timeout=1e6)
+    servers.append(server)
+    agents = [PartAgent(n, t, key) for n, t in zip(AGENCIES, tables, strict=True)]
+    for a in agents:
+        a.connect(server.port).register()
+    agents[0].silent_decrypt = True
+    job_id = submit(server.port).job_id
+    PART_LOG.clear()
+    done = lambda: runtime(server, job_id).state != "running"  # noqa: E731
+    drive(agents, done, server=server, clock=clock)
+    assert job_state(server.port, job_id) == fpb.JOB_STATE_SUCCEEDED
+    result = scientist(server.port).GetResult(
+        fpb.JobRef(job_id=job_id), metadata=auth("analyst"), timeout=10
+    )
+    assert betas(result.result_json) == pytest.approx(local.model_params_["beta"], abs=1e-8)
+    log = list(PART_LOG)
+    PART_LOG.clear()
+    assert {e[1] for e in log} == {AGENCIES[1], AGENCIES[2]}  # the reserve took the part
+    for r in {e[0] for e in log if e[4] >= 2}:  # split rounds: both parts, by the two others
+        entries = sorted((e for e in log if e[0] == r), key=lambda e: e[2])
+        assert [j for e in entries for j in range(e[2], e[3])] == list(range(entries[0][4]))
+        assert sorted(e[1] for e in entries) == [AGENCIES[1], AGENCIES[2]]
+
+
 def test_real_agent_daemons_decrypt_their_parts_over_tls(tmp_path):
-    """Four agent daemons, t = 2: two groups of two, each decrypting half the ciphertexts."""
+    """Four agent daemons, t = 1: three groups of one and one in reserve."""
     import sqlite3
 
     from daemons import agency_toml, running_agents, tls_coordinator, wait_connected, wait_until
@@ -162,7 +208,7 @@ def test_real_agent_daemons_decrypt_their_parts_over_tls(tmp_path):
             "aggregate": [{"name": "n", "func": "count"}],
         }
     )
-    files = deal_federation(tmp_path, names, 2, key_bits=512)
+    files = deal_federation(tmp_path, names, 1, key_bits=512)
     server = tls_coordinator(tmp_path, files)
     configs = []
     for i, agency in enumerate(names):
@@ -202,8 +248,8 @@ def test_real_agent_daemons_decrypt_their_parts_over_tls(tmp_path):
     by_round: dict[int, list[tuple[str, int]]] = {}
     for a, r, n in split:
         by_round.setdefault(r, []).append((a, n))
-    assert any(len(v) == 4 for v in by_round.values())  # a split round: both groups of two
+    assert any(len(v) == 3 for v in by_round.values())  # a split round: three groups of one
     for v in by_round.values():
-        if len(v) == 4:
-            sizes = sorted(n for _, n in v)
-            assert sizes[0] == sizes[1] and sizes[2] == sizes[3] and sizes[0] + sizes[2] >= 2
+        assert len(v) in (1, 3)
+        sizes = [n for _, n in v]
+        assert max(sizes) - min(sizes) <= 1  # near-equal parts (or the whole, unsplit)

@@ -58,6 +58,9 @@ __all__ = ["STORAGE_ERRORS", "CoordinatorState"]
 
 log = logging.getLogger("fedcity.net.coordinator")
 
+_SPARE_DECRYPTORS = 1
+"""Share holders kept out of the decryption groups to replace a failing decryptor."""
+
 T = TypeVar("T")
 
 STORAGE_ERRORS = (sqlite3.Error, OSError, StoreError)
@@ -576,9 +579,10 @@ class CoordinatorState:
     def _split(self, rnd: AggregationRound, alive: list[str]) -> bool:
         """Whether ``rnd`` is decrypted by disjoint groups (planned now if possible).
 
-        A threshold round is split when, as decryption starts, at least ``2t`` share
-        holders are connected (:meth:`AggregationRound.plan_decryption`): each group of
-        ``t`` decrypts ``1/⌊ℓ/t⌋`` of the ciphertexts. With fewer, the round is decrypted
+        A threshold round is split when, as decryption starts, at least ``2t + 1`` share
+        holders are connected (:meth:`AggregationRound.plan_decryption`): ``g = ⌊(ℓ-1)/t⌋``
+        groups of ``t`` each decrypt ``1/g`` of the ciphertexts, and at least one holder
+        stays in reserve for a decryptor that fails. With fewer, the round is decrypted
         whole by any ``t`` of them, as before.
         """
         if len(rnd.parts) > 1:
@@ -589,10 +593,10 @@ class CoordinatorState:
             or rnd.parts
             or rnd.partials
             or t < 1
-            or len(alive) < 2 * t
+            or len(alive) < 2 * t + _SPARE_DECRYPTORS
         ):
             return False
-        rnd.plan_decryption(alive)
+        rnd.plan_decryption(alive, spares=_SPARE_DECRYPTORS)
         return len(rnd.parts) > 1
 
     def _ask_groups(
