@@ -10,7 +10,8 @@ signed contributions. Measured once each in this one process (``--repeats`` medi
   **verification**, and the **combination** of ``t`` partials (``raw_combine(check=True)``);
 - the decryptor's **product check** (its aggregate against the 10 contributions'
   ciphertexts) for the whole aggregate and for one part;
-- one **part** (``k/g`` ciphertexts, ``g = ⌊10/3⌋ = 3`` groups) partially decrypted and proven;
+- one **part** (``k/g`` ciphertexts, ``g = ⌊(10-1)/3⌋ = 3`` groups, one holder in reserve)
+  partially decrypted and proven;
 - one exponentiation by the share exponent (``|nm| + |2Δ|`` bits) vs one by an ``|nm|``-bit
   exponent: the most a shorter exponent could save (``Δ`` moved to the combiner).
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     scheme = PaillierScheme(tpk)
     aggregate = scheme.add(contributions)
     k = len(aggregate.ciphertexts)
-    groups = ell // t if ell >= 2 * t else 1
+    groups = max(1, (ell - 1) // t)  # as the coordinator plans: one holder in reserve
     start, stop = split_parts(k, groups)[0]
     part = vector_part(aggregate, start, stop)
     share = shares[0]
