@@ -42,6 +42,18 @@ class SilentOverflow(AgencyNode):
         return serde.encrypted_vector_to_bytes(EncryptedVector(pk, spec, len(q), 1, cts))
 
 
+class LateLyingOverflow(AgencyNode):
+    """Honest while a round fits one ciphertext; then overflows and answers a failing proof."""
+
+    def _seal(self, task: Task, v: npt.NDArray[np.float64], noise: Any) -> bytes:
+        if task.spec.n_ciphertexts(task.vector_length) < 2:
+            return super()._seal(task, v, noise)
+        return SilentOverflow._seal(self, task, v, noise)  # type: ignore[arg-type]
+
+    def answer_range_audit(self, *args: Any, **kwargs: Any) -> ra.RangeAnswer:
+        return LyingOverflow.answer_range_audit(self, *args, **kwargs)  # type: ignore[arg-type]
+
+
 class LyingOverflow(SilentOverflow):
     """Overflows the same way, then answers with a signed proof that does not verify."""
 
@@ -55,27 +67,33 @@ class LyingOverflow(SilentOverflow):
         return ra.RangeAnswer(self.name, i, digest, proof, signing_key.sign(st))
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    root = tmp_path_factory.mktemp("range-audit")
-    files = deal_federation(root, AGENCIES, 2, key_bits=512)
+def _serve(root: Any, agencies: list[str], threshold: int, **deal: Any) -> Any:
+    files = deal_federation(root, agencies, threshold, key_bits=512, **deal)
     rng = np.random.default_rng(29)
-    for agency in AGENCIES:
-        write_visits(files.shares[agency].parent / "visits.csv", rng, 60)
+    for agency in agencies:
+        write_visits(files.key_file(agency).parent / "visits.csv", rng, 60)
     server = tls_coordinator(root, files, audit_timeout=2.0)
     client = Client(
         f"127.0.0.1:{server.port}",
         read_token(files.scientist_tokens["analyst"]),
         ca_file=files.ca_cert,
     )
-    configs = [
-        agency_toml(files.shares[a].parent, a, server.port, VISITS, log=False) for a in AGENCIES
-    ]
+    configs = []
+    for a in agencies:  # key-holder mode: agencies other than the holder keep a public key
+        path = agency_toml(files.key_file(a).parent, a, server.port, VISITS, log=False)
+        text = path.read_text().replace('"share.json"', f'"{files.key_file(a).name}"')
+        path.write_text(text)
+        configs.append(path)
     try:
-        yield {"root": root, "files": files, "server": server, "client": client, "configs": configs}
+        yield {"server": server, "client": client, "configs": configs, "agencies": agencies}
     finally:
         client.close()
         server.stop(grace=1.0)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    yield from _serve(tmp_path_factory.mktemp("range-audit"), AGENCIES, 2)
 
 
 def _run(federation: dict[str, Any], culprit: str, cls: type[AgencyNode], **submit: Any) -> Any:
@@ -90,28 +108,36 @@ def _run(federation: dict[str, Any], culprit: str, cls: type[AgencyNode], **subm
     return job, events
 
 
-def _excluded(federation: dict[str, Any], culprit: str, cls: type[AgencyNode], why: str) -> None:
+def _excluded(
+    federation: dict[str, Any], culprit: str, cls: type[AgencyNode], why: str, late: bool = False
+) -> Any:
     client: Client = federation["client"]
     job, events = _run(federation, culprit, cls)
     final = events[-1]
     assert final.state == "succeeded", final
     assert set(final.departures) == {culprit}
     reason = final.departures[culprit]
-    assert re.fullmatch(
-        rf"{culprit} was excluded from round 0: its contribution to ciphertext \d+ is out of "
-        rf"range \({re.escape(why)}\)",
+    match = re.fullmatch(
+        rf"{culprit} was excluded from round (\d+): its contribution to ciphertext \d+ is out "
+        rf"of range \({re.escape(why)}\)",
         reason,
-    ), reason
+    )
+    assert match is not None, reason
+    first = int(match.group(1))
+    assert (first > 0) == late
     assert any(e.notice == f"{culprit} left the job: {reason}" for e in events)  # job watch
     status = client.status(job)
     assert status.departures == {culprit: reason}  # job status
     assert any(reason in line for line in client.logs(job))  # job logs
     result = client.result(job)
-    assert result["history"] and all(culprit not in r["contributors"] for r in result["history"])
-    assert all(len(r["contributors"]) == 2 for r in result["history"])
-    _replays_to_the_same_outcome(federation, job, culprit)
+    history = result["history"][first:]
+    assert history and all(culprit not in r["contributors"] for r in history)
+    assert all(len(r["contributors"]) == len(federation["agencies"]) - 1 for r in history)
+    audit = _replays_to_the_same_outcome(federation, job, culprit)
+    if first:  # the culprit contributed honestly before: another model than the honest ones'
+        return audit
     # the model is the one the two honest agencies train alone
-    honest = [a for a in AGENCIES if a != culprit]
+    honest = [a for a in federation["agencies"] if a != culprit]
     with running_agents(federation["configs"]) as agents:
         wait_until(lambda: all(a.registrations for a in agents), "agents registered")
         alone = client.submit(
@@ -119,9 +145,10 @@ def _excluded(federation: dict[str, Any], culprit: str, cls: type[AgencyNode], w
         )
         assert list(client.watch(alone, timeout=120))[-1].state == "succeeded"
     assert client.result(alone)["model"] == result["model"]
+    return audit
 
 
-def _replays_to_the_same_outcome(federation: dict[str, Any], job: str, culprit: str) -> None:
+def _replays_to_the_same_outcome(federation: dict[str, Any], job: str, culprit: str) -> Any:
     """The stored events (answers stored as the audited round's partials, the deadline as its
     close, the exclusion as a drop) rebuild the same exclusions and rounds after a restart."""
     core = federation["server"].coordinator
@@ -133,6 +160,7 @@ def _replays_to_the_same_outcome(federation: dict[str, Any], job: str, culprit: 
     driver = fresh.driver
     assert driver is not None
     assert [e.agency for e in driver.exclusions] == [culprit]
+    return next(iter(driver.audits.values()))
 
     def untimed(records: list[str]) -> list[dict[str, Any]]:
         return [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in records]
@@ -157,3 +185,18 @@ def test_two_silent_culprits_fail_the_job_naming_both(federation):
     assert final.state == "failed", final
     assert "r1, r3 did not answer the range audit within 2 s" in final.failure
     assert final.departures == {}  # nobody can be singled out: nobody is excluded
+
+
+def test_key_holder_mode_excludes_an_agency_whose_proof_fails(tmp_path_factory):
+    """The key holder re-verifies the failing proof on the culprit's own contribution."""
+    root = tmp_path_factory.mktemp("range-audit-key-holder")
+    for fed in _serve(root, AGENCIES, 1, key_holder="r1"):
+        _excluded(fed, "r2", LyingOverflow, "range proof failed")
+
+
+def test_decryption_groups_audit_the_part_that_overflowed(tmp_path_factory):
+    """Five share holders, t = 2: a round is decrypted by two groups, each its own part."""
+    root = tmp_path_factory.mktemp("range-audit-groups")
+    for fed in _serve(root, ["g1", "g2", "g3", "g4", "g5"], 2):
+        audit = _excluded(fed, "g3", LateLyingOverflow, "range proof failed", late=True)
+        assert audit.evidence.part is not None  # only the overflowing part's partials shown
