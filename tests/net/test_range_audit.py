@@ -134,6 +134,12 @@ def _excluded(
     assert history and all(culprit not in r["contributors"] for r in history)
     assert all(len(r["contributors"]) == len(federation["agencies"]) - 1 for r in history)
     audit = _replays_to_the_same_outcome(federation, job, culprit)
+    log = federation["server"].coordinator.audit  # the coordinator's signed audit log
+    (record,) = [r for r in log.records() if r.type == "exclusion" and r.job == job]
+    assert record.body["excluded"] == {culprit: audit.outcome.excluded[0].how}
+    answers = [r for r in log.records() if r.type == "range-proof" and r.job == job]
+    valid = {r.body["agency"]: r.body["valid"] for r in answers}
+    assert valid.pop(culprit, False) is False and all(valid.values())  # silent: no record
     if first:  # the culprit contributed honestly before: another model than the honest ones'
         return audit
     # the model is the one the two honest agencies train alone

@@ -515,8 +515,8 @@ class CoordinatorState:
             round=r,
             body={
                 "excluded": {e.agency: e.how for e in exclusions},
-                "silent": [] if outcome is None else list(outcome.silent),
-                "failure": "" if outcome is None else (outcome.failure or "")[:_MAX_REASON],
+                "silent": list(outcome.silent),
+                "failure": (outcome.failure or "")[:_MAX_REASON],
             },
         )
         for e in exclusions:
