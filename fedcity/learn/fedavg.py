@@ -856,7 +856,7 @@ class FederatedAveraging(Algorithm):
         parameters ``(n_i/W)·θ_i``). The precision is the fewest bits that honour it at the
         round's clip (:func:`fedcity.learn.precision.precision_for`), recomputed when the
         clip widens. Default :data:`~fedcity.learn.precision.SECAGG_PLUS_ACCURACY`
-        (``2^-19``: the quantization step of Flower's SecAgg+, ``2·8/2^22``), which is 26
+        (``2^-19``: half the quantization step of Flower's SecAgg+, ``2·8/2^22``), which is 26
         bits at the default clip. Mutually exclusive with ``precision_bits``.
     precision_bits : int, optional
         A fixed precision in [8, 52] instead (40 was the default before the accuracy
@@ -1115,7 +1115,7 @@ class FedAvgJob(_Job):
         Initial packing bound of the weighted parameters (widened ×256 when an agency clips).
     accuracy : float, optional
         Largest rounding error per packed value; chooses the precision from the clip
-        (default: SecAgg+'s step, ``2^-19``; see :mod:`fedcity.learn.precision`).
+        (default ``2^-19``, half SecAgg+'s step; see :mod:`fedcity.learn.precision`).
     precision_bits : int, optional
         A fixed precision in [8, 52] instead of ``accuracy`` (e.g. 40, the former default).
 

@@ -16,10 +16,15 @@ SecAgg+ equivalence
     ``quantization_range=2**22``: every (weighted) parameter is clipped to ``[-8, 8]`` and
     stochastically rounded to an integer in ``[0, 2^22]``, a step of ``16 / 2^22 = 2^-18``
     (≈ 3.8e-6), with an unbiased error below one step. :data:`SECAGG_PLUS_ACCURACY` is half
-    that step, ``2^-19`` (≈ 1.9e-6): deterministic rounding to the same step. At Flower's clip
-    of 8 it gives 23 bits, exactly the width of SecAgg+'s integers (``2^22 + 1`` values); at
-    FedAvg's default clip of 64 it gives 26 bits, the same absolute step on a range eight
-    times wider.
+    that step, ``2^-19`` (≈ 1.9e-6): rounding to the nearest level never errs by more than
+    half of SecAgg+'s step. With ``2^b - 1`` levels this takes 23 bits at Flower's clip of 8,
+    the width of SecAgg+'s integers (``2^22 + 1`` values), and 26 bits at FedAvg's default
+    clip of 64 (a step of ``128 / (2^26 - 1)`` ≈ 1.9e-6).
+
+Exact integers
+    Counts and limbs of exact sums are packed at their own width by :class:`ExactIntegers`
+    (a unit quantization step), not as floats with the extra precision that rounding a sum
+    back to an integer would need.
 
 Slot efficiency
     A packing for ``K`` summands of values up to ``summand_max`` holds at most
@@ -55,7 +60,7 @@ SECAGG_PLUS_CLIP = 8.0
 SECAGG_PLUS_LEVELS = 2**22
 """``quantization_range`` default of Flower 1.41's ``SecAggPlusWorkflow``."""
 SECAGG_PLUS_ACCURACY = SECAGG_PLUS_CLIP / SECAGG_PLUS_LEVELS
-"""Half of SecAgg+'s default quantization step ``2·8/2^22``: ``2^-19`` ≈ 1.9e-6."""
+"""Default FedAvg accuracy: half of SecAgg+'s quantization step ``2·8/2^22``, ``2^-19``."""
 MIN_PRECISION_BITS = 8
 MAX_PRECISION_BITS = 52
 """Precision bounds of FedAvg packings (52: float64 decodes every level exactly)."""

@@ -1,7 +1,7 @@
 """FedAvg's precision policy: the fewest bits for the requested accuracy, and the same loss.
 
 The loss tests train the same FedAvg job twice with real threshold encryption (512-bit keys),
-once at the default accuracy (SecAgg+'s step) and once at the former fixed 40 bits, and
+once at the default accuracy (half SecAgg+'s step) and once at the former fixed 40 bits, and
 require the final loss to agree within ``LOSS_RTOL`` (relative): the two runs differ only by
 the rounding of the packed weighted parameters (at most ``2^-19`` per value and agency at the
 default). Measured relative differences of the pooled log loss after 3 rounds: 1.7e-5
