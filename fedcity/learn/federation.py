@@ -387,6 +387,10 @@ class LocalFederation:
             self._decrypt(driver, task, rnd.aggregate_bytes, state)
 
     def _decrypt(self, driver: JobDriver, task: Task, aggregate: bytes, state: _JobState) -> None:
+        rnd = driver.round
+        if rnd is not None and self._split(driver, rnd):
+            self._decrypt_parts(driver, task, aggregate, state, rnd)
+            return
         for name in driver.decryption_candidates():
             if driver.task is not task or driver.auditing is not None:
                 return  # released (and maybe the next round opened), or being audited
@@ -397,6 +401,50 @@ class LocalFederation:
                 partial = node.decrypt_share(task, aggregate, summands_min=self.min_agencies)
             except AgencyUnavailable:
                 driver.drop(name)
+                continue
+            driver.add_seconds("partial_decryption", node.timings.partial_decryption - before)
+            driver.submit_partial(name, partial)
+        if driver.task is task and driver.auditing is None:
+            driver.fail_decryption()
+
+    def _split(self, driver: JobDriver, rnd: AggregationRound) -> bool:
+        """Decryption groups, as the coordinator forms them (``2t + 1`` holders or more)."""
+        t = self.scheme.threshold
+        holders = driver.decryption_candidates()
+        fresh = not rnd.parts and not rnd.partials
+        if isinstance(self.scheme, PaillierScheme) and fresh and 1 <= t <= (len(holders) - 1) // 2:
+            rnd.plan_decryption(holders, spares=1)
+        return len(rnd.parts) > 1
+
+    def _decrypt_parts(
+        self,
+        driver: JobDriver,
+        task: Task,
+        aggregate: bytes,
+        state: _JobState,
+        rnd: AggregationRound,
+    ) -> None:
+        """Each assigned agency decrypts its part; a failing one's part moves to a spare."""
+        queue = sorted(a for a in rnd.part_of if a not in rnd.partials)
+        while queue:
+            name = queue.pop(0)
+            if driver.task is not task or driver.auditing is not None:
+                return  # released (and maybe the next round opened), or being audited
+            part = rnd.part_for(name)
+            if part is None:
+                continue
+            node = self.agencies[name]
+            before = node.timings.partial_decryption
+            try:
+                self._check_alive(name, state)
+                partial = node.decrypt_share(
+                    task, aggregate, summands_min=self.min_agencies, part=(part.start, part.stop)
+                )
+            except AgencyUnavailable:
+                driver.drop(name)
+                spare = rnd.reassign(name, driver.decryption_candidates())
+                if spare is not None:
+                    queue.append(spare)
                 continue
             driver.add_seconds("partial_decryption", node.timings.partial_decryption - before)
             driver.submit_partial(name, partial)
