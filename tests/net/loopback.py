@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 from fedcity.core.aggregation import PaillierScheme
+from fedcity.core.errors import RejectedContribution
 from fedcity.core.integrity import ContributionVerifier
 from fedcity.core.nodes import AgencyNode
 from fedcity.crypto.signing import SigningKey
 from fedcity.data.dataset import AgencyDataset
-from fedcity.net import messages
+from fedcity.net import messages, rangeaudit
 from fedcity.net.coordinator import (
     CoordinatorConfig,
     CoordinatorServer,
@@ -120,6 +121,12 @@ class Agent:
         )
         header, payload = messages.assemble(stream)
         assert header.kind == fpb.PAYLOAD_KIND_EVIDENCE
+        msg = fpb.ContributionEvidence.FromString(payload)
+        self.justification = None  # a re-aggregated round's range-audit justification
+        if msg.HasField("justification"):
+            self.justification = rangeaudit.justification_from_proto(
+                msg.justification, max_agencies=len(AGENCIES), max_proof=len(payload)
+            )
         return evidence_from_bytes(payload, max_contributions=len(AGENCIES))
 
     def connect(self, port: int) -> Agent:
@@ -152,23 +159,48 @@ class Agent:
         return resp.assignment if resp.HasField("assignment") else None
 
     def compute(self, a: fpb.Assignment) -> tuple[int, bytes]:
+        """The payload for an assignment (empty for a range audit it cannot answer)."""
         task = messages.assignment_to_task(a)
         if a.action == fpb.ACTION_CONTRIBUTE:
             self.node.datasets = {**self.tables, "train": self.tables[a.dataset]}
             return fpb.PAYLOAD_KIND_CONTRIBUTION, self.node.contribute(task)
+        if a.action == fpb.ACTION_RANGE_PROOF:
+            stream = self.stub.FetchAuditEvidence(
+                fpb.AggregateRef(job_id=a.job_id, round=a.round),
+                metadata=auth(self.name),
+                timeout=10,
+            )
+            _, data = messages.assemble(stream)
+            evidence = rangeaudit.out_of_range_from_bytes(data, max_agencies=len(AGENCIES))
+            try:
+                answer = self.node.answer_range_audit(
+                    task, evidence, signing_key=self.signing, key_id=self.key_id
+                )
+            except RejectedContribution:
+                return fpb.PAYLOAD_KIND_RANGE_PROOF, b""  # it cannot prove: it stays silent
+            return fpb.PAYLOAD_KIND_RANGE_PROOF, rangeaudit.answer_to_bytes(answer)
         stream = self.stub.FetchAggregate(
             fpb.AggregateRef(job_id=a.job_id, round=a.round), metadata=auth(self.name), timeout=10
         )
         _, aggregate = messages.assemble(stream)
+        evidence = self.evidence(a)
         return fpb.PAYLOAD_KIND_PARTIAL, self.node.decrypt_share(
-            task, aggregate, summands_min=a.summands_min, evidence=self.evidence(a)
+            task,
+            aggregate,
+            summands_min=a.summands_min,
+            evidence=evidence,
+            justification=self.justification,
         )
 
     def upload(
         self, job_id, round_, kind, payload, *, agency=None, chunk_bytes=None, signature=None
     ):
         """Upload ``payload``, signed by this agency for exactly these fields by default."""
-        if signature is None and kind in (fpb.PAYLOAD_KIND_CONTRIBUTION, fpb.PAYLOAD_KIND_PARTIAL):
+        if signature is None and kind in (
+            fpb.PAYLOAD_KIND_CONTRIBUTION,
+            fpb.PAYLOAD_KIND_PARTIAL,
+            fpb.PAYLOAD_KIND_RANGE_PROOF,
+        ):
             signature = self.sign(job_id, round_, kind, payload, agency=agency)
         stream = messages.chunks(
             payload,
@@ -189,6 +221,8 @@ class Agent:
         if a.action == fpb.ACTION_CONTRIBUTE and a.round in self.ignore_rounds:
             return None  # a slow agency: never answers this round
         kind, payload = self.compute(a)
+        if not payload:  # a range audit left unanswered
+            return int(a.action)
         resp = self.upload(a.job_id, a.round, kind, payload)
         assert resp.stored
         self.uploads.append((a.job_id, a.round, kind, payload))

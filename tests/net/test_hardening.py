@@ -628,14 +628,17 @@ def test_a_damaged_store_is_refused_at_start(files, key, data, servers, damage, 
 
 
 # -- 16. an out-of-range contribution -------------------------------------------------------------
-def test_an_out_of_range_contribution_fails_the_job_naming_round_and_contributors(
-    files, key, data, servers
-):
-    """What fedcity does today (the culprit is not identified: docs/trust-model.md)."""
+def test_an_out_of_range_contribution_names_and_excludes_its_agency(files, key, data, servers):
+    """A range audit names the culprit (docs/trust-model.md, 'Range audits'): the forged
+    contribution has no opening, so its agency stays silent while the two others prove their
+    ranges; it is excluded by elimination when the (injected) audit deadline passes, and the
+    job finishes without it."""
     from fedcity.crypto import serde
     from fedcity.crypto.vector import EncryptedVector
+    from fedcity.net.coordinator.liveness import ManualClock
 
-    server = start(files, heartbeat_interval=60.0)
+    clock = ManualClock()
+    server = start(files, heartbeat_interval=60.0, audit_timeout=5.0, clock=clock)
     servers.append(server)
     agents = registered_agents(server, key, data)
     job_id = submit(server.port).job_id
@@ -650,8 +653,16 @@ def test_an_out_of_range_contribution_fails_the_job_naming_round_and_contributor
     )
     payload = serde.encrypted_vector_to_bytes(forged)
     assert bad.upload(job_id, assignment.round, fpb.PAYLOAD_KIND_CONTRIBUTION, payload).stored
-    drive([agents[0], agents[2], bad], lambda: not runtime(server, job_id).running)
+    drive(
+        [agents[0], agents[2], bad],
+        lambda: not runtime(server, job_id).running,
+        server=server,
+        clock=clock,
+    )
     rt = runtime(server, job_id)
-    assert rt.state == "failed"
-    assert f"round {assignment.round}" in rt.failure
-    assert str(sorted(AGENCIES)) in rt.failure and "out of range" in rt.failure
+    assert rt.state == "succeeded", rt.failure
+    assert list(rt.left) == [bad.name]
+    assert rt.left[bad.name].startswith(
+        f"{bad.name} was excluded from round {assignment.round}: its contribution to ciphertext 0"
+    )
+    assert rt.left[bad.name].endswith("(did not prove its range; every other contributor did)")
