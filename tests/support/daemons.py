@@ -21,8 +21,13 @@ from fedcity.net.coordinator import CoordinatorConfig, CoordinatorServer, serve
 T = TypeVar("T")
 
 
-def tls_coordinator(root: Path, files: Any, **overrides: Any) -> CoordinatorServer:
-    """``serve`` the dealt federation on 127.0.0.1 over TLS (heartbeats every 0.5 s)."""
+def tls_coordinator(
+    root: Path, files: Any, *, clock: Any = None, **overrides: Any
+) -> CoordinatorServer:
+    """``serve`` the dealt federation on 127.0.0.1 over TLS (heartbeats every 0.5 s).
+
+    ``clock``: a progress clock for the coordinator's deadlines (e.g. a ``ManualClock``).
+    """
     settings: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "db": root / "coordinator.sqlite",
@@ -35,7 +40,7 @@ def tls_coordinator(root: Path, files: Any, **overrides: Any) -> CoordinatorServ
         "tick_interval": 0.1,
         **overrides,
     }
-    return serve(CoordinatorConfig(**settings))
+    return serve(CoordinatorConfig(**settings), clock=clock)
 
 
 def agency_toml(folder: Path, agency: str, port: int, body: str, *, log: bool = True) -> Path:
