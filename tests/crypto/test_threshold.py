@@ -643,3 +643,15 @@ def test_every_t_subset_decrypts_under_the_combination_check(
     c = pk.raw_encrypt(m)
     chosen = {shares[i].index: [shares[i].raw_partial_decrypt(c)] for i in subset}
     assert raw_combine(tpk, chosen, check=True) == [m]
+
+
+@settings(max_examples=20, deadline=None)
+@given(z=st.integers(0, 2**3000))
+def test_the_verification_base_table_equals_powmod(threshold_3of5: ThresholdKey, z: int) -> None:
+    """Prover and verifier raise v through a cached fixed-base table (powmod past its size)."""
+    from fedcity.crypto.threshold import _response_bits, _v_pow
+
+    tpk, _ = threshold_3of5
+    nsq = tpk.public_key.nsquare
+    for e in (z % (1 << (_response_bits(tpk) + 1)), z):
+        assert _v_pow(tpk, e) == gmpy2.powmod(tpk.verification_base, e, nsq)
