@@ -203,7 +203,7 @@ class PaillierScheme(_PackedPaillier):
         Optimistic combination: agencies send partial decryptions without proof, the
         coordinator combines first and asks for the proofs only when the result fails its
         checks (:class:`~fedcity.core.rounds.AggregationRound`). This saves each decryptor
-        its proof (3-4 % of its partial decryption at 218 ciphertexts) and the
+        its proof (about 2 % of its partial decryption at 218 ciphertexts) and the
         coordinator one proof verification per partial, but it detects *faults*, not a
         malicious share holder: a holder that multiplies its partial by ``(1+n)^y`` shifts
         the released sum by an amount of its choosing that passes every check on the

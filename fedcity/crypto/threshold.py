@@ -399,7 +399,7 @@ def partial_decrypt(
 
     Cost: one ``2·n_length``-bit exponentiation per ciphertext plus one proof per vector
     (the proof is two multi-exponentiations with 128-bit weights over the ciphertexts and
-    two full exponentiations: 3-4 % of the partials at 218 ciphertexts). With ``pool``,
+    two full exponentiations: about 2 % of the partials at 218 ciphertexts). With ``pool``,
     the exponentiations run in worker processes. ``prove=False`` leaves the proof out; it
     can be added later for the same values with :func:`prove_partial_decryption`.
     """
