@@ -9,7 +9,9 @@ On a ``train`` message from :class:`~fedcity.flower.SecureFedAvg` the mod lets t
 train, then replaces its reply by the packed, quantized, encrypted sample-weighted update:
 the reply holds ciphertexts and the node's share index, nothing else (the app's train
 metrics stay on the node). On a ``decrypt`` message a committee member returns its partial
-decryption of the aggregate with an equality-of-discrete-log proof. A ``train`` message
+decryption of the blocks of the aggregate it is asked for (all of it by default) with one
+batched equality-of-discrete-log proof. Encryption randomness is precomputed while the
+process is idle (:mod:`fedcity.flower.precompute`). A ``train`` message
 without fedcity's settings is refused, so a misconfigured server never receives a plaintext
 update. Evaluate and query messages pass through unchanged.
 """
@@ -25,8 +27,9 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from fedcity.core.aggregation import PaillierScheme
 from fedcity.core.errors import RejectedContribution
-from fedcity.crypto import KeyShare
+from fedcity.crypto import KeyShare, encrypt_vector, partial_decrypt, serde
 from fedcity.flower.keys import NodeKey, load_node_key, node_name, shared_public_key
+from fedcity.flower.precompute import DEFAULT_POOL_SIZE, busy, precompute_for
 from fedcity.flower.protocol import (
     CONFIG_KEY,
     PAYLOAD_KEY,
@@ -34,10 +37,12 @@ from fedcity.flower.protocol import (
     STAGE_DISCOVER,
     STAGE_TRAIN,
     RoundSpec,
+    aggregate_view,
     array_to_bytes,
     bytes_to_array,
     encode_update,
     flat_length,
+    parse_parts,
 )
 
 __all__ = ["KEY_CONFIG", "KEY_DIR_CONFIG", "SecureAggregationMod", "fedcity_mod"]
@@ -71,6 +76,10 @@ class SecureAggregationMod:
         contributions, so a single node's update is never released.
     weight_key : str, default "num-examples"
         Metric of the app's reply holding the sample count.
+    randomness_pool : int, default 16384
+        Most precomputed encryption randomness pairs this process keeps (about 0.8 KiB each
+        at 2048 bits), filled while idle up to what the process sealed in a recent round;
+        0 turns precomputation off.
 
     Notes
     -----
@@ -84,6 +93,7 @@ class SecureAggregationMod:
         key_dir: str | os.PathLike[str] | None = None,
         min_summands: int = 2,
         weight_key: str = "num-examples",
+        randomness_pool: int = DEFAULT_POOL_SIZE,
     ) -> None:
         if isinstance(min_summands, bool) or not isinstance(min_summands, int):
             raise ValueError(f"min_summands must be an integer, got {min_summands!r}")
@@ -91,6 +101,11 @@ class SecureAggregationMod:
             raise ValueError(f"min_summands must be >= 1, got {min_summands}")
         if not isinstance(weight_key, str) or not weight_key:
             raise ValueError("weight_key must be a non-empty string")
+        if isinstance(randomness_pool, bool) or not isinstance(randomness_pool, int):
+            raise ValueError(f"randomness_pool must be an integer, got {randomness_pool!r}")
+        if randomness_pool < 0:
+            raise ValueError(f"randomness_pool must be >= 0, got {randomness_pool}")
+        self.randomness_pool = randomness_pool
         self.key_file = None if key_file is None else Path(key_file)
         self.key_dir = None if key_dir is None else Path(key_dir)
         self.min_summands = min_summands
@@ -130,6 +145,10 @@ class SecureAggregationMod:
     # -- the mod -----------------------------------------------------------------------------
     def __call__(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         """Handle one message (the Flower mod signature)."""
+        with busy():  # no randomness precomputation while a message is handled
+            return self._handle(msg, ctxt, call_next)
+
+    def _handle(self, msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctxt)
         if CONFIG_KEY not in msg.content.config_records:
@@ -203,7 +222,14 @@ class SecureAggregationMod:
         vector = encode_update(global_record, local_record, float(weight), spec)
         if vector.size != flat_length(global_record) + 1:
             raise FedcityRequestError("update length does not match the global model")
-        payload = scheme.seal(vector, spec.packing)
+        pk = scheme.public_key
+        pool = None
+        if self.randomness_pool:
+            pre = precompute_for(pk, self.randomness_pool)
+            pre.record(spec.server_round, spec.packing.n_ciphertexts(vector.size))
+            pool = pre.pool
+        encrypted = encrypt_vector(pk, vector, spec.packing, randomness=pool)
+        payload = serde.encrypted_vector_to_bytes(encrypted)
         content = RecordDict({PAYLOAD_KEY: bytes_to_array(payload)})
         return self._reply(msg, key, content)
 
@@ -219,6 +245,9 @@ class SecureAggregationMod:
         try:
             aggregate = scheme.aggregate_from_bytes(
                 array_to_bytes(msg.content.array_records[PAYLOAD_KEY]), spec.packing, length
+            )
+            ranges = parse_parts(
+                msg.content.config_records[CONFIG_KEY].get("parts"), len(aggregate.ciphertexts)
             )
         except (RejectedContribution, ValueError) as exc:
             raise FedcityRequestError(f"decrypt request: {exc}") from exc
@@ -241,7 +270,9 @@ class SecureAggregationMod:
         ctxt.state.config_records[_STATE_KEY] = ConfigRecord(
             {"round": spec.server_round, "digest": digest}
         )
-        payload = scheme.partial(key, aggregate)
+        # one aggregate per round, any blocks of it: the view is its ciphertexts `ranges`
+        pd = partial_decrypt(key, aggregate_view(aggregate, ranges))
+        payload = serde.partial_decryption_to_bytes(pd, scheme.public_key)
         return self._reply(msg, key, RecordDict({PAYLOAD_KEY: bytes_to_array(payload)}))
 
 

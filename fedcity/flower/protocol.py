@@ -13,19 +13,27 @@ The encrypted vector of one node is ``[ŵ·Δ, clip·ŵ]`` with ``Δ`` the flatt
 (local minus global, every array in the record's order) and ``ŵ = min(w, W)/W`` its sample
 weight ``w`` scaled by the round's public ``max_weight`` ``W``. The decrypted sum gives
 ``Σŵ·Δ / Σŵ``, the sample-weighted FedAvg update, without the server seeing any ``w``.
+
+Decryption is spread over the committee (:func:`plan_decryption`): the aggregate's
+ciphertexts are cut into contiguous blocks and each block goes to ``t`` (plus spares) of the
+``k`` members asked, cyclically, so each member decrypts about ``t/k`` of the aggregate and
+every block gets ``t`` partial decryptions. A member's request names its blocks as ranges
+(``parts``); it decrypts the :func:`aggregate_view` of those ranges and proves that view
+with one batched proof.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
-from fedcity.crypto import PackingSpec
+from fedcity.crypto import EncryptedVector, PackingSpec
+from fedcity.crypto.threshold import split_parts
 
 __all__ = [
     "CONFIG_KEY",
@@ -34,12 +42,16 @@ __all__ = [
     "STAGE_DISCOVER",
     "STAGE_TRAIN",
     "RoundSpec",
+    "aggregate_view",
     "apply_average",
     "array_to_bytes",
     "average_error_bound",
     "bytes_to_array",
     "encode_update",
     "flat_length",
+    "merge_ranges",
+    "parse_parts",
+    "plan_decryption",
 ]
 
 CONFIG_KEY = "fedcity"
@@ -275,3 +287,140 @@ def average_error_bound(spec: RoundSpec, contributions: int, weight_sum: float) 
     if weight_sum <= 0:
         raise ValueError("weight_sum must be positive")
     return contributions * spec.packing.step / weight_sum
+
+
+# -- spreading the decryption over the committee -------------------------------------------
+Range = tuple[int, int]
+"""Ciphertexts ``start..stop-1`` of an aggregate."""
+
+
+def plan_decryption(
+    members: Sequence[int], n_ciphertexts: int, threshold: int, copies: int | None = None
+) -> tuple[list[Range], dict[int, list[int]]]:
+    """Cut an aggregate into blocks and give each block to ``copies`` of ``members``.
+
+    With ``k = len(members)`` and ``c = min(copies, k)`` (default ``threshold``): if
+    ``c == k`` every member decrypts the whole aggregate (one block). Otherwise the
+    ciphertexts are cut into ``min(k, n_ciphertexts)`` contiguous near-equal blocks and block
+    ``b`` goes to members ``b·c, b·c + 1, …, b·c + c - 1`` (mod ``k``): every block has ``c``
+    distinct decryptors, and with ``k`` blocks every member decrypts exactly ``c`` of them,
+    about ``c/k`` of the aggregate. (With ``k = 2t`` and ``c = t`` this is two disjoint groups
+    of ``t`` each decrypting half; with ``t < k < 2t`` it still spreads the work evenly.)
+
+    Parameters
+    ----------
+    members : sequence of int
+        Distinct ids (node ids or share indices) in order of preference.
+    n_ciphertexts : int
+    threshold : int
+        ``t``: partial decryptions a block needs.
+    copies : int, optional
+        Decryptors per block (``t`` plus spares); at least ``threshold``.
+
+    Returns
+    -------
+    (blocks, assignment)
+        ``blocks[b] = (start, stop)``; ``assignment[member]`` lists the block indices it
+        decrypts, ascending (members with no block are left out).
+
+    Raises
+    ------
+    ValueError
+        Fewer than ``threshold`` members, repeated members, or invalid counts.
+    """
+    for name, v in (("n_ciphertexts", n_ciphertexts), ("threshold", threshold)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    c = threshold if copies is None else copies
+    if isinstance(c, bool) or not isinstance(c, int) or c < threshold:
+        raise ValueError(f"copies must be an integer >= threshold={threshold}, got {c!r}")
+    ids = list(members)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"members must be distinct, got {ids}")
+    k = len(ids)
+    if k < threshold:
+        raise ValueError(f"{k} member(s) cannot decrypt with threshold {threshold}")
+    c = min(c, k)
+    if c == k:
+        return [(0, n_ciphertexts)], {m: [0] for m in ids}
+    blocks = split_parts(n_ciphertexts, k)
+    assignment: dict[int, list[int]] = {}
+    for b in range(len(blocks)):
+        for j in range(c):
+            assignment.setdefault(ids[(b * c + j) % k], []).append(b)
+    return blocks, {m: sorted(v) for m, v in assignment.items()}
+
+
+def merge_ranges(blocks: Sequence[Range], chosen: Iterable[int]) -> list[Range]:
+    """The ranges covered by blocks ``chosen`` (indices into ``blocks``), adjacent ones merged."""
+    out: list[Range] = []
+    for b in sorted(set(chosen)):
+        start, stop = blocks[b]
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], stop)
+        else:
+            out.append((start, stop))
+    return out
+
+
+def parse_parts(value: object, n_ciphertexts: int) -> list[Range]:
+    """Read a request's ``parts`` field: a flat list ``[start0, stop0, start1, stop1, …]``.
+
+    Absent (None) means the whole aggregate.
+
+    Raises
+    ------
+    ValueError
+        Not a list of integers of even length, or ranges that are empty, overlapping, out of
+        order or outside ``[0, n_ciphertexts)``.
+    """
+    if value is None:
+        return [(0, n_ciphertexts)]
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) % 2
+        or len(value) > 2 * n_ciphertexts
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+    ):
+        raise ValueError(
+            f"parts must be a non-empty flat list of start/stop integer pairs (at most "
+            f"{n_ciphertexts} pairs), got {value!r:.200}"
+        )
+    ranges = [(int(value[i]), int(value[i + 1])) for i in range(0, len(value), 2)]
+    previous = 0
+    for start, stop in ranges:
+        if not previous <= start < stop <= n_ciphertexts:
+            raise ValueError(
+                f"part [{start}, {stop}) is empty, overlaps or precedes the previous one, or "
+                f"lies outside the aggregate's {n_ciphertexts} ciphertexts"
+            )
+        previous = stop
+    return ranges
+
+
+def flat_parts(ranges: Sequence[Range]) -> list[int]:
+    """The ``parts`` field for ``ranges`` (inverse of :func:`parse_parts`)."""
+    return [v for r in ranges for v in r]
+
+
+def aggregate_view(aggregate: EncryptedVector, ranges: Sequence[Range]) -> EncryptedVector:
+    """The ciphertexts of ``ranges`` (in order) as one encrypted vector, for decryption.
+
+    The whole aggregate for the single range covering it. Otherwise a vector of
+    ``count · slots_per_ciphertext`` values with the aggregate's key, layout and summands,
+    so a member proves its partial decryptions of exactly these ciphertexts with one batched
+    proof, and the server rebuilds the same view to verify it.
+    """
+    k = len(aggregate.ciphertexts)
+    if list(ranges) == [(0, k)]:
+        return aggregate
+    cts = [c for start, stop in ranges for c in aggregate.ciphertexts[start:stop]]
+    return EncryptedVector(
+        aggregate.public_key,
+        aggregate.spec,
+        len(cts) * aggregate.spec.slots_per_ciphertext,
+        aggregate.summands,
+        cts,
+        validate=False,
+    )

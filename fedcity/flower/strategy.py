@@ -31,7 +31,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedcity.core.aggregation import PaillierScheme
 from fedcity.core.errors import RejectedContribution
-from fedcity.crypto import CryptoError, EncryptedVector, PartialDecryption, ThresholdPublicKey
+from fedcity.crypto import CryptoError, EncryptedVector, ThresholdPublicKey, raw_combine
+from fedcity.crypto.vector import decode_plaintexts
 from fedcity.flower.keys import load_public_key
 from fedcity.flower.protocol import (
     CONFIG_KEY,
@@ -40,10 +41,14 @@ from fedcity.flower.protocol import (
     STAGE_DISCOVER,
     STAGE_TRAIN,
     RoundSpec,
+    aggregate_view,
     apply_average,
     array_to_bytes,
     bytes_to_array,
     flat_length,
+    flat_parts,
+    merge_ranges,
+    plan_decryption,
 )
 
 __all__ = ["RoundRecord", "SecureFedAvg"]
@@ -99,8 +104,14 @@ class SecureFedAvg(FedAvg):
     clip : float, default 1.0
         Each coordinate of a node's update (local minus global model) is clipped to
         ``[-clip, clip]`` before quantization.
-    precision_bits : int, default 20
-        Quantization bits per value.
+    precision_bits : int, optional
+        Quantization bits per value. Default: the fewest bits whose rounding error at
+        ``clip`` is at most ``accuracy`` (:func:`fedcity.learn.precision.precision_for`,
+        the policy of fedcity's own FedAvg): 20 bits at the default clip of 1.
+    accuracy : float, optional
+        Largest rounding error of one value of a node's weighted update, used when
+        ``precision_bits`` is not given. Default ``2^-19`` (≈ 1.9e-6): deterministic
+        rounding to the step of Flower's SecAgg+ at its defaults (clip 8, 2^22 levels).
     max_weight : float, default 1000.0
         Public cap ``W`` on a node's sample weight; weights are encrypted as ``min(w, W)/W``.
         Set it near the largest expected sample count: the error of the average grows as
@@ -129,7 +140,8 @@ class SecureFedAvg(FedAvg):
         public_key: ThresholdPublicKey | str | os.PathLike[str],
         *,
         clip: float = 1.0,
-        precision_bits: int = 20,
+        precision_bits: int | None = None,
+        accuracy: float | None = None,
         max_weight: float = 1000.0,
         min_contributions: int = 2,
         decrypt_timeout: float = 60.0,
@@ -144,6 +156,18 @@ class SecureFedAvg(FedAvg):
         )
         self.threshold_key = tpk
         self.clip = clip
+        if precision_bits is not None and accuracy is not None:
+            raise ValueError("give precision_bits or accuracy, not both")
+        if precision_bits is None:
+            from fedcity.learn.precision import (  # server side only: imports fedcity.learn
+                SECAGG_PLUS_ACCURACY,
+                check_accuracy,
+                precision_for,
+            )
+
+            acc = SECAGG_PLUS_ACCURACY if accuracy is None else accuracy
+            precision_bits = precision_for(clip, check_accuracy(acc, clip))
+        self.accuracy = accuracy
         self.precision_bits = precision_bits
         self.max_weight = max_weight
         if isinstance(min_contributions, bool) or not isinstance(min_contributions, int):
@@ -303,81 +327,169 @@ class SecureFedAvg(FedAvg):
         self, grid: Grid, spec: RoundSpec, aggregate: EncryptedVector, rec: RoundRecord
     ) -> Any:
         t = self.threshold_key.threshold
-        discovered = False
-        agg_bytes = self._scheme.aggregate_to_bytes(aggregate)
-        request = RecordDict(
-            {
-                PAYLOAD_KEY: bytes_to_array(agg_bytes),
-                CONFIG_KEY: spec.to_config(STAGE_DECRYPT, length=aggregate.length),
-            }
-        )
+        n_ct = len(aggregate.ciphertexts)
         alive = set(rec.contributors)
-        valid: dict[int, PartialDecryption] = {}
-        used: dict[int, int] = {}
-        tried: set[int] = set()
-        while len(valid) < t:
-            candidates = sorted(
-                (n for n, i in self.holders_.items() if n not in tried and i not in valid),
+
+        def ordered(exclude: set[int]) -> list[int]:  # live contributors first, then by share
+            return sorted(
+                (n for n in self.holders_ if n not in exclude),
                 key=lambda n: (n not in alive, self.holders_[n]),
             )
-            if not candidates and not discovered:
-                self._discover(grid, spec)  # share holders not sampled for training so far
+
+        discovered = False
+        members = ordered(set())
+        if len(members) < t:
+            self._discover(grid, spec)  # share holders not sampled for training so far
+            discovered = True
+            members = ordered(set())
+        if len(members) < t:
+            log.warning(
+                "round %d: %d share holder(s) known, t=%d; the global model stays as it was",
+                spec.server_round,
+                len(members),
+                t,
+            )
+            return None
+        blocks, plan = plan_decryption(members, n_ct, t, t + self.spare_decryptors)
+        pending: dict[int, list[int]] | None = plan
+        agg_array = bytes_to_array(self._scheme.aggregate_to_bytes(aggregate))
+        agg_size = int(agg_array["bytes"].shape[0])
+        got: list[dict[int, tuple[Any, ...]]] = [{} for _ in blocks]  # share index -> values
+        node_of: dict[int, int] = {}
+        asked: dict[int, set[int]] = {}
+        failed: set[int] = set()
+        while pending:
+            rec.waves += 1
+            self._decrypt_wave(grid, spec, aggregate, agg_array, blocks, pending, got, rec)
+            rec.decrypt_bytes += agg_size * len(pending)
+            for nid, bs in pending.items():
+                asked.setdefault(nid, set()).update(bs)
+            failed.update(rec.failed_decryptors)
+            node_of.update({i: n for n, i in self.holders_.items()})
+            missing = [b for b in range(len(blocks)) if len(got[b]) < t]
+            if not missing:
+                break
+            pending = self._replacements(blocks, missing, got, asked, ordered(failed), t)
+            if pending is None and not discovered:
+                self._discover(grid, spec)
                 discovered = True
-                continue
-            if not candidates:
+                pending = self._replacements(blocks, missing, got, asked, ordered(failed), t)
+            if pending is None:
                 log.warning(
-                    "round %d: %d valid partial decryption(s) of t=%d and no other share "
-                    "holder to ask; the global model stays as it was",
+                    "round %d: %d block(s) of the aggregate lack t=%d valid partial "
+                    "decryptions and no other share holder can be asked; the global model "
+                    "stays as it was",
                     spec.server_round,
-                    len(valid),
+                    len(missing),
                     t,
                 )
+                self._log_failures(spec, rec)
                 return None
-            extra = self.spare_decryptors if rec.waves == 0 else 0
-            ask = candidates[: t - len(valid) + extra]
-            tried.update(ask)
-            rec.waves += 1
-            rec.decrypt_bytes += len(agg_bytes) * len(ask)
-            msgs = [
+        self._log_failures(spec, rec)
+        plaintexts: list[Any] = []
+        combined: set[int] = set()
+        try:
+            for b in range(len(blocks)):
+                chosen = dict(sorted(got[b].items())[:t])
+                combined.update(chosen)
+                plaintexts.extend(raw_combine(self.threshold_key, chosen, check=True))
+            rec.decryptors = [node_of[i] for i in sorted(combined)]
+            return decode_plaintexts(
+                aggregate.spec, plaintexts, aggregate.length, aggregate.summands
+            )
+        except CryptoError as exc:  # a slot out of range: a malformed contribution
+            log.warning("round %d: aggregate not released: %s", spec.server_round, exc)
+            return None
+
+    def _log_failures(self, spec: RoundSpec, rec: RoundRecord) -> None:
+        for nid, reason in rec.failed_decryptors.items():
+            log.warning("round %d: decryptor node %d replaced: %s", spec.server_round, nid, reason)
+
+    def _replacements(
+        self,
+        blocks: list[tuple[int, int]],
+        missing: list[int],
+        got: list[dict[int, tuple[Any, ...]]],
+        asked: dict[int, set[int]],
+        candidates: list[int],
+        t: int,
+    ) -> dict[int, list[int]] | None:
+        """Share holders to ask for the blocks still short of ``t`` partials (least loaded)."""
+        load = {n: sum(blocks[b][1] - blocks[b][0] for b in asked.get(n, ())) for n in candidates}
+        out: dict[int, list[int]] = {}
+        for b in missing:
+            options = [
+                n
+                for n in candidates
+                if b not in asked.get(n, ()) and self.holders_[n] not in got[b]
+            ]
+            need = t - len(got[b])
+            if len(options) < need:
+                return None
+            for n in sorted(options, key=lambda n: load[n])[:need]:
+                out.setdefault(n, []).append(b)
+                load[n] += blocks[b][1] - blocks[b][0]
+        return out
+
+    def _decrypt_wave(
+        self,
+        grid: Grid,
+        spec: RoundSpec,
+        aggregate: EncryptedVector,
+        agg_array: ArrayRecord,
+        blocks: list[tuple[int, int]],
+        pending: dict[int, list[int]],
+        got: list[dict[int, tuple[Any, ...]]],
+        rec: RoundRecord,
+    ) -> None:
+        """Ask each node in ``pending`` for its blocks; file the verified partials in ``got``."""
+        ranges = {n: merge_ranges(blocks, bs) for n, bs in pending.items()}
+        msgs = []
+        for n in pending:
+            extra: dict[str, Any] = {"length": aggregate.length}
+            if ranges[n] != [(0, len(aggregate.ciphertexts))]:
+                extra["parts"] = flat_parts(ranges[n])
+            content = RecordDict(
+                {PAYLOAD_KEY: agg_array, CONFIG_KEY: spec.to_config(STAGE_DECRYPT, **extra)}
+            )
+            msgs.append(
                 Message(
-                    request,
+                    content,
                     dst_node_id=n,
                     message_type=MessageType.TRAIN,
                     group_id=str(spec.server_round),
                 )
-                for n in ask
-            ]
-            started = time.monotonic()
-            replies = list(grid.send_and_receive(msgs, timeout=self.decrypt_timeout))
-            answered = set()
-            for reply in replies:
-                nid = reply.metadata.src_node_id
-                answered.add(nid)
-                if reply.has_error():
-                    rec.failed_decryptors[nid] = f"error reply: {reply.error.reason}"
-                    continue
-                try:
-                    payload = array_to_bytes(reply.content.array_records[PAYLOAD_KEY])
-                    rec.decrypt_bytes += len(payload)
-                    pd = self._scheme.open_partial(payload, aggregate)
-                except (KeyError, ValueError, RejectedContribution, CryptoError) as exc:
-                    rec.failed_decryptors[nid] = str(exc)
-                    continue
-                if pd.share_index != self.holders_.get(nid):
-                    rec.failed_decryptors[nid] = (
-                        f"sent share {pd.share_index}, registered as {self.holders_.get(nid)}"
-                    )
-                    continue
-                if len(valid) < t:
-                    valid[pd.share_index] = pd
-                    used[pd.share_index] = nid
-            for nid in set(ask) - answered:
-                rec.failed_decryptors[nid] = f"no answer within {time.monotonic() - started:.1f} s"
-        for nid, reason in rec.failed_decryptors.items():
-            log.warning("round %d: decryptor node %d replaced: %s", spec.server_round, nid, reason)
-        rec.decryptors = [used[i] for i in sorted(used)]
-        try:
-            return self._scheme.release(aggregate, [valid[i] for i in sorted(valid)])
-        except CryptoError as exc:  # a slot out of range: a malformed contribution
-            log.warning("round %d: aggregate not released: %s", spec.server_round, exc)
-            return None
+            )
+        started = time.monotonic()
+        answered = set()
+        for reply in grid.send_and_receive(msgs, timeout=self.decrypt_timeout):
+            nid = reply.metadata.src_node_id
+            if nid not in pending:
+                continue
+            answered.add(nid)
+            if reply.has_error():
+                rec.failed_decryptors[nid] = f"error reply: {reply.error.reason}"
+                continue
+            view = aggregate_view(aggregate, ranges[nid])
+            try:
+                payload = array_to_bytes(reply.content.array_records[PAYLOAD_KEY])
+                rec.decrypt_bytes += len(payload)
+                pd = self._scheme.open_partial(payload, view)
+            except (KeyError, ValueError, RejectedContribution, CryptoError) as exc:
+                rec.failed_decryptors[nid] = str(exc)
+                continue
+            if pd.share_index != self.holders_.get(nid):
+                rec.failed_decryptors[nid] = (
+                    f"sent share {pd.share_index}, registered as {self.holders_.get(nid)}"
+                )
+                continue
+            pos = 0
+            for start, stop in ranges[nid]:
+                for b in pending[nid]:
+                    bs, be = blocks[b]
+                    if start <= bs and be <= stop:
+                        lo, hi = pos + bs - start, pos + be - start
+                        got[b][pd.share_index] = tuple(pd.partials[lo:hi])
+                pos += stop - start
+        for nid in set(pending) - answered:
+            rec.failed_decryptors[nid] = f"no answer within {time.monotonic() - started:.1f} s"

@@ -136,3 +136,73 @@ def test_deal_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert [ln.split()[2] for ln in lines] == ["0", "1", "2", "0"]
     assert cli(args) == 2  # never overwrites
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+# -- the decryption plan ---------------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=8),
+    st.integers(min_value=0, max_value=8),
+    st.integers(min_value=0, max_value=3),
+    st.integers(min_value=1, max_value=300),
+)
+def test_plan_gives_every_block_c_distinct_members_and_spreads_the_work(
+    t: int, more: int, spare: int, n_ct: int
+) -> None:
+    from fedcity.flower.protocol import merge_ranges, plan_decryption
+
+    members = [100 + 7 * i for i in range(t + more)]
+    blocks, assignment = plan_decryption(members, n_ct, t, t + spare)
+    k, c = len(members), min(t + spare, len(members))
+    # the blocks partition the ciphertexts in order
+    assert blocks[0][0] == 0 and blocks[-1][1] == n_ct
+    assert all(a < b for a, b in blocks) and all(
+        blocks[i][1] == blocks[i + 1][0] for i in range(len(blocks) - 1)
+    )
+    holders = {b: [m for m, bs in assignment.items() if b in bs] for b in range(len(blocks))}
+    assert all(len(h) == c for h in holders.values())  # c distinct decryptors per block
+    assert set(assignment) <= set(members)
+    if c < k and n_ct >= k:  # k blocks: every member decrypts exactly c of them
+        assert len(blocks) == k and all(len(bs) == c for bs in assignment.values())
+        sizes = [sum(b - a for a, b in merge_ranges(blocks, bs)) for bs in assignment.values()]
+        assert max(sizes) - min(sizes) <= c  # near-equal shares of the work
+    if c == k:
+        assert blocks == [(0, n_ct)]
+
+
+def test_plan_refuses_too_few_or_repeated_members() -> None:
+    from fedcity.flower.protocol import plan_decryption
+
+    with pytest.raises(ValueError, match="cannot decrypt with threshold 3"):
+        plan_decryption([1, 2], 10, 3)
+    with pytest.raises(ValueError, match="distinct"):
+        plan_decryption([1, 1, 2], 10, 2)
+    with pytest.raises(ValueError, match="copies"):
+        plan_decryption([1, 2, 3], 10, 2, 1)
+
+
+def test_parts_round_trip_and_validation() -> None:
+    from fedcity.flower.protocol import flat_parts, merge_ranges, parse_parts
+
+    blocks = [(0, 3), (3, 6), (6, 9), (9, 10)]
+    ranges = merge_ranges(blocks, [3, 0, 1])
+    assert ranges == [(0, 6), (9, 10)]
+    assert parse_parts(flat_parts(ranges), 10) == ranges
+    assert parse_parts(None, 10) == [(0, 10)]
+    for bad in ([0, 6, 5, 7], [0, 11], [3, 3], [0], [], "0,6", [0, True], [4, 6, 0, 2]):
+        with pytest.raises(ValueError, match="part"):
+            parse_parts(bad, 10)
+
+
+def test_aggregate_view_is_the_ranges_ciphertexts(keys: FlowerKeyFiles) -> None:
+    from fedcity.crypto import PackingSpec, encrypt_vector
+    from fedcity.flower.protocol import aggregate_view
+
+    pk = shared_public_key(load_node_key(keys.public)).public_key
+    spec = PackingSpec(clip=1.0, precision_bits=12, max_summands=4, n_length=pk.n_length)
+    vec = encrypt_vector(pk, np.linspace(-1, 1, 5 * spec.slots_per_ciphertext), spec)
+    assert aggregate_view(vec, [(0, 5)]) is vec
+    view = aggregate_view(vec, [(0, 2), (4, 5)])
+    assert view.ciphertexts == [vec.ciphertexts[i] for i in (0, 1, 4)]
+    assert view.length == 3 * spec.slots_per_ciphertext and view.summands == vec.summands
+    assert view.digest() == aggregate_view(vec, [(0, 2), (4, 5)]).digest() != vec.digest()

@@ -18,7 +18,7 @@ from flower_apps import (
     plain_fedavg,
     weight_of,
 )
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.serde import message_to_proto
 from flwr.serverapp.strategy import FedAvg
 
@@ -169,9 +169,10 @@ def test_committee_outside_the_training_sample_is_discovered(keys: FlowerKeyFile
     run(grid, strategy, rounds=1)
     rec = strategy.rounds_[0]
     assert rec.released and set(rec.contributors) == trainers
-    # share 2 (node-2) is asked first as a known, live holder; discovery finds node-0/node-1
+    # one holder known (node-2) is fewer than t: discovery finds node-0/node-1 before the
+    # first wave, and the live contributor node-2 is asked first
     assert set(strategy.holders_) == {node_id_of(0), node_id_of(1), node_id_of(2)}
-    assert node_id_of(2) in rec.decryptors and rec.waves == 2
+    assert node_id_of(2) in rec.decryptors and rec.waves == 1
 
 
 def _train_request(keys: FlowerKeyFiles, strategy: SecureFedAvg) -> tuple[LocalGrid, Message]:
@@ -267,3 +268,94 @@ def test_strategy_validates_its_settings(keys: FlowerKeyFiles) -> None:
         SecureFedAvg(keys.public, spare_decryptors=-1)
     with pytest.raises(ValueError, match="min_summands"):
         SecureAggregationMod(min_summands=0)
+
+
+# -- the decryption spread over the committee -------------------------------------------------
+def big_arrays() -> ArrayRecord:
+    """240 values: 11 ciphertexts under the tests' 512-bit key (23 slots of 22 bits)."""
+    return ArrayRecord({"w": Array(np.linspace(-0.2, 0.2, 240).reshape(12, 20))})
+
+
+def run_big(grid: LocalGrid, strategy: FedAvg) -> np.ndarray:
+    result = strategy.start(grid=grid, initial_arrays=big_arrays(), num_rounds=1, timeout=30)
+    return np.asarray(result.arrays["w"].numpy(), dtype=np.float64)
+
+
+def decrypt_requests(grid: LocalGrid) -> dict[int, list[tuple[int, int]]]:
+    from fedcity.flower.protocol import parse_parts
+
+    out: dict[int, list[tuple[int, int]]] = {}
+    for m in grid.sent:
+        cfg = m.content.config_records.get(CONFIG_KEY)
+        if cfg is not None and cfg.get("stage") == STAGE_DECRYPT:
+            out.setdefault(m.metadata.dst_node_id, []).extend(parse_parts(cfg.get("parts"), 11))
+    return out
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_committee_members_decrypt_disjoint_shares_of_the_aggregate(
+    keys: FlowerKeyFiles, dropout: bool
+) -> None:
+    strategy = secure(keys)
+    mods: list[object] = [SecureAggregationMod(key_dir=keys.root)]
+    if dropout:
+        mods.insert(0, fail_on_decrypt({0}))
+    grid = LocalGrid(make_client_app(mods), NODES)
+    got = run_big(grid, strategy)
+    plain = run_big(
+        LocalGrid(make_client_app(), NODES), FedAvg(fraction_evaluate=0.0, min_train_nodes=NODES)
+    )
+    spec = strategy._spec(1, NODES)
+    total_weight = sum(weight_of(p) for p in range(NODES)) / strategy.max_weight
+    assert spec.packing.n_ciphertexts(241) == 11
+    assert np.max(np.abs(got - plain)) <= average_error_bound(spec, NODES, total_weight) + 1e-9
+    rec = strategy.rounds_[0]
+    assert rec.released
+    asked = decrypt_requests(grid)
+    committee = [node_id_of(p) for p in range(3)]
+    assert set(asked) == set(committee)  # all three holders share the work (t = 2)
+    if not dropout:
+        assert rec.waves == 1 and sorted(rec.decryptors) == committee
+        # each ciphertext is decrypted by exactly t = 2 members; each member does 2/3 of them
+        counts = [sum(b - a for a, b in asked[n]) for n in committee]
+        assert sum(counts) == 2 * 11 and max(counts) - min(counts) <= 2
+        cover = [sum(a <= c < b for n in committee for a, b in asked[n]) for c in range(11)]
+        assert cover == [2] * 11
+    else:
+        # node-0's blocks went to the other two in a second wave
+        assert rec.waves == 2 and list(rec.failed_decryptors) == [node_id_of(0)]
+        assert sorted(rec.decryptors) == committee[1:]
+        for n in committee[1:]:
+            assert sum(b - a for a, b in asked[n]) == 11  # only two left: both do all
+
+
+def test_a_wrong_partial_decryption_is_named_and_replaced(keys: FlowerKeyFiles) -> None:
+    """A member whose partials do not match its proof is refused; another decrypts instead."""
+    from fedcity.crypto import serde
+    from fedcity.flower.protocol import PAYLOAD_KEY, array_to_bytes, bytes_to_array
+
+    def corrupt(msg: Message, ctx: Any, call_next: Any) -> Message:
+        reply = call_next(msg, ctx)
+        cfg = msg.content.config_records.get(CONFIG_KEY)
+        if cfg is None or cfg.get("stage") != STAGE_DECRYPT or ctx.node_config["partition-id"]:
+            return reply
+        pk = load_public_key(keys.public).public_key
+        pd = serde.partial_decryption_from_bytes(array_to_bytes(reply.content[PAYLOAD_KEY]), pk)
+        bad = (pd.partials[0] * pd.partials[0] % pk.nsquare, *pd.partials[1:])
+        forged = type(pd)(
+            pd.key_id, pd.share_index, pd.vector_digest, bad, pd.challenge, pd.response
+        )
+        reply.content[PAYLOAD_KEY] = bytes_to_array(serde.partial_decryption_to_bytes(forged, pk))
+        return reply
+
+    strategy = secure(keys)
+    grid = LocalGrid(make_client_app([corrupt, SecureAggregationMod(key_dir=keys.root)]), NODES)
+    got = run_big(grid, strategy)
+    rec = strategy.rounds_[0]
+    assert rec.released and rec.waves == 2
+    assert "failed its proof" in rec.failed_decryptors[node_id_of(0)]
+    assert node_id_of(0) not in rec.decryptors
+    plain = run_big(
+        LocalGrid(make_client_app(), NODES), FedAvg(fraction_evaluate=0.0, min_train_nodes=NODES)
+    )
+    assert np.max(np.abs(got - plain)) <= 1e-4
