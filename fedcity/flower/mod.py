@@ -7,13 +7,15 @@ trained model) and one MetricRecord with the sample count::
 
 On a ``train`` message from :class:`~fedcity.flower.SecureFedAvg` the mod lets the app
 train, then replaces its reply by the packed, quantized, encrypted sample-weighted update:
-the reply holds ciphertexts and the node's share index, nothing else (the app's train
-metrics stay on the node). On a ``decrypt`` message a committee member returns its partial
-decryption of the blocks of the aggregate it is asked for (all of it by default) with one
-batched equality-of-discrete-log proof. Encryption randomness is precomputed while the
-process is idle (:mod:`fedcity.flower.precompute`). A ``train`` message
-without fedcity's settings is refused, so a misconfigured server never receives a plaintext
-update. Evaluate and query messages pass through unchanged.
+the reply holds ciphertexts and the node's share index, nothing else. The app's train
+metrics stay on the node, except those the server names in the round's ``metrics``: their
+values are encrypted inside the same vector, so only their sample-weighted average over the
+round's contributors is ever decrypted. On a ``decrypt`` message a committee member returns
+its partial decryption of the blocks of the aggregate it is asked for (all of it by
+default) with one batched equality-of-discrete-log proof. Encryption randomness is
+precomputed while the process is idle (:mod:`fedcity.flower.precompute`). A ``train``
+message without fedcity's settings is refused, so a misconfigured server never receives a
+plaintext update. Evaluate and query messages pass through unchanged.
 """
 
 from __future__ import annotations
@@ -219,8 +221,20 @@ class SecureAggregationMod:
         weight = metrics[self.weight_key]
         if not isinstance(weight, int | float):
             raise FedcityRequestError(f"metric {self.weight_key!r} must be a single number")
-        vector = encode_update(global_record, local_record, float(weight), spec)
-        if vector.size != flat_length(global_record) + 1:
+        values = []
+        for name in spec.metrics:  # the train metrics the server asked for, by name
+            value = metrics.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise FedcityRequestError(
+                    f"the server asks for the train metric {name!r}; the ClientApp's reply "
+                    "has no single number under that name"
+                )
+            values.append(float(value))
+        try:
+            vector = encode_update(global_record, local_record, float(weight), spec, values)
+        except ValueError as exc:
+            raise FedcityRequestError(str(exc)) from exc
+        if vector.size != flat_length(global_record) + len(spec.metrics) + 1:
             raise FedcityRequestError("update length does not match the global model")
         pk = scheme.public_key
         pool = None

@@ -9,10 +9,13 @@ and read Flower records, so both sides agree on one layout:
   ``uint8`` array holding a ``fedcity.v1`` protobuf message (fixed-width big-endian
   ciphertexts), never as pickled Python objects.
 
-The encrypted vector of one node is ``[ŵ·Δ, clip·ŵ]`` with ``Δ`` the flattened model update
-(local minus global, every array in the record's order) and ``ŵ = min(w, W)/W`` its sample
-weight ``w`` scaled by the round's public ``max_weight`` ``W``. The decrypted sum gives
-``Σŵ·Δ / Σŵ``, the sample-weighted FedAvg update, without the server seeing any ``w``.
+The encrypted vector of one node is ``[ŵ·Δ, ŵ·μ·clip/B, clip·ŵ]`` with ``Δ`` the flattened
+model update (local minus global, every array in the record's order), ``ŵ = min(w, W)/W``
+its sample weight ``w`` scaled by the round's public ``max_weight`` ``W``, and ``μ`` the
+train metrics the server asked for by name (``metrics``; none by default), each clipped to
+``[-B, B]`` (``metric_bound``) and scaled into the clip range. The decrypted sum gives
+``Σŵ·Δ / Σŵ``, the sample-weighted FedAvg update, and ``Σŵ·μ / Σŵ``, the sample-weighted
+average of each metric, without the server seeing any ``w`` or any node's metric.
 
 Decryption is spread over the committee (:func:`plan_decryption`): the aggregate's
 ciphertexts are cut into contiguous blocks and each block goes to ``t`` (plus spares) of the
@@ -52,6 +55,7 @@ __all__ = [
     "merge_ranges",
     "parse_parts",
     "plan_decryption",
+    "split_average",
 ]
 
 CONFIG_KEY = "fedcity"
@@ -69,6 +73,8 @@ MAX_VALUES = 50_000_000
 """Largest model (number of float values) a round may carry."""
 MAX_PAYLOAD_BYTES = 1 << 31
 """Largest ciphertext payload accepted in one record."""
+MAX_METRICS = 256
+"""Most train metrics a round averages."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,11 @@ class RoundSpec:
     n_length : int
         Bits of the key's modulus.
     server_round : int
+    metrics : tuple of str, default ()
+        Train metrics every node encrypts with its update (sample-weighted average released).
+    metric_bound : float, default 100.0
+        Each metric is clipped to ``[-metric_bound, metric_bound]``; its rounding error is
+        ``metric_bound/clip`` times that of a model value.
     """
 
     key_id: bytes
@@ -99,6 +110,8 @@ class RoundSpec:
     max_weight: float
     n_length: int
     server_round: int
+    metrics: tuple[str, ...] = ()
+    metric_bound: float = 100.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.key_id, bytes) or len(self.key_id) != 16:
@@ -109,6 +122,22 @@ class RoundSpec:
             raise ValueError(f"max_weight must be positive, got {self.max_weight!r}")
         if isinstance(self.server_round, bool) or not isinstance(self.server_round, int):
             raise ValueError(f"server_round must be an integer, got {self.server_round!r}")
+        names = self.metrics
+        if (
+            not isinstance(names, tuple)
+            or len(names) > MAX_METRICS
+            or len(set(names)) != len(names)
+            or not all(isinstance(n, str) and 0 < len(n) <= 128 for n in names)
+        ):
+            raise ValueError(
+                f"metrics must be at most {MAX_METRICS} distinct non-empty names of at most "
+                f"128 characters, got {names!r:.200}"
+            )
+        bound = self.metric_bound
+        if isinstance(bound, bool) or not (
+            isinstance(bound, int | float) and math.isfinite(bound) and bound > 0
+        ):
+            raise ValueError(f"metric_bound must be a positive finite number, got {bound!r}")
         self.packing  # validates clip, precision and summands  # noqa: B018
 
     @property
@@ -121,7 +150,7 @@ class RoundSpec:
             n_length=self.n_length,
         )
 
-    def to_config(self, stage: str, **extra: int | str | bytes) -> ConfigRecord:
+    def to_config(self, stage: str, **extra: int | str | bytes | list[int]) -> ConfigRecord:
         """The ConfigRecord sent with a request of ``stage``."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -135,6 +164,8 @@ class RoundSpec:
                 "max-weight": float(self.max_weight),
                 "n-length": self.n_length,
                 "server-round": self.server_round,
+                **({"metrics": list(self.metrics)} if self.metrics else {}),
+                "metric-bound": float(self.metric_bound),
                 **extra,
             }
         )
@@ -165,6 +196,12 @@ class RoundSpec:
             max_weight=float(need("max-weight", (int, float))),  # type: ignore[arg-type]
             n_length=need("n-length", int),  # type: ignore[arg-type]
             server_round=need("server-round", int),  # type: ignore[arg-type]
+            metrics=tuple(need("metrics", list)) if "metrics" in config else (),  # type: ignore[arg-type]
+            metric_bound=(
+                float(need("metric-bound", (int, float)))  # type: ignore[arg-type]
+                if "metric-bound" in config
+                else 100.0
+            ),
         )
 
 
@@ -216,15 +253,25 @@ def encode_update(
     local_record: ArrayRecord,
     weight: float,
     spec: RoundSpec,
+    metrics: Sequence[float] = (),
 ) -> npt.NDArray[np.float64]:
-    """The vector a node encrypts: ``[ŵ·(local - global), clip·ŵ]`` with ``ŵ = min(w, W)/W``.
+    """The vector a node encrypts: ``[ŵ·(local - global), ŵ·μ·clip/B, clip·ŵ]``.
+
+    ``ŵ = min(w, W)/W``; ``metrics`` are the values ``μ`` of ``spec.metrics`` in that order,
+    clipped to ``[-B, B]`` (``B = spec.metric_bound``).
 
     Raises
     ------
     ValueError
         The records differ in names or shapes, hold non-float arrays or non-finite values,
-        or the weight is negative or not finite.
+        the weight is negative or not finite, or the metrics are not one finite number per
+        name of ``spec.metrics``.
     """
+    if len(metrics) != len(spec.metrics):
+        raise ValueError(f"{len(metrics)} metric value(s) for the metrics {spec.metrics}")
+    mu = np.asarray(metrics, dtype=np.float64)
+    if not np.isfinite(mu).all():
+        raise ValueError("a train metric is NaN or infinite")
     if isinstance(weight, bool) or not isinstance(weight, int | float):
         raise ValueError(f"the sample weight must be a number, got {weight!r}")
     if not math.isfinite(weight) or weight < 0:
@@ -244,13 +291,27 @@ def encode_update(
     delta = np.concatenate(parts) if parts else np.zeros(0)
     if not np.isfinite(delta).all():
         raise ValueError("the trained model holds NaN or infinite values")
-    return np.concatenate([scaled * delta, [spec.clip * scaled]])
+    mu = np.clip(mu, -spec.metric_bound, spec.metric_bound) * (spec.clip / spec.metric_bound)
+    return np.concatenate([scaled * delta, scaled * mu, [spec.clip * scaled]])
 
 
 def apply_average(
     global_record: ArrayRecord, total: npt.NDArray[np.float64], spec: RoundSpec
 ) -> ArrayRecord:
-    """The next global model from the decrypted sum ``[Σŵ·Δ, clip·Σŵ]``.
+    """The next global model from the decrypted sum ``[Σŵ·Δ, Σŵ·μ·clip/B, clip·Σŵ]``.
+
+    Raises
+    ------
+    ValueError
+        The sum has the wrong length or a total weight of zero.
+    """
+    return split_average(global_record, total, spec)[0]
+
+
+def split_average(
+    global_record: ArrayRecord, total: npt.NDArray[np.float64], spec: RoundSpec
+) -> tuple[ArrayRecord, dict[str, float]]:
+    """The next global model and the sample-weighted average of each requested metric.
 
     Raises
     ------
@@ -259,19 +320,24 @@ def apply_average(
     """
     g = _arrays(global_record)
     n = sum(a.size for _, a, _ in g)
-    if total.shape != (n + 1,):
-        raise ValueError(f"decrypted sum has {total.shape[0]} values, expected {n + 1}")
+    k = len(spec.metrics)
+    if total.shape != (n + k + 1,):
+        raise ValueError(f"decrypted sum has {total.shape[0]} values, expected {n + k + 1}")
     weight_sum = float(total[-1]) / spec.clip
     if weight_sum <= 0:
         raise ValueError("the contributions' total weight is zero; no average exists")
-    avg = total[:-1] / weight_sum
+    avg = total[:n] / weight_sum
     out: dict[str, Array] = {}
     pos = 0
     for name, a, dtype in g:
         step = avg[pos : pos + a.size].reshape(a.shape)
         out[name] = Array((a.astype(np.float64) + step).astype(dtype))
         pos += a.size
-    return ArrayRecord(out)
+    scale = spec.metric_bound / spec.clip
+    metrics = {
+        name: float(total[n + i]) / weight_sum * scale for i, name in enumerate(spec.metrics)
+    }
+    return ArrayRecord(out), metrics
 
 
 def average_error_bound(spec: RoundSpec, contributions: int, weight_sum: float) -> float:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,13 +42,13 @@ from fedcity.flower.protocol import (
     STAGE_TRAIN,
     RoundSpec,
     aggregate_view,
-    apply_average,
     array_to_bytes,
     bytes_to_array,
     flat_length,
     flat_parts,
     merge_ranges,
     plan_decryption,
+    split_average,
 )
 
 __all__ = ["RoundRecord", "SecureFedAvg"]
@@ -116,6 +116,14 @@ class SecureFedAvg(FedAvg):
         Public cap ``W`` on a node's sample weight; weights are encrypted as ``min(w, W)/W``.
         Set it near the largest expected sample count: the error of the average grows as
         the typical weight falls below it.
+    train_metrics : sequence of str, default ()
+        Train metrics (names in the ClientApp's train MetricRecord) that every node encrypts
+        with its update; their sample-weighted averages over the contributors are released
+        in the round's MetricRecord (as plain FedAvg aggregates train metrics), never a
+        single node's value. A node lacking one sends an error instead of an update.
+    metric_bound : float, default 100.0
+        Public bound ``B``: metrics are clipped to ``[-B, B]``; the rounding error of a
+        released metric average is ``B/clip`` times that of a model coordinate.
     min_contributions : int, default 2
         Fewest encrypted updates a round releases (nodes refuse fewer by their own policy).
     decrypt_timeout : float, default 60.0
@@ -143,6 +151,8 @@ class SecureFedAvg(FedAvg):
         precision_bits: int | None = None,
         accuracy: float | None = None,
         max_weight: float = 1000.0,
+        train_metrics: Sequence[str] = (),
+        metric_bound: float = 100.0,
         min_contributions: int = 2,
         decrypt_timeout: float = 60.0,
         spare_decryptors: int = 0,
@@ -169,6 +179,10 @@ class SecureFedAvg(FedAvg):
             precision_bits = precision_for(clip, check_accuracy(acc, clip))
         self.accuracy = accuracy
         self.precision_bits = precision_bits
+        if isinstance(train_metrics, str):
+            raise ValueError("train_metrics is a sequence of metric names, not one string")
+        self.train_metrics = tuple(train_metrics)
+        self.metric_bound = metric_bound
         self.max_weight = max_weight
         if isinstance(min_contributions, bool) or not isinstance(min_contributions, int):
             raise ValueError(f"min_contributions must be an integer, got {min_contributions!r}")
@@ -202,6 +216,8 @@ class SecureFedAvg(FedAvg):
             max_weight=self.max_weight,
             n_length=self.threshold_key.public_key.n_length,
             server_round=server_round,
+            metrics=self.train_metrics,
+            metric_bound=self.metric_bound,
         )
 
     def summary(self) -> None:
@@ -244,7 +260,7 @@ class SecureFedAvg(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         rec = RoundRecord(server_round)
         self.rounds_.append(rec)
-        length = flat_length(global_record) + 1
+        length = flat_length(global_record) + len(spec.metrics) + 1
         contributions: list[EncryptedVector] = []
         for msg in replies:
             nid = msg.metadata.src_node_id
@@ -277,13 +293,14 @@ class SecureFedAvg(FedAvg):
         if total is None:
             return None, None
         try:
-            new = apply_average(global_record, total, spec)
+            new, averages = split_average(global_record, total, spec)
         except ValueError as exc:
             log.warning("round %d: %s", server_round, exc)
             return None, None
         rec.released = True
         metrics = MetricRecord(
             {
+                **averages,
                 "fedcity-contributions": len(rec.contributors),
                 "fedcity-decryption-waves": rec.waves,
             }

@@ -206,3 +206,52 @@ def test_aggregate_view_is_the_ranges_ciphertexts(keys: FlowerKeyFiles) -> None:
     assert view.ciphertexts == [vec.ciphertexts[i] for i in (0, 1, 4)]
     assert view.length == 3 * spec.slots_per_ciphertext and view.summands == vec.summands
     assert view.digest() == aggregate_view(vec, [(0, 2), (4, 5)]).digest() != vec.digest()
+
+
+# -- train metrics inside the encrypted vector ------------------------------------------------
+METRIC_SPEC = RoundSpec(b"k" * 16, 1.0, 20, 10, 50.0, 512, 1, ("loss", "acc"), 10.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=1, max_value=80),
+            st.floats(min_value=-20, max_value=20),
+            st.floats(min_value=0, max_value=1),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_metrics_decode_to_their_sample_weighted_average(
+    nodes: list[tuple[int, float, float]],
+) -> None:
+    from fedcity.flower.protocol import split_average
+
+    g = record(a=np.zeros(3))
+    total = sum(
+        encode_update(g, record(a=np.full(3, 0.1)), w, METRIC_SPEC, [loss, acc])
+        for w, loss, acc in nodes
+    )
+    new, metrics = split_average(g, np.asarray(total), METRIC_SPEC)
+    capped = [min(w, METRIC_SPEC.max_weight) for w, _, _ in nodes]
+    want_loss = sum(c * np.clip(x, -10, 10) for c, (_, x, _) in zip(capped, nodes, strict=True))
+    want_acc = sum(c * y for c, (_, _, y) in zip(capped, nodes, strict=True))
+    assert metrics["loss"] == pytest.approx(want_loss / sum(capped), abs=1e-9)
+    assert metrics["acc"] == pytest.approx(want_acc / sum(capped), abs=1e-9)
+    np.testing.assert_allclose(new["a"].numpy(), 0.1)
+
+
+def test_metric_settings_travel_and_are_validated() -> None:
+    cfg = METRIC_SPEC.to_config(STAGE_TRAIN)
+    assert RoundSpec.from_config(cfg) == METRIC_SPEC
+    assert RoundSpec.from_config(SPEC.to_config(STAGE_TRAIN)).metrics == ()
+    for metrics, bound in ((("a", "a"), 1.0), (("",), 1.0), (("a",), 0.0), (("a",), np.inf)):
+        with pytest.raises(ValueError, match="metric"):
+            RoundSpec(b"k" * 16, 1.0, 20, 10, 50.0, 512, 1, metrics, bound)
+    g = record(a=np.zeros(3))
+    with pytest.raises(ValueError, match="metric value"):
+        encode_update(g, g, 1.0, METRIC_SPEC, [1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        encode_update(g, g, 1.0, METRIC_SPEC, [1.0, float("nan")])

@@ -359,3 +359,28 @@ def test_a_wrong_partial_decryption_is_named_and_replaced(keys: FlowerKeyFiles) 
         LocalGrid(make_client_app(), NODES), FedAvg(fraction_evaluate=0.0, min_train_nodes=NODES)
     )
     assert np.max(np.abs(got - plain)) <= 1e-4
+
+
+def test_train_metrics_are_released_as_a_sample_weighted_average_only(
+    keys: FlowerKeyFiles,
+) -> None:
+    strategy = secure(keys, train_metrics=["train-loss"], metric_bound=10.0)
+    grid = LocalGrid(make_client_app([SecureAggregationMod(key_dir=keys.root)]), NODES)
+    result = strategy.start(grid=grid, initial_arrays=initial_arrays(), num_rounds=1, timeout=30)
+    weights = [weight_of(p) for p in range(NODES)]
+    want = sum(w * 0.1 * p for p, w in enumerate(weights)) / sum(weights)  # flower_apps' loss
+    got = result.train_metrics_clientapp[1]
+    # rounding: metric_bound/clip times a model value's error bound
+    tol = 10.0 * bound(strategy)
+    assert abs(got["train-loss"] - want) <= tol and got["fedcity-contributions"] == NODES
+    replies = b"".join(message_to_proto(m).SerializeToString() for m in grid.received)
+    assert b"train-loss" not in replies  # no node's metric, not even its name, goes up
+
+
+def test_a_node_without_a_requested_metric_contributes_nothing(keys: FlowerKeyFiles) -> None:
+    strategy = secure(keys, train_metrics=["accuracy"], min_contributions=1)
+    grid = LocalGrid(make_client_app([SecureAggregationMod(key_dir=keys.root)]), NODES)
+    strategy.start(grid=grid, initial_arrays=initial_arrays(), num_rounds=1, timeout=30)
+    rec = strategy.rounds_[0]
+    assert not rec.released and len(rec.rejected) == NODES
+    assert all("train metric 'accuracy'" in r for r in rec.rejected.values())
