@@ -23,6 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     deal.add_argument("--committee", type=int, default=None, help="share holders (default N)")
     deal.add_argument("--threshold", type=int, required=True, help="shares needed to decrypt")
     deal.add_argument("--key-bits", type=int, default=2048, help="Paillier modulus bits")
+    deal.add_argument(
+        "--signed",
+        action="store_true",
+        help="also deal signing keys; committee members then decrypt only signed sums",
+    )
     args = parser.parse_args(argv)
     try:
         files = deal_flower_keys(
@@ -31,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threshold=args.threshold,
             committee=args.committee,
             key_bits=args.key_bits,
+            signed=args.signed,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,6 +7,17 @@
     OUT/nodes/<node>/key.json       secret (0600) for the ``m`` committee members: their share;
                                     public (0644) for every other node: the public key
 
+With ``signed=True`` the dealer also writes::
+
+    OUT/nodes/<node>/signing.json   secret (0600): the node's Ed25519 signing key (every node)
+    OUT/nodes/<node>/verify-keys.json   public: every node's verify key (committee members)
+    OUT/verify-keys.json            the same list, for reference
+
+A node with a ``signing.json`` next to its key file signs every encrypted update; a committee
+member with a ``verify-keys.json`` there decrypts only an aggregate shown to be the product of
+enough distinct nodes' signed updates (:class:`fedcity.flower.SecureFedAvg` ``signed=True``
+sends that evidence).
+
 Only the ``committee`` nodes can take part in decryption; any ``threshold`` of them release an
 aggregate, the rest of the federation only encrypts. With ``m ≪ n`` (say 7 of 1,000 agencies)
 the cost of threshold decryption no longer grows with the federation.
@@ -26,8 +37,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedcity.crypto import KeyFileError, KeyShare, ThresholdPublicKey, deal_threshold_key
-from fedcity.crypto.keys import read_json_file
+from fedcity.crypto import (
+    CryptoError,
+    KeyFileError,
+    KeyShare,
+    ThresholdPublicKey,
+    deal_threshold_key,
+)
+from fedcity.crypto.keys import read_json_file, write_json_file
+from fedcity.crypto.signing import SigningKey, VerifyKey
 
 __all__ = [
     "FlowerKeyFiles",
@@ -35,6 +53,8 @@ __all__ = [
     "deal_flower_keys",
     "load_node_key",
     "load_public_key",
+    "load_signing_key",
+    "load_verify_keys",
     "node_name",
     "shared_public_key",
 ]
@@ -64,12 +84,15 @@ class FlowerKeyFiles:
         Every node's key file (share or public key).
     committee : dict of str to int
         Committee members and their share index.
+    signed : bool
+        Whether signing keys and verify-key lists were written.
     """
 
     root: Path
     public: Path
     nodes: dict[str, Path] = field(default_factory=dict)
     committee: dict[str, int] = field(default_factory=dict)
+    signed: bool = False
 
 
 def deal_flower_keys(
@@ -79,6 +102,7 @@ def deal_flower_keys(
     threshold: int,
     committee: int | Sequence[str] | None = None,
     key_bits: int = 2048,
+    signed: bool = False,
 ) -> FlowerKeyFiles:
     """Deal a threshold key to a committee and the public key to every other node.
 
@@ -95,6 +119,10 @@ def deal_flower_keys(
         every node (``m = n``).
     key_bits : int, default 2048
         Paillier modulus size; 2048 or more outside tests.
+    signed : bool, default False
+        Also deal each node an Ed25519 signing key (``signing.json``) and give committee
+        members every node's verify key (``verify-keys.json``), so they decrypt only
+        aggregates of signed updates.
 
     Returns
     -------
@@ -135,7 +163,10 @@ def deal_flower_keys(
         public=root / "public.json",
         nodes={n: root / "nodes" / n / "key.json" for n in names},
     )
-    existing = [str(p) for p in [files.public, *files.nodes.values()] if p.exists()]
+    extra = [files.root / VERIFY_KEYS_FILE] if signed else []
+    for n in names if signed else []:
+        extra += [files.nodes[n].parent / SIGNING_FILE, files.nodes[n].parent / VERIFY_KEYS_FILE]
+    existing = [str(p) for p in [files.public, *files.nodes.values(), *extra] if p.exists()]
     if existing:
         raise ValueError(f"refusing to overwrite existing key file(s): {', '.join(existing)}")
     tpk, shares = deal_threshold_key(key_bits, threshold=threshold, parties=len(members))
@@ -148,6 +179,17 @@ def deal_flower_keys(
             files.committee[n] = share.index
         else:
             tpk.save(files.nodes[n])
+    if signed:
+        verify: dict[str, str] = {}
+        for n in names:
+            key = SigningKey.generate()
+            key.save(files.nodes[n].parent / SIGNING_FILE, n)
+            verify[n] = key.public_key.hex()
+        listing = {"format": VERIFY_KEYS_FORMAT, "version": 1, "keys": verify}
+        write_json_file(files.root / VERIFY_KEYS_FILE, listing, secret=False)
+        for n in members:
+            write_json_file(files.nodes[n].parent / VERIFY_KEYS_FILE, listing, secret=False)
+        return FlowerKeyFiles(files.root, files.public, files.nodes, files.committee, True)
     return files
 
 
@@ -168,6 +210,13 @@ def _node_names(nodes: int | Sequence[str]) -> list[str]:
         raise ValueError("node names must be distinct")
     return names
 
+
+SIGNING_FILE = "signing.json"
+"""A node's Ed25519 signing key, next to its key file."""
+VERIFY_KEYS_FILE = "verify-keys.json"
+"""Every node's verify key, next to a committee member's key file."""
+VERIFY_KEYS_FORMAT = "fedcity.flower.verify-keys"
+_MAX_VERIFY_KEYS = 100_000
 
 _CACHE: dict[tuple[str, int, int], NodeKey] = {}
 _PUBLIC: dict[bytes, ThresholdPublicKey] = {}
@@ -230,3 +279,75 @@ def load_public_key(path: str | os.PathLike[str]) -> ThresholdPublicKey:
     if isinstance(key, KeyShare):
         raise KeyFileError(f"{path} holds a key share; the server loads the public key only")
     return key
+
+
+_SIGNING: dict[tuple[str, int, int], tuple[str, SigningKey]] = {}
+_VERIFY: dict[tuple[str, int, int], dict[str, VerifyKey]] = {}
+
+
+def _token(p: Path) -> tuple[str, int, int] | None:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def load_signing_key(path: str | os.PathLike[str]) -> tuple[str, SigningKey] | None:
+    """A node's ``(name, signing key)`` from ``path``, or None if there is no such file.
+
+    Cached per process like :func:`load_node_key`.
+
+    Raises
+    ------
+    KeyFileError
+        The file exists but is unreadable, corrupt or not a signing key.
+    """
+    p = Path(path)
+    token = _token(p)
+    if token is None:
+        return None
+    with _CACHE_LOCK:
+        cached = _SIGNING.get(token)
+    if cached is None:
+        cached = SigningKey.load(p)
+        with _CACHE_LOCK:
+            _SIGNING[token] = cached
+    return cached
+
+
+def load_verify_keys(path: str | os.PathLike[str]) -> dict[str, VerifyKey] | None:
+    """Node name → verify key from a ``verify-keys.json``, or None if there is no such file.
+
+    Raises
+    ------
+    KeyFileError
+        The file exists but is corrupt, of another format, or lists an invalid key or name.
+    """
+    p = Path(path)
+    token = _token(p)
+    if token is None:
+        return None
+    with _CACHE_LOCK:
+        cached = _VERIFY.get(token)
+    if cached is not None:
+        return cached
+    data = read_json_file(p, what="fedcity verify-key list")
+    keys = data.get("keys")
+    if data.get("format") != VERIFY_KEYS_FORMAT or not isinstance(keys, dict):
+        raise KeyFileError(f"{p}: not a {VERIFY_KEYS_FORMAT} file")
+    if len(keys) > _MAX_VERIFY_KEYS:
+        raise KeyFileError(f"{p}: more than {_MAX_VERIFY_KEYS} verify keys")
+    out: dict[str, VerifyKey] = {}
+    for name, hexkey in keys.items():
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or not isinstance(hexkey, str):
+            raise KeyFileError(f"{p}: invalid entry {name!r}")
+        try:
+            out[name] = VerifyKey.from_hex(hexkey)
+        except (ValueError, CryptoError) as exc:
+            raise KeyFileError(f"{p}: invalid verify key for {name!r}: {exc}") from exc
+    with _CACHE_LOCK:
+        _VERIFY[token] = out
+    return out

@@ -22,18 +22,31 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
+from gmpy2 import mpz
 
 from fedcity.core.aggregation import PaillierScheme
 from fedcity.core.errors import RejectedContribution
-from fedcity.crypto import KeyShare, encrypt_vector, partial_decrypt, serde
-from fedcity.flower.keys import NodeKey, load_node_key, node_name, shared_public_key
+from fedcity.crypto import EncryptedVector, KeyShare, encrypt_vector, partial_decrypt, serde
+from fedcity.crypto.signing import VerifyKey
+from fedcity.flower.keys import (
+    SIGNING_FILE,
+    VERIFY_KEYS_FILE,
+    NodeKey,
+    load_node_key,
+    load_signing_key,
+    load_verify_keys,
+    node_name,
+    shared_public_key,
+)
 from fedcity.flower.precompute import DEFAULT_POOL_SIZE, busy, precompute_for
 from fedcity.flower.protocol import (
     CONFIG_KEY,
+    EVIDENCE_KEY,
     PAYLOAD_KEY,
     STAGE_DECRYPT,
     STAGE_DISCOVER,
@@ -42,6 +55,7 @@ from fedcity.flower.protocol import (
     aggregate_view,
     array_to_bytes,
     bytes_to_array,
+    contribution_statement,
     encode_update,
     flat_length,
     parse_parts,
@@ -178,12 +192,15 @@ class SecureAggregationMod:
             return self._decrypt(msg, ctxt, key, spec)
         raise FedcityRequestError(f"unknown fedcity stage {stage!r}")
 
-    def _reply(self, msg: Message, key: NodeKey, content: RecordDict) -> Message:
+    def _reply(
+        self, msg: Message, key: NodeKey, content: RecordDict, **extra: str | bytes
+    ) -> Message:
         tpk = shared_public_key(key)
         content[CONFIG_KEY] = ConfigRecord(
             {
                 "key-id": tpk.key_id,
                 "share-index": key.index if isinstance(key, KeyShare) else 0,
+                **extra,
             }
         )
         return Message(content, reply_to=msg)
@@ -245,7 +262,12 @@ class SecureAggregationMod:
         encrypted = encrypt_vector(pk, vector, spec.packing, randomness=pool)
         payload = serde.encrypted_vector_to_bytes(encrypted)
         content = RecordDict({PAYLOAD_KEY: bytes_to_array(payload)})
-        return self._reply(msg, key, content)
+        signing = load_signing_key(self.key_path(ctxt).parent / SIGNING_FILE)
+        if signing is None:
+            return self._reply(msg, key, content)
+        name, signing_key = signing
+        statement = contribution_statement(msg.metadata.run_id, spec, name, payload)
+        return self._reply(msg, key, content, agency=name, signature=signing_key.sign(statement))
 
     def _decrypt(self, msg: Message, ctxt: Context, key: NodeKey, spec: RoundSpec) -> Message:
         if not isinstance(key, KeyShare):
@@ -265,6 +287,12 @@ class SecureAggregationMod:
             )
         except (RejectedContribution, ValueError) as exc:
             raise FedcityRequestError(f"decrypt request: {exc}") from exc
+        verify_keys = load_verify_keys(self.key_path(ctxt).parent / VERIFY_KEYS_FILE)
+        if verify_keys is not None:
+            try:
+                check_evidence(msg, aggregate, spec, verify_keys, ranges, scheme)
+            except (RejectedContribution, ValueError, KeyError) as exc:
+                raise FedcityRequestError(f"decrypt request: {exc}") from exc
         if aggregate.summands < self.min_summands:
             raise FedcityRequestError(
                 f"refusing to decrypt an aggregate of {aggregate.summands} contribution(s); "
@@ -288,6 +316,61 @@ class SecureAggregationMod:
         pd = partial_decrypt(key, aggregate_view(aggregate, ranges))
         payload = serde.partial_decryption_to_bytes(pd, scheme.public_key)
         return self._reply(msg, key, RecordDict({PAYLOAD_KEY: bytes_to_array(payload)}))
+
+
+def check_evidence(
+    msg: Message,
+    aggregate: EncryptedVector,
+    spec: RoundSpec,
+    verify_keys: Mapping[str, VerifyKey],
+    ranges: Sequence[tuple[int, int]],
+    scheme: PaillierScheme,
+) -> None:
+    """Check that ``aggregate`` is the product of the signed contributions sent with ``msg``.
+
+    The request must carry, under :data:`EVIDENCE_KEY`, one payload array per contribution
+    (named ``"0"``, ``"1"``, …) and, in its config, the contributors' names (``agencies``)
+    and signatures (``signatures``), as many as the aggregate's summands. Every name must be
+    distinct and in ``verify_keys``, every signature must verify for this run, round, key
+    and payload, every payload must be one well-formed summand of the round's layout, and
+    the product of their ciphertexts must equal the aggregate's in ``ranges`` (the blocks
+    this member decrypts).
+
+    Raises
+    ------
+    ValueError
+        The evidence is missing, malformed, or does not match (reason named).
+    """
+    config = msg.content.config_records[CONFIG_KEY]
+    agencies, signatures = config.get("agencies"), config.get("signatures")
+    if EVIDENCE_KEY not in msg.content.array_records or not isinstance(agencies, list):
+        raise ValueError("this node decrypts only sums of signed contributions; none were sent")
+    record = msg.content.array_records[EVIDENCE_KEY]
+    n = len(agencies)
+    if not isinstance(signatures, list) or len(signatures) != n or len(record) != n:
+        raise ValueError("the evidence's names, signatures and payloads differ in number")
+    if n != aggregate.summands or n > spec.max_summands:
+        raise ValueError(
+            f"the evidence holds {n} contribution(s), the aggregate claims {aggregate.summands}"
+        )
+    if len(set(agencies)) != n:
+        raise ValueError("the evidence names a contributor twice")
+    nsq = aggregate.public_key.nsquare
+    product = {i: mpz(1) for start, stop in ranges for i in range(start, stop)}
+    for j, (agency, signature) in enumerate(zip(agencies, signatures, strict=True)):
+        if not isinstance(agency, str) or agency not in verify_keys:
+            raise ValueError(f"contributor {agency!r} is not a node of this federation")
+        if str(j) not in record or not isinstance(signature, bytes):
+            raise ValueError(f"evidence entry {j} is malformed")
+        payload = array_to_bytes(ArrayRecord({"bytes": record[str(j)]}))
+        statement = contribution_statement(msg.metadata.run_id, spec, agency, payload)
+        if not verify_keys[agency].verify(statement, signature):
+            raise ValueError(f"the signature of {agency!r} does not verify for this round")
+        vec = scheme.open(payload, aggregate.spec, aggregate.length)
+        for i in product:
+            product[i] = product[i] * vec.ciphertexts[i] % nsq
+    if any(aggregate.ciphertexts[i] != c for i, c in product.items()):
+        raise ValueError("the aggregate is not the product of the signed contributions")
 
 
 def tpk_scheme(key: NodeKey) -> PaillierScheme:

@@ -36,10 +36,12 @@ import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedcity.crypto import EncryptedVector, PackingSpec
+from fedcity.crypto.signing import Statement
 from fedcity.crypto.threshold import split_parts
 
 __all__ = [
     "CONFIG_KEY",
+    "EVIDENCE_KEY",
     "PAYLOAD_KEY",
     "STAGE_DECRYPT",
     "STAGE_DISCOVER",
@@ -50,6 +52,7 @@ __all__ = [
     "array_to_bytes",
     "average_error_bound",
     "bytes_to_array",
+    "contribution_statement",
     "encode_update",
     "flat_length",
     "merge_ranges",
@@ -73,6 +76,8 @@ MAX_VALUES = 50_000_000
 """Largest model (number of float values) a round may carry."""
 MAX_PAYLOAD_BYTES = 1 << 31
 """Largest ciphertext payload accepted in one record."""
+EVIDENCE_KEY = "fedcity.evidence"
+"""Key of the ArrayRecord carrying the signed contributions to a committee member."""
 MAX_METRICS = 256
 """Most train metrics a round averages."""
 
@@ -150,7 +155,9 @@ class RoundSpec:
             n_length=self.n_length,
         )
 
-    def to_config(self, stage: str, **extra: int | str | bytes | list[int]) -> ConfigRecord:
+    def to_config(
+        self, stage: str, **extra: int | str | bytes | list[int] | list[str] | list[bytes]
+    ) -> ConfigRecord:
         """The ConfigRecord sent with a request of ``stage``."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -489,4 +496,16 @@ def aggregate_view(aggregate: EncryptedVector, ranges: Sequence[Range]) -> Encry
         aggregate.summands,
         cts,
         validate=False,
+    )
+
+
+# -- signed contributions ---------------------------------------------------------------------
+def contribution_statement(run_id: int, spec: RoundSpec, agency: str, payload: bytes) -> Statement:
+    """What a node signs for its encrypted update: run, round, name, key id, payload digest.
+
+    The job id is ``flower-run-<run_id>`` (Flower's run id), the round the server round, the
+    kind ``"contribution"`` (:class:`fedcity.crypto.signing.Statement`).
+    """
+    return Statement.for_payload(
+        f"flower-run-{int(run_id)}", spec.server_round, "contribution", agency, spec.key_id, payload
     )

@@ -25,7 +25,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -36,6 +45,7 @@ from fedcity.crypto.vector import decode_plaintexts
 from fedcity.flower.keys import load_public_key
 from fedcity.flower.protocol import (
     CONFIG_KEY,
+    EVIDENCE_KEY,
     PAYLOAD_KEY,
     STAGE_DECRYPT,
     STAGE_DISCOVER,
@@ -128,6 +138,11 @@ class SecureFedAvg(FedAvg):
         Fewest encrypted updates a round releases (nodes refuse fewer by their own policy).
     decrypt_timeout : float, default 60.0
         Seconds to wait for each wave of partial decryptions.
+    signed : bool, default False
+        Require every update to be signed (keys dealt with ``signed=True``) and send each
+        committee member the signed updates with the sum, so that it can check the sum is
+        their product before it decrypts (members holding a ``verify-keys.json`` refuse
+        otherwise). Costs each member the download of every update.
     spare_decryptors : int, default 0
         Extra share holders asked in the first wave, so one dropout costs no second wave
         (each spare spends a partial decryption).
@@ -156,6 +171,7 @@ class SecureFedAvg(FedAvg):
         min_contributions: int = 2,
         decrypt_timeout: float = 60.0,
         spare_decryptors: int = 0,
+        signed: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -197,6 +213,7 @@ class SecureFedAvg(FedAvg):
         self.min_contributions = min_contributions
         self.decrypt_timeout = float(decrypt_timeout)
         self.spare_decryptors = spare_decryptors
+        self.signed = bool(signed)
         self._scheme = PaillierScheme(tpk)
         # validate clip / precision / weight now rather than in the first round
         self._spec(1, 1)
@@ -206,6 +223,7 @@ class SecureFedAvg(FedAvg):
         self._grid: Grid | None = None
         self._global: ArrayRecord | None = None
         self._round_spec: RoundSpec | None = None
+        self._evidence: tuple[list[str], list[bytes], list[bytes]] = ([], [], [])
 
     def _spec(self, server_round: int, summands: int) -> RoundSpec:
         return RoundSpec(
@@ -262,6 +280,9 @@ class SecureFedAvg(FedAvg):
         self.rounds_.append(rec)
         length = flat_length(global_record) + len(spec.metrics) + 1
         contributions: list[EncryptedVector] = []
+        agencies: list[str] = []
+        signatures: list[bytes] = []
+        payloads: list[bytes] = []
         for msg in replies:
             nid = msg.metadata.src_node_id
             if msg.has_error():
@@ -271,6 +292,16 @@ class SecureFedAvg(FedAvg):
                 self._note_holder(msg)
                 payload = array_to_bytes(msg.content.array_records[PAYLOAD_KEY])
                 vec = self._scheme.open(payload, spec.packing, length)
+                if self.signed:
+                    config = msg.content.config_records[CONFIG_KEY]
+                    agency, signature = config.get("agency"), config.get("signature")
+                    if not isinstance(agency, str) or not isinstance(signature, bytes):
+                        raise ValueError("unsigned update (the strategy requires signed ones)")
+                    if agency in agencies:
+                        raise ValueError(f"a second update signed as {agency!r}")
+                    agencies.append(agency)
+                    signatures.append(signature)
+                    payloads.append(payload)
             except (KeyError, ValueError, RejectedContribution) as exc:
                 rec.rejected[nid] = str(exc)
                 continue
@@ -288,6 +319,7 @@ class SecureFedAvg(FedAvg):
                 self.min_contributions,
             )
             return None, None
+        self._evidence = (agencies, signatures, payloads)
         aggregate = self._scheme.add(contributions)
         total = self._threshold_decrypt(grid, spec, aggregate, rec)
         if total is None:
@@ -378,7 +410,8 @@ class SecureFedAvg(FedAvg):
         while pending:
             rec.waves += 1
             self._decrypt_wave(grid, spec, aggregate, agg_array, blocks, pending, got, rec)
-            rec.decrypt_bytes += agg_size * len(pending)
+            evidence_size = sum(map(len, self._evidence[2])) if self.signed else 0
+            rec.decrypt_bytes += (agg_size + evidence_size) * len(pending)
             for nid, bs in pending.items():
                 asked.setdefault(nid, set()).update(bs)
             failed.update(rec.failed_decryptors)
@@ -461,14 +494,24 @@ class SecureFedAvg(FedAvg):
     ) -> None:
         """Ask each node in ``pending`` for its blocks; file the verified partials in ``got``."""
         ranges = {n: merge_ranges(blocks, bs) for n, bs in pending.items()}
+        evidence = ArrayRecord(
+            {
+                str(j): Array(np.frombuffer(payload, dtype=np.uint8).copy())
+                for j, payload in enumerate(self._evidence[2])
+            }
+        )
         msgs = []
         for n in pending:
             extra: dict[str, Any] = {"length": aggregate.length}
             if ranges[n] != [(0, len(aggregate.ciphertexts))]:
                 extra["parts"] = flat_parts(ranges[n])
+            if self.signed:
+                extra["agencies"], extra["signatures"] = self._evidence[:2]
             content = RecordDict(
                 {PAYLOAD_KEY: agg_array, CONFIG_KEY: spec.to_config(STAGE_DECRYPT, **extra)}
             )
+            if self.signed:
+                content[EVIDENCE_KEY] = evidence
             msgs.append(
                 Message(
                     content,
