@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,9 @@ from _common import CpuMonitor, describe_machine, markdown
 
 from fedcity.core.masked import KeySumDecryptor, MaskedAggregator, MaskedSpec, MaskingAgent
 from fedcity.crypto import (
+    KeyShare,
     PackingSpec,
+    ThresholdPublicKey,
     combine_partial_decryptions,
     deal_threshold_key,
     encrypt_vector,
@@ -58,6 +61,25 @@ AGENCIES, THRESHOLD = 10, 3
 SIZES = (1021, 9997)
 JOB = "bench-masked"
 MONITOR = CpuMonitor()
+
+
+def threshold_key(bits: int, key_dir: str | None) -> tuple[ThresholdPublicKey, list[KeyShare]]:
+    """Deal a 3-of-10 key, or load the one saved in ``key_dir`` (dealing and saving it there
+    first if the directory does not exist)."""
+    if key_dir is not None and Path(key_dir).exists():
+        tpk = ThresholdPublicKey.load(Path(key_dir) / "public.json")
+        shares = [KeyShare.load(Path(key_dir) / f"share-{i}.json") for i in range(1, AGENCIES + 1)]
+        print(f"key: {tpk!r} loaded from {key_dir}", flush=True)
+        return tpk, shares
+    t0 = time.perf_counter()
+    tpk, shares = deal_threshold_key(bits, threshold=THRESHOLD, parties=AGENCIES)
+    print(f"key: {bits}-bit 3-of-10 dealt in {time.perf_counter() - t0:.1f} s", flush=True)
+    if key_dir is not None:
+        Path(key_dir).mkdir(mode=0o700, parents=True)
+        tpk.save(Path(key_dir) / "public.json")
+        for s in shares:
+            s.save(Path(key_dir) / f"share-{s.index}.json")
+    return tpk, shares
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -241,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--decrypt-repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="1024-bit key, fewer repeats")
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="vector lengths")
+    p.add_argument(
+        "--key-dir",
+        help="load a 3-of-10 threshold key dealt earlier (public.json, share-1.json, ...) or, "
+        "if the directory does not exist, deal one and save it there",
+    )
     p.add_argument("--out", help="also write the markdown report to this file")
     args = p.parse_args(argv)
     sizes = tuple(args.sizes)
@@ -251,9 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     machine = describe_machine({"numpy": np.__version__})
     print("machine:", machine, flush=True)
-    t0 = time.perf_counter()
-    tpk, shares = deal_threshold_key(args.key_bits, threshold=THRESHOLD, parties=AGENCIES)
-    print(f"key: {args.key_bits}-bit 3-of-10 dealt in {time.perf_counter() - t0:.1f} s", flush=True)
+    tpk, shares = threshold_key(args.key_bits, args.key_dir)
+    if tpk.public_key.n_length != args.key_bits:
+        raise SystemExit(
+            f"--key-dir holds a {tpk.public_key.n_length}-bit key, not {args.key_bits}"
+        )
     start = MONITOR.snapshot()
     bits = args.key_bits
     schemes: list[tuple[str, Callable[[int], dict[str, Any]]]] = [
