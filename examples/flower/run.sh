@@ -4,7 +4,8 @@
 #   examples/flower/run.sh simulation   # Flower's simulation engine (Ray), 3 virtual nodes
 #   examples/flower/run.sh deployment   # flower-superlink + 3 flower-supernode processes
 #
-# Both deal a fresh 2-of-3 threshold key with fedcity's dealer into $WORK/keys (outside the
+# Both deal a fresh 2-of-3 threshold key (and, for signed updates, an Ed25519 signing key per
+# node) with fedcity's dealer into $WORK/keys (outside the
 # app directory: the app bundle must not carry key files), start a SuperLink on loopback,
 # submit the app with `flwr run`, stream its logs and stop every process the script started.
 # Runtime installation of app dependencies (`uv sync`, which needs the network) is off:
@@ -41,8 +42,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== dealing a 2-of-3 ${KEY_BITS}-bit threshold key into $WORK/keys"
-"$BIN/python" -m fedcity.flower deal "$WORK/keys" --nodes 3 --threshold 2 --key-bits "$KEY_BITS"
+echo "== dealing a 2-of-3 ${KEY_BITS}-bit threshold key and signing keys into $WORK/keys"
+"$BIN/python" -m fedcity.flower deal "$WORK/keys" --nodes 3 --threshold 2 --key-bits "$KEY_BITS" \
+  --signed
 
 cat > "$FLWR_HOME/config.toml" <<TOML
 [superlink]

@@ -79,7 +79,8 @@ def test_superlink_and_supernodes_on_loopback(tmp_path: Path) -> None:
     # the released model is plaintext FedAvg of the three nodes' local models
     model = initial_model()
     parts = [load_partition(p, 3) for p in range(3)]
-    locals_ = [train(model, x, y, epochs=5, lr=0.5)[0] for x, y in parts]
+    trained = [train(model, x, y, epochs=5, lr=0.5) for x, y in parts]
+    locals_ = [new for new, _ in trained]
     weights = [len(y) for _, y in parts]
     want = {
         k: sum(w * loc[k] for w, loc in zip(weights, locals_, strict=True)) / sum(weights)
@@ -90,6 +91,9 @@ def test_superlink_and_supernodes_on_loopback(tmp_path: Path) -> None:
     for k in model:
         got = np.asarray(summary["model"][k])
         assert np.max(np.abs(got - want[k])) <= bound + 1e-12
+    # the train loss comes back as its sample-weighted average only (metric_bound 10, clip 1)
+    loss = sum(w * lo for w, (_, lo) in zip(weights, trained, strict=True)) / sum(weights)
+    assert abs(summary["train"]["1"]["train-loss"] - loss) <= 10 * bound + 1e-9
 
     # what reached the ServerApp through the SuperLink: ciphertexts only
     files = sorted((tmp_path / "received").glob("round1-reply*.bin"))

@@ -46,6 +46,9 @@ def main(grid: Grid, context: Context) -> None:
         str(cfg["fedcity-public-key"]),
         max_weight=float(cfg["fedcity-max-weight"]),
         clip=1.0,
+        signed=True,  # every update signed; committee members check the sum is their product
+        train_metrics=["train-loss"],  # released as a sample-weighted average only
+        metric_bound=10.0,
         fraction_evaluate=float(cfg["fraction-evaluate"]),
         min_train_nodes=3,
         min_evaluate_nodes=3,
@@ -69,6 +72,7 @@ def main(grid: Grid, context: Context) -> None:
             for r in strategy.rounds_
         ],
         "model": {k: result.arrays[k].numpy().tolist() for k in result.arrays},
+        "train": {str(k): dict(v) for k, v in result.train_metrics_clientapp.items()},
         "evaluate": {str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()},
     }
     print("FEDCITY-SUMMARY " + json.dumps(summary), flush=True)
