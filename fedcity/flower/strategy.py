@@ -399,6 +399,9 @@ class SecureFedAvg(FedAvg):
                 t,
             )
             return None
+        live = [n for n in members if n in alive]
+        if len(live) >= t:  # holders that just answered; the others only as replacements
+            members = live
         blocks, plan = plan_decryption(members, n_ct, t, t + self.spare_decryptors)
         pending: dict[int, list[int]] | None = plan
         agg_array = bytes_to_array(self._scheme.aggregate_to_bytes(aggregate))

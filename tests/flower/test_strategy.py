@@ -384,3 +384,36 @@ def test_a_node_without_a_requested_metric_contributes_nothing(keys: FlowerKeyFi
     rec = strategy.rounds_[0]
     assert not rec.released and len(rec.rejected) == NODES
     assert all("train metric 'accuracy'" in r for r in rec.rejected.values())
+
+
+def test_holders_that_did_not_train_this_round_are_only_replacements(
+    keys: FlowerKeyFiles,
+) -> None:
+    class SkipNode2InRound2(SecureFedAvg):
+        def configure_train(self, server_round: int, *args: Any) -> Iterable[Message]:
+            msgs = super().configure_train(server_round, *args)
+            if server_round == 1:
+                return msgs
+            return [m for m in msgs if m.metadata.dst_node_id != node_id_of(2)]
+
+    strategy = SkipNode2InRound2(
+        keys.public, fraction_evaluate=0.0, min_train_nodes=NODES, max_weight=100.0
+    )
+    grid = LocalGrid(make_client_app([SecureAggregationMod(key_dir=keys.root)]), NODES)
+    run_big(grid, strategy)  # round 1: all three holders share the decryption
+    assert len(strategy.rounds_[0].decryptors) == 3
+    grid.sent.clear()
+    strategy.start(grid=grid, initial_arrays=big_arrays(), num_rounds=2, timeout=30)
+    last = strategy.rounds_[-1]
+    assert last.released and node_id_of(2) not in last.contributors
+    asked = decrypt_requests(grid)
+    # round 2 of this run: node-2 is a known holder but did not train; node-0/1 decrypt all
+    round2 = [
+        m.metadata.dst_node_id
+        for m in grid.sent
+        if (cfg := m.content.config_records.get(CONFIG_KEY)) is not None
+        and cfg.get("stage") == STAGE_DECRYPT
+        and cfg.get("server-round") == 2
+    ]
+    assert sorted(round2) == [node_id_of(0), node_id_of(1)] and node_id_of(2) in asked
+    assert sorted(last.decryptors) == [node_id_of(0), node_id_of(1)]
