@@ -6,10 +6,15 @@ and keep ``strategy.start(grid=..., initial_arrays=...)``. Each round it
 1. sends the global model with the round's public settings (:class:`RoundSpec`);
 2. receives one encrypted vector per node (ciphertexts only) and multiplies them into the
    encrypted sum;
-3. asks ``t`` committee members for partial decryptions of that sum, verifies every proof, and
-   asks other share holders in place of any that fail or do not answer in time, while ``t``
-   remain;
-4. combines ``t`` verified partial decryptions and takes the FedAvg step.
+3. cuts the sum into blocks, gives each block to ``t`` of the committee members that just
+   trained (:func:`~fedcity.flower.protocol.plan_decryption`: each member decrypts about
+   ``t/k`` of the sum), verifies every member's batched proof, and asks other share holders
+   for the blocks of any member that fails or does not answer in time, while ``t`` remain;
+4. combines each block's ``t`` verified partial decryptions and takes the FedAvg step (and
+   releases the sample-weighted average of the requested train metrics).
+
+With ``signed=True`` every update must be signed and each member is sent the signed updates
+with the sum, to check the sum is their product before it decrypts.
 
 The strategy holds the threshold *public* key only; no share and no single node's update
 ever reaches it. Flower's ``aggregate_train`` receives no grid, so the strategy keeps the grid
