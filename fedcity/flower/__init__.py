@@ -6,7 +6,8 @@ A Flower app adds fedcity's encryption with two changes::
     strategy = SecureFedAvg("keys/public.json")  # server: instead of FedAvg
 
 - :func:`deal_flower_keys` — fedcity's dealer writes a key file per node: a share for the
-  ``m`` members of the decryption committee, the public key for everyone else;
+  ``m`` members of the decryption committee, the public key for everyone else (and with
+  ``signed=True`` a signing key per node and the verify-key list for the committee);
 - :class:`SecureAggregationMod` / :data:`fedcity_mod` — the client mod;
 - :class:`SecureFedAvg` — the strategy (a subclass of Flower's Message-API ``FedAvg``).
 
