@@ -269,6 +269,7 @@ AGENT_METHODS = {
     "FetchWork": fpb.FetchWorkRequest,
     "FetchAggregate": fpb.AggregateRef,
     "FetchContributions": fpb.AggregateRef,
+    "FetchAuditEvidence": fpb.AggregateRef,
     "Upload": fpb.Chunk,
     "Decline": fpb.DeclineRequest,
     "Leave": fpb.LeaveRequest,
@@ -284,7 +285,7 @@ JOB_METHODS = {
     "ListJobs": fpb.ListJobsRequest,
     "JobLogs": fpb.JobRef,
 }
-STREAMING_RESPONSES = {"FetchAggregate", "FetchContributions", "WatchJob"}
+STREAMING_RESPONSES = {"FetchAggregate", "FetchContributions", "FetchAuditEvidence", "WatchJob"}
 
 
 def _method_path(name: str) -> str:

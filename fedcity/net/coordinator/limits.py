@@ -148,6 +148,7 @@ RATE_CLASSES: dict[str, str] = {
     "/fedcity.v1.AgentService/Upload": "transfer",
     "/fedcity.v1.AgentService/FetchAggregate": "transfer",
     "/fedcity.v1.AgentService/FetchContributions": "transfer",
+    "/fedcity.v1.AgentService/FetchAuditEvidence": "transfer",
     "/fedcity.v1.JobService/SubmitJob": "submit",
     "/fedcity.v1.JobService/WatchJob": "call",
     "/fedcity.v1.JobService/GetResult": "call",
