@@ -27,12 +27,12 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
-from gmpy2 import mpz
 
 from fedcity.core.aggregation import PaillierScheme
 from fedcity.core.errors import RejectedContribution
 from fedcity.crypto import EncryptedVector, KeyShare, encrypt_vector, partial_decrypt, serde
 from fedcity.crypto.signing import VerifyKey
+from fedcity.crypto.threshold import vector_part
 from fedcity.flower.keys import (
     SIGNING_FILE,
     VERIFY_KEYS_FILE,
@@ -355,8 +355,7 @@ def check_evidence(
         )
     if len(set(agencies)) != n:
         raise ValueError("the evidence names a contributor twice")
-    nsq = aggregate.public_key.nsquare
-    product = {i: mpz(1) for start, stop in ranges for i in range(start, stop)}
+    sums: list[EncryptedVector | None] = [None] * len(ranges)
     for j, (agency, signature) in enumerate(zip(agencies, signatures, strict=True)):
         if not isinstance(agency, str) or agency not in verify_keys:
             raise ValueError(f"contributor {agency!r} is not a node of this federation")
@@ -367,10 +366,13 @@ def check_evidence(
         if not verify_keys[agency].verify(statement, signature):
             raise ValueError(f"the signature of {agency!r} does not verify for this round")
         vec = scheme.open(payload, aggregate.spec, aggregate.length)
-        for i in product:
-            product[i] = product[i] * vec.ciphertexts[i] % nsq
-    if any(aggregate.ciphertexts[i] != c for i, c in product.items()):
-        raise ValueError("the aggregate is not the product of the signed contributions")
+        for r, (start, stop) in enumerate(ranges):  # homomorphic sum of this member's blocks
+            part = vector_part(vec, start, stop)
+            total = sums[r]
+            sums[r] = part if total is None else total + part
+    for (start, stop), total in zip(ranges, sums, strict=True):
+        if total is None or total.ciphertexts != vector_part(aggregate, start, stop).ciphertexts:
+            raise ValueError("the aggregate is not the product of the signed contributions")
 
 
 def tpk_scheme(key: NodeKey) -> PaillierScheme:
