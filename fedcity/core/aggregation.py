@@ -317,7 +317,16 @@ class PaillierScheme(_PackedPaillier):
         The round verified every partial's proof on arrival (:meth:`open_partial`), so they
         are combined without checking the proofs a second time.
         """
-        plaintexts = self.combine(aggregate, partials)
+        return self.decode(aggregate, self.combine(aggregate, partials))
+
+    def decode(
+        self, aggregate: EncryptedVector, plaintexts: Sequence[int]
+    ) -> npt.NDArray[np.float64]:
+        """The released float sum from the aggregate's combined plaintexts (in order).
+
+        Raises :class:`~fedcity.crypto.SlotRangeError` naming the ciphertext of a slot out
+        of range. (:class:`~fedcity.core.masked_scheme.MaskedScheme` overrides it.)
+        """
         return decode_plaintexts(aggregate.spec, plaintexts, aggregate.length, aggregate.summands)
 
 

@@ -235,8 +235,23 @@ class AgencyNode:
         self.served.append((task.job_id, task.round, task.request.kind))
         return payload
 
+    def scheme_for(self, task: Task) -> AggregationScheme:
+        """The scheme of ``task``'s round: this node's, or lwr-masked if the task opts in.
+
+        Raises :class:`RejectedContribution` for a scheme this node cannot use.
+        """
+        from fedcity.core.masked_scheme import scheme_for_task
+
+        try:
+            return scheme_for_task(self.scheme, task)
+        except RejectedContribution as exc:
+            raise RejectedContribution(f"agency {self.name!r}: {exc}") from exc
+
     def _seal(self, task: Task, v: npt.NDArray[np.float64], noise: Any) -> bytes:
         """Seal; with Paillier, keep the ciphertexts' openings for a range audit."""
+        scheme = self.scheme_for(task)
+        if scheme is not self.scheme:  # lwr-masked: nothing to audit, no openings kept
+            return scheme.seal(v, task.spec, noise)
         public_key = getattr(self.scheme, "public_key", None)
         if public_key is None or not getattr(self.scheme, "encrypted", False):
             return self.scheme.seal(v, task.spec, noise)
@@ -300,7 +315,8 @@ class AgencyNode:
             n_dp = task.dp.get("n_contributors")
             if isinstance(n_dp, int) and not isinstance(n_dp, bool):
                 summands_min = max(summands_min, n_dp)
-        aggregate = self.scheme.aggregate_from_bytes(aggregate_bytes, task.spec, task.vector_length)
+        scheme = self.scheme_for(task)
+        aggregate = scheme.aggregate_from_bytes(aggregate_bytes, task.spec, task.vector_length)
         summands = getattr(aggregate, "summands", summands_min)
         if summands < summands_min:
             raise RejectedContribution(
@@ -316,7 +332,7 @@ class AgencyNode:
             start = time.perf_counter()
             try:
                 digests = self.verifier.check(
-                    self.scheme,
+                    scheme,
                     task,
                     aggregate,
                     evidence,
@@ -335,17 +351,17 @@ class AgencyNode:
                 )
             self.verified.append((task.job_id, task.round, digests))
         if part is not None:
-            if not isinstance(self.scheme, PaillierScheme):
+            if not isinstance(scheme, PaillierScheme):
                 raise RejectedContribution("only a threshold aggregate is decrypted in parts")
             try:
-                aggregate = self.scheme.part(aggregate, *part)
+                aggregate = scheme.part(aggregate, *part)
             except ValueError as exc:
                 raise RejectedContribution(f"agency {self.name!r}: {exc}") from exc
         start = time.perf_counter()
-        payload = self.scheme.partial(self.share, aggregate)
+        payload = scheme.partial(self.share, aggregate)
         self.timings.partial_decryption += time.perf_counter() - start
         self.timings.bytes_sent += len(payload)
-        if getattr(self.scheme, "optimistic", False):
+        if getattr(scheme, "optimistic", False):
             self._unproven[(task.job_id, task.round)] = (aggregate, payload)
             while len(self._unproven) > 8:
                 del self._unproven[next(iter(self._unproven))]

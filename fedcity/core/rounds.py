@@ -63,7 +63,6 @@ from fedcity.core.errors import JobFailed, ProtocolError, RejectedContribution
 from fedcity.core.tasks import Task
 from fedcity.crypto.errors import InvalidPartialDecryptionError, SlotRangeError
 from fedcity.crypto.threshold import split_parts
-from fedcity.crypto.vector import decode_plaintexts
 
 __all__ = [
     "AggregationRound",
@@ -508,7 +507,7 @@ class AggregationRound:
             plaintexts.extend(values)
         agg = self.aggregate
         try:
-            return decode_plaintexts(agg.spec, plaintexts, agg.length, agg.summands)
+            return self.scheme.decode(agg, plaintexts)
         except SlotRangeError as exc:
             i = self._part_index(exc.ciphertext)
             self._ask_proofs(i, self._combined[i], f"ciphertext {exc.ciphertext} is out of range")

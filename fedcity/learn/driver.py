@@ -25,6 +25,12 @@ import numpy.typing as npt
 from fedcity.core import audit as range_audit
 from fedcity.core.aggregation import AggregationScheme, KeyHolderScheme
 from fedcity.core.errors import JobFailed, ProtocolError, RejectedContribution
+from fedcity.core.masked_scheme import (
+    MASKED,
+    MaskedDecodeError,
+    masked_precision_limit,
+    scheme_for_task,
+)
 from fedcity.core.rounds import AggregationRound, ProofsNeeded, RoundPhase
 from fedcity.core.tasks import Task, TaskRequest
 from fedcity.crypto import PackingSpec
@@ -310,6 +316,8 @@ class JobDriver:
         headroom = (max(n, 1) - 1).bit_length()
         declared = self.algorithm.precision_bits_for(request, clip)
         precision = min(declared, _MAX_SLOT_BITS - headroom - 1, 52)
+        if request.params.get("aggregation") == MASKED:  # what fits the PRF's modulus p
+            precision = min(precision, max(masked_precision_limit(max(n, 1)), 1))
         return PackingSpec(
             clip=clip, precision_bits=precision, max_summands=max(n, 1), n_length=self.n_length
         )
@@ -344,10 +352,15 @@ class JobDriver:
             spec,
             dp=self.dp.task_params(spec, len(participants)) if private else None,
         )
+        try:  # the round's scheme: the federation's, or lwr-masked if the request opts in
+            scheme = scheme_for_task(self.scheme, task)
+        except RejectedContribution as exc:
+            self.failure = f"job {self.job_id} round {task.round} ({request.kind}): {exc}"
+            raise JobFailed(self.failure) from exc
         self.rounds.append(
             AggregationRound(
                 task,
-                self.scheme,
+                scheme,
                 participants=participants,
                 min_contributors=self.min_agencies,
                 share_index_of=self.share_index_of,
@@ -361,6 +374,16 @@ class JobDriver:
                 released = rnd.release()
             except ProofsNeeded:
                 return  # optimistic combination: the round waits for rnd.proofs_asked
+            except MaskedDecodeError as exc:
+                rnd.phase = RoundPhase.FAILED
+                self.failure = (
+                    f"round {rnd.task.round} ({rnd.task.request.kind}): the lwr-masked sum of "
+                    f"{sorted(rnd.contributors)} is out of range ({exc}); at least one of these "
+                    "agencies sent a malformed masked vector or key, and in this opt-in scheme "
+                    "the culprit cannot be identified (masked vectors admit no range audit; "
+                    "docs/trust-model.md)"
+                )
+                raise JobFailed(self.failure) from exc
             except SlotRangeError as exc:
                 if self._begin_audit(rnd, exc):
                     return
@@ -509,7 +532,7 @@ class JobDriver:
         remaining = [a for a in rnd.contributors if a not in names]
         again = AggregationRound(
             rnd.task,
-            self.scheme,
+            rnd.scheme,
             participants=remaining,
             min_contributors=self.min_agencies,
             share_index_of=self.share_index_of,

@@ -861,6 +861,11 @@ class FederatedAveraging(Algorithm):
     precision_bits : int, optional
         A fixed precision in [8, 52] instead (40 was the default before the accuracy
         policy); it does not grow when the clip widens.
+    aggregation : {"paillier", "lwr-masked"}, default "paillier"
+        How the averaging rounds are aggregated: packed threshold Paillier, or the opt-in
+        masked scheme (:mod:`fedcity.core.masked_scheme`: updates masked by an LWR
+        key-homomorphic PRF, only the keys under threshold Paillier; threshold mode only, no
+        range audits, precision capped by the PRF's modulus; see ``docs/learning.md``).
 
     Attributes
     ----------
@@ -897,10 +902,14 @@ class FederatedAveraging(Algorithm):
         clip: float = 64.0,
         accuracy: float | None = None,
         precision_bits: int | None = None,
+        aggregation: str = "paillier",
     ) -> None:
+        from fedcity.core.masked_scheme import check_aggregation
+
         name, hyper = _describe(estimator)
         _check_training(rounds, local_epochs, mu, seed)
         self.accuracy = _check_precision(clip, accuracy, precision_bits)
+        self.aggregation = check_aggregation(aggregation)
         self.estimator_name = name
         self.hyperparameters = hyper
         self.pre = preprocessing
@@ -1004,6 +1013,7 @@ class FederatedAveraging(Algorithm):
                 "round": self.rounds_done_,
                 "seed": self.seed,
                 "total_weight": self.pre.total_weight,
+                **({"aggregation": self.aggregation} if self.aggregation != "paillier" else {}),
             },
             self.coef_vector_.size + 3,
             clip=self.clip,
@@ -1118,6 +1128,9 @@ class FedAvgJob(_Job):
         (default ``2^-19``, half SecAgg+'s step; see :mod:`fedcity.learn.precision`).
     precision_bits : int, optional
         A fixed precision in [8, 52] instead of ``accuracy`` (e.g. 40, the former default).
+    aggregation : {"paillier", "lwr-masked"}, default "paillier"
+        The averaging rounds' aggregation scheme (opt-in masked scheme: see
+        :class:`FederatedAveraging` and ``docs/learning.md``).
 
     Raises
     ------
@@ -1141,10 +1154,14 @@ class FedAvgJob(_Job):
         clip: float = 64.0,
         accuracy: float | None = None,
         precision_bits: int | None = None,
+        aggregation: str = "paillier",
     ) -> None:
+        from fedcity.core.masked_scheme import check_aggregation
+
         name, _ = _describe(estimator)
         _check_training(rounds, local_epochs, mu, seed)
         _check_precision(clip, accuracy, precision_bits)
+        self.aggregation = check_aggregation(aggregation)
         self.classes = _check_classes(name, classes)
         self.estimator = estimator
         self.rounds = rounds
@@ -1165,7 +1182,8 @@ class FedAvgJob(_Job):
         return (
             f"FedAvgJob({self.estimator!r}, rounds={self.rounds}, "
             f"local_epochs={self.local_epochs}, mu={self.mu}, classes={self.classes}, "
-            f"seed={self.seed}, clip={self.clip}, {packing})"
+            f"seed={self.seed}, clip={self.clip}, {packing}"
+            + (f", aggregation={self.aggregation!r})" if self.aggregation != "paillier" else ")")
         )
 
     def _algorithm(self, pre: Preprocessing) -> Algorithm:
@@ -1180,6 +1198,7 @@ class FedAvgJob(_Job):
             clip=self.clip,
             accuracy=self.accuracy,
             precision_bits=self.precision_bits,
+            aggregation=self.aggregation,
         )
         return self.algorithm_
 

@@ -478,10 +478,22 @@ def _no_unknown(what: str, given: Mapping[str, Any], allowed: Sequence[str]) -> 
         raise ValueError(f"{what}: unknown parameter(s) {unknown}; allowed: {sorted(allowed)}")
 
 
+def _only_paillier(job_type: str, params: Mapping[str, Any]) -> None:
+    """Refuse the opt-in masked aggregation for job types it does not support."""
+    value = params.get("aggregation", "paillier")
+    if value != "paillier":
+        raise ValueError(
+            f"{job_type}: aggregation {value!r} is offered only for fedavg jobs (FedAvg/"
+            "FedProx); GLM, statistics, evaluation and analytics rounds use the default "
+            "'paillier' (leave aggregation out)"
+        )
+
+
 def _glm_builder(job_type: str, cls: type[_GLMJob]) -> JobBuilder:
     allowed = [f.name for f in fields(cls) if f.init and f.name != "privacy"]
 
     def build(params: dict[str, Any], privacy: DPConfig | None) -> _Job:
+        _only_paillier(job_type, params)
         _no_unknown(job_type, params, allowed)
         for key, value in params.items():
             if key == "preprocessing":
@@ -518,6 +530,7 @@ def _fedavg_builder(params: dict[str, Any], privacy: DPConfig | None) -> _Job:
             "clip",
             "accuracy",
             "precision_bits",
+            "aggregation",
         ],
     )
     spec = params.get("estimator")

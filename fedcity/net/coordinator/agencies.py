@@ -371,7 +371,7 @@ class AgencyCalls(CoordinatorState):
             previous = self._stored(rt, kind, header.round, agency)
             if previous is None:
                 rnd = self._require_open_round(rt, kind, header.round, agency)
-                limit = self.scheme.payload_limit(kind, rnd.task.spec, rnd.task.request.length)
+                limit = rnd.scheme.payload_limit(kind, rnd.task.spec, rnd.task.request.length)
             else:
                 limit = len(previous)  # only an identical repeat can be accepted
             limit = min(limit, self.config.max_upload_bytes)
@@ -477,8 +477,9 @@ class AgencyCalls(CoordinatorState):
                 aggregate = driver.rounds[round_].decryption_target(agency)
             except RejectedContribution as exc:
                 raise StatusError(Code.FAILED_PRECONDITION, str(exc)) from exc
+            scheme = driver.rounds[round_].scheme  # the round's (lwr-masked or the federation's)
         try:
-            self.scheme.open_partial(payload, aggregate, verify=True)
+            scheme.open_partial(payload, aggregate, verify=True)
         except RejectedContribution as exc:
             with self._lock:
                 self._reask(rt, "partial", round_, agency)

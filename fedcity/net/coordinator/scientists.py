@@ -6,13 +6,15 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
 from fedcity.analytics.query import QueryJob, query_job_from_spec, query_steps
 from fedcity.analytics.spec import QueryError, QuerySpec, TableSchema
+from fedcity.core.aggregation import PaillierScheme
 from fedcity.core.errors import JobFailed
+from fedcity.core.masked_scheme import DEFAULT_AGGREGATION, check_aggregation
 from fedcity.learn.jobs import JOB_TYPES, job_from_spec, job_steps
 from fedcity.net import messages
 from fedcity.net.auth import Principal
@@ -50,6 +52,24 @@ MAX_DIFFERENCING_JOBS = 500
 class ScientistCalls(CoordinatorState):
     """Submit, watch, read, list and cancel; a job belongs to whoever submitted it."""
 
+    def _check_aggregation(self, job_type: str, params: Mapping[str, Any]) -> None:
+        """Refuse the opt-in lwr-masked aggregation where it does not apply (ValueError)."""
+        if "aggregation" not in params or job_type not in ("fedavg", QUERY_JOB_TYPE):
+            return  # fedavg validates the value; other job types refuse it themselves
+        value = check_aggregation(params["aggregation"])
+        if value == DEFAULT_AGGREGATION:
+            return
+        if job_type == QUERY_JOB_TYPE:
+            raise ValueError(
+                f"aggregation {value!r} is offered only for fedavg jobs (FedAvg/FedProx); "
+                "analytics queries use the default 'paillier' (leave aggregation out)"
+            )
+        if not isinstance(self.scheme, PaillierScheme):
+            raise ValueError(
+                f"aggregation {value!r} needs a threshold key; this federation runs in "
+                "key-holder mode (use the default 'paillier')"
+            )
+
     def submit_job(self, principal: Principal, req: fpb.JobSpec) -> fpb.JobStatus:
         """Validate a job, store it and open its first round."""
         self._require_role(principal, "scientist")
@@ -73,6 +93,7 @@ class ScientistCalls(CoordinatorState):
                     "metrics are released exactly, outside its privacy budget; leave "
                     "evaluate_dataset empty"
                 )
+            self._check_aggregation(req.job_type, params)
             job: Any  # validated before anything else, and built once
             if query:
                 job = query_job_from_spec(params, privacy)
