@@ -274,14 +274,21 @@ class MaskedScheme(PaillierScheme):
             )
         return c
 
-    def add(self, contributions: Sequence[EncryptedVector]) -> MaskedAggregate:
-        """Multiply the encrypted keys; add the masked vectors mod ``p``."""
-        if not all(isinstance(c, MaskedAggregate) for c in contributions):
-            raise RejectedContribution("lwr-masked contributions are needed to add")
+    def add(self, contributions: Sequence[EncryptedVector]) -> EncryptedVector:
+        """Multiply the encrypted keys; add the masked vectors mod ``p``.
+
+        Parts of contributions (a decryptor's decryption-group check, which holds only key
+        ciphertexts) add to the product of their key parts.
+        """
+        masked = [c for c in contributions if isinstance(c, MaskedAggregate)]
         key = self._sum(contributions)
-        total = np.zeros(len(contributions[0].masked), dtype=np.uint32)  # type: ignore[attr-defined]
-        for c in contributions:
-            total = (total + c.masked) & np.uint32(self.params.p - 1)  # type: ignore[attr-defined]
+        if not masked:
+            return key
+        if len(masked) != len(contributions):
+            raise RejectedContribution("lwr-masked contributions and key parts do not add")
+        total = np.zeros(len(masked[0].masked), dtype=np.uint32)
+        for c in masked:
+            total = (total + c.masked) & np.uint32(self.params.p - 1)
         return MaskedAggregate(key, total)
 
     def aggregate_to_bytes(self, aggregate: EncryptedVector) -> bytes:

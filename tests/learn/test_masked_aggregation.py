@@ -62,6 +62,29 @@ def test_masked_model_equals_paillier_model_within_quantization(
     assert all(r.bytes_per_agency < 3 * (n_params + 3) + 40_000 for r in local)
 
 
+def test_masked_rounds_with_decryption_groups(breast_cancer: Any, skewed_split: Any) -> None:
+    """2-of-5: the key sum is decrypted in two disjoint groups; the model is unchanged."""
+    frame, spec = breast_cancer
+    five = skewed_split(frame, spec, sort_by="mean_radius", sizes=(1, 2, 2, 3, 4))
+    key = deal_threshold_key(512, threshold=2, parties=5)
+    models = []
+    for aggregation in ("paillier", "lwr-masked"):
+        with LocalFederation(five, threshold=2, key=key) as federation:
+            job = FedAvgJob(
+                MLPClassifier(**MLP),
+                rounds=1,
+                classes=[0, 1],
+                clip=4.0,
+                precision_bits=masked_precision_limit(5),
+                aggregation=aggregation,
+            )
+            job.fit(federation)
+            assert job.algorithm_ is not None
+            models.append(job.algorithm_.coef_vector_)
+    step = 2 * 4.0 / ((1 << masked_precision_limit(5)) - 1)
+    np.testing.assert_allclose(models[1], models[0], rtol=0, atol=5 * step)
+
+
 def test_default_accuracy_is_capped_to_what_fits_p(agencies: Any, key_2_of_3: Any) -> None:
     """Without a fixed precision the masked rounds use at most what fits the PRF modulus."""
     _, result = _fit(agencies, key_2_of_3, aggregation="lwr-masked")

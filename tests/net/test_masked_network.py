@@ -33,7 +33,7 @@ from loopback import (
 )
 from sklearn.neural_network import MLPClassifier
 
-from fedcity.core.masked_scheme import MaskedScheme
+from fedcity.core.masked_scheme import MaskedScheme, masked_precision_limit
 from fedcity.core.rounds import RoundPhase
 from fedcity.learn import FedAvgJob, LocalFederation
 from fedcity.v1 import federation_pb2 as fpb
@@ -53,7 +53,7 @@ PARAMS = {
 STEP = 2 * CLIP / ((1 << BITS) - 1)
 
 
-def _local_model(tables: Any, key: Any) -> np.ndarray:
+def _local_model(tables: Any, key: Any, bits: int = BITS) -> np.ndarray:
     """The same job in process with today's packed threshold Paillier."""
     with LocalFederation(tables, threshold=2, key=key) as fed:
         job = FedAvgJob(
@@ -61,7 +61,7 @@ def _local_model(tables: Any, key: Any) -> np.ndarray:
             rounds=2,
             classes=[0, 1],
             clip=CLIP,
-            precision_bits=BITS,
+            precision_bits=bits,
         )
         job.fit(fed)
     assert job.algorithm_ is not None
@@ -248,8 +248,8 @@ def test_agent_daemons_over_tls_and_key_holder_refusal(tmp_path):
     from fedcity.net.ceremony import deal_federation, read_token
     from fedcity.net.client import Client, ClientError
 
-    names = ["m1", "m2", "m3"]
-    files = deal_federation(tmp_path / "threshold", names, 2, key_bits=512)
+    names = ["m1", "m2", "m3", "m4"]  # 1-of-4: the key sum is decrypted in three groups
+    files = deal_federation(tmp_path / "threshold", names, 1, key_bits=512)
     rng = np.random.default_rng(5)
     spec = FeatureSpec(numeric=("x1", "x2"), categorical={"kind": ("a", "b")}, label="y")
     tables = []
@@ -257,7 +257,7 @@ def test_agent_daemons_over_tls_and_key_holder_refusal(tmp_path):
         path = files.shares[agency].parent / "visits.csv"
         write_visits(path, rng, 80)
         tables.append(AgencyDataset.from_frame(pd.read_csv(path), spec, agency=agency))
-    local = _local_model(tables, None)
+    local = _local_model(tables, None, bits=masked_precision_limit(4))
     server = tls_coordinator(tmp_path / "threshold", files)
     configs = [agency_toml(files.shares[a].parent, a, server.port, VISITS) for a in names]
     client = Client(
@@ -268,11 +268,13 @@ def test_agent_daemons_over_tls_and_key_holder_refusal(tmp_path):
     try:
         with running_agents(configs) as agents:
             wait_until(lambda: all(a.registrations for a in agents), "agents registered")
-            job = client.submit("fedavg", PARAMS, "visits")
+            bits = masked_precision_limit(4)
+            job = client.submit("fedavg", {**PARAMS, "precision_bits": bits}, "visits")
             events = list(client.watch(job, timeout=180))
             assert events[-1].state == "succeeded", events[-1]
+            step = 2 * CLIP / ((1 << bits) - 1)
             np.testing.assert_allclose(
-                _coefs(client.result_text(job)), local, rtol=0, atol=20 * STEP
+                _coefs(client.result_text(job)), local, rtol=0, atol=20 * step
             )
             kinds = [r["kind"] for r in client.result(job)["history"]]
             assert kinds.count("fedavg.local") == 2
