@@ -6,6 +6,8 @@ with a precise message; the gRPC shells map it to ``INVALID_ARGUMENT``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import itertools
 import json
@@ -495,12 +497,14 @@ def registration_from_json(
 def task_to_assignment(task: Task, action: int, *, summands_min: int) -> fpb.Assignment:
     """What an agent needs to act on ``task``."""
     req = task.request
+    params, coefs = _split_binary_model(req.params)
     return fpb.Assignment(
         job_id=task.job_id,
         round=task.round,
         action=action,  # type: ignore[arg-type]
         kind=req.kind,
-        params_json=json.dumps(dict(req.params), sort_keys=True, allow_nan=False),
+        params_json=json.dumps(params, sort_keys=True, allow_nan=False),
+        coefs_f8=coefs,
         request_length=req.length,
         clip=req.clip,
         precision_bits=req.precision_bits,
@@ -513,6 +517,30 @@ def task_to_assignment(task: Task, action: int, *, summands_min: int) -> fpb.Ass
     )
 
 
+_BINARY_MODEL_KEY = "coefs_f8"
+"""Task parameter holding a model as base64 of float64 bytes; it travels as raw bytes."""
+
+
+def _split_binary_model(params: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """Move a base64 model out of the JSON parameters so it travels as raw bytes.
+
+    Anything that is not valid base64 of whole float64 values stays in the JSON untouched
+    (the step's own validation then names the problem at the agency).
+    """
+    out = dict(params)
+    text = out.get(_BINARY_MODEL_KEY)
+    if not isinstance(text, str):
+        return out, b""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return out, b""
+    if len(raw) % 8 or base64.b64encode(raw).decode("ascii") != text:
+        return out, b""
+    del out[_BINARY_MODEL_KEY]
+    return out, raw
+
+
 def assignment_to_task(msg: fpb.Assignment) -> Task:
     """Rebuild the :class:`Task` an agency runs; refuses unknown (unvetted) kinds."""
     if msg.kind not in LOCAL_STEPS:
@@ -521,10 +549,23 @@ def assignment_to_task(msg: fpb.Assignment) -> Task:
         raise MessageError("assignment lacks a job id")
     if not math.isfinite(msg.clip) or msg.clip <= 0:
         raise MessageError(f"assignment clip must be positive and finite, got {msg.clip}")
+    params = parse_json_object(msg.params_json, "task parameters", max_bytes=MAX_MESSAGE_BYTES)
+    if msg.coefs_f8:
+        if _BINARY_MODEL_KEY in params:
+            raise MessageError(
+                f"assignment carries the model twice: as coefs_f8 bytes and as params_json "
+                f"entry {_BINARY_MODEL_KEY!r}"
+            )
+        if len(msg.coefs_f8) > MAX_MESSAGE_BYTES or len(msg.coefs_f8) % 8:
+            raise MessageError(
+                f"assignment coefs_f8 must be whole float64 values within {MAX_MESSAGE_BYTES} "
+                f"bytes, got {len(msg.coefs_f8)} bytes"
+            )
+        params[_BINARY_MODEL_KEY] = base64.b64encode(msg.coefs_f8).decode("ascii")
     try:
         request = TaskRequest(
             msg.kind,
-            parse_json_object(msg.params_json, "task parameters", max_bytes=MAX_MESSAGE_BYTES),
+            params,
             int(msg.request_length),
             clip=msg.clip,
             precision_bits=msg.precision_bits,

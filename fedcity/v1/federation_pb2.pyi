@@ -343,6 +343,7 @@ class Assignment(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     PART_START_FIELD_NUMBER: _builtins.int
     PART_STOP_FIELD_NUMBER: _builtins.int
+    COEFS_F8_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     action: Global___Action.ValueType
@@ -371,6 +372,11 @@ class Assignment(_message.Message):
     part_start..part_stop-1 of the aggregate; part_stop = 0: the whole aggregate.
     """
     part_stop: _builtins.int
+    coefs_f8: _builtins.bytes
+    """A model's parameters as raw little-endian float64 bytes: the transport form of the
+    params_json entry "coefs_f8" (base64 of the same bytes), which is then absent from
+    params_json; 25 % fewer bytes than base64 for every FedAvg assignment.
+    """
     @_builtins.property
     def spec(self) -> _crypto_pb2.PackingSpec: ...
     @_builtins.property
@@ -402,10 +408,11 @@ class Assignment(_message.Message):
         attempt: _builtins.int = ...,
         part_start: _builtins.int = ...,
         part_stop: _builtins.int = ...,
+        coefs_f8: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "clip", b"clip", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job", b"job", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "part_start", b"part_start", "part_stop", b"part_stop", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "clip", b"clip", "coefs_f8", b"coefs_f8", "dataset", b"dataset", "dp_json", b"dp_json", "integer_valued", b"integer_valued", "job", b"job", "job_id", b"job_id", "kind", b"kind", "label", b"label", "params_json", b"params_json", "part_start", b"part_start", "part_stop", b"part_stop", "precision_bits", b"precision_bits", "private", b"private", "request_length", b"request_length", "round", b"round", "spec", b"spec", "summands_min", b"summands_min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

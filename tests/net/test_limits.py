@@ -172,6 +172,43 @@ def test_agent_bounds_the_assignment_json():
         messages.assignment_to_task(deep)
 
 
+def test_a_model_travels_as_raw_float64_bytes_and_comes_back_unchanged():
+    import base64
+
+    import numpy as np
+
+    import fedcity.learn  # noqa: F401  (registers the vetted task kinds)
+
+    theta = np.random.default_rng(5).normal(size=1021)
+    text = base64.b64encode(theta.astype("<f8").tobytes()).decode("ascii")
+    params = {"coefs_f8": text, "epochs": 1}
+    task = Task(
+        "0123456789ab",
+        0,
+        TaskRequest("glm.newton", params, 4),
+        PackingSpec(clip=1.0, precision_bits=16, max_summands=3, n_length=512),
+    )
+    msg = messages.task_to_assignment(task, fpb.ACTION_CONTRIBUTE, summands_min=2)
+    assert "coefs_f8" not in json.loads(msg.params_json)
+    assert msg.coefs_f8 == theta.astype("<f8").tobytes()
+    assert len(msg.SerializeToString()) < 8 * 1021 + 300  # base64 alone would be 10,892 bytes
+    assert messages.assignment_to_task(msg).request.params == params
+    twice = fpb.Assignment()
+    twice.CopyFrom(msg)
+    twice.params_json = json.dumps({"coefs_f8": text})
+    with pytest.raises(messages.MessageError, match="carries the model twice"):
+        messages.assignment_to_task(twice)
+    ragged = fpb.Assignment()
+    ragged.CopyFrom(msg)
+    ragged.coefs_f8 = b"\x00" * 12
+    with pytest.raises(messages.MessageError, match=r"whole float64 values.*got 12 bytes"):
+        messages.assignment_to_task(ragged)
+    odd = Task(task.job_id, 0, TaskRequest("glm.newton", {"coefs_f8": "not base64!"}, 4), task.spec)
+    kept = messages.task_to_assignment(odd, fpb.ACTION_CONTRIBUTE, summands_min=2)
+    assert not kept.coefs_f8  # left in the JSON for the step to refuse with its own message
+    assert messages.assignment_to_task(kept).request.params == {"coefs_f8": "not base64!"}
+
+
 # -- item 9: echoed client values -----------------------------------------------------------------
 def test_shown_truncates_with_the_full_length():
     assert messages.shown("district-01") == "'district-01'"
