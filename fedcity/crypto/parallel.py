@@ -130,10 +130,10 @@ class WorkerPool:
             )
         )
 
-    def raw_encrypt_many(self, public_key: PublicKey, plaintexts: Sequence[int]) -> list[mpz]:
-        """Encrypt integers in ``[0, n)`` across the workers, preserving order."""
-        if not plaintexts:
-            return []
+    def _plaintext_blobs(
+        self, public_key: PublicKey, plaintexts: Sequence[int]
+    ) -> tuple[int, list[bytes]]:
+        """Check plaintexts lie in ``[0, n)``; one fixed-width big-endian blob per worker."""
         for m in plaintexts:
             if not 0 <= m < public_key.n:
                 raise ValueError("plaintext must lie in [0, n)")
@@ -142,6 +142,13 @@ class WorkerPool:
             b"".join(int(m).to_bytes(width, "big") for m in chunk)
             for chunk in _split(plaintexts, self.workers)
         ]
+        return width, blobs
+
+    def raw_encrypt_many(self, public_key: PublicKey, plaintexts: Sequence[int]) -> list[mpz]:
+        """Encrypt integers in ``[0, n)`` across the workers, preserving order."""
+        if not plaintexts:
+            return []
+        width, blobs = self._plaintext_blobs(public_key, plaintexts)
         results = self._executor.map(
             _encrypt_chunk, [public_key] * len(blobs), [width] * len(blobs), blobs
         )
@@ -157,14 +164,7 @@ class WorkerPool:
         """
         if not plaintexts:
             return []
-        for m in plaintexts:
-            if not 0 <= m < public_key.n:
-                raise ValueError("plaintext must lie in [0, n)")
-        width = public_key.n_bytes
-        blobs = [
-            b"".join(int(m).to_bytes(width, "big") for m in chunk)
-            for chunk in _split(plaintexts, self.workers)
-        ]
+        width, blobs = self._plaintext_blobs(public_key, plaintexts)
         results = self._executor.map(
             _encrypt_chunk_opened, [public_key] * len(blobs), [width] * len(blobs), blobs
         )
