@@ -34,7 +34,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,7 +124,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     harness = bn.load_harness()
     from sklearn.neural_network import MLPClassifier
 
-    from fedcity.data.dataset import AgencyDataset, FeatureSpec
+    from fedcity.data.dataset import AgencyDataset
     from fedcity.learn.design import design_matrix
     from fedcity.learn.fedavg import FederatedAveraging
     from fedcity.net.ceremony import deal_federation
@@ -134,17 +133,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     load_start = os.getloadavg()
     costs: dict[tuple[str, int], list[Any]] = {(m, p): [] for m in MODES for p in sizes}
     with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            work = args.keep.resolve()
-            work.mkdir(parents=True, exist_ok=True)
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-masked-")))
-        print(f"machine: {bn.machine()}\nwork folder: {work}", flush=True)
-        names = [f"agency-{i + 1:02d}" for i in range(bn.AGENCIES)]
-        frames = bn.wide_frames(bn.AGENCIES, args.rows, bn.FEATURES)
-        spec = FeatureSpec(
-            numeric=tuple(f"x{j:02d}" for j in range(bn.FEATURES)), categorical={}, label="y"
-        )
+        work, names, frames, spec = bn.workspace(stack, args, "bench-masked-")
         csv = {}
         for name, frame in zip(names, frames, strict=True):
             csv[name] = work / "data" / f"{name}.csv"

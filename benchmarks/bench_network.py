@@ -1164,7 +1164,7 @@ def run_secagg(args: argparse.Namespace, command: str) -> int:
     harness = load_harness()
     from sklearn.neural_network import MLPClassifier
 
-    from fedcity.data.dataset import AgencyDataset, FeatureSpec
+    from fedcity.data.dataset import AgencyDataset
     from fedcity.learn.design import design_matrix
     from fedcity.learn.fedavg import FederatedAveraging
     from fedcity.net.ceremony import deal_federation
@@ -1174,17 +1174,7 @@ def run_secagg(args: argparse.Namespace, command: str) -> int:
     costs: dict[tuple[str, int], list[JobCosts]] = {(m, p): [] for m in MODES for p in sizes}
     idle: dict[str, list[float]] = {"threshold": [], "keyholder": []}
     with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            work = args.keep.resolve()
-            work.mkdir(parents=True, exist_ok=True)
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-net-")))
-        print(f"machine: {machine()}\nwork folder: {work}", flush=True)
-        names = [f"agency-{i + 1:02d}" for i in range(AGENCIES)]
-        frames = wide_frames(AGENCIES, args.rows, FEATURES)
-        spec = FeatureSpec(
-            numeric=tuple(f"x{j:02d}" for j in range(FEATURES)), categorical={}, label="y"
-        )
+        work, names, frames, spec = workspace(stack, args, "bench-net-")
         csv = {}
         for name, frame in zip(names, frames, strict=True):
             csv[name] = work / "data" / f"{name}.csv"
@@ -1583,6 +1573,26 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}×" if b > 0 else "—"
 
 
+def workspace(
+    stack: contextlib.ExitStack[Any], args: argparse.Namespace, prefix: str
+) -> tuple[Path, list[str], list[Any], Any]:
+    """The run's work folder (``--keep`` or a temporary one), agency names, data and spec."""
+    from fedcity.data.dataset import FeatureSpec
+
+    if args.keep is not None:
+        work = args.keep.resolve()
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    print(f"machine: {machine()}\nwork folder: {work}", flush=True)
+    names = [f"agency-{i + 1:02d}" for i in range(AGENCIES)]
+    frames = wide_frames(AGENCIES, args.rows, FEATURES)
+    spec = FeatureSpec(
+        numeric=tuple(f"x{j:02d}" for j in range(FEATURES)), categorical={}, label="y"
+    )
+    return work, names, frames, spec
+
+
 def machine() -> str:
     cpu = cpu_model("unknown CPU")
     import flwr
@@ -1806,23 +1816,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     harness = load_harness()
     from sklearn.neural_network import MLPClassifier
 
-    from fedcity.data.dataset import AgencyDataset, FeatureSpec
+    from fedcity.data.dataset import AgencyDataset
     from fedcity.learn.design import design_matrix
     from fedcity.learn.fedavg import FederatedAveraging
     from fedcity.net.ceremony import deal_federation
 
     with contextlib.ExitStack() as stack:
-        if args.keep is not None:
-            work = args.keep.resolve()
-            work.mkdir(parents=True, exist_ok=True)
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-net-")))
-        print(f"machine: {machine()}\nwork folder: {work}", flush=True)
-        names = [f"agency-{i + 1:02d}" for i in range(AGENCIES)]
-        frames = wide_frames(AGENCIES, args.rows, FEATURES)
-        spec = FeatureSpec(
-            numeric=tuple(f"x{j:02d}" for j in range(FEATURES)), categorical={}, label="y"
-        )
+        work, names, frames, spec = workspace(stack, args, "bench-net-")
         t0 = time.perf_counter()
         files = deal_federation(work / "federation", names, THRESHOLD, key_bits=args.key_bits)
         took = time.perf_counter() - t0
