@@ -43,6 +43,7 @@ __all__ = [
     "CONFIG_KEY",
     "EVIDENCE_KEY",
     "PAYLOAD_KEY",
+    "SECAGG_PLUS_ACCURACY",
     "STAGE_DECRYPT",
     "STAGE_DISCOVER",
     "STAGE_TRAIN",
@@ -58,6 +59,7 @@ __all__ = [
     "merge_ranges",
     "parse_parts",
     "plan_decryption",
+    "precision_for",
     "split_average",
 ]
 
@@ -78,6 +80,8 @@ MAX_PAYLOAD_BYTES = 1 << 31
 """Largest ciphertext payload accepted in one record."""
 EVIDENCE_KEY = "fedcity.evidence"
 """Key of the ArrayRecord carrying the signed contributions to a committee member."""
+SECAGG_PLUS_ACCURACY = 8.0 / 2**22
+"""Half the step of Flower's SecAgg+ at its defaults (clip 8, 2^22 levels): 2^-19."""
 MAX_METRICS = 256
 """Most train metrics a round averages."""
 
@@ -509,3 +513,36 @@ def contribution_statement(run_id: int, spec: RoundSpec, agency: str, payload: b
     return Statement.for_payload(
         f"flower-run-{int(run_id)}", spec.server_round, "contribution", agency, spec.key_id, payload
     )
+
+
+# -- precision ----------------------------------------------------------------------------------
+def precision_for(clip: float, accuracy: float) -> int:
+    """Fewest precision bits whose rounding error ``clip/(2^bits - 1)`` is at most ``accuracy``.
+
+    The policy of fedcity's own FedAvg (:func:`fedcity.learn.precision.precision_for`, same
+    bounds: at least 8 bits, at most 52), restated here because importing :mod:`fedcity.learn`
+    loads scikit-learn into the ServerApp (about 150 MiB); ``tests/flower`` checks the two
+    agree.
+
+    Raises
+    ------
+    ValueError
+        ``clip`` or ``accuracy`` is not a positive finite number, ``accuracy`` is not below
+        ``clip``, or it needs more than 52 bits.
+    """
+    for name, v in (("clip", clip), ("accuracy", accuracy)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    if accuracy >= clip:
+        raise ValueError(
+            f"accuracy {accuracy!r} must be below the clip {clip!r} (it is the largest rounding "
+            "error of one value in [-clip, clip])"
+        )
+    bits = max(1, math.ceil(math.log2(clip / accuracy + 1.0)))
+    while clip / ((1 << bits) - 1) > accuracy:  # float log2 may land one short
+        bits += 1
+    while bits > 1 and clip / ((1 << (bits - 1)) - 1) <= accuracy:
+        bits -= 1
+    if bits > 52:
+        raise ValueError(f"accuracy {accuracy!r} at clip {clip!r} needs {bits} bits; at most 52")
+    return max(8, bits)

@@ -52,6 +52,7 @@ from fedcity.flower.protocol import (
     CONFIG_KEY,
     EVIDENCE_KEY,
     PAYLOAD_KEY,
+    SECAGG_PLUS_ACCURACY,
     STAGE_DECRYPT,
     STAGE_DISCOVER,
     STAGE_TRAIN,
@@ -63,6 +64,7 @@ from fedcity.flower.protocol import (
     flat_parts,
     merge_ranges,
     plan_decryption,
+    precision_for,
     split_average,
 )
 
@@ -121,7 +123,7 @@ class SecureFedAvg(FedAvg):
         ``[-clip, clip]`` before quantization.
     precision_bits : int, optional
         Quantization bits per value. Default: the fewest bits whose rounding error at
-        ``clip`` is at most ``accuracy`` (:func:`fedcity.learn.precision.precision_for`,
+        ``clip`` is at most ``accuracy`` (:func:`~fedcity.flower.protocol.precision_for`,
         the policy of fedcity's own FedAvg): 20 bits at the default clip of 1.
     accuracy : float, optional
         Largest rounding error of one value of a node's weighted update, used when
@@ -190,14 +192,8 @@ class SecureFedAvg(FedAvg):
         if precision_bits is not None and accuracy is not None:
             raise ValueError("give precision_bits or accuracy, not both")
         if precision_bits is None:
-            from fedcity.learn.precision import (  # server side only: imports fedcity.learn
-                SECAGG_PLUS_ACCURACY,
-                check_accuracy,
-                precision_for,
-            )
-
             acc = SECAGG_PLUS_ACCURACY if accuracy is None else accuracy
-            precision_bits = precision_for(clip, check_accuracy(acc, clip))
+            precision_bits = precision_for(clip, acc)
         self.accuracy = accuracy
         self.precision_bits = precision_bits
         if isinstance(train_metrics, str):

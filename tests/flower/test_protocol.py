@@ -255,3 +255,24 @@ def test_metric_settings_travel_and_are_validated() -> None:
         encode_update(g, g, 1.0, METRIC_SPEC, [1.0])
     with pytest.raises(ValueError, match="NaN"):
         encode_update(g, g, 1.0, METRIC_SPEC, [1.0, float("nan")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(min_value=1e-3, max_value=1e3),
+    st.floats(min_value=1e-15, max_value=0.999),
+)
+def test_precision_policy_is_fedavgs(clip: float, ratio: float) -> None:
+    from fedcity.flower.protocol import SECAGG_PLUS_ACCURACY, precision_for
+    from fedcity.learn import precision as learn
+
+    assert SECAGG_PLUS_ACCURACY == learn.SECAGG_PLUS_ACCURACY
+    accuracy = clip * ratio
+    try:
+        want = learn.precision_for(clip, learn.check_accuracy(accuracy, clip))
+    except ValueError:
+        with pytest.raises(ValueError):
+            precision_for(clip, accuracy)
+        return
+    assert precision_for(clip, accuracy) == want
+    assert precision_for(1.0, SECAGG_PLUS_ACCURACY) == 20
