@@ -15,7 +15,7 @@ Exactness: every quantity is an exact non-negative integer (row counts, fixed-po
 by the clip's lower bound, sums of squares, bin counts), split into base-``2^b`` limbs; ``b``
 is chosen by the coordinator (see :mod:`fedcity.analytics.query`; under differential privacy
 by :func:`limb_bits_for`). The vector is packed at its integers' own width
-(:class:`~fedcity.learn.precision.ExactIntegers`, task parameters ``value_bits``,
+(:class:`~fedcity.core.precision.ExactIntegers`, task parameters ``value_bits``,
 ``unit_bits`` and, for noised entries, ``value_offset``).
 """
 
@@ -38,8 +38,8 @@ from fedcity.analytics.spec import (
     QuerySpec,
     TableSchema,
 )
+from fedcity.core.precision import ExactIntegers
 from fedcity.core.tasks import local_step
-from fedcity.learn.precision import ExactIntegers
 
 __all__ = [
     "LIMB_BITS",
@@ -191,7 +191,7 @@ def _exact(params: Mapping[str, Any], values: Any) -> npt.NDArray[np.float64]:
     """The step's integers as the coordinator asked them packed.
 
     With ``value_bits`` and ``unit_bits`` in the task: the floats of
-    :class:`~fedcity.learn.precision.ExactIntegers`, which the packing quantizes back to
+    :class:`~fedcity.core.precision.ExactIntegers`, which the packing quantizes back to
     exactly these integers (plus ``value_offset``, which makes noised entries non-negative)
     at their own width. Without: the integers as floats.
     """

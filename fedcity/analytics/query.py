@@ -12,7 +12,7 @@
    every bracket is narrower than the requested tolerance.
 
 Exactness and packing. Every vector entry is an integer in ``[0, 2^w)``, and without
-differential privacy it is packed at that width: :class:`~fedcity.learn.precision.ExactIntegers`
+differential privacy it is packed at that width: :class:`~fedcity.core.precision.ExactIntegers`
 quantizes each integer to itself, so a slot takes ``w + ceil(log2 s)`` bits for ``s``
 contributing agencies, the least any packing of such integers can (``w = 1`` in the presence
 round; ``w = b``, the limb size, in the cells round; in a quantile round the bit length of the
@@ -52,9 +52,9 @@ from fedcity.analytics.local import (
 )
 from fedcity.analytics.spec import QueryError, QuerySpec, TableSchema
 from fedcity.core.errors import JobFailed
+from fedcity.core.precision import ExactIntegers
 from fedcity.core.tasks import TaskRequest
 from fedcity.learn.algorithm import Algorithm, RoundRecord
-from fedcity.learn.precision import ExactIntegers
 
 if TYPE_CHECKING:
     from fedcity.analytics.result import QueryResult

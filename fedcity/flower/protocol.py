@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from fedcity.core import precision
 from fedcity.crypto import EncryptedVector, PackingSpec
 from fedcity.crypto.signing import Statement
 from fedcity.crypto.threshold import split_parts
@@ -80,7 +81,7 @@ MAX_PAYLOAD_BYTES = 1 << 31
 """Largest ciphertext payload accepted in one record."""
 EVIDENCE_KEY = "fedcity.evidence"
 """Key of the ArrayRecord carrying the signed contributions to a committee member."""
-SECAGG_PLUS_ACCURACY = 8.0 / 2**22
+SECAGG_PLUS_ACCURACY = precision.SECAGG_PLUS_ACCURACY
 """Half the step of Flower's SecAgg+ at its defaults (clip 8, 2^22 levels): 2^-19."""
 MAX_METRICS = 256
 """Most train metrics a round averages."""
@@ -519,10 +520,8 @@ def contribution_statement(run_id: int, spec: RoundSpec, agency: str, payload: b
 def precision_for(clip: float, accuracy: float) -> int:
     """Fewest precision bits whose rounding error ``clip/(2^bits - 1)`` is at most ``accuracy``.
 
-    The policy of fedcity's own FedAvg (:func:`fedcity.learn.precision.precision_for`, same
-    bounds: at least 8 bits, at most 52), restated here because importing :mod:`fedcity.learn`
-    loads scikit-learn into the ServerApp (about 150 MiB); ``tests/flower`` checks the two
-    agree.
+    The policy of fedcity's own FedAvg (:func:`fedcity.core.precision.precision_for`, at
+    least 8 bits, at most 52), with both inputs validated.
 
     Raises
     ------
@@ -530,19 +529,4 @@ def precision_for(clip: float, accuracy: float) -> int:
         ``clip`` or ``accuracy`` is not a positive finite number, ``accuracy`` is not below
         ``clip``, or it needs more than 52 bits.
     """
-    for name, v in (("clip", clip), ("accuracy", accuracy)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    if accuracy >= clip:
-        raise ValueError(
-            f"accuracy {accuracy!r} must be below the clip {clip!r} (it is the largest rounding "
-            "error of one value in [-clip, clip])"
-        )
-    bits = max(1, math.ceil(math.log2(clip / accuracy + 1.0)))
-    while clip / ((1 << bits) - 1) > accuracy:  # float log2 may land one short
-        bits += 1
-    while bits > 1 and clip / ((1 << (bits - 1)) - 1) <= accuracy:
-        bits -= 1
-    if bits > 52:
-        raise ValueError(f"accuracy {accuracy!r} at clip {clip!r} needs {bits} bits; at most 52")
-    return max(8, bits)
+    return precision.precision_for(clip, precision.check_accuracy(accuracy, clip))

@@ -105,12 +105,7 @@ from sklearn.linear_model import SGDClassifier, SGDRegressor
 from sklearn.metrics import hinge_loss, log_loss
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-from fedcity.core.tasks import TaskRequest, local_step
-from fedcity.learn.algorithm import Algorithm, RoundRecord
-from fedcity.learn.design import Preprocessing, design_matrix
-from fedcity.learn.evaluation import model_predictor
-from fedcity.learn.jobs import _Job
-from fedcity.learn.precision import (
+from fedcity.core.precision import (
     MAX_PRECISION_BITS,
     MAX_UNIT_BITS,
     MIN_PRECISION_BITS,
@@ -119,6 +114,11 @@ from fedcity.learn.precision import (
     check_accuracy,
     precision_for,
 )
+from fedcity.core.tasks import TaskRequest, local_step
+from fedcity.learn.algorithm import Algorithm, RoundRecord
+from fedcity.learn.design import Preprocessing, design_matrix
+from fedcity.learn.evaluation import model_predictor
+from fedcity.learn.jobs import _Job
 
 if TYPE_CHECKING:
     from fedcity.data.dataset import AgencyDataset
@@ -677,7 +677,7 @@ def _label_counts(params: Mapping[str, Any], data: AgencyDataset) -> FloatArray:
     out = np.append(counts, float((~integral).sum()))
     if "unit_bits" not in params:
         return out
-    # exact integers at the width of the job's row count (fedcity.learn.precision)
+    # exact integers at the width of the job's row count (fedcity.core.precision)
     codec = ExactIntegers(
         _int_param(params, "value_bits", 1, 48), _int_param(params, "unit_bits", 0, MAX_UNIT_BITS)
     )
@@ -854,8 +854,8 @@ class FederatedAveraging(Algorithm):
     accuracy : float, optional
         Largest rounding error of one packed value (absolute; the values are the weighted
         parameters ``(n_i/W)·θ_i``). The precision is the fewest bits that honour it at the
-        round's clip (:func:`fedcity.learn.precision.precision_for`), recomputed when the
-        clip widens. Default :data:`~fedcity.learn.precision.SECAGG_PLUS_ACCURACY`
+        round's clip (:func:`fedcity.core.precision.precision_for`), recomputed when the
+        clip widens. Default :data:`~fedcity.core.precision.SECAGG_PLUS_ACCURACY`
         (``2^-19``: half the quantization step of Flower's SecAgg+, ``2·8/2^22``), which is 26
         bits at the default clip. Mutually exclusive with ``precision_bits``.
     precision_bits : int, optional
@@ -1125,7 +1125,7 @@ class FedAvgJob(_Job):
         Initial packing bound of the weighted parameters (widened ×256 when an agency clips).
     accuracy : float, optional
         Largest rounding error per packed value; chooses the precision from the clip
-        (default ``2^-19``, half SecAgg+'s step; see :mod:`fedcity.learn.precision`).
+        (default ``2^-19``, half SecAgg+'s step; see :mod:`fedcity.core.precision`).
     precision_bits : int, optional
         A fixed precision in [8, 52] instead of ``accuracy`` (e.g. 40, the former default).
     aggregation : {"paillier", "lwr-masked"}, default "paillier"

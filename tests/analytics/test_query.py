@@ -19,8 +19,8 @@ from fedcity.analytics import (
 )
 from fedcity.analytics.local import cell_quantities
 from fedcity.core.errors import JobFailed
+from fedcity.core.precision import ExactIntegers
 from fedcity.crypto.serde import encrypted_vector_from_bytes
-from fedcity.learn.precision import ExactIntegers
 
 FULL = {
     "table": "permits",

@@ -263,8 +263,8 @@ def test_metric_settings_travel_and_are_validated() -> None:
     st.floats(min_value=1e-15, max_value=0.999),
 )
 def test_precision_policy_is_fedavgs(clip: float, ratio: float) -> None:
+    from fedcity.core import precision as learn
     from fedcity.flower.protocol import SECAGG_PLUS_ACCURACY, precision_for
-    from fedcity.learn import precision as learn
 
     assert SECAGG_PLUS_ACCURACY == learn.SECAGG_PLUS_ACCURACY
     accuracy = clip * ratio

@@ -21,6 +21,14 @@ from hypothesis import strategies as st
 from sklearn.metrics import log_loss
 from sklearn.neural_network import MLPClassifier
 
+from fedcity.core.precision import (
+    SECAGG_PLUS_ACCURACY,
+    ExactIntegers,
+    check_accuracy,
+    precision_for,
+    slot_efficiency,
+    theoretical_slots,
+)
 from fedcity.core.tasks import TaskRequest
 from fedcity.crypto import PackingSpec, deal_threshold_key
 from fedcity.data import DataUnavailable, real
@@ -29,14 +37,6 @@ from fedcity.learn import LocalFederation
 from fedcity.learn.design import Preprocessing, design_matrix
 from fedcity.learn.fedavg import FedAvgJob, FederatedAveraging
 from fedcity.learn.jobs import job_from_spec
-from fedcity.learn.precision import (
-    SECAGG_PLUS_ACCURACY,
-    ExactIntegers,
-    check_accuracy,
-    precision_for,
-    slot_efficiency,
-    theoretical_slots,
-)
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 LOSS_RTOL = 1e-4

@@ -1,6 +1,6 @@
 """Every learning job type fills its ciphertexts: at least 95 % of the theoretical slot count.
 
-Theory (``fedcity.learn.precision.theoretical_slots``): ``floor((n_length - 1) / (b + ceil(log2
+Theory (``fedcity.core.precision.theoretical_slots``): ``floor((n_length - 1) / (b + ceil(log2
 K)))`` values per ciphertext for the precision ``b`` the algorithm *declares* for the round
 and its ``K`` participants. Achieved: the ciphertexts actually uploaded (parsed from every
 contribution of real 512-bit threshold-encrypted rounds), against the fewest the theory allows
@@ -19,11 +19,11 @@ import pytest
 from sklearn.neural_network import MLPClassifier
 from slots import round_slots
 
+from fedcity.core.precision import SECAGG_PLUS_ACCURACY, precision_for
 from fedcity.crypto import deal_threshold_key
 from fedcity.data.dataset import AgencyDataset, FeatureSpec
 from fedcity.learn import LocalFederation, LogisticRegressionJob
 from fedcity.learn.fedavg import FedAvgJob
-from fedcity.learn.precision import SECAGG_PLUS_ACCURACY, precision_for
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FEATURES = 49

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedcity.core.precision import slot_efficiency, theoretical_slots
 from fedcity.crypto.serde import encrypted_vector_from_bytes
-from fedcity.learn.precision import slot_efficiency, theoretical_slots
 
 
 @dataclass(frozen=True)
