@@ -122,38 +122,19 @@ def run(args: argparse.Namespace, command: str) -> int:
     for k, v in bn.ONE_THREAD.items():
         os.environ.setdefault(k, v)
     harness = bn.load_harness()
-    from sklearn.neural_network import MLPClassifier
 
-    from fedcity.data.dataset import AgencyDataset
-    from fedcity.learn.design import design_matrix
-    from fedcity.learn.fedavg import FederatedAveraging
     from fedcity.net.ceremony import deal_federation
 
     sizes = {bn.mlp_params(h): h for h in args.hidden_units}
     load_start = os.getloadavg()
     costs: dict[tuple[str, int], list[Any]] = {(m, p): [] for m in MODES for p in sizes}
     with contextlib.ExitStack() as stack:
-        work, names, frames, spec = bn.workspace(stack, args, "bench-masked-")
-        csv = {}
-        for name, frame in zip(names, frames, strict=True):
-            csv[name] = work / "data" / f"{name}.csv"
-            csv[name].parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(csv[name], index=False)
+        work, names, csv, spec = bn.workspace(stack, args, "bench-masked-")
         t0 = time.perf_counter()
         files = deal_federation(work / "federation", names, bn.THRESHOLD, key_bits=args.key_bits)
         print(f"ceremony: {args.key_bits}-bit key in {time.perf_counter() - t0:.1f} s")
         setup = harness.Setup(work / "federation", files, names, bn.THRESHOLD, "wide", spec, csv)
-        datasets = [AgencyDataset.from_path(csv[n], spec, agency=n) for n in names]
-        ys = [d.y() for d in datasets]
-        _, result = bn.run_inprocess(datasets, args.hidden_units[0], 1)
-        pre = result.preprocessing_
-        xs = [design_matrix(pre, d) for d in datasets]
-        inits = {
-            p: FederatedAveraging(
-                MLPClassifier(hidden_layer_sizes=(h,)), pre, classes=[0, 1], seed=0
-            ).parameters()
-            for p, h in sizes.items()
-        }
+        ys, xs, inits = bn.flower_inputs(csv, names, spec, sizes, args.hidden_units[0])
         print("starting the Flower simulation (Ray) ...", flush=True)
         sim = bn.FlowerSim(work / "flower-sim", xs, ys, stack)
         print("starting the fedcity threshold cluster ...", flush=True)

@@ -1162,11 +1162,7 @@ def run_secagg(args: argparse.Namespace, command: str) -> int:
     for k, v in ONE_THREAD.items():
         os.environ.setdefault(k, v)
     harness = load_harness()
-    from sklearn.neural_network import MLPClassifier
 
-    from fedcity.data.dataset import AgencyDataset
-    from fedcity.learn.design import design_matrix
-    from fedcity.learn.fedavg import FederatedAveraging
     from fedcity.net.ceremony import deal_federation
 
     sizes = {mlp_params(h): h for h in args.hidden_units}
@@ -1174,12 +1170,7 @@ def run_secagg(args: argparse.Namespace, command: str) -> int:
     costs: dict[tuple[str, int], list[JobCosts]] = {(m, p): [] for m in MODES for p in sizes}
     idle: dict[str, list[float]] = {"threshold": [], "keyholder": []}
     with contextlib.ExitStack() as stack:
-        work, names, frames, spec = workspace(stack, args, "bench-net-")
-        csv = {}
-        for name, frame in zip(names, frames, strict=True):
-            csv[name] = work / "data" / f"{name}.csv"
-            csv[name].parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(csv[name], index=False)
+        work, names, csv, spec = workspace(stack, args, "bench-net-")
         t0 = time.perf_counter()
         files = deal_federation(work / "federation", names, THRESHOLD, key_bits=args.key_bits)
         files_kh = deal_federation(
@@ -1188,18 +1179,7 @@ def run_secagg(args: argparse.Namespace, command: str) -> int:
         print(f"ceremonies: two {args.key_bits}-bit keys in {time.perf_counter() - t0:.1f} s")
         setup = harness.Setup(work / "federation", files, names, THRESHOLD, "wide", spec, csv)
         setup_kh = harness.Setup(work / "federation-kh", files_kh, names, 1, "wide", spec, csv)
-        datasets = [AgencyDataset.from_path(csv[n], spec, agency=n) for n in names]
-        ys = [d.y() for d in datasets]
-        # the preprocessing fedcity releases (plaintext, in process) standardises Flower's rows
-        _, result = run_inprocess(datasets, args.hidden_units[0], 1)
-        pre = result.preprocessing_
-        xs = [design_matrix(pre, d) for d in datasets]
-        inits = {
-            p: FederatedAveraging(
-                MLPClassifier(hidden_layer_sizes=(h,)), pre, classes=[0, 1], seed=0
-            ).parameters()
-            for p, h in sizes.items()
-        }
+        ys, xs, inits = flower_inputs(csv, names, spec, sizes, args.hidden_units[0])
         print("starting the Flower simulation (Ray) ...", flush=True)
         sim = FlowerSim(work / "flower-sim", xs, ys, stack)
         print("starting the fedcity threshold and key-holder clusters ...", flush=True)
@@ -1575,8 +1555,8 @@ def ratio(a: float, b: float) -> str:
 
 def workspace(
     stack: contextlib.ExitStack[Any], args: argparse.Namespace, prefix: str
-) -> tuple[Path, list[str], list[Any], Any]:
-    """The run's work folder (``--keep`` or a temporary one), agency names, data and spec."""
+) -> tuple[Path, list[str], dict[str, Path], Any]:
+    """The run's work folder (``--keep`` or a temporary one), agency names, CSV files, spec."""
     from fedcity.data.dataset import FeatureSpec
 
     if args.keep is not None:
@@ -1586,11 +1566,43 @@ def workspace(
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
     print(f"machine: {machine()}\nwork folder: {work}", flush=True)
     names = [f"agency-{i + 1:02d}" for i in range(AGENCIES)]
-    frames = wide_frames(AGENCIES, args.rows, FEATURES)
     spec = FeatureSpec(
         numeric=tuple(f"x{j:02d}" for j in range(FEATURES)), categorical={}, label="y"
     )
-    return work, names, frames, spec
+    csv = {}
+    for name, frame in zip(names, wide_frames(AGENCIES, args.rows, FEATURES), strict=True):
+        csv[name] = work / "data" / f"{name}.csv"
+        csv[name].parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(csv[name], index=False)
+    return work, names, csv, spec
+
+
+def flower_inputs(
+    csv: dict[str, Path], names: list[str], spec: Any, sizes: dict[int, int], hidden: int
+) -> tuple[list[Any], list[Any], dict[int, Any]]:
+    """Labels, design matrices and initial weights per size for the Flower side.
+
+    The preprocessing fedcity releases (plaintext, in process) standardises Flower's rows, so
+    both sides train on the same numbers from the same start.
+    """
+    from sklearn.neural_network import MLPClassifier
+
+    from fedcity.data.dataset import AgencyDataset
+    from fedcity.learn.design import design_matrix
+    from fedcity.learn.fedavg import FederatedAveraging
+
+    datasets = [AgencyDataset.from_path(csv[n], spec, agency=n) for n in names]
+    _, result = run_inprocess(datasets, hidden, 1)
+    pre = result.preprocessing_
+    ys = [d.y() for d in datasets]
+    xs = [design_matrix(pre, d) for d in datasets]
+    inits = {
+        p: FederatedAveraging(
+            MLPClassifier(hidden_layer_sizes=(h,)), pre, classes=[0, 1], seed=0
+        ).parameters()
+        for p, h in sizes.items()
+    }
+    return ys, xs, inits
 
 
 def machine() -> str:
@@ -1822,16 +1834,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedcity.net.ceremony import deal_federation
 
     with contextlib.ExitStack() as stack:
-        work, names, frames, spec = workspace(stack, args, "bench-net-")
+        work, names, csv, spec = workspace(stack, args, "bench-net-")
         t0 = time.perf_counter()
         files = deal_federation(work / "federation", names, THRESHOLD, key_bits=args.key_bits)
         took = time.perf_counter() - t0
         print(f"ceremony: {args.key_bits}-bit {THRESHOLD}-of-{AGENCIES} key in {took:.1f} s")
-        csv = {}
-        for name, frame in zip(names, frames, strict=True):
-            csv[name] = work / "data" / f"{name}.csv"
-            csv[name].parent.mkdir(parents=True, exist_ok=True)
-            frame.to_csv(csv[name], index=False)
         setup = harness.Setup(work / "federation", files, names, THRESHOLD, "wide", spec, csv)
         datasets = [AgencyDataset.from_path(csv[n], spec, agency=n) for n in names]
         ys = [d.y() for d in datasets]
